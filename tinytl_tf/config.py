@@ -227,8 +227,9 @@ def norm_groups(channels, channels_per_group):
 
 
 def nominal_lite_kernel(feature_size, max_kernel=5):
-    """Lite-branch kernel where the pooled map is `feature_size // 2` at a nominal 128 px (REFERENCE §2)."""
-    return max_kernel if feature_size // 2 >= max_kernel else 3
+    """Lite-branch kernel for a block whose input is `feature_size` px at a nominal 128 px input: the reference
+    shrinks it to 3 where the map is smaller than the kernel (reproduces the paper's TinyTL-L 10.588 MB)."""
+    return max_kernel if feature_size >= max_kernel else 3
 
 
 def with_lite_residual(cfg, lite=None, nominal_resolution=128):

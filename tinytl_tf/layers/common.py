@@ -1,0 +1,38 @@
+"""Small helpers shared by the layers."""
+
+import tensorflow as tf
+
+from tinytl_tf import ops
+
+
+def value(variable):
+    """The variable's current value as a tensor (the ops take tensors, never variables), or None."""
+    return None if variable is None else tf.convert_to_tensor(variable)
+
+
+def activate(x, activation):
+    if activation is None:
+        return x
+    if activation == "relu":
+        return ops.relu(x)
+    if activation == "relu6":
+        return ops.relu6(x)
+    raise ValueError(f"unknown activation {activation!r}; valid: None, 'relu', 'relu6'")
+
+
+def conv_pads(height, width, kernel, stride, padding):
+    """Explicit ((top, bottom), (left, right)) zero padding so every conv runs VALID.
+
+    "symmetric" is PyTorch's (k-1)//2 on each side (the MCU nets were trained so); "same" is TF's SAME, which
+    pads stride-2 convs on even sizes more at the bottom/right (MobileNetV1 was trained so).
+    """
+    if padding == "symmetric":
+        p = (kernel - 1) // 2
+        return ((p, p), (p, p))
+    if padding == "same":
+        def split(size):
+            out = -(-size // stride)
+            total = max((out - 1) * stride + kernel - size, 0)
+            return (total // 2, total - total // 2)
+        return (split(height), split(width))
+    raise ValueError(f"unknown padding {padding!r}; valid: 'symmetric', 'same'")
