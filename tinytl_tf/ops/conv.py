@@ -1,48 +1,172 @@
-"""Convolutions, dense and the per-channel affine of a folded normalization."""
+"""Convolutions, dense and the per-channel affine of a folded normalization.
+
+Backward passes use only TFLite builtins (CONV_2D, DEPTHWISE_CONV_2D, PAD, PACK, RESHAPE, TRANSPOSE, REVERSE_V2,
+SPACE_TO_BATCH_ND, MUL, SUM, BATCH_MATMUL/FULLY_CONNECTED): autodiff would emit Conv2DBackpropFilter,
+DepthwiseConv2dNativeBackprop* and friends, which need Flex. A weight gradient is built, and the forward input
+kept for it, only when the weight's `*_grad` flag is True.
+"""
 
 import tensorflow as tf
 
 
 def _pad(x, pads):
-    (top, bottom), (left, right) = pads
-    if top or bottom or left or right:
-        x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
+    """Zero-pad H and W by ((top, bottom), (left, right)); negative amounts crop instead."""
+    (t, b), (l, r) = pads
+    h, w = x.shape[1], x.shape[2]
+    if min(t, b, l, r) < 0:
+        x = x[:, max(-t, 0) : h - max(-b, 0), max(-l, 0) : w - max(-r, 0), :]
+        t, b, l, r = (max(p, 0) for p in (t, b, l, r))
+    if t or b or l or r:
+        x = tf.pad(x, [[0, 0], [t, b], [l, r], [0, 0]])
     return x
+
+
+def _conv(x, kernels, dilation=1, stride=1):
+    """VALID conv with one kernel per channel group (TFLite's CONV_2D has no reliable grouped form)."""
+    xs = tf.split(x, len(kernels), axis=-1) if len(kernels) > 1 else [x]
+    ys = [tf.nn.conv2d(a, k, stride, "VALID", dilations=dilation) for a, k in zip(xs, kernels)]
+    return ys[0] if len(ys) == 1 else tf.concat(ys, axis=-1)
+
+
+def _zero_insert(t, s):
+    """Put s-1 zeros after every pixel along H and W: the adjoint of taking every s-th pixel."""
+    if s == 1:
+        return t
+    _, h, w, c = t.shape
+    t = tf.reshape(tf.stack([t] + [tf.zeros_like(t)] * (s - 1), axis=3), [-1, h, w * s, c])
+    return tf.reshape(tf.stack([t] + [tf.zeros_like(t)] * (s - 1), axis=2), [-1, h * s, w * s, c])
+
+
+def _backward_geometry(x_hw, k, stride, pads):
+    """Pads that turn the zero-inserted dy into the input of a VALID conv with the flipped kernel whose output is
+    exactly dx, and pads that crop the padded x to the rows/cols some output window reaches (`_kernel_grad` input).
+
+    Per axis: padded size P = n + pad0 + pad1 leaves `extra = (P - k) % stride` trailing rows no window reaches
+    (their gradient is zero); the full correlation of dy with the kernel spans P rows, minus pad0/pad1 for dx.
+    """
+    dy_pads, x_pads = [], []
+    for n, (p0, p1) in zip(x_hw, pads):
+        extra = (n + p0 + p1 - k) % stride
+        dy_pads.append((k - 1 - p0, k - 1 + extra - p1 - (stride - 1)))
+        x_pads.append((p0, p1 - extra))
+    return dy_pads, x_pads
+
+
+def _kernel_grad(xp, dy, k, stride):
+    """dK[a,b,i,o] = sum over n,y,x of xp[n, s*y+a, s*x+b, i] * dy[n,y,x,o]: one conv of xp as [Cin,H,W,N] with
+    dy as the filter [Ho,Wo,N,Cout] at dilation = stride (xp already cropped so the output is k x k)."""
+    g = tf.nn.conv2d(tf.transpose(xp, [3, 1, 2, 0]), tf.transpose(dy, [1, 2, 0, 3]), 1, "VALID", dilations=stride)
+    return tf.transpose(g, [1, 2, 0, 3])
 
 
 def conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), groups=1, kernel_grad=True):
     """Zero-pad by `pads` ((top, bottom), (left, right)), then a VALID conv.
 
     kernel: [k, k, Cin // groups, Cout]. Grouped convs are split into `groups` plain convs and concatenated
-    (TFLite's CONV_2D has no reliable grouped form).
+    (TFLite's CONV_2D has no reliable grouped form). Backward: dx is a stride-1 conv of the zero-inserted dy
+    with the spatially flipped, in/out-swapped kernel; dK (only if `kernel_grad`) is `_kernel_grad` per group.
     """
-    del kernel_grad  # gradients are built by autodiff for now
-    x = _pad(x, pads)
-    if groups == 1:
-        return tf.nn.conv2d(x, kernel, stride, "VALID")
-    xs = tf.split(x, groups, axis=-1)
-    ks = tf.split(kernel, groups, axis=-1)
-    return tf.concat([tf.nn.conv2d(a, k, stride, "VALID") for a, k in zip(xs, ks)], axis=-1)
+    x, kernel = tf.convert_to_tensor(x), tf.convert_to_tensor(kernel)
+    k = kernel.shape[0]
+    dy_pads, x_pads = _backward_geometry(x.shape[1:3], k, stride, pads)
+
+    @tf.custom_gradient
+    def op(x, kernel):
+        x_saved = x if kernel_grad else None
+        kernels = tf.split(kernel, groups, axis=-1) if groups > 1 else [kernel]
+
+        def grad(dy):
+            dyz = _pad(_zero_insert(dy, stride), dy_pads)
+            dx = _conv(dyz, [tf.transpose(tf.reverse(kk, [0, 1]), [0, 1, 3, 2]) for kk in kernels])
+            if not kernel_grad:
+                return dx, None
+            xs = tf.split(_pad(x_saved, x_pads), groups, axis=-1)
+            dys = tf.split(dy, groups, axis=-1)
+            dk = tf.concat([_kernel_grad(a, b, k, stride) for a, b in zip(xs, dys)], axis=-1)
+            return dx, dk
+
+        return _conv(_pad(x, pads), kernels, stride=stride), grad
+
+    return op(x, kernel)
 
 
 def depthwise_conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), kernel_grad=True):
-    """Zero-pad, then a VALID depthwise conv. kernel: [k, k, C, 1]."""
-    del kernel_grad
-    x = _pad(x, pads)
-    return tf.nn.depthwise_conv2d(x, kernel, [1, stride, stride, 1], "VALID")
+    """Zero-pad, then a VALID depthwise conv. kernel: [k, k, C, 1].
+
+    Backward: dx is a stride-1 depthwise conv of the zero-inserted, padded dy with the flipped kernel. dK (only if
+    `kernel_grad`) folds the batch into channels ([1,H,W,N*C] input, dy as a [Ho,Wo,N*C,1] filter at dilation =
+    stride) and sums over N.
+    """
+    x, kernel = tf.convert_to_tensor(x), tf.convert_to_tensor(kernel)
+    k, c = kernel.shape[0], kernel.shape[2]
+    dy_pads, x_pads = _backward_geometry(x.shape[1:3], k, stride, pads)
+
+    @tf.custom_gradient
+    def op(x, kernel):
+        x_saved = x if kernel_grad else None
+
+        def grad(dy):
+            dyz = _pad(_zero_insert(dy, stride), dy_pads)
+            dx = tf.nn.depthwise_conv2d(dyz, tf.reverse(kernel, [0, 1]), [1, 1, 1, 1], "VALID")
+            if not kernel_grad:
+                return dx, None
+            xp = _pad(x_saved, x_pads)
+            _, hp, wp, _ = xp.shape
+            _, ho, wo, _ = dy.shape
+            xf = tf.reshape(tf.transpose(xp, [1, 2, 0, 3]), [1, hp, wp, -1])
+            df = tf.reshape(tf.transpose(dy, [1, 2, 0, 3]), [ho, wo, -1, 1])
+            g = tf.nn.depthwise_conv2d(xf, df, [1, 1, 1, 1], "VALID", dilations=[stride, stride])
+            return dx, tf.reshape(tf.reduce_sum(tf.reshape(g, [k, k, -1, c]), axis=2), [k, k, c, 1])
+
+        return tf.nn.depthwise_conv2d(_pad(x, pads), kernel, [1, stride, stride, 1], "VALID"), grad
+
+    return op(x, kernel)
 
 
 def dense(x, kernel, *, kernel_grad=True):
-    """x: [N, Cin], kernel: [Cin, Cout]."""
-    del kernel_grad
-    return tf.matmul(x, kernel)
+    """x: [N, Cin], kernel: [Cin, Cout]. Backward: dx = dy K^T; dK = x^T dy only if `kernel_grad`."""
+    x, kernel = tf.convert_to_tensor(x), tf.convert_to_tensor(kernel)
+
+    @tf.custom_gradient
+    def op(x, kernel):
+        x_saved = x if kernel_grad else None
+
+        def grad(dy):
+            dk = tf.matmul(x_saved, dy, transpose_a=True) if kernel_grad else None
+            return tf.matmul(dy, kernel, transpose_b=True), dk
+
+        return tf.matmul(x, kernel), grad
+
+    return op(x, kernel)
 
 
 def channel_affine(x, scale, bias, *, scale_grad=True):
-    """y = x * scale + bias per channel (last axis); `scale` or `bias` may be None."""
-    del scale_grad
-    if scale is not None:
-        x = x * scale
-    if bias is not None:
-        x = x + bias
-    return x
+    """y = x * scale + bias per channel (last axis); `scale` or `bias` may be None.
+
+    Backward: dx = dy * scale; dbias = sum(dy); dscale = sum(dy * x), the only use of x, so x is kept only if
+    `scale_grad`. Sums run over every axis but the last (scale and bias are [C]).
+    """
+    x = tf.convert_to_tensor(x)
+    params = [tf.convert_to_tensor(p) for p in (scale, bias) if p is not None]
+    has_scale, has_bias = scale is not None, bias is not None
+    axes = list(range(x.shape.rank - 1))
+
+    @tf.custom_gradient
+    def op(x, *params):
+        s = params[0] if has_scale else None
+        x_saved = x if has_scale and scale_grad else None
+        y = x * s if has_scale else x
+        if has_bias:
+            y = y + params[-1]
+
+        def grad(dy):
+            grads = [dy * s if has_scale else dy]
+            if has_scale:
+                grads.append(tf.reduce_sum(dy * x_saved, axes) if scale_grad else None)
+            if has_bias:
+                grads.append(tf.reduce_sum(dy, axes))
+            return grads
+
+        return y, grad
+
+    return op(x, *params)

@@ -1,0 +1,99 @@
+"""`python -m tinytl_tf ...`: the front door. Parses arguments and calls the package; no logic of its own."""
+
+import argparse
+import json
+import os
+import sys
+
+from tinytl_tf.contract import METHODS
+
+BACKBONE_NAMES = ("mcunet-5fps", "proxyless-w0.3", "mbv2-w0.35", "mobilenet-v1", "proxylessnas-mobile")
+
+
+def _data_loader(args):
+    from tinytl_tf import data
+
+    def load(resolution, mean, std, batch_size):
+        if args.tfds:
+            return data.load_tfds(args.tfds, args.data, resolution, mean, std, batch_size, seed=args.seed)
+        return data.load_image_folder(args.data, resolution, mean, std, batch_size, val_fraction=args.val_fraction,
+                                      seed=args.seed)
+
+    return load
+
+
+def cmd_train(args):
+    from tinytl_tf.train import train_job
+
+    _, metrics = train_job(args.data, args.backbone, args.method, args.out, args.resolution, args.epochs,
+                           args.batch_size, args.lr, args.label_smoothing, args.dropout, args.strategy,
+                           args.weights_dir, args.overwrite, verbose=1, load_data=_data_loader(args))
+    print(json.dumps(metrics, indent=2))
+
+
+def cmd_evaluate(args):
+    from tinytl_tf import data
+    from tinytl_tf.train import accuracy, load_trained
+
+    model = load_trained(args.model)
+    cfg = model.net_config
+    images = data.load_eval_folder(args.data, cfg.resolution, cfg.input_mean, cfg.input_std, args.batch_size,
+                                   class_names=cfg.labels)
+    print(json.dumps({"accuracy": accuracy(model, images.test), "examples": images.num_test,
+                      "skipped_images": images.skipped, "model": str(args.model), "data": str(args.data)}))
+
+
+def cmd_demo(args):
+    from tinytl_tf.demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m tinytl_tf", description="TinyTL: memory-efficient on-device transfer learning for Keras and LiteRT.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="fine-tune a pretrained backbone with a transfer method",
+                       description="Fine-tune a pretrained backbone on a class-per-folder image tree; writes OUT/model.keras and OUT/metrics.json.")
+    t.add_argument("--data", required=True, help="DIR/train/<class>/* + DIR/test/<class>/*, or DIR/<class>/* with --val-fraction; with --tfds, the tfds data_dir")
+    t.add_argument("--tfds", metavar="NAME", help="read the prepared tensorflow-datasets set NAME from --data (no download)")
+    t.add_argument("--val-fraction", type=float, default=0.2, help="held-out fraction of a flat DIR/<class>/* tree (default 0.2)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the split and shuffling (default 0)")
+    t.add_argument("--backbone", default="mcunet-5fps", help=f"one of: {', '.join(BACKBONE_NAMES)} (default mcunet-5fps)")
+    t.add_argument("--method", default="tinytl-lb", help=f"one of: {', '.join(METHODS)} (default tinytl-lb)")
+    t.add_argument("--resolution", type=int, help="input size in pixels (default: the backbone's)")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of Adam with cosine decay (default 1e-3)")
+    t.add_argument("--label-smoothing", type=float, default=0.1)
+    t.add_argument("--dropout", type=float, default=0.2, help="dropout before the new head (default 0.2)")
+    t.add_argument("--strategy", default="none", choices=("none", "mirrored"), help="mirrored: tf.distribute across all local devices")
+    t.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (mobilenet-v1 only)")
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing OUT/model.keras")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="top-1 accuracy of a trained model", description="Print JSON with the top-1 accuracy of a model.keras on DIR/test (or DIR).")
+    e.add_argument("--model", required=True, help="model.keras written by train")
+    e.add_argument("--data", required=True, help="DIR/test/<class>/* or DIR/<class>/*; class names must match the model's")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="the main job on the embedded Caltech-101 subset",
+                       description="Fine-tune mcunet-5fps on the embedded 10-class Caltech-101 subset with TinyTL-L+B and FT-Last and compare.")
+    d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    d.add_argument("--epochs", type=int, default=6)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, OSError) as e:  # user mistakes: bad paths, data, names, configs
+        if os.environ.get("TINYTL_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

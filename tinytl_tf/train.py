@@ -1,0 +1,139 @@
+"""Desktop training with `model.fit` (REFERENCE §5): Adam, cosine decay per step, label smoothing, any batch size,
+optionally across local devices with `tf.distribute.MirroredStrategy`."""
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tinytl_tf import ops
+from tinytl_tf.backbones import count_params, load_backbone
+from tinytl_tf.transfer import check_method, prepare_transfer
+
+STRATEGIES = ("none", "mirrored")
+
+
+@keras.saving.register_keras_serializable(package="tinytl_tf")
+class SmoothedCrossEntropy(keras.losses.Loss):
+    """Softmax cross-entropy on integer labels with label smoothing, through the same op the export uses."""
+
+    def __init__(self, label_smoothing=0.1, name="smoothed_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        labels = tf.reshape(y_true, [-1])
+        return ops.softmax_cross_entropy(y_pred, labels, label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def distribution_scope(strategy):
+    """A context in which to build and compile the model: "none" or "mirrored" (all local devices)."""
+    if strategy in (None, "none"):
+        return contextlib.nullcontext(), 1
+    if strategy == "mirrored":
+        s = tf.distribute.MirroredStrategy()
+        return s.scope(), s.num_replicas_in_sync
+    raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+
+
+def compile_model(model, lr, total_steps, label_smoothing=0.1):
+    """Adam (0.9, 0.999, 1e-8) with the learning rate decayed to 0 by a per-step cosine, no warm-up."""
+    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, total_steps), alpha=0.0)
+    model.compile(optimizer=keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-8),
+                  loss=SmoothedCrossEntropy(label_smoothing),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    return model
+
+
+def fit(model, data, epochs, lr, label_smoothing=0.1, verbose=1):
+    """Train a compiled-or-not model on `data.train`; returns the Keras history."""
+    steps = data.steps_per_epoch
+    compile_model(model, lr, epochs * steps, label_smoothing)
+    return model.fit(data.train, epochs=epochs, verbose=verbose)
+
+
+def accuracy(model, dataset):
+    """Top-1 accuracy of `model` over a batched (x, y) dataset, computed from the logits."""
+    correct = total = 0
+    for x, y in dataset:
+        pred = np.argmax(model(x, training=False), axis=-1)
+        correct += int(np.sum(pred == np.reshape(y.numpy(), [-1])))
+        total += int(pred.shape[0])
+    return correct / max(1, total)
+
+
+def check_output_dir(out, overwrite):
+    out = Path(out)
+    if (out / "model.keras").exists() and not overwrite:
+        raise FileExistsError(f"{out / 'model.keras'} already exists; pass --overwrite to replace it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def atomic_write(path, write):
+    """Call `write(tmp_path)`, then rename over `path`: a crash never leaves a half-written file at `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def train_job(data, backbone, method, out, resolution=None, epochs=10, batch_size=8, lr=1e-3, label_smoothing=0.1,
+              dropout=0.2, strategy="none", weights_dir=None, overwrite=False, verbose=1, load_data=None):
+    """The `train` command: backbone -> transfer method -> fit -> OUT/model.keras + OUT/metrics.json.
+
+    `load_data(resolution, mean, std, batch_size)` returns an ImageData; `data` names it in the metrics.
+    """
+    check_method(method)
+    out = check_output_dir(out, overwrite)
+    scope, replicas = distribution_scope(strategy)
+    with scope:
+        base = load_backbone(backbone, resolution, weights_dir)
+        cfg = base.net_config
+        images = load_data(cfg.resolution, cfg.input_mean, cfg.input_std, batch_size)
+        model = prepare_transfer(base, method, len(images.class_names), labels=images.class_names, dropout=dropout)
+        start = time.time()
+        history = fit(model, images, epochs, lr, label_smoothing, verbose)
+    seconds = time.time() - start
+    trainable, total = count_params(model)
+    metrics = {
+        "method": method, "backbone": backbone, "resolution": model.net_config.resolution, "epochs": epochs,
+        "batch_size": batch_size, "lr": lr, "label_smoothing": label_smoothing, "replicas": replicas,
+        "num_classes": len(images.class_names), "trainable_params": trainable, "total_params": total,
+        "train_accuracy": float(history.history["accuracy"][-1]), "test_accuracy": accuracy(model, images.test),
+        "train_examples": images.num_train, "test_examples": images.num_test, "skipped_images": images.skipped,
+        "train_seconds": round(seconds, 1), "data": str(data),
+    }
+    atomic_write(out / "model.keras", model.save)
+    atomic_write(out / "metrics.json", lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
+    return model, metrics
+
+
+def load_trained(path):
+    """Load a `.keras` file written by `train`, with a clear error for a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}; pass the model.keras written by `train --out`")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # keras raises many types for a corrupt or foreign archive
+        raise ValueError(f"{path} is not a readable tinytl_tf .keras model: {e}") from None
+    if not hasattr(model, "net_config"):
+        raise ValueError(f"{path} is a Keras model but not one built by tinytl_tf")
+    return model
