@@ -32,3 +32,35 @@ def model_json_path(tflite_path):
     import os
 
     return os.path.join(os.path.dirname(os.path.abspath(tflite_path)), METADATA_FILE)
+
+# A trainable tensor's name in `get_weights` / `set_weights` and in checkpoints: its Keras weight path with "/"
+# replaced by "__" (signature tensor names must be identifiers), e.g. "block_3/depthwise/bias" ->
+# "block_3__depthwise__bias". Adam slots append "__m" and "__v"; the optimizer step counter is "step".
+WEIGHT_SEPARATOR = "__"
+SLOT_SUFFIXES = {"adam": ("m", "v"), "sgd": ()}
+STEP_TENSOR = "step"
+
+
+def weight_tensor_name(path):
+    return path.replace("/", WEIGHT_SEPARATOR)
+
+
+def slot_tensor_name(weight_name, slot):
+    return f"{weight_name}{WEIGHT_SEPARATOR}{slot}"
+
+
+# model.json (written by export/to_tflite.py next to the .tflite; the device side reads nothing else):
+# {
+#   "format": METADATA_FORMAT, "fingerprint": "<sha256 of the .tflite bytes>", "tflite": "model.tflite",
+#   "backbone": str, "method": str, "num_classes": int, "labels": [str, ...], "batch_size": 1,
+#   "input": {"height": H, "width": W, "channels": 3, "layout": "NHWC", "mean": [3 floats], "std": [3 floats],
+#             "crop_fraction": CROP_FRACTION, "resize": "bilinear"},   # pixels p in [0,255] -> (p - mean) / std
+#   "signatures": {SIGNATURE: {"inputs": {name: {"shape": [...], "dtype": "float32"|"int32"}},
+#                              "outputs": {name: {"shape": [...], "dtype": ...}}}},
+#   "weights": [{"name": str, "shape": [...], "dtype": "float32", "kind": "trainable"|"slot"|"step"}],
+#   "optimizer": {"name": "sgd"|"adam", "lr": float, "schedule": "cosine"|"constant", "total_steps": int,
+#                 "beta_1": float, "beta_2": float, "epsilon": float, "label_smoothing": float},
+#   "ops": [builtin op names in the model]
+# }
+METADATA_KEYS = ("format", "fingerprint", "tflite", "backbone", "method", "num_classes", "labels", "batch_size",
+                 "input", "signatures", "weights", "optimizer", "ops")

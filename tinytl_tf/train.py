@@ -54,11 +54,17 @@ def compile_model(model, lr, total_steps, label_smoothing=0.1):
     return model
 
 
-def fit(model, data, epochs, lr, label_smoothing=0.1, verbose=1):
-    """Train a compiled-or-not model on `data.train`; returns the Keras history."""
-    steps = data.steps_per_epoch
-    compile_model(model, lr, epochs * steps, label_smoothing)
-    return model.fit(data.train, epochs=epochs, verbose=verbose)
+def steps_per_epoch(dataset):
+    steps = int(dataset.cardinality())
+    if steps < 0:  # unknown cardinality: count once
+        steps = sum(1 for _ in dataset)
+    return steps
+
+
+def fit(model, dataset, epochs, lr, label_smoothing=0.1, verbose=1):
+    """Compile `model` for the recipe and train it on a batched (x, y) dataset; returns the Keras history."""
+    compile_model(model, lr, epochs * steps_per_epoch(dataset), label_smoothing)
+    return model.fit(dataset, epochs=epochs, verbose=verbose)
 
 
 def accuracy(model, dataset):
@@ -109,7 +115,7 @@ def train_job(data, backbone, method, out, resolution=None, epochs=10, batch_siz
         images = load_data(cfg.resolution, cfg.input_mean, cfg.input_std, batch_size)
         model = prepare_transfer(base, method, len(images.class_names), labels=images.class_names, dropout=dropout)
         start = time.time()
-        history = fit(model, images, epochs, lr, label_smoothing, verbose)
+        history = fit(model, images.train, epochs, lr, label_smoothing, verbose)
     seconds = time.time() - start
     trainable, total = count_params(model)
     metrics = {

@@ -1,0 +1,305 @@
+"""tinytl_tf.ops against TF autodiff of independent stock-TF references (float64, forward and every gradient),
+what each backward keeps alive, and the builtins-only claim end to end: a forward + backward graph through every
+op converts with TFLITE_BUILTINS alone and LiteRT reproduces TF's gradients."""
+
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+
+from tinytl_tf import ops
+
+RNG = np.random.default_rng(0)
+TOL = 1e-10  # float64 against float64
+RESIZE_TOL = 1e-6  # TF's ResizeBilinear(Grad) computes in float32 whatever the input dtype
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+def _pad_list(pads):
+    return [[0, 0], list(pads[0]), list(pads[1]), [0, 0]]
+
+
+# Independent references: stock TF ops, differentiated by TF's own autodiff.
+def ref_conv2d(x, kernel, stride, pads, groups):
+    """A grouped conv as one plain conv with a block-diagonal kernel."""
+    k, _, cin_g, cout = kernel.shape
+    cout_g = cout // groups
+    blocks = [
+        tf.pad(kernel[..., j * cout_g : (j + 1) * cout_g], [[0, 0], [0, 0], [j * cin_g, (groups - 1 - j) * cin_g], [0, 0]])
+        for j in range(groups)
+    ]
+    return tf.nn.conv2d(x, tf.concat(blocks, axis=-1), stride, _pad_list(pads))
+
+
+def ref_depthwise(x, kernel, stride, pads):
+    return tf.nn.depthwise_conv2d(x, kernel, [1, stride, stride, 1], _pad_list(pads))
+
+
+def ref_group_norm(x, gamma, beta, groups, epsilon=1e-5):
+    n, h, w, c = x.shape
+    g = tf.reshape(x, [n, h, w, groups, c // groups])
+    mean = tf.reduce_mean(g, axis=[1, 2, 4], keepdims=True)
+    var = tf.reduce_mean(tf.square(g - mean), axis=[1, 2, 4], keepdims=True)
+    return tf.reshape((g - mean) / tf.sqrt(var + epsilon), [n, h, w, c]) * gamma + beta
+
+
+def ref_resize(x, size):
+    return tf.image.resize(x, size, "bilinear")
+
+
+def ref_cross_entropy(logits, labels, smoothing):
+    k = logits.shape[-1]
+    target = tf.one_hot(labels, k, dtype=logits.dtype) * (1 - smoothing) + smoothing / k
+    return tf.nn.softmax_cross_entropy_with_logits(target, logits)
+
+
+def outputs_and_grads(fn, args, wrt, w):
+    """fn(*args) and the gradients of sum(fn(*args) * w) w.r.t. args[i] for i in wrt."""
+    args = [tf.constant(a) for a in args]
+    with tf.GradientTape() as tape:
+        tape.watch([args[i] for i in wrt])
+        y = fn(*args)
+        loss = tf.reduce_sum(y * tf.cast(w, y.dtype))
+    return y, tape.gradient(loss, [args[i] for i in wrt])
+
+
+def check(mine, ref, args, wrt, tol=TOL):
+    """Forward and the gradients w.r.t. args[wrt] of `mine` equal those of `ref` (relative max error)."""
+    y_ref, g_ref = outputs_and_grads(ref, args, wrt, w := RNG.standard_normal(ref(*map(tf.constant, args)).shape))
+    y, g = outputs_and_grads(mine, args, wrt, w)
+    assert y.shape == y_ref.shape and rel_err(y, y_ref) <= tol
+    for i, a, b in zip(wrt, g, g_ref):
+        assert a is not None and rel_err(a, b) <= tol, f"gradient of argument {i}: {rel_err(a, b):.2e}"
+
+
+def rand(*shape):
+    return RNG.standard_normal(shape)
+
+
+# Convolutions: every stride/size/kernel/kind/batch combination with "same"-style pads, plus odd explicit pads.
+CONV_CASES = [
+    (stride, size, k, kind, batch, ((k // 2, k // 2), (k // 2, k // 2)))
+    for stride, size, k, kind, batch in itertools.product([1, 2], [7, 8, 9], [1, 3, 5, 7], ["g1", "g2", "dw"], [1, 2])
+] + [
+    (2, 9, 3, kind, 2, ((0, 1), (1, 0))) for kind in ["g1", "g2", "dw"]
+] + [
+    (2, 8, 5, kind, 1, ((3, 0), (0, 2))) for kind in ["g1", "g2", "dw"]
+] + [
+    (2, 7, 1, kind, 2, ((1, 2), (2, 1))) for kind in ["g1", "g2", "dw"]  # pads wider than the kernel
+] + [
+    (2, 7, 7, kind, 1, ((0, 0), (0, 0))) for kind in ["g1", "g2", "dw"]  # one output pixel
+]
+
+
+@pytest.mark.parametrize("stride,size,k,kind,batch,pads", CONV_CASES)
+def test_conv(stride, size, k, kind, batch, pads):
+    x = rand(batch, size, size + 1, 4)  # W = H + 1 so H and W cannot be mixed up
+    if kind == "dw":
+        mine = lambda x, kk: ops.depthwise_conv2d(x, kk, stride=stride, pads=pads)
+        ref = lambda x, kk: ref_depthwise(x, kk, stride, pads)
+        kernel = rand(k, k, 4, 1)
+    else:
+        groups = 2 if kind == "g2" else 1
+        mine = lambda x, kk: ops.conv2d(x, kk, stride=stride, pads=pads, groups=groups)
+        ref = lambda x, kk: ref_conv2d(x, kk, stride, pads, groups)
+        kernel = rand(k, k, 4 // groups, 6)
+    check(mine, ref, [x, kernel], [0, 1])
+
+
+def test_dense():
+    check(ops.dense, lambda x, k: tf.einsum("ni,io->no", x, k), [rand(3, 5), rand(5, 4)], [0, 1])
+
+
+@pytest.mark.parametrize("rank", [2, 4])
+def test_channel_affine(rank):
+    x = rand(2, 3) if rank == 2 else rand(2, 5, 6, 3)
+    check(ops.channel_affine, lambda x, s, b: x * s + b, [x, rand(3), rand(3)], [0, 1, 2])
+    check(lambda x, s: ops.channel_affine(x, s, None), lambda x, s: x * s, [x, rand(3)], [0, 1])
+    check(lambda x, b: ops.channel_affine(x, None, b), lambda x, b: x + b, [x, rand(3)], [0, 1])
+
+
+@pytest.mark.parametrize("name", ["relu", "relu6"])
+def test_activation(name):
+    x = np.concatenate([rand(2, 4, 5, 3).ravel() * 5, [0.0, 6.0, -1e-9, 6 + 1e-9]]).reshape(2, 62, 1)
+    check(getattr(ops, name), getattr(tf.nn, name), [x], [0])
+
+
+@pytest.mark.parametrize("h,w,batch", [(7, 8, 1), (8, 9, 2), (9, 7, 2)])
+def test_avg_pool_2x2(h, w, batch):
+    check(ops.avg_pool_2x2, lambda x: tf.nn.avg_pool2d(x, 2, 2, "VALID"), [rand(batch, h, w, 3)], [0])
+
+
+def test_global_avg_pool():
+    x = rand(2, 5, 6, 3)
+    check(ops.global_avg_pool, lambda x: tf.squeeze(tf.nn.avg_pool2d(x, [5, 6], 1, "VALID"), [1, 2]), [x], [0])
+
+
+@pytest.mark.parametrize(
+    "h,w", [((3, 7), (4, 7)), ((4, 7), (7, 4)), ((7, 4), (8, 16)), ((8, 16), (5, 10)), ((5, 10), (3, 7))]
+)
+def test_resize_bilinear(h, w):
+    x = rand(2, h[0], w[0], 3)
+    size = (h[1], w[1])
+    check(lambda x: ops.resize_bilinear(x, size), lambda x: ref_resize(x, size), [x], [0], tol=RESIZE_TOL)
+    # The forward is TF's v1 half-pixel op (float32 whatever the input) to well within 1e-6.
+    legacy = tf.compat.v1.image.resize_bilinear(tf.constant(x, tf.float32), size, half_pixel_centers=True)
+    assert rel_err(ops.resize_bilinear(tf.constant(x, tf.float32), size), legacy) <= 1e-6
+
+
+@pytest.mark.parametrize("gamma_grad", [True, False])
+@pytest.mark.parametrize("shape,groups", [((1, 5, 6, 8), 2), ((2, 4, 3, 6), 3), ((2, 3, 3, 4), 1)])
+def test_group_norm(shape, groups, gamma_grad):
+    c = shape[-1]
+    args = [rand(*shape) * 3 + 1, rand(c), rand(c)]
+    mine = lambda x, g, b: ops.group_norm(x, g, b, groups=groups, gamma_grad=gamma_grad)
+    ref = lambda x, g, b: ref_group_norm(x, g, b, groups)
+    check(mine, ref, args, [0, 1, 2] if gamma_grad else [0, 2])
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.7])
+def test_softmax_cross_entropy(smoothing):
+    labels = np.array([1, 4, 0])
+    mine = lambda z: ops.softmax_cross_entropy(z, labels, label_smoothing=smoothing)
+    check(mine, lambda z: ref_cross_entropy(z, labels, smoothing), [rand(3, 5) * 3], [0])
+
+
+# What the backward keeps: forward tensors read by the backward part of a traced graph.
+def _ancestors(tensors):
+    seen, todo = set(), [t.op for t in tensors]
+    while todo:
+        op = todo.pop()
+        if op not in seen:
+            seen.add(op)
+            todo.extend(i.op for i in op.inputs)
+    return seen
+
+
+def saved_from_x(fn, args, wrt):
+    """Trace fn and the gradient of sum(fn * const) w.r.t. args[wrt]; return the gradients' Nones and the forward
+    tensors derived from args[0] that backward ops read, i.e. what the op keeps alive because of its input."""
+    w = tf.constant(RNG.standard_normal(fn(*map(tf.constant, args)).shape), tf.float64)
+
+    @tf.function
+    def step(*xs):
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            loss = tf.reduce_sum(fn(*xs) * w)
+        return loss, tape.gradient(loss, [xs[i] for i in wrt])
+
+    graph = step.get_concrete_function(*[tf.TensorSpec(np.shape(a), tf.float64) for a in args]).graph
+    loss, grads = graph.structured_outputs
+    forward = _ancestors([loss])
+    backward = _ancestors([g for g in grads if g is not None]) - forward
+    x_op = graph.inputs[0].op
+    read = {t.name: t for op in backward for t in op.inputs if t.op in forward}.values()
+    return [g is None for g in grads], [t for t in read if x_op in _ancestors([t])]
+
+
+FROZEN_OPS = {
+    "conv2d": (lambda x, k, flag: ops.conv2d(x, k, stride=2, pads=((1, 1), (1, 1)), groups=2, kernel_grad=flag), (3, 3, 2, 4)),
+    "depthwise": (lambda x, k, flag: ops.depthwise_conv2d(x, k, stride=2, pads=((1, 1), (1, 1)), kernel_grad=flag), (3, 3, 4, 1)),
+    "dense_1x1": (lambda x, k, flag: ops.dense(tf.reshape(x, [-1, 4]), k, kernel_grad=flag), (4, 3)),
+    "affine": (lambda x, s, flag: ops.channel_affine(x, s, tf.ones(4, tf.float64), scale_grad=flag), (4,)),
+}
+
+
+@pytest.mark.parametrize("name", FROZEN_OPS)
+def test_frozen_weight_keeps_no_input(name):
+    fn, wshape = FROZEN_OPS[name]
+    args = [rand(2, 7, 7, 4), rand(*wshape)]
+    is_none, kept = saved_from_x(lambda x, k: fn(x, k, False), args, [0, 1])
+    assert is_none == [False, True] and kept == []
+    # The same probe sees the input kept when the weight trains.
+    is_none, kept = saved_from_x(lambda x, k: fn(x, k, True), args, [0, 1])
+    assert is_none == [False, False] and kept
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [ops.avg_pool_2x2, ops.global_avg_pool, lambda x: ops.resize_bilinear(x, (4, 9))],
+    ids=["avg_pool", "global_pool", "resize"],
+)
+def test_linear_ops_keep_nothing(fn):
+    assert saved_from_x(fn, [rand(2, 7, 7, 4)], [0]) == ([False], [])
+
+
+@pytest.mark.parametrize("fn", [ops.relu, ops.relu6], ids=["relu", "relu6"])
+def test_activations_keep_only_a_mask(fn):
+    _, kept = saved_from_x(fn, [rand(2, 7, 7, 4)], [0])
+    assert [t.dtype for t in kept] == [tf.bool]
+
+
+@pytest.mark.parametrize("gamma_grad", [True, False])
+def test_group_norm_keeps_one_normalised_copy(gamma_grad):
+    fn = lambda x, g, b: ops.group_norm(x, g, b, groups=2, gamma_grad=gamma_grad)
+    _, kept = saved_from_x(fn, [rand(2, 5, 6, 4), rand(4), rand(4)], [0, 1, 2])
+    assert sorted(t.shape.num_elements() for t in kept) == [2 * 2, 2 * 5 * 6 * 4]  # rstd and x-hat
+
+
+# Builtins only: convert a forward + backward chain through every op and run it in LiteRT.
+PARAMS = {
+    "k1": (3, 3, 3, 8), "s1": (8,), "b1": (8,), "k2": (3, 3, 8, 1), "k3": (3, 3, 4, 8),
+    "g3": (8,), "be3": (8,), "kd": (8, 5), "bd": (5,),
+}
+BATCH, LABELS = 2, np.array([1, 3], np.int32)
+
+
+def chain(x, y, p, full, impl):
+    """conv -> affine -> relu6 -> depthwise s2 -> avg pool -> resize -> grouped conv s2 -> group norm -> relu ->
+    global pool -> dense -> loss. `impl` is "ops" (kernels trainable only if `full`) or "ref" (stock TF)."""
+    if impl == "ops":
+        h = ops.conv2d(x, p["k1"], pads=((1, 1), (1, 1)), kernel_grad=full)
+        h = ops.relu6(ops.channel_affine(h, p["s1"], p["b1"]))
+        h = ops.depthwise_conv2d(h, p["k2"], stride=2, pads=((1, 1), (1, 1)), kernel_grad=full)
+        h = ops.resize_bilinear(ops.avg_pool_2x2(h), (7, 7))
+        h = ops.conv2d(h, p["k3"], stride=2, pads=((1, 0), (1, 0)), groups=2, kernel_grad=full)
+        h = ops.relu(ops.group_norm(h, p["g3"], p["be3"], groups=2, gamma_grad=full))
+        h = ops.channel_affine(ops.dense(ops.global_avg_pool(h), p["kd"], kernel_grad=full), None, p["bd"])
+        return tf.reduce_mean(ops.softmax_cross_entropy(h, y, label_smoothing=0.1))
+    h = ref_conv2d(x, p["k1"], 1, ((1, 1), (1, 1)), 1)
+    h = tf.nn.relu6(h * p["s1"] + p["b1"])
+    h = ref_depthwise(h, p["k2"], 2, ((1, 1), (1, 1)))
+    h = tf.cast(ref_resize(tf.nn.avg_pool2d(h, 2, 2, "VALID"), (7, 7)), x.dtype)
+    h = ref_conv2d(h, p["k3"], 2, ((1, 0), (1, 0)), 2)
+    h = tf.nn.relu(ref_group_norm(h, p["g3"], p["be3"], 2))
+    h = tf.reduce_mean(h, axis=[1, 2]) @ p["kd"] + p["bd"]
+    return tf.reduce_mean(ref_cross_entropy(h, y, 0.1))
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["biases_scales", "all"])
+def test_litert_builtins_only_training_graph(full):
+    values = {k: (RNG.standard_normal(s) * (0.1 if k[0] == "b" else 0.3) + (k[0] in "sg")) for k, s in PARAMS.items()}
+    trainable = ["s1", "b1", "be3", "bd"] + (["k1", "k2", "k3", "g3", "kd"] if full else [])
+    frozen = {k: tf.constant(v, tf.float32) for k, v in values.items() if k not in trainable}
+    spec = [tf.TensorSpec([BATCH, 9, 9, 3], tf.float32, name="x"), tf.TensorSpec([BATCH], tf.int32, name="y")]
+    spec += [tf.TensorSpec(PARAMS[k], tf.float32, name=k) for k in trainable]
+
+    @tf.function(input_signature=spec)
+    def train_step(x, y, *train):
+        with tf.GradientTape() as tape:
+            tape.watch(train)
+            loss = chain(x, y, {**frozen, **dict(zip(trainable, train))}, full, "ops")
+        return {"loss": loss, **{"d_" + k: g for k, g in zip(trainable, tape.gradient(loss, train))}}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([train_step.get_concrete_function()], tf.Module())
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no SELECT_TF_OPS: Flex fails here
+    runner = Interpreter(model_content=converter.convert()).get_signature_runner()
+
+    x = RNG.standard_normal((BATCH, 9, 9, 3))
+    got = runner(x=x.astype(np.float32), y=LABELS, **{k: values[k].astype(np.float32) for k in trainable})
+
+    ref_train = [tf.constant(values[k]) for k in trainable]
+    with tf.GradientTape() as tape:
+        tape.watch(ref_train)
+        p = {k: tf.constant(v) for k, v in values.items()} | dict(zip(trainable, ref_train))
+        loss = chain(tf.constant(x), tf.constant(LABELS), p, full, "ref")
+    want = {"loss": loss, **{"d_" + k: g for k, g in zip(trainable, tape.gradient(loss, ref_train))}}
+    assert sorted(got) == sorted(want)
+    for name, value in want.items():
+        assert rel_err(got[name], value) <= 1e-5, f"{name}: {rel_err(got[name], value):.2e}"
