@@ -11,7 +11,7 @@ from PIL import Image
 
 from tinytl_tf import caltech, imageio
 from tinytl_tf.contract import CROP_FRACTION
-from tinytl_tf.data import DataError, ImageData, default_data_dir, load_image_folder, load_tfds
+from tinytl_tf.data import DataError, ImageData, default_data_dir, load_eval_folder, load_image_folder, load_tfds
 
 MEAN, STD = (128.0, 128.0, 128.0), (128.0, 128.0, 128.0)
 
@@ -128,6 +128,13 @@ def test_train_test_layout_is_used_as_given(image_tree):
     assert (data.class_names, data.num_train, data.num_test, data.skipped) == (("a", "b"), 5, 3, 0)
 
 
+def test_val_fraction_is_ignored_for_a_train_test_tree(image_tree):
+    image_tree({"a": 4}, root="data/train")
+    image_tree({"a": 1}, root="data/test")
+    split = imageio.scan_image_folder(image_tree({}, root="data"), val_fraction=0.5)
+    assert (len(split.train), len(split.test)) == (4, 1)
+
+
 def test_val_folder_is_the_test_split_when_there_is_no_test(image_tree):
     image_tree({"a": 2, "b": 2}, root="data/train")
     image_tree({"a": 1, "b": 1}, root="data/val")
@@ -161,14 +168,9 @@ def test_unreadable_images_are_skipped_and_counted(image_tree, caplog):
             r"only in train/: \['b'\], only in test/: \['c'\]",
         ),
         (lambda t, tree: tree({"a": 1}, "d/train").parent, {}, "has train/ but no test/"),
-        (
-            lambda t, tree: (tree({"a": 1}, "d/train"), tree({"a": 1}, "d/test"))[0].parent,
-            {"val_fraction": 0.2},
-            "val_fraction does not apply",
-        ),
         (lambda t, tree: tree({"a": 2}), {"val_fraction": 1.0}, "between 0 and 1"),
     ],
-    ids=["missing", "empty", "class-without-images", "class-mismatch", "no-test", "val-fraction-on-split", "bad-fraction"],
+    ids=["missing", "empty", "class-without-images", "class-mismatch", "no-test", "bad-fraction"],
 )
 def test_data_errors_say_what_is_wrong(tmp_path, image_tree, setup, kwargs, message):
     root = setup(tmp_path, image_tree)
@@ -207,7 +209,9 @@ def test_test_pipeline_equals_imageio_exactly():
     data = load_image_folder(default_data_dir(), 64, (120.0, 110.0, 100.0), (60.0, 50.0, 40.0), 16)
     split = imageio.scan_image_folder(default_data_dir())
     x, y = epoch(data.test)
-    expected = np.stack([imageio.normalize(imageio.eval_transform(imageio.load_rgb(p), 64), (120, 110, 100), (60, 50, 40)) for p, _ in split.test])
+    expected = np.stack(
+        [imageio.normalize(imageio.eval_transform(imageio.load_rgb(p), 64), (120, 110, 100), (60, 50, 40)) for p, _ in split.test]
+    )
     np.testing.assert_array_equal(x, expected)
     np.testing.assert_array_equal(y, [label for _, label in split.test])
 
@@ -222,6 +226,18 @@ def test_train_pipeline_is_reproducible_and_reshuffled_every_epoch(image_tree):
     assert not np.array_equal(e1[0], e2[0])  # new order and new crops in the next epoch
     assert not np.array_equal(e1[0], epoch(other)[0])
     assert sorted(e1[1]) == sorted(e2[1])
+
+
+def test_eval_folder_labels_by_the_models_class_names(image_tree):
+    image_tree({"b": 2, "c": 1}, root="data/test")
+    image_tree({"z": 1}, root="data/train")  # ignored: only test/ is evaluated
+    data = load_eval_folder(image_tree({}, root="data"), 32, MEAN, STD, 2, class_names=("a", "b", "c"))
+    assert (data.train, data.num_train, data.num_test, data.class_names) == (None, 0, 3, ("a", "b", "c"))
+    assert list(epoch(data.test)[1]) == [1, 1, 2]
+    flat = load_eval_folder(image_tree({"x": 2}, root="flat"), 32, MEAN, STD, 2)
+    assert (flat.class_names, flat.num_test) == (("x",), 2)
+    with pytest.raises(DataError, match=r"\['x'\] .* not classes of the model"):
+        load_eval_folder(image_tree({}, root="flat"), 32, MEAN, STD, 2, class_names=("a", "b"))
 
 
 # the embedded subset ---------------------------------------------------------------------------------------------
@@ -247,7 +263,9 @@ def write_tfds(data_dir, name, images, labels, class_names):
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    features = tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(None, None, 3)), "label": tfds.features.ClassLabel(names=class_names)})
+    features = tfds.features.FeaturesDict(
+        {"image": tfds.features.Image(shape=(None, None, 3)), "label": tfds.features.ClassLabel(names=class_names)}
+    )
     folder = Path(data_dir) / name / "1.0.0"
     folder.mkdir(parents=True)
     for split in ("train", "test"):
@@ -297,7 +315,10 @@ def caltech_tars(tmp_path):
         (src / f"{split}.txt").write_text("\n".join(names) + "\n")
     tars = tmp_path / "tars"
     tars.mkdir()
-    parts = {1: ["101_ObjectCategories/BACKGROUND_Google", "101_ObjectCategories/cat"], 2: ["101_ObjectCategories/dog", "train.txt", "test.txt"]}
+    parts = {
+        1: ["101_ObjectCategories/BACKGROUND_Google", "101_ObjectCategories/cat"],
+        2: ["101_ObjectCategories/dog", "train.txt", "test.txt"],
+    }
     for part, members in parts.items():
         with tarfile.open(tars / f"caltech101_part{part}.tar", "w") as tar:
             for m in members:
@@ -320,7 +341,7 @@ def test_prepare_caltech101_follows_the_split_files(tmp_path, caltech_tars):
 
 def test_prepare_caltech101_incomplete_input_leaves_nothing(tmp_path, caltech_tars):
     out = tmp_path / "prepared"
-    with pytest.raises(DataError, match="train.txt is missing"):
+    with pytest.raises(DataError, match="no train.txt in"):
         caltech.prepare_caltech101([caltech_tars / "caltech101_part1.tar"], out)
     (caltech_tars / "caltech101_part1.tar").unlink()
     with pytest.raises(DataError, match=r"3 images listed in train.txt are missing \(e.g. cat/image_0001.jpg\)"):

@@ -28,12 +28,11 @@ def _pad_list(pads):
 # Independent references: stock TF ops, differentiated by TF's own autodiff.
 def ref_conv2d(x, kernel, stride, pads, groups):
     """A grouped conv as one plain conv with a block-diagonal kernel."""
-    k, _, cin_g, cout = kernel.shape
-    cout_g = cout // groups
-    blocks = [
-        tf.pad(kernel[..., j * cout_g : (j + 1) * cout_g], [[0, 0], [0, 0], [j * cin_g, (groups - 1 - j) * cin_g], [0, 0]])
-        for j in range(groups)
-    ]
+    cin_g, cout_g = kernel.shape[2], kernel.shape[3] // groups
+    blocks = []
+    for j in range(groups):
+        block = kernel[..., j * cout_g : (j + 1) * cout_g]
+        blocks.append(tf.pad(block, [[0, 0], [0, 0], [j * cin_g, (groups - 1 - j) * cin_g], [0, 0]]))
     return tf.nn.conv2d(x, tf.concat(blocks, axis=-1), stride, _pad_list(pads))
 
 
@@ -82,18 +81,21 @@ def rand(*shape):
     return RNG.standard_normal(shape)
 
 
+KINDS = ["g1", "g2", "dw"]  # groups 1, groups 2, depthwise
+
+
 # Convolutions: every stride/size/kernel/kind/batch combination with "same"-style pads, plus odd explicit pads.
 CONV_CASES = [
     (stride, size, k, kind, batch, ((k // 2, k // 2), (k // 2, k // 2)))
-    for stride, size, k, kind, batch in itertools.product([1, 2], [7, 8, 9], [1, 3, 5, 7], ["g1", "g2", "dw"], [1, 2])
+    for stride, size, k, kind, batch in itertools.product([1, 2], [7, 8, 9], [1, 3, 5, 7], KINDS, [1, 2])
 ] + [
-    (2, 9, 3, kind, 2, ((0, 1), (1, 0))) for kind in ["g1", "g2", "dw"]
+    (2, 9, 3, kind, 2, ((0, 1), (1, 0))) for kind in KINDS
 ] + [
-    (2, 8, 5, kind, 1, ((3, 0), (0, 2))) for kind in ["g1", "g2", "dw"]
+    (2, 8, 5, kind, 1, ((3, 0), (0, 2))) for kind in KINDS
 ] + [
-    (2, 7, 1, kind, 2, ((1, 2), (2, 1))) for kind in ["g1", "g2", "dw"]  # pads wider than the kernel
+    (2, 7, 1, kind, 2, ((1, 2), (2, 1))) for kind in KINDS  # pads wider than the kernel
 ] + [
-    (2, 7, 7, kind, 1, ((0, 0), (0, 0))) for kind in ["g1", "g2", "dw"]  # one output pixel
+    (2, 7, 7, kind, 1, ((0, 0), (0, 0))) for kind in KINDS  # one output pixel
 ]
 
 
@@ -181,31 +183,35 @@ def _ancestors(tensors):
 
 
 def saved_from_x(fn, args, wrt):
-    """Trace fn and the gradient of sum(fn * const) w.r.t. args[wrt]; return the gradients' Nones and the forward
-    tensors derived from args[0] that backward ops read, i.e. what the op keeps alive because of its input."""
-    w = tf.constant(RNG.standard_normal(fn(*map(tf.constant, args)).shape), tf.float64)
+    """Trace fn and the gradient of sum(fn * const) w.r.t. args[wrt]; return which gradients are None and the
+    forward tensors derived from args[0] that backward ops read, i.e. what the op keeps alive for its backward.
+    Forward = ops created up to the loss (a mask is computed there even though only the backward reads it)."""
+    w = RNG.standard_normal(fn(*map(tf.constant, args)).shape)
 
     @tf.function
     def step(*xs):
         with tf.GradientTape() as tape:
             tape.watch(xs)
-            loss = tf.reduce_sum(fn(*xs) * w)
+            y = fn(*xs)
+            loss = tf.reduce_sum(y * tf.constant(w, y.dtype))
         return loss, tape.gradient(loss, [xs[i] for i in wrt])
 
     graph = step.get_concrete_function(*[tf.TensorSpec(np.shape(a), tf.float64) for a in args]).graph
     loss, grads = graph.structured_outputs
-    forward = _ancestors([loss])
+    created = graph.get_operations()
+    forward = set(created[: created.index(loss.op.inputs[0].op) + 1])  # loss.op is the output Identity
     backward = _ancestors([g for g in grads if g is not None]) - forward
     x_op = graph.inputs[0].op
     read = {t.name: t for op in backward for t in op.inputs if t.op in forward}.values()
     return [g is None for g in grads], [t for t in read if x_op in _ancestors([t])]
 
 
+PADS = ((1, 1), (1, 1))
 FROZEN_OPS = {
-    "conv2d": (lambda x, k, flag: ops.conv2d(x, k, stride=2, pads=((1, 1), (1, 1)), groups=2, kernel_grad=flag), (3, 3, 2, 4)),
-    "depthwise": (lambda x, k, flag: ops.depthwise_conv2d(x, k, stride=2, pads=((1, 1), (1, 1)), kernel_grad=flag), (3, 3, 4, 1)),
-    "dense_1x1": (lambda x, k, flag: ops.dense(tf.reshape(x, [-1, 4]), k, kernel_grad=flag), (4, 3)),
-    "affine": (lambda x, s, flag: ops.channel_affine(x, s, tf.ones(4, tf.float64), scale_grad=flag), (4,)),
+    "conv2d": (lambda x, k, f: ops.conv2d(x, k, stride=2, pads=PADS, groups=2, kernel_grad=f), (3, 3, 2, 4)),
+    "depthwise": (lambda x, k, f: ops.depthwise_conv2d(x, k, stride=2, pads=PADS, kernel_grad=f), (3, 3, 4, 1)),
+    "dense_1x1": (lambda x, k, f: ops.dense(tf.reshape(x, [-1, 4]), k, kernel_grad=f), (4, 3)),
+    "affine": (lambda x, s, f: ops.channel_affine(x, s, tf.ones(4, tf.float64), scale_grad=f), (4,)),
 }
 
 
@@ -274,7 +280,9 @@ def chain(x, y, p, full, impl):
 
 @pytest.mark.parametrize("full", [False, True], ids=["biases_scales", "all"])
 def test_litert_builtins_only_training_graph(full):
-    values = {k: (RNG.standard_normal(s) * (0.1 if k[0] == "b" else 0.3) + (k[0] in "sg")) for k, s in PARAMS.items()}
+    values = {}
+    for k, shape in PARAMS.items():  # kernels ~0.3, biases ~0.1, scales and gammas ~1
+        values[k] = RNG.standard_normal(shape) * (0.1 if k[0] == "b" else 0.3) + (k[0] in "sg")
     trainable = ["s1", "b1", "be3", "bd"] + (["k1", "k2", "k3", "g3", "kd"] if full else [])
     frozen = {k: tf.constant(v, tf.float32) for k, v in values.items() if k not in trainable}
     spec = [tf.TensorSpec([BATCH, 9, 9, 3], tf.float32, name="x"), tf.TensorSpec([BATCH], tf.int32, name="y")]
@@ -289,7 +297,10 @@ def test_litert_builtins_only_training_graph(full):
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([train_step.get_concrete_function()], tf.Module())
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no SELECT_TF_OPS: Flex fails here
-    runner = Interpreter(model_content=converter.convert()).get_signature_runner()
+    interpreter = Interpreter(model_content=converter.convert())
+    # ReLU masks stay bool until the backward's SELECT_V2 (a CAST would be hoisted into the forward).
+    assert "CAST" not in {op["op_name"] for op in interpreter._get_ops_details()}
+    runner = interpreter.get_signature_runner()
 
     x = RNG.standard_normal((BATCH, 9, 9, 3))
     got = runner(x=x.astype(np.float32), y=LABELS, **{k: values[k].astype(np.float32) for k in trainable})

@@ -48,7 +48,7 @@ def prepare_caltech101(source, out_dir):
         for split in ("train", "test"):
             listing = root / f"{split}.txt"
             if not listing.is_file():
-                raise DataError(f"{listing} is missing; pass both Caltech-101 tarballs (the split files are in part 2)")
+                raise DataError(f"no {listing.name} in {source}; pass both Caltech-101 tarballs (the split files are in part 2)")
             names = [n for n in listing.read_text().split() if n.split("/")[0] != DROPPED_CLASS]
             missing = [n for n in names if not (root / "101_ObjectCategories" / n).is_file()]
             if missing:

@@ -3,10 +3,11 @@
     data = load_image_folder(path, resolution, mean, std, batch_size, val_fraction=None, seed=0)
     data = load_tfds(name, data_dir, resolution, mean, std, batch_size, seed=0)
     model.fit(data.train, validation_data=data.test, epochs=...)
+    images = load_eval_folder(path, resolution, mean, std, batch_size, class_names=model_labels)  # .test only
 
-Both return an `ImageData`: batched `train` / `test` datasets of (float32 [B, R, R, 3], int32 [B]), `class_names`,
-`num_train`, `num_test` and `skipped` (unreadable images left out). `default_data_dir()` is the embedded Caltech-10
-subset (10 classes, 30 train + 10 test images each; see assets/caltech10/ATTRIBUTION.md).
+Each returns an `ImageData`: batched `train` / `test` datasets of (float32 [B, R, R, 3], int32 [B]), `class_names`,
+`num_train`, `num_test` and `skipped` (unreadable images left out); `load_eval_folder` has no `train` (None).
+`default_data_dir()` is the embedded Caltech-10 subset (10 classes, 30 train + 10 test images each; see assets/caltech10/ATTRIBUTION.md).
 
 Preprocessing (REFERENCE §5): train = random-resized crop + horizontal flip, test = resize the shorter side to
 resolution / 0.875 + centre crop; then (p - mean) / std. Decoding and both transforms run the numpy/Pillow code of
@@ -20,6 +21,7 @@ augmentation draws from its own seed, all derived from `seed`, so a run is repro
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -28,7 +30,7 @@ from tinytl_tf import imageio
 from tinytl_tf.config import check_resolution
 from tinytl_tf.imageio import DataError
 
-__all__ = ["DataError", "ImageData", "default_data_dir", "load_image_folder", "load_tfds"]
+__all__ = ["DataError", "ImageData", "default_data_dir", "load_eval_folder", "load_image_folder", "load_tfds"]
 
 TFDS_SHUFFLE_BUFFER = 4096  # encoded images held for shuffling a tfds split (a folder shuffles all its paths)
 
@@ -37,7 +39,7 @@ TFDS_SHUFFLE_BUFFER = 4096  # encoded images held for shuffling a tfds split (a 
 class ImageData:
     """Batched, normalized datasets: `train` (reshuffled and re-augmented every epoch) and `test` (fixed order)."""
 
-    train: tf.data.Dataset
+    train: Optional[tf.data.Dataset]  # None from load_eval_folder
     test: tf.data.Dataset
     class_names: tuple
     num_train: int
@@ -53,15 +55,23 @@ def default_data_dir():
 def load_image_folder(path, resolution, mean, std, batch_size, val_fraction=None, seed=0):
     """A class-per-folder tree as an `ImageData`; layouts and split rules: `imageio.scan_image_folder`."""
     split = imageio.scan_image_folder(path, val_fraction=val_fraction, seed=seed)
-
-    def pairs(items):
-        paths, labels = zip(*items) if items else ((), ())
-        return tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
-
-    train, test = _pipelines(
-        pairs(split.train), pairs(split.test), False, len(split.train), resolution, mean, std, batch_size, seed
+    prep = _Preprocess(resolution, mean, std, batch_size, encoded=False)
+    return ImageData(
+        prep.train(_files(split.train), len(split.train), seed),
+        prep.test(_files(split.test)),
+        split.class_names,
+        len(split.train),
+        len(split.test),
+        split.skipped,
     )
-    return ImageData(train, test, split.class_names, len(split.train), len(split.test), split.skipped)
+
+
+def load_eval_folder(path, resolution, mean, std, batch_size, class_names=()):
+    """`path/test/<class>/` (or `path/<class>/`) as the `test` of an `ImageData` (`train` is None), labelled by
+    a trained model's `class_names`; see `imageio.scan_test_folder`."""
+    split = imageio.scan_test_folder(path, class_names)
+    test = _Preprocess(resolution, mean, std, batch_size, encoded=False).test(_files(split.test))
+    return ImageData(None, test, split.class_names, 0, len(split.test), split.skipped)
 
 
 def load_tfds(name, data_dir, resolution, mean, std, batch_size, seed=0):
@@ -101,41 +111,58 @@ def load_tfds(name, data_dir, resolution, mean, std, batch_size, seed=0):
         return ds.map(lambda image, label: (image, tf.cast(label, tf.int32)))
 
     num_train = info.splits["train"].num_examples
-    train, test = _pipelines(
-        split("train"), split(test_split), True, min(num_train, TFDS_SHUFFLE_BUFFER), resolution, mean, std, batch_size, seed
+    prep = _Preprocess(resolution, mean, std, batch_size, encoded=True)
+    return ImageData(
+        prep.train(split("train"), min(num_train, TFDS_SHUFFLE_BUFFER), seed),
+        prep.test(split(test_split)),
+        tuple(info.features[keys[1]].names),
+        num_train,
+        info.splits[test_split].num_examples,
     )
-    return ImageData(train, test, tuple(info.features[keys[1]].names), num_train, info.splits[test_split].num_examples)
 
 
-def _pipelines(train, test, encoded, shuffle_buffer, resolution, mean, std, batch_size, seed):
-    """Decode + augment/crop (in Python, via imageio), batch, normalize, prefetch. Elements are (source, label):
-    a file path, or encoded image bytes when `encoded`."""
-    check_resolution(resolution)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    mean_t, std_t = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
+def _files(pairs):
+    paths, labels = zip(*pairs) if pairs else ((), ())
+    return tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
 
-    def read(source):
-        return imageio.load_rgb(source if encoded else os.fsdecode(source))
 
-    def train_np(source, item_seed):
-        return imageio.train_transform(read(source), resolution, np.random.default_rng(abs(int(item_seed))))
+class _Preprocess:
+    """Turns datasets of (source, label) into batched, normalized ones. A source is a file path, or encoded image
+    bytes when `encoded`; decoding and both transforms run `imageio` in Python (tf.numpy_function)."""
 
-    def test_np(source):
-        return imageio.eval_transform(read(source), resolution)
+    def __init__(self, resolution, mean, std, batch_size, encoded):
+        check_resolution(resolution)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.resolution, self.batch_size, self.encoded = resolution, batch_size, encoded
+        self.mean, self.std = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
 
-    def py(fn, *args):
+    def train(self, ds, shuffle_buffer, seed):
+        """Reshuffled every epoch; each image's crop and flip draw from its own seed, so `seed` fixes the run."""
+
+        def augment(source, item_seed):
+            return imageio.train_transform(self._read(source), self.resolution, np.random.default_rng(abs(int(item_seed))))
+
+        ds = ds.shuffle(max(shuffle_buffer, 1), seed=seed, reshuffle_each_iteration=True)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            lambda item, s: (self._py(augment, item[0], s), item[1]), num_parallel_calls=tf.data.AUTOTUNE
+        )
+        return self._finish(ds)
+
+    def test(self, ds):
+        def crop(source):
+            return imageio.eval_transform(self._read(source), self.resolution)
+
+        return self._finish(ds.map(lambda source, label: (self._py(crop, source), label), num_parallel_calls=tf.data.AUTOTUNE))
+
+    def _read(self, source):
+        return imageio.load_rgb(source if self.encoded else os.fsdecode(source))
+
+    def _py(self, fn, *args):
         image = tf.numpy_function(fn, args, tf.uint8, stateful=False)
-        return tf.ensure_shape(image, (resolution, resolution, 3))
+        return tf.ensure_shape(image, (self.resolution, self.resolution, 3))
 
-    def finish(ds):
-        ds = ds.batch(batch_size).map(lambda x, y: ((tf.cast(x, tf.float32) - mean_t) / std_t, y))
+    def _finish(self, ds):
+        ds = ds.batch(self.batch_size).map(lambda x, y: ((tf.cast(x, tf.float32) - self.mean) / self.std, y))
         return ds.prefetch(tf.data.AUTOTUNE)
-
-    train = train.shuffle(max(shuffle_buffer, 1), seed=seed, reshuffle_each_iteration=True)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    train = tf.data.Dataset.zip((train, seeds)).map(
-        lambda item, s: (py(train_np, item[0], s), item[1]), num_parallel_calls=tf.data.AUTOTUNE
-    )
-    test = test.map(lambda source, label: (py(test_np, source), label), num_parallel_calls=tf.data.AUTOTUNE)
-    return finish(train), finish(test)

@@ -8,7 +8,8 @@ pipeline (`tinytl_tf.data`) calls these same functions, so desktop and device se
 - `train_transform(image, size, rng)`: random-resized crop (RANDOM_CROP_SCALE, RANDOM_CROP_RATIO) + random flip.
 - `normalize(image, mean, std)` -> float32 (p - mean) / std.
 - `scan_image_folder(root, val_fraction=None, seed=0)` -> `FolderSplit`: the files of a class-per-folder tree,
-  validated once (unreadable files dropped and counted) and split into train and test.
+  validated once (unreadable files dropped and counted) and split into train and test;
+  `scan_test_folder(root, class_names)`: the same for a folder that is only evaluated.
 """
 
 import logging
@@ -118,9 +119,10 @@ def scan_image_folder(root, val_fraction=None, seed=0):
     """Find, validate and split the images under `root`.
 
     Layouts: `root/train/<class>/` with `root/test/<class>/` (or `root/val/<class>/` when there is no test/),
-    used as given; or flat `root/<class>/`, split per class (stratified) with `val_fraction` of each class's
-    images (default 0.2, at least one when the class has two or more) held out as test. The split depends only on
-    `seed`, the class name and its file names, so it is reproducible and adding a class does not reshuffle others.
+    used as given (`val_fraction` is ignored); or flat `root/<class>/`, split per class (stratified) with
+    `val_fraction` of each class's images (default 0.2, at least one when the class has two or more) held out.
+    A class's split depends only on `seed`, its name and its file names: reproducible, and adding a class does not
+    reshuffle the others.
     Files with an extension in IMAGE_EXTENSIONS count as images (searched recursively; hidden entries ignored).
     Every image is decoded once here, so a corrupt or truncated file is dropped and counted, never met mid-epoch.
     """
@@ -128,8 +130,6 @@ def scan_image_folder(root, val_fraction=None, seed=0):
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; {LAYOUT_HELP}")
     if (root / "train").is_dir():
-        if val_fraction is not None:
-            raise DataError(f"{root} already has a train/ folder, so val_fraction does not apply; drop it or use a flat tree")
         held_out = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
         if held_out is None:
             raise DataError(f"{root} has train/ but no test/ (or val/) folder next to it; {LAYOUT_HELP}")
@@ -161,6 +161,23 @@ def scan_image_folder(root, val_fraction=None, seed=0):
             for f, t in zip(files, is_test):
                 pairs[int(t)].append((f, i))
     return FolderSplit(class_names, tuple(pairs[0]), tuple(pairs[1]), skipped)
+
+
+def scan_test_folder(root, class_names=()):
+    """The images of `root/test/<class>/` (or, without test/, `root/<class>/`), all as test, for evaluating a
+    trained model: labels index `class_names` (the model's; empty: the sorted folder names), and a class folder
+    the model does not know is a DataError. Unreadable files are dropped and counted as in `scan_image_folder`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist; expected DIR/test/<class>/<images> or DIR/<class>/<images>")
+    files = _class_files(root / "test" if (root / "test").is_dir() else root)
+    class_names = tuple(class_names) or tuple(sorted(files))
+    unknown = sorted(set(files) - set(class_names))
+    if unknown:
+        raise DataError(f"class folder(s) {unknown} under {root} are not classes of the model ({list(class_names)})")
+    (files,), skipped = _drop_unreadable(root, [files])
+    test = tuple((f, class_names.index(c)) for c in sorted(files) for f in files[c])
+    return FolderSplit(class_names, (), test, skipped)
 
 
 def _class_files(folder):
@@ -201,5 +218,7 @@ def _drop_unreadable(root, parts):
         kept.append({c: [str(p) for p in files if not errors[p]] for c, files in part.items()})
         for c, files in kept[-1].items():
             if not files:
-                raise DataError(f"class '{c}' under {root} has no readable image (all {len(part[c])} failed to load, e.g. {errors[part[c][0]]})")
+                raise DataError(
+                    f"class '{c}' under {root} has no readable image (all {len(part[c])} failed to load, e.g. {errors[part[c][0]]})"
+                )
     return kept, len(bad)

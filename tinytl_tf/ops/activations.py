@@ -1,7 +1,7 @@
 """ReLU and ReLU6. Their backward needs only a mask of where the input was inside the linear range.
 
 The mask is computed in the forward and is all the backward keeps (autodiff would keep the float input and emit
-ReluGrad/Relu6Grad, which need Flex). How it is stored lives in `_pack_mask`/`_unpack_mask` alone.
+ReluGrad/Relu6Grad, which need Flex). How it is stored lives in `_pack_mask`/`_apply_mask` alone.
 """
 
 import tensorflow as tf
@@ -12,8 +12,10 @@ def _pack_mask(mask):
     return mask
 
 
-def _unpack_mask(stored, dtype):
-    return tf.cast(stored, dtype)
+def _apply_mask(stored, dy):
+    """dy where the mask is set, else 0. A select that reads the stored mask together with dy: a cast of the mask
+    alone would be hoisted into the forward by the TFLite converter, keeping a float mask alive instead."""
+    return tf.where(stored, dy, tf.zeros([], dy.dtype))
 
 
 def _masked(fn, inside, x):
@@ -22,7 +24,7 @@ def _masked(fn, inside, x):
     @tf.custom_gradient
     def op(x):
         stored = _pack_mask(inside(x))
-        return fn(x), lambda dy: dy * _unpack_mask(stored, dy.dtype)
+        return fn(x), lambda dy: _apply_mask(stored, dy)
 
     return op(tf.convert_to_tensor(x))
 

@@ -1,9 +1,10 @@
 """Convolutions, dense and the per-channel affine of a folded normalization.
 
 Backward passes use only TFLite builtins (CONV_2D, DEPTHWISE_CONV_2D, PAD, PACK, RESHAPE, TRANSPOSE, REVERSE_V2,
-SPACE_TO_BATCH_ND, MUL, SUM, BATCH_MATMUL/FULLY_CONNECTED): autodiff would emit Conv2DBackpropFilter,
-DepthwiseConv2dNativeBackprop* and friends, which need Flex. A weight gradient is built, and the forward input
-kept for it, only when the weight's `*_grad` flag is True.
+MUL, SUM, BATCH_MATMUL/FULLY_CONNECTED): autodiff would emit Conv2DBackpropFilter, DepthwiseConv2dNativeBackprop*
+and friends, which need Flex. A weight gradient is built, and the forward input kept for it, only when the
+weight's `*_grad` flag is True. Weight gradients contract over the batch inside a conv, so a graph that trains
+kernels converts only with a static batch size; input gradients do not care.
 """
 
 import tensorflow as tf
@@ -21,10 +22,10 @@ def _pad(x, pads):
     return x
 
 
-def _conv(x, kernels, dilation=1, stride=1):
+def _conv(x, kernels, stride=1):
     """VALID conv with one kernel per channel group (TFLite's CONV_2D has no reliable grouped form)."""
     xs = tf.split(x, len(kernels), axis=-1) if len(kernels) > 1 else [x]
-    ys = [tf.nn.conv2d(a, k, stride, "VALID", dilations=dilation) for a, k in zip(xs, kernels)]
+    ys = [tf.nn.conv2d(a, k, stride, "VALID") for a, k in zip(xs, kernels)]
     return ys[0] if len(ys) == 1 else tf.concat(ys, axis=-1)
 
 
@@ -95,7 +96,8 @@ def depthwise_conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), kernel_grad=
 
     Backward: dx is a stride-1 depthwise conv of the zero-inserted, padded dy with the flipped kernel. dK (only if
     `kernel_grad`) folds the batch into channels ([1,H,W,N*C] input, dy as a [Ho,Wo,N*C,1] filter at dilation =
-    stride) and sums over N.
+    stride) and sums over N. TF's CPU kernel has no dilation, so tf.nn.depthwise_conv2d wraps it in
+    SpaceToBatchND/BatchToSpaceND, which the converter folds back into DEPTHWISE_CONV_2D's dilation.
     """
     x, kernel = tf.convert_to_tensor(x), tf.convert_to_tensor(kernel)
     k, c = kernel.shape[0], kernel.shape[2]

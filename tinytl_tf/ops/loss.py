@@ -1,6 +1,7 @@
 """Softmax cross-entropy with label smoothing, on integer labels.
 
-Written as log_softmax + one_hot with the gradient softmax - target: SparseSoftmaxCrossEntropyWithLogits needs Flex.
+Written as log_softmax + one_hot with the gradient softmax - target (SparseSoftmaxCrossEntropyWithLogits needs
+Flex).
 """
 
 import tensorflow as tf

@@ -1,7 +1,7 @@
 """Group normalization (batch independent, so batch-1 training works).
 
-Hand-written backward with 4-D reshapes (autodiff of tf.nn.moments emits BroadcastGradientArgs and dynamic-shape
-ops that need Flex).
+Hand-written backward with 4-D reshapes: autodiff of the moments needs Flex (BroadcastGradientArgs) once the batch
+is dynamic, and it would keep x and x - mean alive.
 """
 
 import tensorflow as tf

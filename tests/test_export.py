@@ -1,0 +1,117 @@
+"""The exported training graph: builtins only, and LiteRT training equals Keras training step for step."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+
+from tests.tiny import tiny_backbone
+from tinytl_tf import contract, tflite_model
+from tinytl_tf.backbones import TinyNet
+from tinytl_tf.contract import METHODS, weight_tensor_name
+from tinytl_tf.export import ExportError, check_builtins_only, export_model
+from tinytl_tf.train import compile_model
+from tinytl_tf.transfer import prepare_transfer
+
+STEPS, LR, TOTAL = 3, 5e-2, 10
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return tiny_backbone()
+
+
+def clone(model):
+    copy = TinyNet.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def batches(resolution, n=STEPS, seed=3):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((1, resolution, resolution, 3)).astype(np.float32),
+             np.array([i % 3], np.int32)) for i in range(n)]
+
+
+@pytest.mark.parametrize("method,optimizer", [(m, "adam") for m in METHODS] + [("tinytl-lb", "sgd")])
+def test_litert_training_equals_keras(backbone, tmp_path, method, optimizer):
+    keras.utils.set_random_seed(1)
+    model = prepare_transfer(backbone, method, 3, dropout=0.0)
+    reference = clone(model)
+    path = tmp_path / "model.tflite"
+    meta = export_model(model, path, optimizer, LR, TOTAL, label_smoothing=0.1)
+
+    interpreter = Interpreter(model_path=str(path))
+    train = interpreter.get_signature_runner(contract.SIGNATURE_TRAIN)
+    infer = interpreter.get_signature_runner(contract.SIGNATURE_INFER)
+    data = batches(model.net_config.resolution)
+    x0 = data[0][0]
+    np.testing.assert_allclose(infer(x=x0)["logits"], reference(x0), rtol=1e-5, atol=1e-5)
+
+    compile_model(reference, LR, TOTAL, 0.1)
+    if optimizer == "sgd":
+        reference.compile(optimizer=keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(LR, TOTAL)),
+                          loss=reference.loss)
+    for x, y in data:
+        got = float(train(x=x, y=y, lr=np.float32(0))["loss"])
+        want = reference.train_on_batch(x, y)
+        want = float(want[0] if isinstance(want, list) else want)
+        assert abs(got - want) <= 1e-4 * max(1.0, abs(want)), (got, want)
+
+    weights = interpreter.get_signature_runner(contract.SIGNATURE_GET_WEIGHTS)()
+    trained = {weight_tensor_name(v.path): v.numpy() for v in reference.trainable_weights}
+    slots = len(contract.SLOT_SUFFIXES[optimizer])
+    assert len(weights) == len(trained) * (1 + slots) + 1  # frozen weights are constants, not variables
+    for name, value in trained.items():
+        np.testing.assert_allclose(weights[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
+    assert float(weights[contract.STEP_TENSOR]) == STEPS
+    # frozen weights untouched: after training the device still computes the reference (whose frozen set is fixed)
+    np.testing.assert_allclose(infer(x=x0)["logits"], reference(x0), rtol=1e-4, atol=1e-4)
+
+    fresh = Interpreter(model_path=str(path))
+    fresh.get_signature_runner(contract.SIGNATURE_SET_WEIGHTS)(**weights)
+    np.testing.assert_array_equal(fresh.get_signature_runner(contract.SIGNATURE_INFER)(x=x0)["logits"],
+                                  infer(x=x0)["logits"])
+    assert meta["method"] == method and meta["optimizer"]["name"] == optimizer
+    assert not tflite_model.custom_ops(tflite_model.read(path.read_bytes()))
+
+
+def test_model_json_describes_the_file(backbone, tmp_path):
+    model = prepare_transfer(backbone, "tinytl-b", 3, labels=("ant", "bee", "cat"))
+    path = tmp_path / "m.tflite"
+    export_model(model, path, "adam", 1e-3, 100)
+    meta = json.loads((tmp_path / contract.METADATA_FILE).read_text())
+    assert set(contract.METADATA_KEYS) <= set(meta)
+    import hashlib
+
+    assert meta["fingerprint"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert meta["labels"] == ["ant", "bee", "cat"]
+    r = model.net_config.resolution
+    assert meta["signatures"]["train"]["inputs"]["x"] == {"shape": [1, r, r, 3], "dtype": "float32"}
+    assert meta["signatures"]["train"]["inputs"]["y"] == {"shape": [1], "dtype": "int32"}
+    assert meta["signatures"]["infer"]["outputs"]["probabilities"] == {"shape": [1, 3], "dtype": "float32"}
+    names = {w["name"] for w in meta["weights"]}
+    assert names == set(meta["signatures"]["get_weights"]["outputs"]) == set(meta["signatures"]["set_weights"]["inputs"])
+    assert {weight_tensor_name(v.path) for v in model.trainable_weights} == {w["name"] for w in meta["weights"] if w["kind"] == "trainable"}
+
+
+def test_flex_graph_is_refused():
+    class NeedsFlex(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 6, 6, 2]), tf.TensorSpec([1, 6, 6, 4])])
+        def f(self, x, g):  # a weight gradient by plain autodiff: Conv2DBackpropFilter is not a builtin
+            return tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=[3, 3, 2, 4], out_backprop=g,
+                                                   strides=[1, 1, 1, 1], padding="SAME")
+
+    m = NeedsFlex()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([m.f.get_concrete_function()], m)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    with pytest.raises(ExportError, match="FlexConv2DBackpropFilter"):
+        check_builtins_only(converter.convert())
+
+
+def test_export_rejects_bad_output_name(backbone, tmp_path):
+    with pytest.raises(ValueError, match=".tflite"):
+        export_model(prepare_transfer(backbone, "ft-last", 3), tmp_path / "model.bin")
