@@ -43,6 +43,16 @@ def cmd_evaluate(args):
                       "skipped_images": images.skipped, "model": str(args.model), "data": str(args.data)}))
 
 
+def cmd_memory(args):
+    from tinytl_tf.memory import format_table, method_table, plot_breakdown
+
+    rows = method_table(args.backbone, args.resolution, args.batch_size, num_classes=args.num_classes,
+                        lite_for_all=not args.no_lite_for_all, frozen_bits=args.frozen_bits)
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    if args.plot:
+        plot_breakdown(rows, args.plot)
+
+
 def cmd_demo(args):
     from tinytl_tf.demo import run_demo
 
@@ -78,6 +88,18 @@ def build_parser():
     e.add_argument("--data", required=True, help="DIR/test/<class>/* or DIR/<class>/*; class names must match the model's")
     e.add_argument("--batch-size", type=int, default=32)
     e.set_defaults(func=cmd_evaluate)
+
+    m = sub.add_parser("memory", help="analytic training memory of the six transfer methods",
+                       description="Print the analytic training memory (parameters + activations, MB = 1e6 B) of every transfer method on a backbone (REFERENCE §4); no model is built.")
+    m.add_argument("--backbone", default="proxylessnas-mobile", help=f"one of: {', '.join(BACKBONE_NAMES)} (default proxylessnas-mobile)")
+    m.add_argument("--resolution", type=int, help="input size in pixels (default: the backbone's)")
+    m.add_argument("--batch-size", type=int, default=8, help="training batch size (default 8, the paper's)")
+    m.add_argument("--num-classes", type=int, default=102, help="classes of the new head (default 102, Flowers)")
+    m.add_argument("--frozen-bits", type=int, default=8, choices=(8, 16, 32), help="bits per frozen parameter (default 8)")
+    m.add_argument("--no-lite-for-all", action="store_true", help="lite residuals only on TinyTL-L/L+B (the paper gives every method them)")
+    m.add_argument("--json", action="store_true", help="print the rows as JSON")
+    m.add_argument("--plot", metavar="OUT.png", help="also write a bar chart of parameter vs activation memory")
+    m.set_defaults(func=cmd_memory)
 
     d = sub.add_parser("demo", help="the main job on the embedded Caltech-101 subset",
                        description="Fine-tune mcunet-5fps on the embedded 10-class Caltech-101 subset with TinyTL-L+B and FT-Last and compare.")
