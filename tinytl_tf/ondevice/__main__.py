@@ -1,0 +1,5 @@
+import sys
+
+from tinytl_tf.ondevice.cli import main
+
+sys.exit(main())
