@@ -1,10 +1,18 @@
 """`python -m tinytl_tf demo`: the main job on the embedded 10-class Caltech-101 subset, on a fresh machine.
 
-Fine-tunes the vendored mcunet-5fps at 128 px with TinyTL-L+B and with FT-Last, and compares accuracy and the
-size of what each trains.
+Fine-tunes the vendored mcunet-5fps at 128 px with TinyTL-L+B and with FT-Last and compares accuracy and the
+size of what each trains; then exports the TinyTL-L+B model to an on-device training `.tflite` and continues
+training it at batch size 1 with the LiteRT trainer, as a device would.
 """
 
+import json
+import os
+import sys
 from pathlib import Path
+
+from tinytl_tf.export import export_model
+from tinytl_tf.ondevice.evaluation import evaluate_folder
+from tinytl_tf.ondevice.folder_training import train_folder
 
 from tinytl_tf.data import default_data_dir, load_image_folder
 from tinytl_tf.train import train_job
@@ -32,4 +40,29 @@ def run_demo(out, epochs=6, batch_size=8, verbose=2):
         print(f"{m['method']:<10} {m['trainable_params']:>16,} {4 * m['trainable_params'] / 1e6:>13.3f} "
               f"{m['test_accuracy']:>14.1%} {m['train_seconds']:>8.0f}")
     print(f"\nmodels and metrics: {out}/<method>/model.keras, metrics.json")
+
+    device_dir = out / "tinytl-lb"
+    tflite = device_dir / "model.tflite"
+    print(f"\n== export {tflite} (builtin ops only) and train it on-device with LiteRT, batch size 1")
+    meta = export_model(model_of(rows[-1], out), tflite, "adam", lr=1e-4, total_steps=device_steps(data))
+    print(f"{os.path.getsize(tflite) / 1e6:.2f} MB, {len(meta['ops'])} builtin op types, fingerprint {meta['fingerprint'][:12]}")
+    checkpoint = device_dir / "device_checkpoint.npz"
+    for stale in (checkpoint, Path(f"{checkpoint}.prev")):
+        stale.unlink(missing_ok=True)
+    before = evaluate_folder(tflite, data)["accuracy"]
+    summary = train_folder(tflite, data, epochs=1, checkpoint=checkpoint, seed=0, progress=sys.stderr)
+    after = evaluate_folder(tflite, data, checkpoint)
+    print(json.dumps({"device_accuracy_before": before, "device_accuracy_after": after["accuracy"],
+                      "device_steps": summary["global_steps"], "device_steps_per_s": summary["steps_per_s"],
+                      "checkpoint": str(checkpoint)}))
     return rows
+
+
+def model_of(metrics, out):
+    from tinytl_tf.train import load_trained
+
+    return load_trained(out / metrics["method"] / "model.keras")
+
+
+def device_steps(data):
+    return sum(1 for p in (Path(data) / "train").rglob("*") if p.is_file())
