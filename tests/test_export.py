@@ -61,7 +61,7 @@ def test_litert_training_equals_keras(backbone, tmp_path, method, optimizer):
         want = float(want[0] if isinstance(want, list) else want)
         assert abs(got - want) <= 1e-4 * max(1.0, abs(want)), (got, want)
 
-    weights = interpreter.get_signature_runner(contract.SIGNATURE_GET_WEIGHTS)()
+    weights = interpreter.get_signature_runner(contract.SIGNATURE_GET_WEIGHTS)(unused=np.float32(0))
     trained = {weight_tensor_name(v.path): v.numpy() for v in reference.trainable_weights}
     slots = len(contract.SLOT_SUFFIXES[optimizer])
     assert len(weights) == len(trained) * (1 + slots) + 1  # frozen weights are constants, not variables

@@ -119,7 +119,7 @@ def test_training_learns_and_evaluate_matches_the_interpreter(model_path, data, 
 
     # the same numbers straight from the interpreter with the checkpoint's weights
     interpreter = Interpreter(model_path=str(model_path))
-    initial = interpreter.get_signature_runner("get_weights")()
+    initial = interpreter.get_signature_runner("get_weights")(unused=np.float32(0))
     trained = checkpoint_weights(ck)
     assert any(not np.array_equal(initial[k], trained[k]) for k in initial)
     interpreter.get_signature_runner("set_weights")(**trained)

@@ -19,6 +19,8 @@ SIGNATURE_SET_WEIGHTS = "set_weights"
 INPUT_IMAGE = "x"
 INPUT_LABEL = "y"
 INPUT_LEARNING_RATE = "lr"
+# get_weights takes one ignored scalar: LiteRT's Java runSignature refuses a signature with no inputs.
+INPUT_PLACEHOLDER = "unused"
 OUTPUT_LOSS = "loss"
 OUTPUT_LOGITS = "logits"
 OUTPUT_PROBABILITIES = "probabilities"

@@ -1,7 +1,7 @@
 """Export a trained TinyTL model to one `.tflite` that trains itself on a device (REFERENCE §7).
 
 Signatures (names in `tinytl_tf.contract`): `train(x, y, lr)` does one optimizer step on the trainable tensors
-and returns {loss, logits}; `infer(x)` returns {logits, probabilities}; `get_weights()` / `set_weights(...)`
+and returns {loss, logits}; `infer(x)` returns {logits, probabilities}; `get_weights(unused)` / `set_weights(...)`
 move every trainable tensor, optimizer slot and the step counter by name. Frozen weights become constants; only
 TFLite builtin ops are allowed (Flex cannot run from Python and adds ~8 MB to an app), which the gradients of
 `tinytl_tf.ops` make possible. `model.json` beside the file describes all of it for the device side.
@@ -110,7 +110,8 @@ class TrainingModule(tf.Module):
             self.image_spec, tf.TensorSpec([1], tf.int32, name=contract.INPUT_LABEL),
             tf.TensorSpec([], tf.float32, name=contract.INPUT_LEARNING_RATE)])
         infer = tf.function(self.infer_step, input_signature=[self.image_spec])
-        get = tf.function(self.get_weights_step, input_signature=[])
+        get = tf.function(lambda unused: self.get_weights_step(),
+                          input_signature=[tf.TensorSpec([], tf.float32, name=contract.INPUT_PLACEHOLDER)])
         specs = {name: tf.TensorSpec(var.shape, var.dtype, name=name) for name, var, _ in self.weight_tensors()}
         setter = tf.function(lambda **kw: self.set_weights_step(**kw)).get_concrete_function(**specs)
         return {contract.SIGNATURE_TRAIN: train.get_concrete_function(),

@@ -23,7 +23,7 @@ REQUIRED_TENSORS = {
     contract.SIGNATURE_TRAIN: ({contract.INPUT_IMAGE, contract.INPUT_LABEL, contract.INPUT_LEARNING_RATE},
                                {contract.OUTPUT_LOSS, contract.OUTPUT_LOGITS}),
     contract.SIGNATURE_INFER: ({contract.INPUT_IMAGE}, {contract.OUTPUT_LOGITS, contract.OUTPUT_PROBABILITIES}),
-    contract.SIGNATURE_GET_WEIGHTS: (set(), {contract.STEP_TENSOR}),
+    contract.SIGNATURE_GET_WEIGHTS: ({contract.INPUT_PLACEHOLDER}, {contract.STEP_TENSOR}),
     contract.SIGNATURE_SET_WEIGHTS: ({contract.STEP_TENSOR}, {contract.STEP_TENSOR}),
 }
 
@@ -79,7 +79,7 @@ class DeviceModel:
 
     def get_weights(self):
         """{name: array} of every trainable tensor, optimizer slot and the step counter (fresh copies)."""
-        return self._runners[contract.SIGNATURE_GET_WEIGHTS]()
+        return self._runners[contract.SIGNATURE_GET_WEIGHTS](**{contract.INPUT_PLACEHOLDER: np.float32(0)})
 
     def set_weights(self, weights):
         self._runners[contract.SIGNATURE_SET_WEIGHTS](**weights)

@@ -1,0 +1,2 @@
+package android.content;
+public interface DialogInterface { interface OnClickListener { void onClick(DialogInterface d, int which); } }
