@@ -11,7 +11,7 @@ from tinytl_tf.config import BlockConfig, ConvConfig, NetConfig
 from tinytl_tf.contract import METHODS
 from tinytl_tf.memory import (format_table, leaves, method_config, method_table, param_counts, peak_activation_bytes,
                               plot_breakdown, training_memory)
-from tinytl_tf.transfer import TRAINABLE, UnknownMethod
+from tinytl_tf.methods import TRAINABLE, UnknownMethod
 from tests.tiny import tiny_config
 
 # REFERENCE §4, typed in from the paper: ProxylessNAS-Mobile, 102-class head, lite modules present for every

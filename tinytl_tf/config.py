@@ -109,7 +109,7 @@ class NetConfig:
 
     @classmethod
     def from_dict(cls, d):
-        return _parse(cls, d, "config")
+        return parse(cls, d, "config")
 
     @classmethod
     def from_json(cls, text):
@@ -128,8 +128,9 @@ _NESTED = {
 }
 
 
-def _parse(cls, d, where):
-    """Build dataclass `cls` from a dict, rejecting unknown keys and naming the field on any error."""
+def parse(cls, d, where):
+    """Build config dataclass `cls` (and its nested configs) from a dict, rejecting unknown keys and naming the
+    field on any error."""
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: expected an object, got {type(d).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
@@ -140,11 +141,11 @@ def _parse(cls, d, where):
     for key, value in d.items():
         sub = _NESTED.get((cls.__name__, key))
         if sub is not None and value is not None:
-            value = _parse(sub, value, f"{where}.{key}")
+            value = parse(sub, value, f"{where}.{key}")
         elif cls is NetConfig and key == "blocks":
             if not isinstance(value, (list, tuple)):
                 raise ConfigError(f"{where}.blocks: expected a list")
-            value = tuple(_parse(BlockConfig, b, f"{where}.blocks[{i}]") for i, b in enumerate(value))
+            value = tuple(parse(BlockConfig, b, f"{where}.blocks[{i}]") for i, b in enumerate(value))
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[key] = value

@@ -29,10 +29,10 @@ def run_demo(out, epochs=6, batch_size=8, verbose=2):
     def load(resolution, mean, std, batch):
         return load_image_folder(data, resolution, mean, std, batch)
 
-    rows = []
+    rows, models = [], {}
     for method, lr in RUNS:
         print(f"\n== {method}: {epochs} epochs, batch {batch_size}, Adam lr {lr} with cosine decay")
-        _, m = train_job(data, BACKBONE, method, out / method, epochs=epochs, batch_size=batch_size, lr=lr,
+        models[method], m = train_job(data, BACKBONE, method, out / method, epochs=epochs, batch_size=batch_size, lr=lr,
                          overwrite=True, verbose=verbose, load_data=load)
         rows.append(m)
     print(f"\n{'method':<10} {'trainable params':>16} {'trainable MB':>13} {'test accuracy':>14} {'seconds':>8}")
@@ -44,7 +44,7 @@ def run_demo(out, epochs=6, batch_size=8, verbose=2):
     device_dir = out / "tinytl-lb"
     tflite = device_dir / "model.tflite"
     print(f"\n== export {tflite} (builtin ops only) and train it on-device with LiteRT, batch size 1")
-    meta = export_model(model_of(rows[-1], out), tflite, "adam", lr=1e-4, total_steps=device_steps(data))
+    meta = export_model(models["tinytl-lb"], tflite, "adam", lr=1e-4, total_steps=rows[-1]["train_examples"])
     print(f"{os.path.getsize(tflite) / 1e6:.2f} MB, {len(meta['ops'])} builtin op types, fingerprint {meta['fingerprint'][:12]}")
     checkpoint = device_dir / "device_checkpoint.npz"
     for stale in (checkpoint, Path(f"{checkpoint}.prev")):
@@ -57,12 +57,3 @@ def run_demo(out, epochs=6, batch_size=8, verbose=2):
                       "checkpoint": str(checkpoint)}))
     return rows
 
-
-def model_of(metrics, out):
-    from tinytl_tf.train import load_trained
-
-    return load_trained(out / metrics["method"] / "model.keras")
-
-
-def device_steps(data):
-    return sum(1 for p in (Path(data) / "train").rglob("*") if p.is_file())

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from tinytl_tf import contract, ops, tflite_model
+from tinytl_tf.atomic import atomic_write
 from tinytl_tf.contract import slot_tensor_name, weight_tensor_name
 
 OPTIMIZERS = ("sgd", "adam")
@@ -177,8 +178,6 @@ def export_model(model, out, optimizer="adam", lr=1e-3, total_steps=1000, label_
                  allow_flex=False, verify=True):
     """Write `out` (.tflite) and model.json beside it; returns the metadata dict."""
     from ai_edge_litert.interpreter import Interpreter
-
-    from tinytl_tf.train import atomic_write
 
     out = Path(out)
     if out.suffix != ".tflite":

@@ -3,8 +3,6 @@ optionally across local devices with `tf.distribute.MirroredStrategy`."""
 
 import contextlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from tinytl_tf import ops
+from tinytl_tf.atomic import atomic_write
 from tinytl_tf.backbones import count_params, load_backbone
 from tinytl_tf.transfer import check_method, prepare_transfer
 
@@ -83,21 +82,6 @@ def check_output_dir(out, overwrite):
         raise FileExistsError(f"{out / 'model.keras'} already exists; pass --overwrite to replace it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def atomic_write(path, write):
-    """Call `write(tmp_path)`, then rename over `path`: a crash never leaves a half-written file at `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def train_job(data, backbone, method, out, resolution=None, epochs=10, batch_size=8, lr=1e-3, label_smoothing=0.1,

@@ -1,7 +1,5 @@
 """One builder for every network: a `NetConfig` in, a Keras functional model out."""
 
-import dataclasses
-
 import keras
 import numpy as np
 
@@ -91,6 +89,3 @@ def count_params(model):
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     return trainable, sum(int(np.prod(v.shape)) for v in model.weights)
 
-
-def with_resolution(cfg, resolution):
-    return dataclasses.replace(cfg, resolution=resolution)

@@ -2,7 +2,7 @@
 
 import keras
 
-from tinytl_tf.config import BlockConfig, LiteConfig, TrainableSet
+from tinytl_tf.config import BlockConfig, TrainableSet, parse
 from tinytl_tf.layers.conv import FoldedConv2D
 from tinytl_tf.layers.lite_residual import LiteResidual
 
@@ -18,10 +18,9 @@ class MBBlock(keras.layers.Layer):
     def __init__(self, block, padding="symmetric", trainable_set=None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(block, dict):
-            lite = block.get("lite")
-            block = BlockConfig(**{**block, "lite": LiteConfig(**lite) if isinstance(lite, dict) else lite})
+            block = parse(BlockConfig, block, "block")
         if trainable_set is None or isinstance(trainable_set, dict):
-            trainable_set = TrainableSet(**(trainable_set or {}))
+            trainable_set = parse(TrainableSet, trainable_set or {}, "trainable_set")
         self.block, self.padding, self.trainable_set = block, padding, trainable_set
 
     def build(self, input_shape):

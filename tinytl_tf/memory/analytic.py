@@ -237,22 +237,17 @@ def method_config(backbone, method, resolution=None, num_classes=102, lite_resid
     `backbone`: a backbone name (`tinytl_tf.backbones.BACKBONES`) or a NetConfig. `lite_residual`: None = only
     the methods that use lite residuals get them; True = every method (the paper's memory table).
     """
-    from tinytl_tf.config import check_resolution, with_lite_residual
-    from tinytl_tf.transfer import TRAINABLE, USES_LITE_RESIDUAL, check_method
+    from tinytl_tf.methods import method_config as transfer_config
 
-    check_method(method)
+    return transfer_config(_config(backbone), method, num_classes, lite_residual, dropout=dropout, resolution=resolution)
+
+
+def _config(backbone):
     if isinstance(backbone, NetConfig):
-        cfg = backbone
-    else:
-        from tinytl_tf.backbones import backbone_config
+        return backbone
+    from tinytl_tf.backbones import backbone_config
 
-        cfg = backbone_config(backbone)
-    if resolution is not None:
-        check_resolution(resolution)
-        cfg = cfg.replace(resolution=resolution)
-    if lite_residual if lite_residual is not None else method in USES_LITE_RESIDUAL:
-        cfg = with_lite_residual(cfg)
-    return cfg.replace(num_classes=num_classes, dropout=dropout, trainable=TRAINABLE[method], method=method, labels=())
+    return backbone_config(backbone)
 
 
 def method_table(backbone, resolution=None, batch_size=8, num_classes=102, lite_for_all=True, frozen_bits=8,
@@ -265,11 +260,7 @@ def method_table(backbone, resolution=None, batch_size=8, num_classes=102, lite_
     """
     from tinytl_tf.contract import METHODS
 
-    base = backbone if isinstance(backbone, NetConfig) else None
-    if base is None:
-        from tinytl_tf.backbones import backbone_config
-
-        base = backbone_config(backbone)
+    base = _config(backbone)
     rows = []
     for m in methods or METHODS:
         cfg = method_config(base, m, resolution, num_classes, lite_residual=True if lite_for_all else None)

@@ -1,0 +1,42 @@
+"""The six transfer methods of TinyTL (REFERENCE §1) as data: which tensors train, and where lite residuals go.
+
+TF-free, so the memory model and the search can turn a backbone config into a method's config without Keras;
+`tinytl_tf.transfer.prepare_transfer` builds the Keras model of the same config.
+"""
+
+from tinytl_tf.config import TrainableSet, check_resolution, with_lite_residual
+from tinytl_tf.contract import METHODS
+
+TRAINABLE = {
+    "ft-last": TrainableSet(),
+    "ft-norm-last": TrainableSet(main_scale=True, main_bias=True, lite_gamma=True, lite_beta=True, lite_final_beta=True),
+    "ft-full": TrainableSet(main_kernel=True, main_scale=True, main_bias=True, lite_kernel=True, lite_gamma=True,
+                            lite_beta=True, lite_final_beta=True),
+    "tinytl-b": TrainableSet(main_bias=True, lite_beta=True, lite_final_beta=True),
+    "tinytl-l": TrainableSet(lite_kernel=True, lite_gamma=True, lite_beta=True, lite_final_beta=True),
+    # the last lite norm's beta adds to the same tensor as the main branch's trainable bias: redundant
+    "tinytl-lb": TrainableSet(main_bias=True, lite_kernel=True, lite_gamma=True, lite_beta=True),
+}
+assert tuple(TRAINABLE) == METHODS
+USES_LITE_RESIDUAL = ("tinytl-l", "tinytl-lb")
+
+
+class UnknownMethod(ValueError):
+    pass
+
+
+def check_method(method):
+    if method not in TRAINABLE:
+        raise UnknownMethod(f"unknown transfer method {method!r}; valid: {', '.join(METHODS)}")
+
+
+def method_config(cfg, method, num_classes, lite_residual=None, labels=(), dropout=0.2, resolution=None):
+    """`cfg` turned into `method`'s network: a new `num_classes` head, lite residual branches where the method
+    uses them (or every method, `lite_residual=True`; none, `False`), and the method's trainable set."""
+    check_method(method)
+    if resolution is not None:
+        check_resolution(resolution)
+    if lite_residual if lite_residual is not None else method in USES_LITE_RESIDUAL:
+        cfg = with_lite_residual(cfg)
+    return cfg.replace(num_classes=num_classes, dropout=dropout, trainable=TRAINABLE[method], method=method,
+                       labels=tuple(labels), resolution=resolution or cfg.resolution)
