@@ -1,6 +1,6 @@
 """Convolutions, dense and the per-channel affine of a folded normalization.
 
-Backward passes use only TFLite builtins (CONV_2D, DEPTHWISE_CONV_2D, PAD, PACK, RESHAPE, TRANSPOSE, REVERSE_V2,
+Backward passes use only TFLite builtins (CONV_2D, DEPTHWISE_CONV_2D, PAD, SLICE, PACK, RESHAPE, TRANSPOSE, REVERSE_V2,
 MUL, SUM, BATCH_MATMUL/FULLY_CONNECTED): autodiff would emit Conv2DBackpropFilter, DepthwiseConv2dNativeBackprop*
 and friends, which need Flex. A weight gradient is built, and the forward input kept for it, only when the
 weight's `*_grad` flag is True. Weight gradients contract over the batch inside a conv, so a graph that trains
@@ -29,28 +29,47 @@ def _conv(x, kernels, stride=1):
     return ys[0] if len(ys) == 1 else tf.concat(ys, axis=-1)
 
 
-def _zero_insert(t, s):
-    """Put s-1 zeros after every pixel along H and W: the adjoint of taking every s-th pixel."""
-    if s == 1:
-        return t
-    _, h, w, c = t.shape
-    t = tf.reshape(tf.stack([t] + [tf.zeros_like(t)] * (s - 1), axis=3), [-1, h, w * s, c])
-    return tf.reshape(tf.stack([t] + [tf.zeros_like(t)] * (s - 1), axis=2), [-1, h * s, w * s, c])
+def _input_grad(dy, x_hw, k, stride, pads, channels, correlate):
+    """dx of `VALID conv(pad(x, pads), K, stride)` with builtins, at the forward's cost for any stride.
 
-
-def _backward_geometry(x_hw, k, stride, pads):
-    """Pads that turn the zero-inserted dy into the input of a VALID conv with the flipped kernel whose output is
-    exactly dx, and pads that crop the padded x to the rows/cols some output window reaches (`_kernel_grad` input).
-
-    Per axis: padded size P = n + pad0 + pad1 leaves `extra = (P - k) % stride` trailing rows no window reaches
-    (their gradient is zero); the full correlation of dy with the kernel spans P rows, minus pad0/pad1 for dx.
+    Polyphase: padded-input row i = s*m + r only receives taps K[r + s*j] from output row m - j, so each of the
+    s*s phases (r_h, r_w) is a stride-1 full correlation of dy with the flipped sub-kernel K[r_h::s, r_w::s];
+    stacking and reshaping interleaves the phases, and cropping removes the padding. (Zero-inserting dy and
+    running the whole kernel would spend s*s times the work, mostly on zeros.) `correlate(t, rows, cols)` runs a
+    stride-1 VALID correlation of t with the spatially flipped K[rows, cols] (in/out swapped for a regular conv).
     """
-    dy_pads, x_pads = [], []
-    for n, (p0, p1) in zip(x_hw, pads):
-        extra = (n + p0 + p1 - k) % stride
-        dy_pads.append((k - 1 - p0, k - 1 + extra - p1 - (stride - 1)))
-        x_pads.append((p0, p1 - extra))
-    return dy_pads, x_pads
+    padded = [n + p0 + p1 for n, (p0, p1) in zip(x_hw, pads)]  # P per axis
+    m_h, m_w = (-(-p // stride) for p in padded)  # rows and columns per phase
+    _, ho, wo, _ = dy.shape
+    rows = []
+    for rh in range(stride):
+        cols = []
+        for rw in range(stride):
+            kh, kw = len(range(rh, k, stride)), len(range(rw, k, stride))
+            if kh == 0 or kw == 0:  # no tap lands on this phase (k < stride)
+                cols.append(tf.zeros([tf.shape(dy)[0], m_h, m_w, channels], dy.dtype))
+                continue
+            t = _pad(dy, ((kh - 1, m_h - ho), (kw - 1, m_w - wo)))
+            cols.append(correlate(t, slice(rh, None, stride), slice(rw, None, stride)))
+        rows.append(_interleave(cols, axis=2))
+    dxp = _interleave(rows, axis=1)
+    (t, b), (l, r) = pads
+    return _pad(dxp, ((-t, -(stride * m_h - padded[0]) - b), (-l, -(stride * m_w - padded[1]) - r)))
+
+
+def _interleave(parts, axis):
+    """Parts [N, H, W, C] merged so rows (axis 1) or columns (axis 2) come from each part in turn."""
+    if len(parts) == 1:
+        return parts[0]
+    shape = [-1] + parts[0].shape.as_list()[1:]
+    shape[axis] *= len(parts)
+    return tf.reshape(tf.stack(parts, axis=axis + 1), shape)
+
+
+def _crop_for_kernel_grad(x_hw, k, stride, pads):
+    """Pads that crop the padded x to the rows/cols some output window reaches (the `_kernel_grad` input):
+    a padded size P leaves `(P - k) % stride` trailing rows that no window reaches."""
+    return [(p0, p1 - (n + p0 + p1 - k) % stride) for n, (p0, p1) in zip(x_hw, pads)]
 
 
 def _kernel_grad(xp, dy, k, stride):
@@ -64,21 +83,23 @@ def conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), groups=1, kernel_grad=
     """Zero-pad by `pads` ((top, bottom), (left, right)), then a VALID conv.
 
     kernel: [k, k, Cin // groups, Cout]. Grouped convs are split into `groups` plain convs and concatenated
-    (TFLite's CONV_2D has no reliable grouped form). Backward: dx is a stride-1 conv of the zero-inserted dy
-    with the spatially flipped, in/out-swapped kernel; dK (only if `kernel_grad`) is `_kernel_grad` per group.
+    (TFLite's CONV_2D has no reliable grouped form). Backward: dx by `_input_grad` with the spatially flipped,
+    in/out-swapped kernel; dK (only if `kernel_grad`) is `_kernel_grad` per group.
     """
     x, kernel = tf.convert_to_tensor(x), tf.convert_to_tensor(kernel)
     k = kernel.shape[0]
-    dy_pads, x_pads = _backward_geometry(x.shape[1:3], k, stride, pads)
+    x_pads = _crop_for_kernel_grad(x.shape[1:3], k, stride, pads)
 
     @tf.custom_gradient
     def op(x, kernel):
         x_saved = x if kernel_grad else None
         kernels = tf.split(kernel, groups, axis=-1) if groups > 1 else [kernel]
 
+        def correlate(t, rows, cols):
+            return _conv(t, [tf.transpose(tf.reverse(kk[rows, cols], [0, 1]), [0, 1, 3, 2]) for kk in kernels])
+
         def grad(dy):
-            dyz = _pad(_zero_insert(dy, stride), dy_pads)
-            dx = _conv(dyz, [tf.transpose(tf.reverse(kk, [0, 1]), [0, 1, 3, 2]) for kk in kernels])
+            dx = _input_grad(dy, x.shape[1:3], k, stride, pads, x.shape[-1], correlate)
             if not kernel_grad:
                 return dx, None
             xs = tf.split(_pad(x_saved, x_pads), groups, axis=-1)
@@ -94,22 +115,24 @@ def conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), groups=1, kernel_grad=
 def depthwise_conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), kernel_grad=True):
     """Zero-pad, then a VALID depthwise conv. kernel: [k, k, C, 1].
 
-    Backward: dx is a stride-1 depthwise conv of the zero-inserted, padded dy with the flipped kernel. dK (only if
+    Backward: dx by `_input_grad` with depthwise convs of the flipped kernel. dK (only if
     `kernel_grad`) folds the batch into channels ([1,H,W,N*C] input, dy as a [Ho,Wo,N*C,1] filter at dilation =
     stride) and sums over N. TF's CPU kernel has no dilation, so tf.nn.depthwise_conv2d wraps it in
     SpaceToBatchND/BatchToSpaceND, which the converter folds back into DEPTHWISE_CONV_2D's dilation.
     """
     x, kernel = tf.convert_to_tensor(x), tf.convert_to_tensor(kernel)
     k, c = kernel.shape[0], kernel.shape[2]
-    dy_pads, x_pads = _backward_geometry(x.shape[1:3], k, stride, pads)
+    x_pads = _crop_for_kernel_grad(x.shape[1:3], k, stride, pads)
 
     @tf.custom_gradient
     def op(x, kernel):
         x_saved = x if kernel_grad else None
 
+        def correlate(t, rows, cols):
+            return tf.nn.depthwise_conv2d(t, tf.reverse(kernel[rows, cols], [0, 1]), [1, 1, 1, 1], "VALID")
+
         def grad(dy):
-            dyz = _pad(_zero_insert(dy, stride), dy_pads)
-            dx = tf.nn.depthwise_conv2d(dyz, tf.reverse(kernel, [0, 1]), [1, 1, 1, 1], "VALID")
+            dx = _input_grad(dy, x.shape[1:3], k, stride, pads, c, correlate)
             if not kernel_grad:
                 return dx, None
             xp = _pad(x_saved, x_pads)
