@@ -128,6 +128,23 @@ def test_train_test_layout_is_used_as_given(image_tree):
     assert (data.class_names, data.num_train, data.num_test, data.skipped) == (("a", "b"), 5, 3, 0)
 
 
+def test_holdout_is_carved_from_training_images_only(image_tree):
+    image_tree({"a": 10, "b": 5}, root="data/train")
+    image_tree({"a": 2, "b": 2}, root="data/test")
+    root = image_tree({}, root="data")
+    plain = imageio.scan_image_folder(root)
+    split = imageio.scan_image_folder(root, holdout_fraction=0.2)
+    assert list(np.bincount([label for _, label in split.holdout], minlength=2)) == [2, 1]  # stratified
+    assert split.test == plain.test  # the test images are never touched
+    assert set(split.train) | set(split.holdout) == set(plain.train) and not set(split.train) & set(split.holdout)
+    assert imageio.scan_image_folder(root, holdout_fraction=0.2) == split
+    data = load_image_folder(root, 32, MEAN, STD, 4, holdout_fraction=0.2)
+    assert (data.num_train, data.num_holdout, data.num_test) == (12, 3, 4)
+    assert sum(int(y.shape[0]) for _, y in data.holdout) == 3
+    with pytest.raises(DataError, match="holdout_fraction must be between 0 and 1"):
+        imageio.scan_image_folder(root, holdout_fraction=1.5)
+
+
 def test_val_fraction_is_ignored_for_a_train_test_tree(image_tree):
     image_tree({"a": 4}, root="data/train")
     image_tree({"a": 1}, root="data/test")

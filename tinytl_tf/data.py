@@ -45,6 +45,8 @@ class ImageData:
     num_train: int
     num_test: int
     skipped: int = 0
+    holdout: Optional[tf.data.Dataset] = None  # `holdout_fraction` of the training images, test-style (fixed order)
+    num_holdout: int = 0
 
 
 def default_data_dir():
@@ -52,9 +54,9 @@ def default_data_dir():
     return Path(__file__).resolve().parent / "assets" / "caltech10"
 
 
-def load_image_folder(path, resolution, mean, std, batch_size, val_fraction=None, seed=0):
+def load_image_folder(path, resolution, mean, std, batch_size, val_fraction=None, seed=0, holdout_fraction=None):
     """A class-per-folder tree as an `ImageData`; layouts and split rules: `imageio.scan_image_folder`."""
-    split = imageio.scan_image_folder(path, val_fraction=val_fraction, seed=seed)
+    split = imageio.scan_image_folder(path, val_fraction=val_fraction, seed=seed, holdout_fraction=holdout_fraction)
     prep = _Preprocess(resolution, mean, std, batch_size, encoded=False)
     return ImageData(
         prep.train(_files(split.train), len(split.train), seed),
@@ -63,6 +65,8 @@ def load_image_folder(path, resolution, mean, std, batch_size, val_fraction=None
         len(split.train),
         len(split.test),
         split.skipped,
+        prep.test(_files(split.holdout)) if split.holdout else None,
+        len(split.holdout),
     )
 
 

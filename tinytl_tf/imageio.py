@@ -113,9 +113,10 @@ class FolderSplit:
     train: tuple
     test: tuple
     skipped: int  # image files that could not be read and were left out
+    holdout: tuple = ()  # carved from the training images (`holdout_fraction`): for choosing hyper-parameters
 
 
-def scan_image_folder(root, val_fraction=None, seed=0):
+def scan_image_folder(root, val_fraction=None, seed=0, holdout_fraction=None):
     """Find, validate and split the images under `root`.
 
     Layouts: `root/train/<class>/` with `root/test/<class>/` (or `root/val/<class>/` when there is no test/),
@@ -125,6 +126,8 @@ def scan_image_folder(root, val_fraction=None, seed=0):
     reshuffle the others.
     Files with an extension in IMAGE_EXTENSIONS count as images (searched recursively; hidden entries ignored).
     Every image is decoded once here, so a corrupt or truncated file is dropped and counted, never met mid-epoch.
+    `holdout_fraction` moves that fraction of each class's *training* images (same stratified rule) to `holdout`,
+    a validation split for choosing learning rates or sub-nets without touching the test images.
     """
     root = Path(root)
     if not root.is_dir():
@@ -149,18 +152,29 @@ def scan_image_folder(root, val_fraction=None, seed=0):
 
     parts, skipped = _drop_unreadable(root, parts)
     class_names = tuple(sorted(parts[0]))
-    if len(parts) == 2:
-        pairs = [tuple((f, i) for i, c in enumerate(class_names) for f in part[c]) for part in parts]
-    else:
-        pairs = [[], []]
-        for i, c in enumerate(class_names):
-            files = parts[0][c]
-            n_test = min(len(files) - 1, max(1, round(len(files) * val_fraction)))
-            is_test = np.zeros(len(files), bool)
-            is_test[np.random.default_rng([seed, zlib.crc32(c.encode())]).permutation(len(files))[:n_test]] = True
-            for f, t in zip(files, is_test):
-                pairs[int(t)].append((f, i))
-    return FolderSplit(class_names, tuple(pairs[0]), tuple(pairs[1]), skipped)
+    train, test = parts if len(parts) == 2 else _stratified_split(parts[0], val_fraction, seed)
+    holdout = {c: [] for c in class_names}
+    if holdout_fraction is not None:
+        if not 0 < holdout_fraction < 1:
+            raise DataError(f"holdout_fraction must be between 0 and 1 (exclusive), got {holdout_fraction!r}")
+        train, holdout = _stratified_split(train, holdout_fraction, seed + 1)
+
+    def pairs(part):
+        return tuple((f, i) for i, c in enumerate(class_names) for f in part[c])
+
+    return FolderSplit(class_names, pairs(train), pairs(test), skipped, pairs(holdout))
+
+
+def _stratified_split(files_by_class, fraction, seed):
+    """({class: kept files}, {class: `fraction` of them, at least one when the class has two or more})."""
+    kept, moved = {}, {}
+    for c, files in files_by_class.items():
+        n_moved = min(len(files) - 1, max(1, round(len(files) * fraction)))
+        is_moved = np.zeros(len(files), bool)
+        is_moved[np.random.default_rng([seed, zlib.crc32(c.encode())]).permutation(len(files))[:n_moved]] = True
+        kept[c] = [f for f, m in zip(files, is_moved) if not m]
+        moved[c] = [f for f, m in zip(files, is_moved) if m]
+    return kept, moved
 
 
 def scan_test_folder(root, class_names=()):
