@@ -1,6 +1,6 @@
 """Export a trained model.keras to one on-device training .tflite (+ model.json). Thin over tinytl_tf.export.
 
-    python export/to_tflite.py --model OUT/model.keras --out OUT/model.tflite [--optimizer adam --lr 1e-3]
+    python export/to_tflite.py --model OUT/model.keras --out OUT/model.tflite [--optimizer adam --lr 1e-3 --frozen-bits 8]
 """
 
 import argparse
@@ -20,6 +20,8 @@ def main(argv=None):
     p.add_argument("--schedule", default="cosine", choices=("cosine", "constant"))
     p.add_argument("--total-steps", type=int, default=1000, help="steps of the cosine schedule (default 1000)")
     p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--frozen-bits", type=int, default=8, choices=(8, 32),
+                   help="frozen conv/dense kernels stored as int8 (hybrid kernels, ~1%% output difference; default) or float32")
     p.add_argument("--batch-size", type=int, default=1, choices=(1,), help="the device graph trains at batch size 1")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
@@ -30,7 +32,7 @@ def main(argv=None):
         if os.path.exists(args.out) and not args.overwrite:
             raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
         meta = export_model(load_trained(args.model), args.out, args.optimizer, args.lr, args.total_steps,
-                            args.label_smoothing, args.schedule)
+                            args.label_smoothing, args.schedule, frozen_bits=args.frozen_bits)
     except (ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

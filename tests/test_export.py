@@ -9,6 +9,8 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from tests.tiny import tiny_backbone
+from tinytl_tf.backbones import build_model
+from tinytl_tf.config import BlockConfig, ConvConfig, NetConfig
 from tinytl_tf import contract, tflite_model
 from tinytl_tf.backbones import TinyNet
 from tinytl_tf.contract import METHODS, weight_tensor_name
@@ -42,7 +44,7 @@ def test_litert_training_equals_keras(backbone, tmp_path, method, optimizer):
     model = prepare_transfer(backbone, method, 3, dropout=0.0)
     reference = clone(model)
     path = tmp_path / "model.tflite"
-    meta = export_model(model, path, optimizer, LR, TOTAL, label_smoothing=0.1)
+    meta = export_model(model, path, optimizer, LR, TOTAL, label_smoothing=0.1, frozen_bits=32)
 
     interpreter = Interpreter(model_path=str(path))
     train = interpreter.get_signature_runner(contract.SIGNATURE_TRAIN)
@@ -115,3 +117,32 @@ def test_flex_graph_is_refused():
 def test_export_rejects_bad_output_name(backbone, tmp_path):
     with pytest.raises(ValueError, match=".tflite"):
         export_model(prepare_transfer(backbone, "ft-last", 3), tmp_path / "model.bin")
+
+
+def test_frozen_weights_are_stored_at_8_bits(tmp_path):
+    """The default export keeps frozen kernels as int8 (forward and backward layouts alike) and still trains."""
+    keras.utils.set_random_seed(0)
+    wide = NetConfig(name="wide", resolution=32, stem=ConvConfig(out=32, stride=2),
+                     blocks=(BlockConfig(3, 1, 64, mid=128), BlockConfig(3, 2, 64, mid=128, shortcut=False)),
+                     feature_mix=ConvConfig(out=128), num_classes=5)
+    model = prepare_transfer(build_model(wide), "tinytl-b", 3, dropout=0.0)
+    big = {tuple(v.shape) for v in model.non_trainable_weights if np.prod(v.shape) >= 1024}
+    files = {}
+    for bits in (8, 32):
+        files[bits] = tmp_path / f"m{bits}.tflite"
+        meta = export_model(model, files[bits], "adam", 1e-2, 100, frozen_bits=bits)
+        assert meta["frozen_bits"] == bits
+    tensors = [t for sg in tflite_model.read(files[8]) for t in sg.tensors if t.buffer_bytes]
+    float_shapes = {tuple(sorted(t.shape)) for t in tensors if t.dtype == "float32"}
+    assert not {tuple(sorted(s)) for s in big} & float_shapes  # no float copy of a big frozen kernel, in any layout
+    assert sum(t.buffer_bytes for t in tensors if t.dtype == "int8") >= sum(int(np.prod(s)) for s in big)
+    assert files[8].stat().st_size < 0.6 * files[32].stat().st_size
+
+    interpreter = Interpreter(model_path=str(files[8]))
+    x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype(np.float32)
+    want = model(x).numpy()
+    got = interpreter.get_signature_runner("infer")(x=x)["logits"]
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
+    train = interpreter.get_signature_runner("train")
+    losses = [float(train(x=x, y=np.array([2], np.int32), lr=np.float32(0))["loss"]) for _ in range(15)]
+    assert losses[-1] < 0.5 * losses[0]

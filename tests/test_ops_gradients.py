@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from tinytl_tf import ops
+from tinytl_tf import ops, tflite_model
 
 RNG = np.random.default_rng(0)
 TOL = 1e-10  # float64 against float64
@@ -235,10 +235,11 @@ def test_linear_ops_keep_nothing(fn):
     assert saved_from_x(fn, [rand(2, 7, 7, 4)], [0]) == ([False], [])
 
 
+@pytest.mark.parametrize("channels", [4, 16])
 @pytest.mark.parametrize("fn", [ops.relu, ops.relu6], ids=["relu", "relu6"])
-def test_activations_keep_only_a_mask(fn):
-    _, kept = saved_from_x(fn, [rand(2, 7, 7, 4)], [0])
-    assert [t.dtype for t in kept] == [tf.bool]
+def test_activations_keep_only_a_1_bit_mask(fn, channels):
+    _, kept = saved_from_x(fn, [rand(2, 7, 7, channels)], [0])
+    assert [(t.dtype, t.shape.num_elements()) for t in kept] == [(tf.int8, 2 * 7 * 7 * channels // 8)]
 
 
 @pytest.mark.parametrize("gamma_grad", [True, False])
@@ -297,9 +298,16 @@ def test_litert_builtins_only_training_graph(full):
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([train_step.get_concrete_function()], tf.Module())
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no SELECT_TF_OPS: Flex fails here
-    interpreter = Interpreter(model_content=converter.convert())
-    # ReLU masks stay bool until the backward's SELECT_V2 (a CAST would be hoisted into the forward).
-    assert "CAST" not in {op["op_name"] for op in interpreter._get_ops_details()}
+    data = converter.convert()
+    interpreter = Interpreter(model_content=data)
+    # What the converted backward reads from the forward: packed int8 masks, never bool or int32 ones (the
+    # unpacking must not be scheduled into the forward by the converter).
+    sg = tflite_model.read(data)[0]
+    loss_at = next(i for i, op in enumerate(sg.ops) if op.name == "LOG_SOFTMAX")
+    produced = {t for op in sg.ops[:loss_at] for t in op.outputs}
+    kept = {t for op in sg.ops[loss_at + 1:] for t in op.inputs if t in produced}
+    kept_types = {sg.tensors[t].dtype for t in kept}
+    assert "int8" in kept_types and not kept_types & {"bool", "int32"}, kept_types
     runner = interpreter.get_signature_runner()
 
     x = RNG.standard_normal((BATCH, 9, 9, 3))

@@ -13,6 +13,7 @@ import math
 import tempfile
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -21,6 +22,8 @@ from tinytl_tf.atomic import atomic_write
 from tinytl_tf.contract import slot_tensor_name, weight_tensor_name
 
 OPTIMIZERS = ("sgd", "adam")
+FROZEN_BITS = (8, 32)
+VERIFY_RTOL = {32: 1e-4, 8: 0.05}  # LiteRT infer vs Keras, relative to the largest logit
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8}
 
 
@@ -31,8 +34,12 @@ class ExportError(RuntimeError):
 class TrainingModule(tf.Module):
     """The device program: the Keras model's forward, builtins-only backward and the optimizer, as tf.functions.
 
+    Every trainable tensor lives in one flat variable (and each optimizer slot in another of the same length):
+    the optimizer then runs a dozen vector ops instead of a dozen per tensor, which on a bias-only network with
+    ~100 small tensors was most of the train step's op count. The forward reads per-tensor views of it through a
+    Keras `StatelessScope`; `get_weights` / `set_weights` still move each tensor by its own name.
     Keras 3 models held by a tf.Module are not tracked (REFERENCE §7 trap: the converter then reads uninitialised
-    variables), so every variable is referenced explicitly here.
+    variables), so the frozen variables are referenced explicitly here.
     """
 
     def __init__(self, model, optimizer="adam", lr=1e-3, total_steps=1000, label_smoothing=0.1, schedule="cosine"):
@@ -45,21 +52,38 @@ class TrainingModule(tf.Module):
         self.optimizer, self.lr, self.total_steps = optimizer, float(lr), int(max(1, total_steps))
         self.label_smoothing, self.schedule = float(label_smoothing), schedule
         self.keras_trainable = list(model.trainable_weights)
-        self.all_variables = [v.value for v in model.weights]  # tracked, so frozen ones can become constants
-        self.trainable_vars = [v.value for v in self.keras_trainable]
+        self.frozen_variables = [v.value for v in model.non_trainable_weights]  # tracked: they become constants
         self.names = [weight_tensor_name(v.path) for v in self.keras_trainable]
-        self.slots = [[tf.Variable(tf.zeros_like(v), name=slot_tensor_name(n, s)) for s in contract.SLOT_SUFFIXES[optimizer]]
-                      for v, n in zip(self.trainable_vars, self.names)]
+        self.shapes = [tuple(v.shape) for v in self.keras_trainable]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.flat = tf.Variable(self._flatten([v.value for v in self.keras_trainable]), name="trainable")
+        self.flat_slots = [tf.Variable(tf.zeros_like(self.flat), name=f"slot_{s}") for s in contract.SLOT_SUFFIXES[optimizer]]
         self.step = tf.Variable(0.0, name=contract.STEP_TENSOR)
         r = model.net_config.resolution
         self.image_spec = tf.TensorSpec([1, r, r, 3], tf.float32, name=contract.INPUT_IMAGE)
 
+    @staticmethod
+    def _flatten(tensors):
+        return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
+
+    def _unflatten(self, flat):
+        return [tf.reshape(t, s) for t, s in zip(tf.split(flat, self.sizes), self.shapes)]
+
     def weight_tensors(self):
-        """[(name, variable, kind)] in get_weights order: trainables, their slots, the step counter."""
-        out = [(n, v, "trainable") for n, v in zip(self.names, self.trainable_vars)]
-        for n, slots in zip(self.names, self.slots):
-            out += [(slot_tensor_name(n, s), var, "slot") for s, var in zip(contract.SLOT_SUFFIXES[self.optimizer], slots)]
-        return out + [(contract.STEP_TENSOR, self.step, "step")]
+        """[(name, shape, kind)] in get_weights order: trainables, their slots, the step counter."""
+        out = [(n, s, "trainable") for n, s in zip(self.names, self.shapes)]
+        for n, s in zip(self.names, self.shapes):
+            out += [(slot_tensor_name(n, suffix), s, "slot") for suffix in contract.SLOT_SUFFIXES[self.optimizer]]
+        return out + [(contract.STEP_TENSOR, (), "step")]
+
+    def _named_values(self):
+        """{name: tensor} of every weight tensor, in `weight_tensors` order."""
+        parts = [self._unflatten(self.flat)] + [self._unflatten(slot) for slot in self.flat_slots]
+        values = list(parts[0])
+        for i in range(len(self.names)):
+            values += [p[i] for p in parts[1:]]
+        names = [n for n, _, _ in self.weight_tensors()]
+        return dict(zip(names, values + [tf.identity(self.step)]))
 
     def learning_rate(self, lr):
         """`lr` > 0 overrides; otherwise the in-model schedule at the current step (Keras CosineDecay's)."""
@@ -70,39 +94,50 @@ class TrainingModule(tf.Module):
             scheduled = tf.constant(self.lr)
         return tf.where(lr > 0.0, lr, scheduled)
 
-    def _apply(self, grads, lr):
+    def _apply(self, flat, g, lr):
         t = self.step + 1.0
-        if self.optimizer == "adam":
+        if self.optimizer == "sgd":
+            self.flat.assign(flat - lr * g)
+        else:
             b1, b2, eps = ADAM["beta_1"], ADAM["beta_2"], ADAM["epsilon"]
             alpha = lr * tf.sqrt(1.0 - tf.pow(b2, t)) / (1.0 - tf.pow(b1, t))
-        for var, g, slots in zip(self.trainable_vars, grads, self.slots):
-            if self.optimizer == "sgd":
-                var.assign_sub(lr * g)
-                continue
-            m, v = slots
-            m.assign(m + (g - m) * (1.0 - b1))
-            v.assign(v + (tf.square(g) - v) * (1.0 - b2))
-            var.assign_sub(m * alpha / (tf.sqrt(v) + eps))
+            m_var, v_var = self.flat_slots
+            m = m_var + (g - m_var) * (1.0 - b1)
+            v = v_var + (tf.square(g) - v_var) * (1.0 - b2)
+            m_var.assign(m)
+            v_var.assign(v)
+            self.flat.assign(flat - m * alpha / (tf.sqrt(v) + eps))
         self.step.assign(t)
 
+    def _forward(self, x, flat):
+        with keras.StatelessScope(state_mapping=list(zip(self.keras_trainable, self._unflatten(flat)))):
+            return self.model(x, training=False)  # no dropout on the device: a deterministic builtins graph
+
     def train_step(self, x, y, lr):
+        flat = tf.convert_to_tensor(self.flat)
         with tf.GradientTape() as tape:
-            logits = self.model(x, training=False)  # no dropout on the device: a deterministic builtins graph
+            tape.watch(flat)
+            logits = self._forward(x, flat)
             loss = tf.reduce_mean(ops.softmax_cross_entropy(logits, y, label_smoothing=self.label_smoothing))
-        grads = tape.gradient(loss, self.trainable_vars)
-        self._apply(grads, self.learning_rate(lr))
+        self._apply(flat, tape.gradient(loss, flat), self.learning_rate(lr))
         return {contract.OUTPUT_LOSS: loss, contract.OUTPUT_LOGITS: logits}
 
     def infer_step(self, x):
-        logits = self.model(x, training=False)
+        logits = self._forward(x, tf.convert_to_tensor(self.flat))
         return {contract.OUTPUT_LOGITS: logits, contract.OUTPUT_PROBABILITIES: tf.nn.softmax(logits)}
 
     def get_weights_step(self):
-        return {name: tf.identity(var) for name, var, _ in self.weight_tensors()}
+        return self._named_values()
 
     def set_weights_step(self, **tensors):
-        for name, var, _ in self.weight_tensors():
-            var.assign(tensors[name])
+        n = len(self.names)
+        order = [name for name, _, _ in self.weight_tensors()]
+        values = [tensors[name] for name in order]
+        slots = len(self.flat_slots)
+        self.flat.assign(self._flatten(values[:n]))
+        for j, slot in enumerate(self.flat_slots):
+            slot.assign(self._flatten([values[n + i * slots + j] for i in range(n)]))
+        self.step.assign(tensors[contract.STEP_TENSOR])
         return {contract.STEP_TENSOR: tf.identity(self.step)}
 
     def signatures(self):
@@ -113,7 +148,7 @@ class TrainingModule(tf.Module):
         infer = tf.function(self.infer_step, input_signature=[self.image_spec])
         get = tf.function(lambda unused: self.get_weights_step(),
                           input_signature=[tf.TensorSpec([], tf.float32, name=contract.INPUT_PLACEHOLDER)])
-        specs = {name: tf.TensorSpec(var.shape, var.dtype, name=name) for name, var, _ in self.weight_tensors()}
+        specs = {name: tf.TensorSpec(shape, tf.float32, name=name) for name, shape, _ in self.weight_tensors()}
         setter = tf.function(lambda **kw: self.set_weights_step(**kw)).get_concrete_function(**specs)
         return {contract.SIGNATURE_TRAIN: train.get_concrete_function(),
                 contract.SIGNATURE_INFER: infer.get_concrete_function(),
@@ -121,8 +156,18 @@ class TrainingModule(tf.Module):
                 contract.SIGNATURE_SET_WEIGHTS: setter}
 
 
-def convert(module, allow_flex=False):
-    """SavedModel -> TFLite bytes with resource variables; builtins only unless `allow_flex`."""
+def convert(module, allow_flex=False, frozen_bits=8):
+    """SavedModel -> TFLite bytes with resource variables; builtins only unless `allow_flex`.
+
+    `frozen_bits=8`: the converter's dynamic-range quantization stores every large constant conv / dense kernel
+    (the frozen weights, and the flipped copies their input gradients use) as int8 with per-channel scales, and
+    runs those ops as hybrid int8 kernels; trainable tensors are variables and stay float32. Outputs then differ
+    from float Keras by about 1% (activations are quantized on the fly). `frozen_bits=32` keeps float32
+    constants and matches Keras to ~1e-6. tensorflow-model-optimization cannot do this: 0.8.1 rejects Keras 3
+    models, and its fake-quant training would not change what the file stores.
+    """
+    if frozen_bits not in FROZEN_BITS:
+        raise ValueError(f"frozen_bits must be one of {FROZEN_BITS}, got {frozen_bits!r}")
     with tempfile.TemporaryDirectory() as tmp:
         sigs = module.signatures()
         tf.saved_model.save(module, tmp, signatures=sigs)
@@ -130,6 +175,8 @@ def convert(module, allow_flex=False):
         converter.experimental_enable_resource_variables = True
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS] + (
             [tf.lite.OpsSet.SELECT_TF_OPS] if allow_flex else [])
+        if frozen_bits == 8:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
         try:
             return converter.convert()
         except Exception as e:  # the converter reports unsupported ops in a long ConverterError
@@ -158,8 +205,9 @@ def signature_json(interpreter):
     return out
 
 
-def verify_infer(model, interpreter, n=3, seed=0, atol=1e-4):
-    """LiteRT `infer` must equal Keras on random inputs; returns the largest difference."""
+def verify_infer(model, interpreter, n=3, seed=0, rtol=1e-4):
+    """LiteRT `infer` must equal Keras on random inputs (to `rtol` of the largest logit); returns the largest
+    difference. Catches the converter's silent failures (uninitialised variables give garbage, not errors)."""
     runner = interpreter.get_signature_runner(contract.SIGNATURE_INFER)
     r = model.net_config.resolution
     rng = np.random.default_rng(seed)
@@ -169,13 +217,13 @@ def verify_infer(model, interpreter, n=3, seed=0, atol=1e-4):
         got = runner(**{contract.INPUT_IMAGE: x})[contract.OUTPUT_LOGITS]
         want = np.asarray(model(x, training=False))
         worst = max(worst, float(np.abs(got - want).max()))
-    if not worst <= atol * max(1.0, float(np.abs(want).max())):
+    if not worst <= rtol * max(1.0, float(np.abs(want).max())):
         raise ExportError(f"LiteRT infer differs from Keras by {worst:.3g}: the converted model is wrong")
     return worst
 
 
 def export_model(model, out, optimizer="adam", lr=1e-3, total_steps=1000, label_smoothing=0.1, schedule="cosine",
-                 allow_flex=False, verify=True):
+                 allow_flex=False, verify=True, frozen_bits=8):
     """Write `out` (.tflite) and model.json beside it; returns the metadata dict."""
     from ai_edge_litert.interpreter import Interpreter
 
@@ -184,22 +232,22 @@ def export_model(model, out, optimizer="adam", lr=1e-3, total_steps=1000, label_
         raise ValueError(f"--out must name a .tflite file, got {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     module = TrainingModule(model, optimizer, lr, total_steps, label_smoothing, schedule)
-    data = convert(module, allow_flex)
+    data = convert(module, allow_flex, frozen_bits)
     if not allow_flex:
         check_builtins_only(data)
     interpreter = Interpreter(model_content=data)
     if verify:
-        verify_infer(model, interpreter)
+        verify_infer(model, interpreter, rtol=VERIFY_RTOL[frozen_bits])
     cfg = model.net_config
     meta = {
         "format": contract.METADATA_FORMAT, "fingerprint": hashlib.sha256(data).hexdigest(), "tflite": out.name,
-        "backbone": cfg.name, "method": cfg.method, "num_classes": cfg.num_classes,
+        "backbone": cfg.name, "method": cfg.method, "num_classes": cfg.num_classes, "frozen_bits": frozen_bits,
         "labels": list(cfg.labels) or [str(i) for i in range(cfg.num_classes)], "batch_size": 1,
         "input": {"height": cfg.resolution, "width": cfg.resolution, "channels": 3, "layout": "NHWC",
                   "mean": list(cfg.input_mean), "std": list(cfg.input_std), "crop_fraction": contract.CROP_FRACTION,
                   "resize": "bilinear"},
         "signatures": signature_json(interpreter),
-        "weights": [{"name": n, "shape": list(v.shape), "dtype": v.dtype.name, "kind": k} for n, v, k in module.weight_tensors()],
+        "weights": [{"name": n, "shape": list(shape), "dtype": "float32", "kind": k} for n, shape, k in module.weight_tensors()],
         "optimizer": {"name": optimizer, "lr": lr, "schedule": schedule, "total_steps": module.total_steps,
                       "label_smoothing": label_smoothing, **(ADAM if optimizer == "adam" else {})},
         "ops": tflite_model.op_names(tflite_model.read(data)),
