@@ -136,7 +136,8 @@ def test_frozen_weights_are_stored_at_8_bits(tmp_path):
     float_shapes = {tuple(sorted(t.shape)) for t in tensors if t.dtype == "float32"}
     assert not {tuple(sorted(s)) for s in big} & float_shapes  # no float copy of a big frozen kernel, in any layout
     assert sum(t.buffer_bytes for t in tensors if t.dtype == "int8") >= sum(int(np.prod(s)) for s in big)
-    assert files[8].stat().st_size < 0.6 * files[32].stat().st_size
+    # every big kernel lost at least 3 of its 4 bytes per element in at least one layout
+    assert files[32].stat().st_size - files[8].stat().st_size >= 3 * sum(int(np.prod(s)) for s in big)
 
     interpreter = Interpreter(model_path=str(files[8]))
     x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype(np.float32)

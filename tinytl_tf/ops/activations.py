@@ -7,8 +7,9 @@ builtins: CAST, RESHAPE, MUL, SUM to pack; FLOOR_DIV, FLOOR_MOD, SELECT_V2 to ap
 
 import tensorflow as tf
 
-_BIT_VALUES = tf.constant([1, 2, 4, 8, 16, 32, 64, 128], tf.int32)
-_PACK_WEIGHTS = tf.constant([1, 2, 4, 8, 16, 32, 64, -128], tf.int32)  # the byte as two's complement int8
+# Python lists, not module-level tensors: an eager constant captured by a custom gradient cannot be saved.
+_BIT_VALUES = [1, 2, 4, 8, 16, 32, 64, 128]
+_PACK_WEIGHTS = [1, 2, 4, 8, 16, 32, 64, -128]  # the byte as two's complement int8
 
 
 def _pack_mask(mask):
@@ -17,10 +18,10 @@ def _pack_mask(mask):
     TFLite's SELECT_V2 in `_apply_mask` takes int8 only."""
     bits = tf.cast(mask, tf.int32)
     if mask.shape[-1] % 8:
-        n = mask.shape.num_elements()
-        bits = tf.pad(tf.reshape(bits, [-1]), [[0, -n % 8]])
-    bits = tf.reshape(bits, bits.shape[:-1].as_list() + [bits.shape[-1] // 8, 8])
-    return tf.cast(tf.reduce_sum(bits * _PACK_WEIGHTS, axis=-1), tf.int8)
+        bits = tf.reshape(bits, [-1])
+        bits = tf.pad(bits, [[0, tf.math.floormod(-tf.size(bits), 8)]])
+    bits = tf.reshape(bits, tf.concat([tf.shape(bits)[:-1], [bits.shape[-1] // 8 if bits.shape[-1] else -1, 8]], 0))
+    return tf.cast(tf.reduce_sum(bits * tf.constant(_PACK_WEIGHTS, tf.int32), axis=-1), tf.int8)
 
 
 def _apply_mask(packed, dy):
@@ -33,8 +34,8 @@ def _apply_mask(packed, dy):
     gate = tf.reshape(tf.equal(corner, corner), [1] * packed.shape.rank)  # true unless dy is NaN
     bytes_ = tf.cast(tf.where(gate, packed, tf.zeros([], tf.int8)), tf.int32)
     # floor division reads the bits of a negative (two's complement) byte correctly: 256 / 2**j is even
-    bits = tf.math.floormod(tf.math.floordiv(tf.expand_dims(bytes_, -1), _BIT_VALUES), 2)
-    bits = tf.reshape(bits, [-1])[: dy.shape.num_elements()] if dy.shape[-1] % 8 else bits
+    bits = tf.math.floormod(tf.math.floordiv(tf.expand_dims(bytes_, -1), tf.constant(_BIT_VALUES, tf.int32)), 2)
+    bits = tf.reshape(bits, [-1])[: tf.size(dy)] if dy.shape[-1] % 8 else bits
     return tf.where(tf.reshape(bits, tf.shape(dy)) > 0, dy, tf.zeros([], dy.dtype))
 
 
