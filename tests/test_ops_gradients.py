@@ -308,6 +308,9 @@ def test_litert_builtins_only_training_graph(full):
     kept = {t for op in sg.ops[loss_at + 1:] for t in op.inputs if t in produced}
     kept_types = {sg.tensors[t].dtype for t in kept}
     assert "int8" in kept_types and not kept_types & {"bool", "int32"}, kept_types
+    producer = {t: op for op in sg.ops[:loss_at] for t in op.outputs}
+    unpacked = [sg.tensors[t] for t in kept if any(sg.tensors[i].dtype == "int8" for i in producer[t].inputs)]
+    assert not unpacked, unpacked  # nothing unpacked from a mask in the forward reaches the backward
     runner = interpreter.get_signature_runner()
 
     x = RNG.standard_normal((BATCH, 9, 9, 3))

@@ -2,41 +2,37 @@
 
 The mask is computed in the forward and is all the backward keeps, packed 8 elements per byte (TinyTL's 1-bit
 mask; autodiff would keep the float input and emit ReluGrad/Relu6Grad, which need Flex). Packing and unpacking are
-builtins: CAST, RESHAPE, MUL, SUM to pack; FLOOR_DIV, FLOOR_MOD, SELECT_V2 to apply.
+float matrix products and FLOOR on [n/8, 8] views: exact for these small integers, and TFLite's optimized kernels,
+where integer FLOOR_DIV/FLOOR_MOD with broadcasting run reference code some 25x slower than the mask itself.
 """
 
 import tensorflow as tf
 
-# Python lists, not module-level tensors: an eager constant captured by a custom gradient cannot be saved.
-_BIT_VALUES = [1, 2, 4, 8, 16, 32, 64, 128]
-_PACK_WEIGHTS = [1, 2, 4, 8, 16, 32, 64, -128]  # the byte as two's complement int8
+_PACK = [[1.0], [2.0], [4.0], [8.0], [16.0], [32.0], [64.0], [-128.0]]  # bit j -> byte, as two's complement int8
+_UNPACK = [[2.0 ** -j for j in range(8)]]  # byte -> byte / 2**j; its floor's parity is bit j (also when negative)
 
 
 def _pack_mask(mask):
-    """int8 [..., ceil(n/8)]: bit j of byte i holds element 8i+j of the mask's last axis (or of the whole mask,
-    flattened and zero-padded, when the last axis is not a multiple of 8). int8 rather than uint8 because
-    TFLite's SELECT_V2 in `_apply_mask` takes int8 only."""
-    bits = tf.cast(mask, tf.int32)
-    if mask.shape[-1] % 8:
-        bits = tf.reshape(bits, [-1])
-        bits = tf.pad(bits, [[0, tf.math.floormod(-tf.size(bits), 8)]])
-    bits = tf.reshape(bits, tf.concat([tf.shape(bits)[:-1], [bits.shape[-1] // 8 if bits.shape[-1] else -1, 8]], 0))
-    return tf.cast(tf.reduce_sum(bits * tf.constant(_PACK_WEIGHTS, tf.int32), axis=-1), tf.int8)
+    """int8 [ceil(n/8), 1]: bit j of byte i is element 8i+j of the flattened mask (zero-padded to a multiple of 8).
+    int8, not uint8: TFLite's SELECT_V2 in `_apply_mask` takes no uint8."""
+    bits = tf.reshape(tf.cast(mask, tf.float32), [-1])
+    bits = tf.reshape(tf.pad(bits, [[0, tf.math.floormod(-tf.size(bits), 8)]]), [-1, 8])
+    return tf.cast(tf.matmul(bits, tf.constant(_PACK)), tf.int8)
 
 
 def _apply_mask(packed, dy):
     """dy where the stored mask is set, else 0.
 
-    The unpacking starts with a select gated by a scalar read from dy: the converter schedules every op as soon as
-    its inputs exist, so an unpacking that read the packed bytes alone would run in the forward pass and keep an
-    int32 mask alive until the backward instead of the packed bytes."""
-    corner = tf.reshape(dy, [-1])[:1]
-    gate = tf.reshape(tf.equal(corner, corner), [1] * packed.shape.rank)  # true unless dy is NaN
-    bytes_ = tf.cast(tf.where(gate, packed, tf.zeros([], tf.int8)), tf.int32)
-    # floor division reads the bits of a negative (two's complement) byte correctly: 256 / 2**j is even
-    bits = tf.math.floormod(tf.math.floordiv(tf.expand_dims(bytes_, -1), tf.constant(_BIT_VALUES, tf.int32)), 2)
-    bits = tf.reshape(bits, [-1])[: tf.size(dy)] if dy.shape[-1] % 8 else bits
-    return tf.where(tf.reshape(bits, tf.shape(dy)) > 0, dy, tf.zeros([], dy.dtype))
+    The unpacking starts with a select gated by a comparison of one element of dy: the converter schedules each op
+    as soon as its inputs exist, so an unpacking that read the packed bytes alone would run in the forward and keep
+    an unpacked float mask alive until the backward instead of the bytes. (x == x would be folded away.)"""
+    gate = tf.reshape(tf.reshape(dy, [-1])[:1] < 3.0e38, [1, 1])  # true unless dy is NaN or inf
+    byte = tf.cast(tf.where(gate, packed, tf.zeros([], tf.int8)), tf.float32)
+    shifted = tf.floor(tf.matmul(byte, tf.constant(_UNPACK)))
+    bits = tf.reshape(shifted - 2.0 * tf.floor(shifted * 0.5), [-1])
+    if dy.shape[-1] is None or dy.shape.num_elements() is None or dy.shape.num_elements() % 8:
+        bits = bits[: tf.size(dy)]
+    return dy * tf.cast(tf.reshape(bits, tf.shape(dy)), dy.dtype)
 
 
 def _masked(fn, inside, x):
