@@ -1,0 +1,230 @@
+"""Elastic layers of the super-net (REFERENCE §6): one MB block that holds every sub-block of its slot.
+
+Elasticity lives only here. A sub-net is never exported from these layers: `SuperNet.extract_subnet` rebuilds it
+from the plain `tinytl_tf.layers` with `static_weights`, so the export sees ordinary layers only.
+
+The active choices arrive as scalar int tensors (read from the super-net's variables or sampled in-graph), so
+changing the sub-net never retraces. Every choice is applied exactly: a smaller kernel is embedded with zeros in
+the stored one (with centred padding a k x k kernel inside a K x K one gives the same output for symmetric and
+for TF "same" padding), a narrower expansion multiplies the dropped channels by zero before the projection, and a
+groups-4 lite conv is the groups-2 conv with its off-block-diagonal taps zeroed.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tinytl_tf import ops
+from tinytl_tf.layers import FoldedConv2D, LiteResidual, MBBlock
+from tinytl_tf.layers.common import activate, conv_pads, value
+
+LITE_STORED_KERNEL, LITE_STORED_GROUPS = 5, 2
+
+
+def _select(choices, active, candidates):
+    """The candidate whose choice equals the scalar tensor `active` (a gather, no retrace per choice)."""
+    if len(candidates) == 1:
+        return candidates[0]
+    index = tf.argmax(tf.cast(tf.equal(tf.constant(choices, tf.int32), active), tf.int32))
+    return tf.gather(tf.stack(candidates), index)
+
+
+def _numpy(tensor):
+    return keras.ops.convert_to_numpy(tensor)
+
+
+def _embed(kernel, size):
+    """A k x k kernel zero-padded to size x size (centred)."""
+    p = (size - kernel.shape[0]) // 2
+    return tf.pad(kernel, [[p, p], [p, p], [0, 0], [0, 0]]) if p else kernel
+
+
+@keras.saving.register_keras_serializable(package="tinytl_tf")
+class ElasticDepthwise(FoldedConv2D):
+    """A depthwise FoldedConv2D stored at its largest kernel, runnable at any of `kernel_choices`.
+
+    As in once-for-all, the k x k kernel is the centre of the next larger one passed through a (k^2 x k^2)
+    transform matrix, per channel, largest to smallest (7 -> 5 -> 3); the matrices start at identity (a plain
+    centre crop) and train only with the kernel. Matrix convention as once-for-all's
+    `F.linear(crop, M)`: transformed = crop_flat @ M^T with taps flattened row-major.
+    """
+
+    def __init__(self, filters, kernel_size, kernel_choices, strides=1, **kwargs):
+        super().__init__(filters, kernel_size, strides, depthwise=True, **kwargs)
+        self.kernel_choices = tuple(sorted(kernel_choices))
+        if max(self.kernel_choices) != kernel_size:
+            raise ValueError(f"{self.name}: the stored kernel {kernel_size} must be the largest of {self.kernel_choices}")
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        ks = self.kernel_choices
+        self.transforms = {
+            (big, small): self.add_weight(name=f"transform_{big}to{small}", shape=(small * small, small * small),
+                                          initializer="identity", trainable=self.train_kernel)
+            for small, big in zip(ks, ks[1:])}
+
+    def kernel_for(self, size):
+        """The transformed [size, size, C, 1] kernel of choice `size` (a Python int)."""
+        w = value(self.kernel)
+        c = w.shape[2]
+        for (big, small), matrix in sorted(self.transforms.items(), reverse=True):
+            if big <= size:
+                break
+            s = (big - small) // 2
+            flat = tf.reshape(tf.transpose(w[s:s + small, s:s + small, :, 0], [2, 0, 1]), [c, small * small])
+            flat = tf.matmul(flat, value(matrix), transpose_b=True)
+            w = tf.transpose(tf.reshape(flat, [c, small, small]), [1, 2, 0])[..., None]
+        return w
+
+    def call(self, x, kernel_size):
+        k = self.kernel_size
+        kernel = _select(self.kernel_choices, kernel_size, [_embed(self.kernel_for(c), k) for c in self.kernel_choices])
+        pads = conv_pads(x.shape[1], x.shape[2], k, self.strides, self.padding)
+        y = ops.depthwise_conv2d(x, kernel, stride=self.strides, pads=pads, kernel_grad=self.train_kernel)
+        y = ops.channel_affine(y, value(self.scale), value(self.bias), scale_grad=self.train_scale)
+        return activate(y, self.activation)
+
+    def get_config(self):
+        config = {**super().get_config(), "kernel_choices": list(self.kernel_choices)}
+        del config["depthwise"]
+        return config
+
+
+def lite_kernel_for(stored, size, groups):
+    """The static lite conv kernel [size, size, C / groups, C] of a stored [5, 5, C / 2, C] groups-2 kernel
+    (numpy): the centre `size` x `size` taps, and for groups 4 the block-diagonal half of each groups-2 group
+    (output channel o of group-4 group o // (C / 4) reads the matching quarter of its groups-2 group's inputs)."""
+    s = (stored.shape[0] - size) // 2
+    w = stored[s:s + size, s:s + size]
+    if groups == LITE_STORED_GROUPS:
+        return w
+    ratio = groups // LITE_STORED_GROUPS
+    c = w.shape[-1]
+    q = c // groups
+    parts = w.reshape(size, size, ratio, q, c)
+    return np.stack([parts[:, :, (o // q) % ratio, :, o] for o in range(c)], axis=-1)
+
+
+def _lite_masks(cin, groups_choices, kernel_choices):
+    """0/1 masks over the stored lite kernel: {kernel: [5, 5, 1, 1]} and {groups: [1, 1, C / 2, C]}."""
+    k = LITE_STORED_KERNEL
+    spatial = {}
+    for size in kernel_choices:
+        m = np.zeros((k, k, 1, 1), np.float32)
+        s = (k - size) // 2
+        m[s:s + size, s:s + size] = 1
+        spatial[size] = m
+    local = cin // LITE_STORED_GROUPS
+    grouped = {}
+    for g in groups_choices:
+        q = cin // g
+        ratio = g // LITE_STORED_GROUPS
+        same_part = (np.arange(local)[:, None] // q) == (np.arange(cin)[None, :] // q) % ratio
+        grouped[g] = same_part.astype(np.float32)[None, None]
+    return spatial, grouped
+
+
+@keras.saving.register_keras_serializable(package="tinytl_tf")
+class ElasticLiteResidual(LiteResidual):
+    """A lite residual branch stored at kernel 5 / groups 2, runnable at kernel {3, 5} and groups {2, 4}.
+
+    Kernel 3 is the centre crop of the 5 x 5 kernel and groups 4 the block-diagonal part of the groups-2 kernel
+    (`lite_kernel_for`); in-graph both are masks on the stored kernel, so gradients reach exactly the taps the
+    sub-net uses. The GroupNorms do not depend on either choice and are shared unchanged.
+    """
+
+    def __init__(self, filters, strides=1, groups_choices=(2, 4), kernel_choices=(3, 5), **kwargs):
+        super().__init__(filters, LITE_STORED_KERNEL, strides, LITE_STORED_GROUPS, **kwargs)
+        self.groups_choices, self.kernel_choices = tuple(groups_choices), tuple(kernel_choices)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.spatial_masks, self.group_masks = _lite_masks(input_shape[-1], self.groups_choices, self.kernel_choices)
+
+    def call(self, x, size, kernel_size, groups):
+        spatial = [tf.constant(self.spatial_masks[k]) for k in self.kernel_choices]
+        grouped = [tf.constant(self.group_masks[g]) for g in self.groups_choices]
+        mask = _select(self.kernel_choices, kernel_size, spatial) * _select(self.groups_choices, groups, grouped)
+        y = ops.avg_pool_2x2(x)
+        pads = conv_pads(y.shape[1], y.shape[2], LITE_STORED_KERNEL, self.strides, self.conv1.padding)
+        y = ops.conv2d(y, value(self.conv1.kernel) * mask, stride=self.strides, pads=pads, groups=LITE_STORED_GROUPS,
+                       kernel_grad=self.train_kernel)
+        y = ops.relu(self.norm1(y))
+        y = self.norm2(self.conv2(y))
+        return ops.resize_bilinear(y, size)
+
+    def get_config(self):
+        config = {**super().get_config(), "groups_choices": list(self.groups_choices),
+                  "kernel_choices": list(self.kernel_choices)}
+        del config["kernel_size"], config["groups"]
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tinytl_tf")
+class ElasticMBBlock(MBBlock):
+    """One super-net slot: the backbone's MB block (`block`, at its largest kernel and expansion) + an elastic
+    lite residual, runnable as any sub-block with `call(x, kernel, mid, lite_kernel, lite_groups)`.
+
+    Width: the sub-block keeps the first `mid` expanded channels, so `sort_channels` first orders them by
+    importance. The main norms are folded per-channel affines, so zeroing a channel after the depthwise
+    activation is exactly dropping it. (With GroupNorm in the main branch, a channel's output would depend on
+    its group's statistics: whole groups would have to move together in the sort and widths would have to be
+    whole groups. Folded BatchNorm has no such coupling.)
+    """
+
+    def __init__(self, block, kernel_choices, lite_groups_choices, padding="symmetric", trainable_set=None, **kwargs):
+        super().__init__(block, padding, trainable_set, **kwargs)
+        self.kernel_choices, self.lite_groups_choices = tuple(kernel_choices), tuple(lite_groups_choices)
+
+    def build(self, input_shape):
+        b, t = self.block, self.trainable_set
+        flags = dict(padding=self.padding, train_kernel=t.main_kernel, train_scale=t.main_scale, train_bias=t.main_bias)
+        self.expand = FoldedConv2D(b.mid, 1, activation=b.act, name="expand", **flags)
+        self.expand.build(input_shape)
+        mid_shape = self.expand.compute_output_shape(input_shape)
+        self.depthwise = ElasticDepthwise(b.mid, b.kernel, self.kernel_choices, b.stride, activation=b.act,
+                                          name="depthwise", **flags)
+        self.depthwise.build(mid_shape)
+        self.project = FoldedConv2D(b.out, 1, activation=b.project_act, name="project", **flags)
+        self.project.build(self.depthwise.compute_output_shape(mid_shape))
+        self.lite = ElasticLiteResidual(b.out, b.stride, self.lite_groups_choices, train_kernel=t.lite_kernel,
+                                        train_gamma=t.lite_gamma, train_beta=t.lite_beta,
+                                        train_final_beta=t.lite_final_beta, name="lite")
+        self.lite.build(input_shape)
+
+    def call(self, x, kernel, mid, lite_kernel, lite_groups):
+        y = self.depthwise(self.expand(x), kernel_size=kernel)
+        y = y * tf.cast(tf.range(self.block.mid) < mid, y.dtype)
+        y = self.project(y)
+        y = y + self.lite(x, size=(y.shape[1], y.shape[2]), kernel_size=lite_kernel, groups=lite_groups)
+        return y + x if self.block.shortcut else y
+
+    def sort_channels(self):
+        """Order the expanded channels by importance (L1 norm of each one's projection weights), descending,
+        permuting the expand columns, depthwise filters and both folded affines alike: the block computes the
+        same function, and a narrower sub-block keeps the most important channels. Returns the permutation."""
+        e, d = self.expand, self.depthwise
+        order = np.argsort(-np.sum(np.abs(_numpy(self.project.kernel)), axis=(0, 1, 3)), kind="stable")
+        for v, axis in ((e.kernel, 3), (e.scale, 0), (e.bias, 0), (d.kernel, 2), (d.scale, 0), (d.bias, 0),
+                        (self.project.kernel, 2)):
+            v.assign(np.take(_numpy(v), order, axis=axis))
+        return order
+
+    def static_weights(self, kernel, mid, lite_kernel, lite_groups):
+        """{path relative to the block: array} of the plain `MBBlock` of this sub-block (see `BlockConfig`)."""
+        e, d, p, lite = self.expand, self.depthwise, self.project, self.lite
+        weights = {"expand/kernel": _numpy(e.kernel)[..., :mid],
+                   "depthwise/kernel": _numpy(d.kernel_for(kernel))[:, :, :mid],
+                   "project/kernel": _numpy(p.kernel)[:, :, :mid], "project/scale": _numpy(p.scale),
+                   "project/bias": _numpy(p.bias),
+                   "lite/conv1/kernel": lite_kernel_for(_numpy(lite.conv1.kernel), lite_kernel, lite_groups),
+                   "lite/conv2/kernel": _numpy(lite.conv2.kernel)}
+        for name, layer in (("expand", e), ("depthwise", d)):
+            weights.update({f"{name}/scale": _numpy(layer.scale)[:mid], f"{name}/bias": _numpy(layer.bias)[:mid]})
+        for name, layer in (("norm1", lite.norm1), ("norm2", lite.norm2)):
+            weights.update({f"lite/{name}/gamma": _numpy(layer.gamma), f"lite/{name}/beta": _numpy(layer.beta)})
+        return weights
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_choices": list(self.kernel_choices),
+                "lite_groups_choices": list(self.lite_groups_choices)}

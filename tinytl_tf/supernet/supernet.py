@@ -1,0 +1,251 @@
+"""The once-for-all style super-net (REFERENCE §6) around a pretrained MB backbone, as one Keras model.
+
+Its space (`tinytl_tf.supernet.space.SuperSpec`) is capped by the backbone, so the sub-net `backbone_arch(spec)`
+is the backbone itself; every other sub-net is derived from the same weights by the importance sort (narrower
+expansions), transformed centre crops (smaller kernels) and dropped blocks (shallower stages). The active sub-net
+lives in non-trainable int variables, so `set_active` and per-step sampling never retrace. Each resolution is
+its own branch of a `tf.switch_case` (the ops need static spatial sizes), which makes the first trace slower but
+costs nothing per step. A sub-net leaves the super-net only as a plain `TinyNet` (`extract_subnet`).
+"""
+
+import functools
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tinytl_tf.atomic import atomic_write
+from tinytl_tf.backbones import BACKBONES, UnknownBackbone, build_model, load_weights_by_path
+from tinytl_tf.config import NetConfig, TrainableSet
+from tinytl_tf.layers import Classifier, FoldedConv2D, MBBlock
+from tinytl_tf.methods import TRAINABLE
+from tinytl_tf.supernet.elastic import ElasticMBBlock
+from tinytl_tf.supernet.space import (LITE_KERNELS, SuperSpec, active_slots, backbone_arch, mid_channels, sample,
+                                      subnet_config, super_spec, validate_arch)
+
+DEFAULT_RESOLUTIONS = (96, 112, 128, 144, 160)
+# the paper's adaptation: main weights frozen; main biases, lite modules and the head train
+TRAINABLE_SET = TRAINABLE["tinytl-lb"]
+STATIC_LAYERS = ("stem", "block_0", "feature_mix", "head")  # the same in the super-net and every sub-net
+NEW_WEIGHTS = ("/lite/", "/transform_", "head/")  # not in a backbone's weights
+GENES = ("resolution", "depths", "kernels", "mids", "lite_kernels", "lite_groups")
+WEIGHTS_FILE_META = "supernet.json"
+
+
+@keras.saving.register_keras_serializable(package="tinytl_tf")
+class SuperNet(keras.Model):
+    """Elastic depth, kernel, expansion, lite residual and resolution around the backbone of `spec`.
+
+    Input: float32 [N, H, W, 3] images normalized with `spec.base.input_mean` / `input_std`, any size; they are
+    bilinearly resized to the active resolution first (not at all when they already have it). Output: logits.
+    Layers are named as in `TinyNet` (`stem`, `block_{backbone index}`, `feature_mix`, `head`), so backbone
+    weights load by path.
+    """
+
+    def __init__(self, spec, **kwargs):
+        spec = spec if isinstance(spec, SuperSpec) else SuperSpec.from_dict(spec)
+        kwargs.setdefault("name", "supernet")
+        super().__init__(**kwargs)
+        self.spec = spec
+        base, t = spec.base, TRAINABLE_SET
+        main = dict(padding=base.padding, train_kernel=t.main_kernel, train_scale=t.main_scale, train_bias=t.main_bias)
+        shape = (None, max(spec.resolutions), max(spec.resolutions), 3)
+
+        def built(layer):  # weights exist before the first call, so `.keras` files load into a fresh super-net
+            nonlocal shape
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+            return layer
+
+        s, f = base.stem, base.feature_mix
+        self.stem = built(FoldedConv2D(s.out, s.kernel, s.stride, activation=s.act, name="stem", **main))
+        self.block_0 = built(MBBlock(base.blocks[0], base.padding, t, name="block_0"))
+        self.slot_blocks = [built(ElasticMBBlock(base.blocks[slot.index], slot.kernels, slot.lite_groups, base.padding,
+                                                 t, name=f"block_{slot.index}")) for slot in spec.slots]
+        self.feature_mix = None if f is None else built(
+            FoldedConv2D(f.out, f.kernel, f.stride, activation=f.act, name="feature_mix", **main))
+        self.head = built(Classifier(base.num_classes, base.dropout, train=t.head, name="head"))
+        # only_first_replica: under MirroredStrategy all replicas train the first replica's sampled sub-net
+        self._active = {name: self.add_weight(name=f"active_{name}", shape=_gene_shape(c), dtype="int32",
+                                              initializer="zeros", trainable=False, aggregation="only_first_replica")
+                        for name, c in _gene_choices(spec).items()}
+        self._sampling = self.add_weight(name="random_sampling", shape=(), dtype="int32", initializer="zeros",
+                                         trainable=False, aggregation="only_first_replica")
+        self.set_active(backbone_arch(spec))
+        self.built = True
+
+    @classmethod
+    def from_backbone(cls, name, num_classes, labels=(), resolutions=DEFAULT_RESOLUTIONS, dropout=0.2, weights_dir=None):
+        """The super-net around a named MB backbone (mcunet-5fps, proxyless-w0.3, mbv2-w0.35, or the random-weight
+        proxylessnas-mobile) or a once-for-all checkpoint converted by `export/convert_ofa.py` (its `.npz` path).
+
+        The backbone's main weights are placed by path and its expanded channels sorted by importance (a
+        converted once-for-all net is already sorted: its narrower sub-nets were trained on the first channels);
+        the head (`num_classes`, `labels`, `dropout`) and the lite residual branches are new.
+        """
+        backbone, cfg, arrays, presorted = _backbone_weights(name, weights_dir)
+        base = cfg.replace(num_classes=num_classes, labels=tuple(labels), dropout=dropout, trainable=TrainableSet(),
+                           method=None)
+        net = cls(super_spec(base, backbone, resolutions))
+        if arrays is not None:
+            net.load_backbone_weights(arrays)
+            if not presorted:
+                net.sort_channels()
+        return net
+
+    def load_backbone_weights(self, arrays):
+        """Assign a backbone's `{path: array}` (every main weight; transform matrices optional; a head is
+        ignored); lite branches, the head and missing transform matrices keep their values."""
+        given = {p: a for p, a in arrays.items() if not p.startswith("head/")}
+        keep = {v.path: v.numpy() for v in self.weights if v.path not in given and _is_new(v)}
+        load_weights_by_path(self, {**given, **keep})
+
+    def sort_channels(self):
+        """Sort every slot's expanded channels by importance (`ElasticMBBlock.sort_channels`); the super-net's
+        function is unchanged at full width."""
+        for block in self.slot_blocks:
+            block.sort_channels()
+
+    def set_active(self, arch):
+        """Make `arch` (a `space.Arch`) the sub-net the super-net computes; ConfigError names a bad gene."""
+        validate_arch(self.spec, arch)
+        mids = [mid_channels(s, e) for s, e in zip(self.spec.slots, arch.expands)]
+        for name, values in zip(GENES, (arch.resolution, arch.depths, arch.kernels, mids, arch.lite_kernels,
+                                        arch.lite_groups)):
+            self._active[name].assign(np.asarray(values, np.int32))
+
+    def sample(self, rng):
+        """Activate a uniformly random sub-net (`rng`: numpy Generator) and return it."""
+        arch = sample(self.spec, rng)
+        self.set_active(arch)
+        return arch
+
+    def set_random_sampling(self, enabled):
+        """When enabled, every `fit` step first activates a uniformly random sub-net, sampled in-graph (a
+        variable, so switching needs no retrace; it is saved with the model)."""
+        self._sampling.assign(int(bool(enabled)))
+
+    def train_step(self, data):
+        sampling = tf.convert_to_tensor(self._sampling) > 0
+        for name, choices in _gene_choices(self.spec).items():
+            active = self._active[name]
+            active.assign(tf.where(sampling, _sample_gene(choices), tf.convert_to_tensor(active)))
+        return super().train_step(data)
+
+    def call(self, images, training=None):
+        genes = SimpleNamespace(**{name: tf.convert_to_tensor(v) for name, v in self._active.items()})
+        branches = [functools.partial(self._forward, images, r, genes, training) for r in self.spec.resolutions]
+        if len(branches) == 1:
+            return branches[0]()
+        index = tf.argmax(tf.cast(tf.equal(tf.constant(self.spec.resolutions, tf.int32), genes.resolution), tf.int32),
+                          output_type=tf.int32)
+        return tf.switch_case(index, branches)
+
+    def _forward(self, images, resolution, genes, training):
+        x = images
+        if tuple(x.shape[1:3]) != (resolution, resolution):
+            x = tf.image.resize(x, [resolution, resolution], "bilinear")
+        x = self.block_0(self.stem(x))
+        for p, (slot, block) in enumerate(zip(self.spec.slots, self.slot_blocks)):
+            run = functools.partial(block, kernel=genes.kernels[p], mid=genes.mids[p],
+                                    lite_kernel=genes.lite_kernels[p], lite_groups=genes.lite_groups[p])
+            depth = self.spec.stages[slot.stage].index(p)
+            # a block past its stage's depth passes x on (only shortcut blocks can be). A select, not tf.cond: a
+            # cond traces about twice as slowly and measured no faster per step
+            x = run(x) if depth == 0 else tf.where(genes.depths[slot.stage] > depth, run(x), x)
+        if self.feature_mix is not None:
+            x = self.feature_mix(x)
+        return self.head(x, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.spec.base.num_classes)
+
+    def extract_subnet(self, arch, method="tinytl-lb"):
+        """The sub-net `arch` as a plain `TinyNet` (`build_model(subnet_config(spec, arch, method))`) with this
+        super-net's current weights: its outputs equal the super-net's with `set_active(arch)` on inputs at
+        `arch.resolution`."""
+        model = build_model(subnet_config(self.spec, arch, method))
+        arrays = {v.path: v.numpy() for v in self.weights if v.path.split("/")[0] in STATIC_LAYERS}
+        for j, p in enumerate(active_slots(self.spec, arch), start=1):
+            mid = mid_channels(self.spec.slots[p], arch.expands[p])
+            weights = self.slot_blocks[p].static_weights(arch.kernels[p], mid, arch.lite_kernels[p], arch.lite_groups[p])
+            arrays.update({f"block_{j}/{path}": a for path, a in weights.items()})
+        return load_weights_by_path(model, arrays)
+
+    def get_config(self):
+        return {"spec": self.spec.to_dict(), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)
+
+
+def _is_new(variable):
+    return any(tag in variable.path for tag in NEW_WEIGHTS) or variable.dtype == "int32"
+
+
+def _gene_shape(choices):
+    """() for a gene with one flat tuple of choices (resolution), else one value per stage or slot."""
+    return (len(choices),) if isinstance(choices[0], tuple) else ()
+
+
+def _gene_choices(spec):
+    """Allowed values of each in-graph gene: a tuple of choices (resolution) or one tuple per stage / slot."""
+    return {"resolution": spec.resolutions, "depths": spec.depth_choices,
+            "kernels": tuple(s.kernels for s in spec.slots),
+            "mids": tuple(tuple(mid_channels(s, e) for e in s.expands) for s in spec.slots),
+            "lite_kernels": tuple(LITE_KERNELS for _ in spec.slots),
+            "lite_groups": tuple(s.lite_groups for s in spec.slots)}
+
+
+def _sample_gene(choices):
+    """In-graph uniform pick among `choices` (a scalar for a flat tuple, else one per position)."""
+    per_position = _gene_shape(choices) != ()
+    rows = choices if per_position else (choices,)
+    width = max(len(c) for c in rows)
+    table = tf.constant([list(c) + [c[-1]] * (width - len(c)) for c in rows], tf.int32)
+    counts = tf.constant([len(c) for c in rows], tf.float32)
+    index = tf.minimum(tf.cast(tf.random.uniform([len(rows)]) * counts, tf.int32), tf.cast(counts, tf.int32) - 1)
+    picked = tf.gather(table, index, batch_dims=1)
+    return picked if per_position else picked[0]
+
+
+def write_weights_file(path, backbone, cfg, arrays):
+    """Write a converted super-net backbone (`export/convert_ofa.py`): its largest sub-net's `NetConfig`, weights
+    by path (transform matrices included) and the fact that its channels are already importance-sorted."""
+    meta = json.dumps({"backbone": backbone, "net_config": cfg.to_dict(), "channels_sorted": True})
+    payload = {WEIGHTS_FILE_META: np.array(meta), **{p: np.asarray(a, np.float32) for p, a in arrays.items()}}
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to another suffix
+            np.savez(f, **payload)
+
+    atomic_write(path, write)
+
+
+def read_weights_file(path):
+    """(backbone name, NetConfig, {path: array}, channels_sorted) of a file written by `write_weights_file`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no converted super-net weights at {path}; write them with export/convert_ofa.py")
+    try:
+        z = np.load(path)
+        meta = json.loads(str(z[WEIGHTS_FILE_META]))
+        arrays = {k: z[k] for k in z.files if k != WEIGHTS_FILE_META}
+        return meta["backbone"], NetConfig.from_dict(meta["net_config"]), arrays, bool(meta["channels_sorted"])
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        raise ValueError(f"{path} is not a super-net weights file written by export/convert_ofa.py ({e})") from None
+
+
+def _backbone_weights(name, weights_dir):
+    """(backbone name, NetConfig, {path: array} or None, channels already sorted) of a backbone name or file."""
+    if name in BACKBONES:
+        cfg, arrays = BACKBONES[name][1](weights_dir)
+        return name, cfg, arrays, False
+    if str(name).endswith(".npz"):
+        return read_weights_file(name)
+    raise UnknownBackbone(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}, or a .npz written by "
+                          f"export/convert_ofa.py")
