@@ -1,0 +1,207 @@
+"""The results benchmark (benchmarks/transfer.py) in its quick mode: every phase in miniature on 3 classes of the
+embedded subset, with a micro network registered as a backbone so the test stays fast (tracing and exporting cost
+most of it). Checks the results file, the learning-rate choice (made on the holdout, the test split never read), the
+report and plots, and that a re-run trains nothing."""
+
+import dataclasses
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tinytl_tf.config import BlockConfig, ConvConfig, NetConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK_GRID = {"ft-last": (1e-2, 3e-2), "tinytl-lb": (3e-3,)}
+HOLDOUT_PER_RUN = 3 * 2  # 3 classes, 20% of 10 training images each
+TEST_PER_RUN = 3 * 4
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("transfer_benchmark", ROOT / "benchmarks" / "transfer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load_benchmark()
+
+
+def tiny_backbone(monkeypatch):
+    """Registers "tiny": a stem and two MB blocks (the second gets a lite residual), random weights."""
+    from tinytl_tf import backbones
+
+    cfg = NetConfig(name="tiny", resolution=64, stem=ConvConfig(out=8, kernel=3, stride=2),
+                    blocks=(BlockConfig(3, 1, 8), BlockConfig(3, 2, 16, mid=16)), num_classes=3)
+    monkeypatch.setitem(backbones.BACKBONES, "tiny", ("micro test net, random weights", lambda d: (cfg, None)))
+
+
+def guard_test_split(monkeypatch, test_reads, holdout_loads):
+    """Loads with a holdout (the lr phase) get a test split that records being read and fails."""
+    import tensorflow as tf
+
+    from tinytl_tf import data
+
+    real = data.load_image_folder
+
+    def load(*args, holdout_fraction=None, **kwargs):
+        images = real(*args, holdout_fraction=holdout_fraction, **kwargs)
+        if holdout_fraction is None:
+            return images
+        holdout_loads.append(images.num_holdout)
+
+        def read():
+            test_reads.append(1)
+            raise AssertionError("the lr phase read the test split")
+            yield
+
+        spec = images.test.element_spec
+        return dataclasses.replace(images, test=tf.data.Dataset.from_generator(read, output_signature=spec))
+
+    monkeypatch.setattr(data, "load_image_folder", load)
+
+
+def test_quick_mode(tmp_path, monkeypatch):
+    """One quick run checked from every side (a single test, so `pytest -n 2` does not run it once per worker)."""
+    out = tmp_path / "out"
+    argv = ["--quick", "--out", str(out), "--backbones", "tiny"]
+    test_reads, holdout_loads = [], []
+    tiny_backbone(monkeypatch)
+    with pytest.MonkeyPatch.context() as mp:
+        guard_test_split(mp, test_reads, holdout_loads)
+        assert bench.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    quick = {"out": out, "argv": argv, "results": results, "runs": results["runs"], "test_reads": test_reads,
+             "holdout_loads": holdout_loads}
+    check_every_run_is_recorded_with_finite_numbers(quick)
+    check_learning_rate_is_chosen_on_the_holdout_only(quick)
+    check_report_lists_every_run_with_its_command_and_time(quick)
+    check_plots_are_valid_images(quick)
+    check_report_shows_missing_runs_as_missing(quick, tmp_path)
+    check_rerun_skips_finished_runs(quick, monkeypatch)
+
+
+def best_lr(runs, method):
+    trials = [(r["metrics"]["holdout_accuracy"], -r["lr"]) for r in runs.values()
+              if r["phase"] == "lr" and r["method"] == method]
+    return -max(trials)[1]
+
+
+def expected_keys(runs, mbv1_ran):
+    lr_last, lr_lb = best_lr(runs, "ft-last"), best_lr(runs, "tinytl-lb")
+    keys = {f"lr/tiny/{m}/64px/b8/s0/lr{lr:g}" for m, grid in QUICK_GRID.items() for lr in grid}
+    keys |= {f"main/tiny/ft-last/64px/b8/s0/lr{lr_last:g}", f"main/tiny/tinytl-lb/64px/b8/s0/lr{lr_lb:g}",
+             f"main/tiny/tinytl-lb/64px/b8/s1/lr{lr_lb:g}",
+             "memory/tiny/ft-last/64px/b1/s0/lr-", "memory/tiny/tinytl-lb/64px/b1/s0/lr-",
+             f"batch/tiny/tinytl-lb/64px/b1/s0/lr{lr_lb / 8:g}", f"device/tiny/tinytl-lb/64px/b1/s0/lr{lr_lb / 8:g}"}
+    if mbv1_ran:
+        keys.add(f"mbv1/mobilenet-v1/ft-last/64px/b8/s0/lr{lr_last:g}")
+    return keys
+
+
+def check_every_run_is_recorded_with_finite_numbers(quick):
+    runs = quick["runs"]
+    mbv1_ran = bench.mbv1_missing(None) is None
+    assert set(runs) == expected_keys(runs, mbv1_ran)
+    if not mbv1_ran:
+        assert "mobilenet-v1" in quick["results"]["skipped"]["mbv1"]
+    assert quick["results"]["failed"] == {}
+    for key, r in runs.items():
+        m = r["metrics"]
+        accuracy = m.get("holdout_accuracy", m.get("test_accuracy"))
+        if r["phase"] == "memory":
+            assert accuracy is None
+            for name in ("measured_train_mb", "measured_infer_mb", "static_peak_mb", "tflite_mb"):
+                assert math.isfinite(m[name]) and m[name] > 0, (key, name)
+        else:
+            assert 0.0 <= accuracy <= 1.0, key
+        assert r["seconds"] > 0 and r["command"].startswith("python benchmarks/transfer.py --quick"), key
+    device = next(r for r in runs.values() if r["phase"] == "device")["metrics"]
+    assert device["steps"] == 30 and device["test_examples"] == TEST_PER_RUN  # 3 classes x 10 images, 1 epoch
+
+
+def check_learning_rate_is_chosen_on_the_holdout_only(quick):
+    runs = quick["runs"]
+    lr_runs = [r for r in runs.values() if r["phase"] == "lr"]
+    assert sorted((r["method"], r["lr"]) for r in lr_runs) == sorted(
+        (m, lr) for m, grid in QUICK_GRID.items() for lr in grid)
+    for r in lr_runs:
+        assert r["metrics"]["holdout_examples"] == HOLDOUT_PER_RUN
+        assert "test_accuracy" not in r["metrics"]
+    assert quick["test_reads"] == [] and quick["holdout_loads"] == [HOLDOUT_PER_RUN] * len(lr_runs)
+    for r in runs.values():
+        if r["phase"] == "main":
+            assert r["lr"] == best_lr(runs, r["method"]) and r["lr"] in QUICK_GRID[r["method"]]
+            assert r["metrics"]["test_examples"] == TEST_PER_RUN
+
+
+def check_report_lists_every_run_with_its_command_and_time(quick):
+    text = (quick["out"] / "RESULTS.md").read_text()
+    lines = text.splitlines()
+    for key, r in quick["runs"].items():
+        row = [line for line in lines if f"`{key}`" in line]
+        assert len(row) == 1 and f"| {r['seconds']} |" in row[0] and f"`{r['command']}`" in row[0], key
+    lb = [r["metrics"]["test_accuracy"] for r in quick["runs"].values()
+          if r["phase"] == "main" and r["method"] == "tinytl-lb"]
+    assert f"{100 * sum(lb) / 2:.1f} ({100 * min(lb):.1f}-{100 * max(lb):.1f}, 2 seeds)" in text
+    assert "Hardware: " in text and "missing" not in text.split("## Headline")[1].split("## 3.")[0]
+
+
+def check_plots_are_valid_images(quick):
+    for name in ("accuracy_vs_memory.png", "memory_breakdown.png"):
+        with Image.open(quick["out"] / name) as im:
+            im.verify()
+            assert im.format == "PNG" and im.size[0] >= 400 and im.size[1] >= 300
+
+
+def check_rerun_skips_finished_runs(quick, monkeypatch):
+    from tinytl_tf import export, train
+
+    def never(*args, **kwargs):
+        raise AssertionError("a finished run was trained or exported again")
+
+    monkeypatch.setattr(train, "fit", never)
+    monkeypatch.setattr(export, "export_model", never)
+    assert bench.main(quick["argv"]) == 0
+    assert json.loads((quick["out"] / "results.json").read_text()) == quick["results"]
+
+
+def check_report_shows_missing_runs_as_missing(quick, tmp_path):
+    results = json.loads((quick["out"] / "results.json").read_text())
+    dropped = [k for k, r in results["runs"].items() if r["phase"] == "main" and r["method"] == "ft-last"
+               or r["phase"] == "main" and r["seed"] == 1]
+    for key in dropped:
+        del results["runs"][key]
+    out = tmp_path / "partial"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(results))
+    assert bench.main(["--quick", "--report", "--out", str(out), "--backbones", "tiny"]) == 0
+    text = (out / "RESULTS.md").read_text()
+    assert "| ft-last | missing |" in text
+    assert "(1 of 2 seeds)" in text
+    assert not any(f"`{key}`" in text for key in dropped)
+
+
+@pytest.mark.parametrize("case", ["no data", "corrupt results", "quick without out"])
+def test_mistakes_exit_2_without_traceback(case, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = {"no data": ["--data", str(tmp_path / "nowhere"), "--out", str(out)],
+            "corrupt results": ["--report", "--out", str(out)],
+            "quick without out": ["--quick"]}[case]
+    if case == "corrupt results":
+        out.mkdir()
+        (out / "results.json").write_text("{not json")
+    assert bench.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert {"no data": "nowhere", "corrupt results": "results.json", "quick without out": "--out"}[case] in err
+    if case == "no data":
+        assert not out.exists()
+
+
+def test_main_phase_needs_the_chosen_learning_rates(tmp_path, capsys):
+    assert bench.main(["--quick", "--only", "main", "--out", str(tmp_path / "out")]) == 2
+    assert "--only lr" in capsys.readouterr().err
