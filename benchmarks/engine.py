@@ -1,9 +1,11 @@
 """LiteRT train-step vs infer-step latency per transfer method, and .tflite size (issue: on-device engine).
 
-    python benchmarks/engine.py [--backbone mcunet-5fps] [--resolution 128] [--repeats 30] [--out docs/engine.json]
+    python benchmarks/engine.py [--backbone mcunet-5fps] [--resolution 128] [--repeats 30] [--frozen-bits 8]
+                                [--out docs/engine.json]
 
 Per method: export the model, then time `train` and `infer` alternately in one interpreter (so the ratio is
-measured side by side), report medians, their ratio and the file size. A benchmark, not a test.
+measured side by side), report medians, their ratio and the file size, with LiteRT's default XNNPACK delegate and
+without any delegate. A benchmark, not a test.
 """
 
 import argparse
@@ -18,12 +20,13 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def measure(path, resolution, repeats, warmup=3, seed=0):
-    from ai_edge_litert.interpreter import Interpreter
+def measure(path, resolution, repeats, warmup=3, seed=0, xnnpack=True):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from tinytl_tf import contract
 
-    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    resolver = {} if xnnpack else {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+    interpreter = Interpreter(model_path=str(path), num_threads=1, **resolver)
     train = interpreter.get_signature_runner(contract.SIGNATURE_TRAIN)
     infer = interpreter.get_signature_runner(contract.SIGNATURE_INFER)
     rng = np.random.default_rng(seed)
@@ -50,6 +53,7 @@ def main(argv=None):
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--methods", nargs="*", default=None)
+    p.add_argument("--frozen-bits", type=int, default=8, choices=(8, 32))
     p.add_argument("--out", default="docs/engine.json")
     args = p.parse_args(argv)
 
@@ -60,25 +64,31 @@ def main(argv=None):
 
     base = load_backbone(args.backbone, args.resolution)
     rows = []
-    print(f"{args.backbone} @{args.resolution}px, batch 1, {args.repeats} timed steps, 1 thread")
-    print(f"{'method':<13}{'train ms':>10}{'infer ms':>10}{'ratio':>8}{'tflite MB':>11}{'trainable':>11}{'export s':>10}")
+    print(f"{args.backbone} @{args.resolution}px, batch 1, {args.repeats} timed steps, 1 thread, "
+          f"frozen weights {args.frozen_bits}-bit; 'plain' = no delegate")
+    print(f"{'method':<13}{'train ms':>10}{'infer ms':>10}{'ratio':>8}{'plain ratio':>12}{'tflite MB':>11}"
+          f"{'trainable':>11}{'export s':>10}")
     for method in args.methods or METHODS:
         model = prepare_transfer(base, method, args.classes, dropout=0.0)
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.tflite")
             t0 = time.time()
-            export_model(model, path, "adam", 3e-4, 1000)
+            export_model(model, path, "adam", 3e-4, 1000, frozen_bits=args.frozen_bits)
             export_s = time.time() - t0
             size = os.path.getsize(path)
             train_s, infer_s = measure(path, args.resolution, args.repeats)
+            plain_train_s, plain_infer_s = measure(path, args.resolution, args.repeats, xnnpack=False)
         row = {"method": method, "train_ms": 1e3 * train_s, "infer_ms": 1e3 * infer_s, "ratio": train_s / infer_s,
+               "plain_train_ms": 1e3 * plain_train_s, "plain_infer_ms": 1e3 * plain_infer_s,
+               "plain_ratio": plain_train_s / plain_infer_s,
                "tflite_mb": size / 1e6, "trainable_params": count_params(model)[0], "export_s": export_s}
         rows.append(row)
-        print(f"{method:<13}{row['train_ms']:>10.2f}{row['infer_ms']:>10.2f}{row['ratio']:>8.2f}"
+        print(f"{method:<13}{row['train_ms']:>10.2f}{row['infer_ms']:>10.2f}{row['ratio']:>8.2f}{row['plain_ratio']:>12.2f}"
               f"{row['tflite_mb']:>11.2f}{row['trainable_params']:>11,}{export_s:>10.0f}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"backbone": args.backbone, "resolution": args.resolution, "repeats": args.repeats,
+                   "frozen_bits": args.frozen_bits,
                    "rows": rows}, f, indent=2)
 
 

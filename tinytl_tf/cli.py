@@ -1,6 +1,7 @@
 """`python -m tinytl_tf ...`: the front door. Parses arguments and calls the package; no logic of its own."""
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -25,10 +26,25 @@ def _data_loader(args):
 def cmd_train(args):
     from tinytl_tf.train import train_job
 
+    make_model = None
+    if args.subnet:
+        from tinytl_tf.supernet.search import load_subnet
+
+        make_model = functools.partial(load_subnet, args.subnet, args.method, args.resolution, args.weights_dir)
     _, metrics = train_job(args.data, args.backbone, args.method, args.out, args.resolution, args.epochs,
                            args.batch_size, args.lr, args.label_smoothing, args.dropout, args.strategy,
-                           args.weights_dir, args.overwrite, verbose=1, load_data=_data_loader(args))
+                           args.weights_dir, args.overwrite, verbose=1, load_data=_data_loader(args),
+                           make_model=make_model)
     print(json.dumps(metrics, indent=2))
+
+
+def cmd_search(args):
+    from tinytl_tf.supernet.search import search_job
+
+    subnet = search_job(args.data, args.backbone, args.budget_mb, args.out, args.resolutions, args.epochs, args.pairs,
+                        args.population, args.generations, args.seed, args.batch_size, args.lr, args.label_smoothing,
+                        args.dropout, args.strategy, args.weights_dir, args.val_fraction, args.predictor_epochs)
+    print(json.dumps({k: v for k, v in subnet.items() if k not in ("spec", "search")}, indent=2))
 
 
 def cmd_evaluate(args):
@@ -47,16 +63,46 @@ def cmd_memory(args):
     from tinytl_tf.memory import format_table, method_table, plot_breakdown
 
     rows = method_table(args.backbone, args.resolution, args.batch_size, num_classes=args.num_classes,
-                        lite_for_all=not args.no_lite_for_all, frozen_bits=args.frozen_bits)
+                        lite_for_all=not args.no_lite_for_all, frozen_bits=args.frozen_bits, methods=args.methods)
+    if args.measure:
+        _add_measurements(args, rows)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    if args.measure and not args.json:
+        from tinytl_tf.memory.measure import format_measured
+
+        print(format_measured(rows, args.batch_size))
     if args.plot:
         plot_breakdown(rows, args.plot)
+
+
+def _add_measurements(args, rows):
+    """Export each method's model and add its LiteRT figures (batch 1) to its row; progress goes to stderr."""
+    from tinytl_tf.memory.measure import MeasurementError, measure_methods
+
+    def progress(method, index, total, stage):
+        print(f"[{index + 1}/{total}] {method}: {stage}...", file=sys.stderr, flush=True)
+
+    try:
+        measured = measure_methods(args.backbone, args.resolution, args.num_classes, [r["method"] for r in rows],
+                                   not args.no_lite_for_all, args.weights_dir, timeout=args.timeout, progress=progress)
+    except MeasurementError as e:  # the LiteRT process could not run here: a setup problem, reported as such
+        raise ChildProcessError(str(e)) from None
+    for row, m in zip(rows, measured):
+        row.update(m, measured_batch_size=1)
 
 
 def cmd_demo(args):
     from tinytl_tf.demo import run_demo
 
     run_demo(args.out, epochs=args.epochs)
+
+
+def _add_fit_options(p):
+    """The `model.fit` options `train` and `search` share."""
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout before the new head (default 0.2)")
+    p.add_argument("--strategy", default="none", choices=("none", "mirrored"), help="mirrored: tf.distribute across all local devices")
 
 
 def build_parser():
@@ -73,15 +119,33 @@ def build_parser():
     t.add_argument("--method", default="tinytl-lb", help=f"one of: {', '.join(METHODS)} (default tinytl-lb)")
     t.add_argument("--resolution", type=int, help="input size in pixels (default: the backbone's)")
     t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of Adam with cosine decay (default 1e-3)")
-    t.add_argument("--label-smoothing", type=float, default=0.1)
-    t.add_argument("--dropout", type=float, default=0.2, help="dropout before the new head (default 0.2)")
-    t.add_argument("--strategy", default="none", choices=("none", "mirrored"), help="mirrored: tf.distribute across all local devices")
+    _add_fit_options(t)
     t.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (mobilenet-v1 only)")
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--overwrite", action="store_true", help="replace an existing OUT/model.keras")
+    t.add_argument("--subnet", metavar="SUBNET.json", help="train the sub-net found by `search` (its subnet.json) "
+                   "with the fine-tuned super-net's weights instead of --backbone; its resolution is the searched one")
     t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("search", help="find the best sub-net of a super-net under a training-memory budget",
+                       description="Fine-tune an elastic super-net around a pretrained MB backbone on 80%% of the training images, measure random sub-nets on the other 20%%, fit an accuracy predictor and run an evolutionary search under a training-memory budget (analytic TinyTL-L+B memory at batch 1). Writes OUT/subnet.json and OUT/supernet.keras; an interrupted search resumes from OUT. Then: train --subnet OUT/subnet.json.")
+    s.add_argument("--data", required=True, help="DIR/train/<class>/* (+ DIR/test/, never read), or DIR/<class>/* with --val-fraction")
+    s.add_argument("--val-fraction", type=float, default=0.2, help="test fraction of a flat DIR/<class>/* tree, left out of the search (default 0.2)")
+    s.add_argument("--backbone", default="mcunet-5fps", help="mcunet-5fps, proxyless-w0.3, mbv2-w0.35, or a .npz from export/convert_ofa.py (default mcunet-5fps)")
+    s.add_argument("--budget-mb", type=float, required=True, help="training memory a sub-net may need (analytic TinyTL-L+B, batch 1, MB = 1e6 B)")
+    s.add_argument("--resolutions", type=int, nargs="+", help="input sizes to search (default 96 112 128 144 160)")
+    s.add_argument("--epochs", type=int, default=5, help="super-net fine-tuning epochs (default 5)")
+    s.add_argument("--pairs", type=int, default=500, help="sub-nets measured for the accuracy predictor (default 500)")
+    s.add_argument("--population", type=int, default=100, help="evolutionary search population (default 100)")
+    s.add_argument("--generations", type=int, default=100, help="evolutionary search generations (default 100)")
+    s.add_argument("--predictor-epochs", type=int, default=200, help="accuracy predictor training epochs (default 200)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the split, sampling and search (default 0)")
+    s.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the super-net fine-tuning (default 3e-3)")
+    _add_fit_options(s)
+    s.add_argument("--weights-dir", help="folder with backbone weights that are not vendored")
+    s.add_argument("--out", required=True, help="output folder (resumed when it holds an unfinished search)")
+    s.set_defaults(func=cmd_search)
 
     e = sub.add_parser("evaluate", help="top-1 accuracy of a trained model", description="Print JSON with the top-1 accuracy of a model.keras on DIR/test (or DIR).")
     e.add_argument("--model", required=True, help="model.keras written by train")
@@ -89,8 +153,8 @@ def build_parser():
     e.add_argument("--batch-size", type=int, default=32)
     e.set_defaults(func=cmd_evaluate)
 
-    m = sub.add_parser("memory", help="analytic training memory of the six transfer methods",
-                       description="Print the analytic training memory (parameters + activations, MB = 1e6 B) of every transfer method on a backbone (REFERENCE §4); no model is built.")
+    m = sub.add_parser("memory", help="analytic (and measured LiteRT) training memory of the six transfer methods",
+                       description="Print the analytic training memory (parameters + activations, MB = 1e6 B) of every transfer method on a backbone (REFERENCE §4); no model is built unless --measure exports each method's model and measures it with LiteRT.")
     m.add_argument("--backbone", default="proxylessnas-mobile", help=f"one of: {', '.join(BACKBONE_NAMES)} (default proxylessnas-mobile)")
     m.add_argument("--resolution", type=int, help="input size in pixels (default: the backbone's)")
     m.add_argument("--batch-size", type=int, default=8, help="training batch size (default 8, the paper's)")
@@ -99,6 +163,10 @@ def build_parser():
     m.add_argument("--no-lite-for-all", action="store_true", help="lite residuals only on TinyTL-L/L+B (the paper gives every method them)")
     m.add_argument("--json", action="store_true", help="print the rows as JSON")
     m.add_argument("--plot", metavar="OUT.png", help="also write a bar chart of parameter vs activation memory")
+    m.add_argument("--methods", nargs="+", metavar="METHOD", help=f"only these methods (default all: {', '.join(METHODS)})")
+    m.add_argument("--measure", action="store_true", help="also export each method's model and measure it with LiteRT at batch 1 (static graph peak, process RSS of train and infer)")
+    m.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (mobilenet-v1 with --measure)")
+    m.add_argument("--timeout", type=float, default=300, help="seconds each LiteRT measurement process may run (default 300)")
     m.set_defaults(func=cmd_memory)
 
     d = sub.add_parser("demo", help="the main job on the embedded Caltech-101 subset",

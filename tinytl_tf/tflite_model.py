@@ -87,3 +87,51 @@ def op_names(subgraphs):
 def custom_ops(subgraphs):
     """Names of non-builtin ops (Flex `Flex*` ops and any other custom op)."""
     return sorted({op.name for sg in subgraphs for op in sg.ops if op.custom})
+
+
+@dataclass(frozen=True)
+class Links:
+    """How signatures, subgraphs, tensors, buffers and variables refer to each other (what `read` leaves out).
+
+    The memory measurement needs it: a signature runs one subgraph plus the subgraphs its CALL_ONCE ops initialise
+    variables with; tensors may share a constant buffer; VAR_HANDLE ops name the resource variable they open.
+    """
+
+    signatures: dict  # signature key -> subgraph index
+    buffers: tuple  # per subgraph: the buffer index of each tensor
+    variables: tuple  # per subgraph: {VAR_HANDLE output tensor index: the variable's shared name}
+    init_subgraphs: tuple  # per subgraph: indices of the subgraphs its CALL_ONCE ops run
+    unknown_dims: tuple  # per subgraph: indices of tensors with an unknown (-1) dimension in their shape signature
+
+
+def links(data):
+    """`Links` of `.tflite` bytes, read lazily from the flatbuffer (no copy of the constant data)."""
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise NotATFLiteModel("not a TFLite flatbuffer (the file identifier 'TFL3' is missing)")
+    model = schema.Model.GetRootAs(data, 0)
+    signatures = {}
+    for i in range(model.SignatureDefsLength()):
+        sd = model.SignatureDefs(i)
+        signatures[sd.SignatureKey().decode()] = sd.SubgraphIndex()
+    buffers, variables, inits, unknown = [], [], [], []
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        tensors = [sg.Tensors(i) for i in range(sg.TensorsLength())]
+        buffers.append(tuple(t.Buffer() for t in tensors))
+        unknown.append(frozenset(i for i, t in enumerate(tensors)
+                                 if t.ShapeSignatureLength() and (t.ShapeSignatureAsNumpy() < 0).any()))
+        handles, calls = {}, []
+        for o in range(sg.OperatorsLength()):
+            op = sg.Operators(o)
+            kind = op.BuiltinOptionsType()
+            if kind == schema.BuiltinOptions.VarHandleOptions:
+                options = schema.VarHandleOptions()
+                options.Init(op.BuiltinOptions().Bytes, op.BuiltinOptions().Pos)
+                handles[int(op.Outputs(0))] = (options.SharedName() or b"").decode()
+            elif kind == schema.BuiltinOptions.CallOnceOptions:
+                options = schema.CallOnceOptions()
+                options.Init(op.BuiltinOptions().Bytes, op.BuiltinOptions().Pos)
+                calls.append(options.InitSubgraphIndex())
+        variables.append(handles)
+        inits.append(tuple(calls))
+    return Links(signatures, tuple(buffers), tuple(variables), tuple(inits), tuple(unknown))

@@ -1,0 +1,400 @@
+"""The search: the TF-free space, the accuracy predictor, the evolutionary search and the `search` CLI."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tinytl_tf.backbones import backbone_config
+from tinytl_tf.config import BlockConfig, ConfigError, ConvConfig, LiteConfig, NetConfig
+from tinytl_tf.memory import training_memory
+from tinytl_tf.methods import method_config
+from tinytl_tf.supernet import space
+
+MB_BACKBONES = ("mcunet-5fps", "proxyless-w0.3", "mbv2-w0.35")
+RESOLUTIONS = (96, 128, 160)
+
+
+def make_spec(backbone="mcunet-5fps", resolutions=RESOLUTIONS, num_classes=10):
+    base = backbone_config(backbone).replace(num_classes=num_classes, dropout=0.2)
+    return space.super_spec(base, backbone, resolutions)
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return make_spec()
+
+
+# --- space -------------------------------------------------------------------------------------------------------
+
+def test_space_imports_no_tensorflow():
+    code = "import sys, tinytl_tf.supernet.space; sys.exit(int('tensorflow' in sys.modules or 'keras' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("backbone", MB_BACKBONES)
+def test_backbone_arch_is_the_backbone(backbone):
+    s = make_spec(backbone)
+    cfg = space.subnet_config(s, space.backbone_arch(s))
+    original = backbone_config(backbone)
+    assert tuple(dataclasses.replace(b, lite=None) for b in cfg.blocks) == original.blocks
+    assert cfg.blocks[0].lite is None and all(b.lite is not None for b in cfg.blocks[1:])
+    assert (cfg.stem, cfg.feature_mix, cfg.resolution) == (original.stem, original.feature_mix, 128)
+    # TinyTL-L+B of the backbone built without the space: same network, same memory
+    independent = method_config(original, "tinytl-lb", 10, resolution=128)
+    assert cfg.blocks == independent.blocks and cfg.trainable == independent.trainable
+    assert space.memory_mb(s, space.backbone_arch(s)) == training_memory(independent).total_mb
+
+
+def test_choices_are_capped_by_the_backbone(spec):
+    base = backbone_config("mcunet-5fps")
+    # block 4 of mcunet-5fps: 24 -> 120 channels (ratio 5), kernel 3
+    slot = next(sl for sl in spec.slots if sl.index == 4)
+    assert (slot.kernels, slot.expands, slot.ratio) == ((3,), (3, 4, 5), 5)
+    assert [space.mid_channels(slot, e) for e in slot.expands] == [72, 96, 120]
+    # a stage starts at every block without a shortcut; 1-block stages keep depth 1, 2-block stages depth 2
+    for stage, choices in zip(spec.stages, spec.depth_choices):
+        assert not base.blocks[spec.slots[stage[0]].index].shortcut
+        assert all(spec.slots[p].shortcut for p in stage[1:])
+        assert choices == {1: (1,), 2: (2,), 3: (2, 3)}[len(stage)]
+
+
+def test_spec_round_trips_through_a_dict(spec):
+
+    assert space.SuperSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+def test_sample_mutate_crossover_stay_in_the_space(spec):
+    rng = np.random.default_rng(0)
+    length = space.encoding_length(spec)
+    archs = [space.sample(spec, rng) for _ in range(40)]
+    archs += [space.mutate(spec, a, rng, prob=0.5) for a in archs[:20]]
+    archs += [space.crossover(spec, a, b, rng) for a, b in zip(archs[:20], archs[20:40])]
+    for a in archs:
+        space.validate_arch(spec, a)
+        assert space.encode(spec, a).shape == (length,)
+    assert len(set(archs)) > 50  # really random
+    a, b = archs[0], archs[1]
+    child = space.crossover(spec, a, b, rng)
+    assert all(c in (x, y) for c, x, y in zip(child.kernels, a.kernels, b.kernels))
+    assert space.mutate(spec, a, rng, prob=0.0) == a
+
+
+def test_encode_is_one_hot_and_ignores_dropped_blocks(spec):
+    a = space.backbone_arch(spec)
+    deep_stage = next(i for i, c in enumerate(spec.depth_choices) if len(c) > 1)
+    shallow = dataclasses.replace(a, depths=tuple(2 if i == deep_stage else d for i, d in enumerate(a.depths)))
+    dropped = spec.stages[deep_stage][2]
+    other_kernel = dataclasses.replace(shallow, lite_kernels=tuple(
+        (3 if k == 5 else 5) if p == dropped else k for p, k in enumerate(shallow.lite_kernels)))
+    full, cut = space.encode(spec, a), space.encode(spec, shallow)
+    # one hot per kept gene: resolution + depths + 4 genes per kept slot
+    assert full.sum() == 1 + len(spec.stages) + 4 * len(spec.slots)
+    assert cut.sum() == 1 + len(spec.stages) + 4 * (len(spec.slots) - 1)
+    assert np.array_equal(space.encode(spec, other_kernel), cut)  # a dropped block's genes do not matter
+
+
+def test_memory_matches_the_analytic_model_and_min_is_a_lower_bound(spec):
+    rng = np.random.default_rng(1)
+    floor = space.min_memory_mb(spec)
+    for _ in range(30):
+        a = space.sample(spec, rng)
+        m = space.memory_mb(spec, a)
+        assert floor <= m
+        cfg = space.subnet_config(spec, a)
+        assert m == training_memory(cfg).total_mb and cfg.method == "tinytl-lb"
+        assert len(cfg.blocks) == 1 + len(space.active_slots(spec, a))
+    assert floor == space.memory_mb(spec, space.smallest_arch(spec))
+    assert floor < space.memory_mb(spec, space.backbone_arch(spec))
+
+
+def test_subnet_config_builds_the_chosen_blocks(spec):
+    a = space.smallest_arch(spec)
+    cfg = space.subnet_config(spec, a, method="tinytl-b")
+    kept = space.active_slots(spec, a)
+    for block, p in zip(cfg.blocks[1:], kept):
+        s = spec.slots[p]
+        assert block == BlockConfig(kernel=3, stride=s.stride, out=s.out, mid=space.make_divisible(3 * s.in_channels),
+                                    shortcut=s.shortcut, lite=LiteConfig(kernel=3, groups=4))
+    assert cfg.resolution == 96 and cfg.method == "tinytl-b" and not cfg.trainable.lite_kernel
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"kernels": 4}, "subnet.config.kernels[0]"),
+    ({"depths": 5}, "subnet.config.depths[3]"),
+    ({"expands": 7}, "subnet.config.expands[0]"),
+    ({"lite_groups": 3}, "subnet.config.lite_groups[0]"),
+    ({"resolution": 100}, "subnet.config.resolution"),
+    ({"width": 1}, "unknown field(s) ['width']"),
+    ({"kernels": None}, "subnet.config.kernels"),
+])
+def test_bad_arch_dicts_name_the_field(spec, change, field):
+    d = space.backbone_arch(spec).to_dict()
+    for key, value in change.items():
+        if key in d and isinstance(d[key], list) and value is not None:
+            d[key][3 if key == "depths" else 0] = value
+        else:
+            d[key] = value
+    with pytest.raises(ConfigError) as e:
+        space.arch_from_dict(spec, d)
+    assert field in str(e.value)
+
+
+def test_arch_dict_round_trip(spec):
+    a = space.sample(spec, np.random.default_rng(2))
+    assert space.arch_from_dict(spec, a.to_dict()) == a
+    d = a.to_dict()
+    del d["lite_kernels"]
+    with pytest.raises(ConfigError, match="missing field.*lite_kernels"):
+        space.arch_from_dict(spec, d)
+    with pytest.raises(ConfigError, match="subnet.config.kernels"):
+        space.arch_from_dict(spec, {**a.to_dict(), "kernels": a.to_dict()["kernels"][:-1]})
+
+
+# --- predictor ---------------------------------------------------------------------------------------------------
+
+def synthetic_objective(spec, seed=0):
+    """A fixed monotone function of the encoding: a saturating weighted sum of random positive gene weights."""
+    w = np.random.default_rng(seed).uniform(0.0, 1.0, space.encoding_length(spec))
+
+    def score(archs):
+        return np.array([np.tanh(w @ space.encode(spec, a) / 20.0) for a in archs])
+
+    return score
+
+
+def test_rank_correlations_against_hand_computed_values():
+    from tinytl_tf.supernet.predictor import rank_correlations
+
+    # b orders a exactly -> 1; reversed -> -1; one swapped pair of 4: Spearman 1 - 6*2/60 = 0.8, Kendall (5-1)/6
+    assert rank_correlations([1, 2, 3, 4], [10, 20, 30, 40]) == {"spearman": pytest.approx(1.0),
+                                                                 "kendall": pytest.approx(1.0), "pairs": 4}
+    assert rank_correlations([1, 2, 3, 4], [4, 3, 2, 1])["kendall"] == pytest.approx(-1.0)
+    r = rank_correlations([1, 2, 3, 4], [1, 3, 2, 4])
+    assert r["spearman"] == pytest.approx(0.8) and r["kendall"] == pytest.approx(4 / 6)
+    assert rank_correlations([1, 1, 1], [1, 2, 3])["spearman"] is None
+
+
+def test_predictor_learns_a_monotone_function_of_the_encoding(spec):
+    from tinytl_tf.supernet.predictor import fit_predictor, predict_accuracy, rank_correlations
+
+    rng = np.random.default_rng(3)
+    archs = list({space.sample(spec, rng) for _ in range(300)})
+    objective = synthetic_objective(spec)
+    y = objective(archs)
+    seen, unseen = archs[:240], archs[240:]
+    model = fit_predictor([space.encode(spec, a) for a in seen], y[:240], epochs=30, seed=0)
+    r = rank_correlations(predict_accuracy(model, spec, unseen), y[240:])
+    assert r["pairs"] == len(unseen) >= 50
+    assert r["spearman"] > 0.9 and r["kendall"] > 0.75
+
+
+# --- evolution ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def budget(spec):
+    return round((space.min_memory_mb(spec) + space.memory_mb(spec, space.backbone_arch(spec))) / 2, 3)
+
+
+def test_evolution_is_deterministic_respects_the_budget_and_improves(spec, budget):
+    from tinytl_tf.supernet.evolution import evolve
+
+    objective = synthetic_objective(spec)
+    run = evolve(spec, objective, budget, population=16, generations=6, seed=5, verbose=0)
+    assert evolve(spec, objective, budget, population=16, generations=6, seed=5, verbose=0) == run
+    assert run.memory_mb == space.memory_mb(spec, run.arch) <= budget
+    assert run.score == pytest.approx(objective([run.arch])[0])
+    assert len(run.history) == 6 and all(a <= b for a, b in zip(run.history, run.history[1:]))
+    assert run.history[-1] > run.history[0]  # better than the best of the first random population
+    # and better than as many random sub-nets within the budget as the search scored
+    rng = np.random.default_rng(0)
+    random_fitting = [a for a in (space.sample(spec, rng) for _ in range(400)) if space.memory_mb(spec, a) <= budget]
+    assert run.score >= max(objective(random_fitting[:16 * 6]))
+
+
+def test_interrupted_evolution_resumes_to_the_same_result(spec, budget, tmp_path):
+    from tinytl_tf.supernet.evolution import evolve
+
+    objective = synthetic_objective(spec)
+    settings = dict(population=12, generations=5, seed=7, verbose=0)
+    reference = evolve(spec, objective, budget, **settings)
+    calls = []
+
+    def crashing(archs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return objective(archs)
+
+    state = tmp_path / "evolution.json"
+    with pytest.raises(KeyboardInterrupt):
+        evolve(spec, crashing, budget, state_path=state, **settings)
+    assert json.loads(state.read_text())["generation"] == 2
+    assert evolve(spec, objective, budget, state_path=state, **settings) == reference
+    with pytest.raises(ValueError, match="other settings"):
+        evolve(spec, objective, budget, state_path=state, **{**settings, "seed": 8})
+
+
+def test_budget_below_the_smallest_subnet_names_it(spec):
+    from tinytl_tf.supernet.evolution import evolve
+
+    smallest = space.min_memory_mb(spec)
+    with pytest.raises(ValueError, match=f"{smallest:.3f} MB"):
+        evolve(spec, synthetic_objective(spec), smallest - 0.01, population=8, generations=1, verbose=0)
+
+
+# --- the search job and the CLI ----------------------------------------------------------------------------------
+
+CLASSES = ("Faces_easy", "Leopards", "Motorbikes")
+# a small MB backbone with every kind of choice (kernels 3-7, expands 3/4/6, depths 2-3), so the end-to-end search
+# traces in seconds; the real backbones' spaces are tested above and their super-nets in test_supernet.py
+TINY_MB = NetConfig(name="tiny-mb", resolution=48, stem=ConvConfig(out=8, kernel=3, stride=2), num_classes=10,
+                    blocks=(BlockConfig(3, 1, 8), BlockConfig(7, 2, 16, mid=48),
+                            BlockConfig(5, 1, 16, mid=96, shortcut=True), BlockConfig(7, 1, 16, mid=96, shortcut=True),
+                            BlockConfig(3, 2, 24, mid=96)))
+TINY_RESOLUTIONS = (40, 48)
+
+
+def tiny_spec():
+    return space.super_spec(TINY_MB.replace(num_classes=len(CLASSES)), "tiny-mb", TINY_RESOLUTIONS)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A tiny search through the CLI on 3 embedded Caltech classes; returns a namespace of its inputs and OUT."""
+    import shutil
+    from types import SimpleNamespace
+
+    import keras
+
+    from tinytl_tf.backbones import build_model
+    from tinytl_tf.cli import main
+    from tinytl_tf.data import default_data_dir
+    from tinytl_tf.supernet.supernet import write_weights_file
+
+    root = tmp_path_factory.mktemp("search")
+    for split in ("train", "test"):
+        for c in CLASSES:
+            shutil.copytree(default_data_dir() / split / c, root / "data" / split / c)
+    keras.utils.set_random_seed(0)
+    write_weights_file(root / "tiny-mb.npz", "tiny-mb", TINY_MB, {v.path: v.numpy() for v in build_model(TINY_MB).weights})
+    s = tiny_spec()
+    run = SimpleNamespace(data=root / "data", out=root / "out", backbone=root / "tiny-mb.npz",
+                          budget=round((space.min_memory_mb(s) + space.memory_mb(s, space.backbone_arch(s))) / 2, 3))
+    run.args = lambda out=run.out, budget=run.budget, generations=2: [
+        "search", "--data", str(run.data), "--backbone", str(run.backbone), "--budget-mb", str(budget),
+        "--resolutions", *map(str, TINY_RESOLUTIONS), "--epochs", "1", "--pairs", "6", "--population", "8",
+        "--generations", str(generations), "--predictor-epochs", "10", "--out", str(out)]
+    assert main(run.args()) == 0
+    return run
+
+
+def test_search_writes_a_valid_subnet_within_the_budget(searched):
+    from tinytl_tf.supernet.search import read_subnet
+
+    out = searched.out
+    d = json.loads((out / "subnet.json").read_text())
+    sub = read_subnet(out / "subnet.json")
+    assert sub.supernet_path == out / "supernet.keras" and sub.supernet_path.is_file()
+    assert d["config"] == sub.arch.to_dict() and d["resolution"] == sub.arch.resolution in TINY_RESOLUTIONS
+    assert d["memory_mb"] == pytest.approx(space.memory_mb(sub.spec, sub.arch)) and d["memory_mb"] <= searched.budget
+    assert sub.spec.base.labels == CLASSES and sub.spec.base.blocks == TINY_MB.blocks
+    assert 0.0 <= d["holdout_accuracy"] <= 1.0 and isinstance(d["predicted_accuracy"], float)
+    assert (d["predictor"]["train_pairs"], d["predictor"]["test_pairs"]) == (4, 2)
+    assert (d["search"]["train_examples"], d["search"]["holdout_examples"]) == (72, 18)  # 80/20 of 3 x 30
+    pairs = json.loads((out / "pairs.json").read_text())["pairs"]
+    assert len(pairs) == 6 and len({json.dumps(p["config"]) for p in pairs}) == 6
+    assert json.loads((out / "evolution.json").read_text())["generation"] == 2
+
+
+def test_search_resumes_without_redoing_finished_phases(searched):
+    from tinytl_tf.cli import main
+
+    out = searched.out
+    before = {f: (out / f).stat().st_mtime_ns for f in ("supernet.keras", "pairs.json", "predictor.keras")}
+    assert main(searched.args(generations=4)) == 0
+    assert {f: (out / f).stat().st_mtime_ns for f in before} == before
+    d = json.loads((out / "subnet.json").read_text())
+    assert json.loads((out / "evolution.json").read_text())["generation"] == 4
+    assert len(d["search"]["best_per_generation"]) == 4 and d["memory_mb"] <= searched.budget
+
+
+def test_train_subnet_then_export(searched, tmp_path):
+    import keras
+
+    from tinytl_tf.cli import main
+    from tinytl_tf.export import export_model
+    from tinytl_tf.supernet.search import read_subnet
+    from tinytl_tf.train import load_trained
+
+    sub = read_subnet(searched.out / "subnet.json")
+    run = tmp_path / "run"
+    assert main(["train", "--subnet", str(searched.out / "subnet.json"), "--data", str(searched.data), "--epochs",
+                 "1", "--batch-size", "8", "--out", str(run)]) == 0
+    model = load_trained(run / "model.keras")
+    assert model.net_config == space.subnet_config(sub.spec, sub.arch, "tinytl-lb")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["method"], metrics["resolution"], metrics["backbone"]) == (
+        "tinytl-lb", sub.arch.resolution, "tiny-mb-subnet")
+    # it started from the fine-tuned super-net: its frozen weights are the extracted ones, bit for bit
+    extracted = keras.saving.load_model(sub.supernet_path, compile=False).extract_subnet(sub.arch)
+    frozen = {v.path: v.numpy() for v in extracted.non_trainable_weights}
+    assert frozen and all(np.array_equal(v.numpy(), frozen[v.path]) for v in model.non_trainable_weights)
+    meta = export_model(model, tmp_path / "model.tflite", "adam", 1e-3, 10)  # checks LiteRT infer == Keras
+    assert meta["input"]["height"] == sub.arch.resolution and meta["labels"] == list(CLASSES)
+
+
+def test_subnet_without_checkpoint_starts_from_the_pretrained_backbone(searched, tmp_path):
+    import shutil
+
+    from tinytl_tf.supernet.search import load_subnet, read_subnet
+    from tinytl_tf.supernet.supernet import SuperNet
+
+    shutil.copy(searched.out / "subnet.json", tmp_path / "subnet.json")
+    notes = []
+    model = load_subnet(tmp_path / "subnet.json", log=notes.append)
+    assert len(notes) == 1 and f"pretrained {searched.backbone}" in notes[0]
+    sub = read_subnet(tmp_path / "subnet.json")
+    pretrained = SuperNet.from_backbone(str(searched.backbone), 3, CLASSES, TINY_RESOLUTIONS).extract_subnet(sub.arch)
+    fine_tuned = load_subnet(searched.out / "subnet.json")
+
+    def backbone_weights(m):  # frozen weights and main biases (lite branches and the head are new, random)
+        return {v.path: v.numpy() for v in m.weights if not v.trainable or
+                (v.path.endswith("/bias") and "/lite/" not in v.path and not v.path.startswith("head/"))}
+
+    got, want, tuned = backbone_weights(model), backbone_weights(pretrained), backbone_weights(fine_tuned)
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in got)
+    assert not all(np.array_equal(got[k], tuned[k]) for k in got)  # the search fine-tuned the main biases
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d.update(extra=1), "unknown field(s) ['extra']"),
+    (lambda d: d["config"]["kernels"].__setitem__(0, 4), "subnet.config.kernels[0]: 4"),
+    (lambda d: d["config"]["depths"].__setitem__(0, 5), "subnet.config.depths[0]: 5"),
+    (lambda d: d.update(resolution=64), "subnet.resolution"),
+    (lambda d: d["config"].pop("expands"), "missing field(s) ['expands']"),
+])
+def test_hand_edited_subnet_json_exits_2_naming_the_field(searched, tmp_path, capsys, edit, message):
+    from tinytl_tf.cli import main
+
+    d = json.loads((searched.out / "subnet.json").read_text())
+    edit(d)
+    (tmp_path / "subnet.json").write_text(json.dumps(d))
+    assert main(["train", "--subnet", str(tmp_path / "subnet.json"), "--data", str(searched.data), "--out",
+                 str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_search_with_too_small_a_budget_names_the_smallest_memory(searched, tmp_path, capsys):
+    from tinytl_tf.cli import main
+
+    smallest = space.min_memory_mb(tiny_spec())
+    assert main(searched.args(out=tmp_path / "out", budget=round(smallest * 0.9, 3))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and f"{smallest:.3f} MB" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "supernet.keras").exists()

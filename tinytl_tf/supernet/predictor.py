@@ -1,0 +1,79 @@
+"""The accuracy predictor (REFERENCE §6): an MLP from a sub-net's one-hot encoding to its held-out accuracy.
+
+Measuring a sub-net costs a pass over the held-out images; the predictor costs microseconds, which is what lets
+the evolutionary search score thousands of candidates. What matters for the search is the *order* it puts
+sub-nets in, so its quality is reported as rank correlations (Spearman, Kendall tau-b) on pairs it never saw.
+"""
+
+import keras
+import numpy as np
+
+from tinytl_tf.supernet.space import encode
+
+HIDDEN_UNITS = (400, 400, 400)
+
+
+def build_predictor(input_dim, mean=0.0, std=1.0, hidden=HIDDEN_UNITS):
+    """An MLP (ReLU hidden layers) that learns standardised accuracies and rescales them by the training pairs'
+    `mean` and `std`: sub-net accuracies differ by a few points, too little for a raw squared error to rank."""
+    layers = [keras.Input((input_dim,), name="encoding")]
+    layers += [keras.layers.Dense(units, activation="relu", name=f"hidden_{i}") for i, units in enumerate(hidden)]
+    layers += [keras.layers.Dense(1, name="standardised"),
+               keras.layers.Rescaling(scale=float(std), offset=float(mean), name="accuracy")]
+    return keras.Sequential(layers, name="accuracy_predictor")
+
+
+def fit_predictor(encodings, accuracies, epochs=200, batch_size=32, lr=1e-3, seed=0, verbose=0):
+    """Train a fresh predictor on (encoding, accuracy) pairs with Adam on the squared error."""
+    x = np.asarray(encodings, np.float32)
+    y = np.asarray(accuracies, np.float32)
+    if len(x) == 0 or len(x) != len(y):
+        raise ValueError(f"the predictor needs matching, non-empty pairs (got {len(x)} encodings, {len(y)} accuracies)")
+    keras.utils.set_random_seed(seed)
+    std = float(np.std(y)) or 1.0
+    model = build_predictor(x.shape[1], float(np.mean(y)), std)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
+    model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=verbose)
+    return model
+
+
+def predict_accuracy(model, spec, archs):
+    """Predicted accuracy of each sub-net in `archs` (float64 array)."""
+    x = np.stack([encode(spec, a) for a in archs])
+    return np.asarray(model.predict_on_batch(x), np.float64).reshape(-1)
+
+
+def _ranks(values):
+    """Ranks 1..n with ties sharing their average rank (as Spearman's coefficient needs)."""
+    values = np.asarray(values, np.float64)
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    for v in np.unique(values):
+        tied = values == v
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(a, b):
+    """Spearman's rank correlation; None when undefined (fewer than 2 pairs or a constant side)."""
+    ra, rb = _ranks(a), _ranks(b)
+    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def kendall(a, b):
+    """Kendall's tau-b (tie-corrected); None when undefined."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    upper = np.triu_indices(len(a), k=1)
+    da = np.sign(a[:, None] - a[None, :])[upper]
+    db = np.sign(b[:, None] - b[None, :])[upper]
+    denominator = np.sqrt(np.count_nonzero(da) * np.count_nonzero(db))
+    return float(np.sum(da * db) / denominator) if denominator else None
+
+
+def rank_correlations(predicted, measured):
+    """{"spearman", "kendall", "pairs"} of predicted against measured accuracies."""
+    return {"spearman": spearman(predicted, measured), "kendall": kendall(predicted, measured),
+            "pairs": len(measured)}
