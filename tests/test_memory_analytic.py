@@ -225,3 +225,10 @@ def test_lite_branches_follow_the_reference():
     assert by_name["block_1/lite/conv1"].residual_numel == 0
     assert by_name["block_1/lite/norm1"].saved_bytes == 4 * 28 * 28 * 16  # lite gamma trains in L+B
     assert by_name["block_1/lite/relu"].saved_bytes == 28 * 28 * 16 // 8
+
+
+def test_a_resolution_the_network_cannot_take_is_refused():
+    # mcunet-5fps halves 32 px five times: the lite branch of block 11 would pool its 1x1 input map to 0x0
+    with pytest.raises(ValueError, match="cannot take 32 px.*empty feature map"):
+        method_table("mcunet-5fps", 32, 1)
+    assert method_table("mcunet-5fps", 64, 1)[0]["total_mb"] > 0

@@ -250,6 +250,15 @@ def _config(backbone):
     return backbone_config(backbone)
 
 
+def check_fits(cfg):
+    """A clear error, before anything is built, when a layer of `cfg` would get an empty feature map (a resolution
+    the network cannot take although it passes `config.check_resolution`, e.g. mcunet-5fps at 32 px)."""
+    empty = [leaf.name for leaf in leaves(cfg) if leaf.out_numel == 0]
+    if empty:
+        raise ValueError(f"{cfg.name} cannot take {cfg.resolution} px: {empty[0]} would get an empty feature map; "
+                         f"use a larger resolution")
+
+
 def method_table(backbone, resolution=None, batch_size=8, num_classes=102, lite_for_all=True, frozen_bits=8,
                  methods=None):
     """Training memory of every transfer method (REFERENCE §4's table; MB = 1e6 bytes).
@@ -264,6 +273,7 @@ def method_table(backbone, resolution=None, batch_size=8, num_classes=102, lite_
     rows = []
     for m in methods or METHODS:
         cfg = method_config(base, m, resolution, num_classes, lite_residual=True if lite_for_all else None)
+        check_fits(cfg)
         r = training_memory(cfg, batch_size, frozen_bits)
         rows.append({"method": m, "backbone": base.name, "resolution": cfg.resolution, "batch_size": batch_size,
                      "params_mb": r.params_mb, "activations_mb": r.activations_mb, "total_mb": r.total_mb,

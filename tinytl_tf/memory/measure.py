@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tinytl_tf import tflite_model
 from tinytl_tf.contract import METHODS, SIGNATURE_INFER, SIGNATURE_TRAIN
-from tinytl_tf.memory.analytic import MB, leaves, method_config
+from tinytl_tf.memory.analytic import MB, check_fits, method_config
 
 PROBE = Path(__file__).with_name("probe.py")
 PROC_STATUS = "/proc/self/status"
@@ -248,14 +248,6 @@ def measure_model(model, steps=3, timeout=300, workdir=None, xnnpack=DEFAULT_XNN
         return measure_tflite(path, steps, timeout, xnnpack)
 
 
-def _check_fits(cfg):
-    """A clear error, before TensorFlow traces anything, when a layer of `cfg` would get an empty feature map."""
-    empty = [leaf.name for leaf in leaves(cfg) if leaf.out_numel == 0]
-    if empty:
-        raise ValueError(f"{cfg.name} cannot take {cfg.resolution} px: {empty[0]} would get an empty feature map; "
-                         f"use a larger resolution")
-
-
 def method_models(backbone, resolution=None, num_classes=102, methods=None, lite_for_all=True, weights_dir=None):
     """(method, Keras model) per transfer method on one loaded backbone (pretrained weights where they exist).
 
@@ -264,7 +256,7 @@ def method_models(backbone, resolution=None, num_classes=102, methods=None, lite
     """
     methods = list(methods or METHODS)
     for m in methods:
-        _check_fits(method_config(backbone, m, resolution, num_classes, lite_residual=True if lite_for_all else None))
+        check_fits(method_config(backbone, m, resolution, num_classes, lite_residual=True if lite_for_all else None))
     from tinytl_tf.backbones import load_backbone
     from tinytl_tf.transfer import prepare_transfer
 
