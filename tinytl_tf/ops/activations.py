@@ -30,7 +30,7 @@ def _apply_mask(packed, dy):
     byte = tf.cast(tf.where(gate, packed, tf.zeros([], tf.int8)), tf.float32)
     shifted = tf.floor(tf.matmul(byte, tf.constant(_UNPACK)))
     bits = tf.reshape(shifted - 2.0 * tf.floor(shifted * 0.5), [-1])
-    if dy.shape[-1] is None or dy.shape.num_elements() is None or dy.shape.num_elements() % 8:
+    if dy.shape.num_elements() is None or dy.shape.num_elements() % 8:
         bits = bits[: tf.size(dy)]
     return dy * tf.cast(tf.reshape(bits, tf.shape(dy)), dy.dtype)
 

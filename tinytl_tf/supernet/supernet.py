@@ -23,7 +23,7 @@ from tinytl_tf.config import NetConfig, TrainableSet
 from tinytl_tf.layers import Classifier, FoldedConv2D, MBBlock
 from tinytl_tf.methods import TRAINABLE
 from tinytl_tf.supernet.elastic import ElasticMBBlock
-from tinytl_tf.supernet.space import (LITE_KERNELS, SuperSpec, active_slots, backbone_arch, mid_channels, sample,
+from tinytl_tf.supernet.space import (SuperSpec, active_slots, backbone_arch, gene_choices, mid_channels, sample,
                                       subnet_config, super_spec, validate_arch)
 
 DEFAULT_RESOLUTIONS = (96, 112, 128, 144, 160)
@@ -193,12 +193,11 @@ def _gene_shape(choices):
 
 
 def _gene_choices(spec):
-    """Allowed values of each in-graph gene: a tuple of choices (resolution) or one tuple per stage / slot."""
-    return {"resolution": spec.resolutions, "depths": spec.depth_choices,
-            "kernels": tuple(s.kernels for s in spec.slots),
-            "mids": tuple(tuple(mid_channels(s, e) for e in s.expands) for s in spec.slots),
-            "lite_kernels": tuple(LITE_KERNELS for _ in spec.slots),
-            "lite_groups": tuple(s.lite_groups for s in spec.slots)}
+    """`space.gene_choices` as in-graph genes: expand ratios become the mid channel counts they select."""
+    c = gene_choices(spec)
+    mids = tuple(tuple(mid_channels(s, e) for e in s.expands) for s in spec.slots)
+    return {"resolution": c["resolution"], "depths": c["depths"], "kernels": c["kernels"], "mids": mids,
+            "lite_kernels": c["lite_kernels"], "lite_groups": c["lite_groups"]}
 
 
 def _sample_gene(choices):
