@@ -1,18 +1,21 @@
 """Training memory per transfer method: analytic (REFERENCE §4) vs measured LiteRT (issue 4), at batch 1.
 
     python benchmarks/memory.py [--backbones mobilenet-v1 proxylessnas-mobile] [--resolution 224] [--classes 102]
-                                [--methods ...] [--steps 3] [--timeout 900] [--out docs/memory.json] [--verbose]
+                                [--methods ...] [--optimizer adam|sgd] [--steps 3] [--timeout 900]
+                                [--out docs/memory.json] [--verbose]
 
 Per backbone and method (every method gets the lite residual branches, as in the paper's table, so each model is
 the network its analytic row describes): export the on-device training model, then report
 - analytic: parameters + activations at batch 1 (MB = 1e6 B);
-- static: the `train` graph's peak of live tensors, its constants and its variables (trainables, Adam slots);
+- static: the `train` graph's peak of live tensors, its constants and its variables (trainables and, with Adam,
+  two slots each: the analytic model counts no optimizer state, so `--optimizer sgd` is its like-for-like engine);
 - dynamic: peak RSS of a fresh LiteRT process running 3 `train` (or `infer`) steps minus its RSS after loading,
   with the builtin kernels (the CLI's default) and with the XNNPACK delegate;
 - the `.tflite` size and its budget: 1 B per frozen parameter + 4 B per trainable parameter and optimizer slot.
 Then the issue's targets: measured TinyTL-L+B train memory >= 6.5x lower than FT-Full's, within 1.5x of its
 analytic figure, `.tflite` <= 1.3x its budget. `--verbose` prints the largest tensors alive at each static peak.
-A benchmark, not a test: it takes tens of minutes (each export is one to three minutes on 2 cores).
+A benchmark, not a test: it takes tens of minutes (each export is one to three minutes on 2 cores). Each backbone's
+entry (with the commit it ran at) replaces the one in `--out`; the other backbones' entries stay.
 """
 
 import argparse
@@ -26,12 +29,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from transfer import git_commit  # noqa: E402  (the sibling benchmark script)
 
 TARGET_RATIO, TARGET_VS_ANALYTIC, TARGET_FILE = 6.5, 1.5, 1.3
 MODES = {"builtin": False, "xnnpack": True}
 
 
-def measure_one(model, frozen_params, steps, timeout):
+def measure_one(model, frozen_params, steps, timeout, optimizer):
     """Everything the table reports about one exported model (MB), plus its static peak for --verbose."""
     from tinytl_tf.contract import SIGNATURE_INFER, SIGNATURE_TRAIN, model_json_path
     from tinytl_tf.export import export_model
@@ -41,7 +45,7 @@ def measure_one(model, frozen_params, steps, timeout):
     with tempfile.TemporaryDirectory(prefix="tinytl-bench-") as tmp:
         path = Path(tmp) / "model.tflite"
         t0 = time.time()
-        export_model(model, path)
+        export_model(model, path, optimizer=optimizer)
         row = {"export_s": time.time() - t0}
         static = static_memory(path)
         weights = json.loads(Path(model_json_path(path)).read_text())["weights"]
@@ -87,13 +91,14 @@ def run_backbone(name, args):
 
     analytic = {r["method"]: r for r in method_table(name, args.resolution, 1, args.classes, methods=args.methods)}
     rows, statics = [], {}
-    print(f"\n{name} @{args.resolution}px, batch 1, {args.classes} classes, lite residuals on every method", flush=True)
+    print(f"\n{name} @{args.resolution}px, batch 1, {args.classes} classes, {args.optimizer}, lite residuals on every "
+          f"method", flush=True)
     head = (f"{'method':<13}{'analytic':>9}{'static':>8}{'vars':>8}{'consts':>8}{'train':>8}{'infer':>8}"
             f"{'train+X':>9}{'infer+X':>9}{'tflite':>8}{'budget':>8}{'export s':>9}")
     print(f"{head}\n{'MB; train/infer = RSS delta with builtin kernels, +X = with XNNPACK':>{len(head)}}\n{'-' * len(head)}")
     for method, model in method_models(name, args.resolution, args.classes, args.methods, weights_dir=args.weights_dir):
         a = analytic[method]
-        row, static = measure_one(model, a["frozen_params"], args.steps, args.timeout)
+        row, static = measure_one(model, a["frozen_params"], args.steps, args.timeout, args.optimizer)
         row = {"method": method, "analytic_mb": a["total_mb"], "analytic_params_mb": a["params_mb"],
                "analytic_activations_mb": a["activations_mb"], "trainable_params": a["trainable_params"],
                "frozen_params": a["frozen_params"], **row}
@@ -110,7 +115,9 @@ def run_backbone(name, args):
         print("largest tensors alive at the static peak of `train`:")
         for method, static in statics.items():
             print_static(method, static, args.top)
-    return {"resolution": args.resolution, "classes": args.classes, "rows": rows, "targets": goals,
+    return {"command": "python benchmarks/memory.py " + " ".join(args.argv), "commit": git_commit(),
+            "optimizer": args.optimizer, "resolution": args.resolution, "classes": args.classes, "rows": rows,
+            "targets": goals,
             "peak_by_op_mb": {m: {k: v / 1e6 for k, v in s.peak_by_op.items()} for m, s in statics.items()}}
 
 
@@ -120,6 +127,7 @@ def main(argv=None):
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--classes", type=int, default=102)
     p.add_argument("--methods", nargs="+", default=None)
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="the exported optimizer (default adam)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (default: the shared assets)")
@@ -127,16 +135,18 @@ def main(argv=None):
     p.add_argument("--verbose", action="store_true", help="print the largest tensors alive at each static peak")
     p.add_argument("--top", type=int, default=8, help="tensors per method with --verbose (default 8)")
     args = p.parse_args(argv)
+    args.argv = argv if argv is not None else sys.argv[1:]
 
     from tinytl_tf.atomic import atomic_write
 
-    report = {"command": "python benchmarks/memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "batch_size": 1, "steps": args.steps, "backbones": {}}
-    for name in args.backbones:
-        report["backbones"][name] = run_backbone(name, args)
     out = Path(args.out)
+    report = json.loads(out.read_text()) if out.exists() else {}
+    if report.get("batch_size") != 1 or not isinstance(report.get("backbones"), dict):
+        report = {"batch_size": 1, "backbones": {}}
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+    for name in args.backbones:
+        report["backbones"][name] = {**run_backbone(name, args), "steps": args.steps}
+        atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     print(f"\nwrote {out}")
 
 

@@ -239,7 +239,7 @@ def test_linear_ops_keep_nothing(fn):
 @pytest.mark.parametrize("fn", [ops.relu, ops.relu6], ids=["relu", "relu6"])
 def test_activations_keep_only_a_1_bit_mask(fn, channels):
     _, kept = saved_from_x(fn, [rand(2, 7, 7, channels)], [0])
-    assert [(t.dtype, t.shape.num_elements()) for t in kept] == [(tf.int8, 2 * 7 * 7 * channels // 8)]
+    assert [(t.dtype, t.shape.num_elements()) for t in kept] == [(tf.uint8, 2 * 7 * 7 * channels // 8)]
 
 
 @pytest.mark.parametrize("gamma_grad", [True, False])
@@ -300,16 +300,16 @@ def test_litert_builtins_only_training_graph(full):
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no SELECT_TF_OPS: Flex fails here
     data = converter.convert()
     interpreter = Interpreter(model_content=data)
-    # What the converted backward reads from the forward: packed int8 masks, never bool or int32 ones (the
+    # What the converted backward reads from the forward: packed uint8 masks, never bool or int32 ones (the
     # unpacking must not be scheduled into the forward by the converter).
     sg = tflite_model.read(data)[0]
     loss_at = next(i for i, op in enumerate(sg.ops) if op.name == "LOG_SOFTMAX")
     produced = {t for op in sg.ops[:loss_at] for t in op.outputs}
     kept = {t for op in sg.ops[loss_at + 1:] for t in op.inputs if t in produced}
     kept_types = {sg.tensors[t].dtype for t in kept}
-    assert "int8" in kept_types and not kept_types & {"bool", "int32"}, kept_types
+    assert "uint8" in kept_types and not kept_types & {"bool", "int32"}, kept_types
     producer = {t: op for op in sg.ops[:loss_at] for t in op.outputs}
-    unpacked = [sg.tensors[t] for t in kept if any(sg.tensors[i].dtype == "int8" for i in producer[t].inputs)]
+    unpacked = [sg.tensors[t] for t in kept if any(sg.tensors[i].dtype == "uint8" for i in producer[t].inputs)]
     assert not unpacked, unpacked  # nothing unpacked from a mask in the forward reaches the backward
     runner = interpreter.get_signature_runner()
 

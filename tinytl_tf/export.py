@@ -35,11 +35,12 @@ class ExportError(RuntimeError):
 class TrainingModule(tf.Module):
     """The device program: the Keras model's forward, builtins-only backward and the optimizer, as tf.functions.
 
-    Trainable tensors are stored in groups, each one 1-D variable (and one per optimizer slot): every tensor
-    smaller than `FLAT_MAX_ELEMENTS` shares one group, every larger tensor has its own. One group for the ~100
+    Trainable tensors are stored in groups, each one variable (and one per optimizer slot): every tensor smaller
+    than `FLAT_MAX_ELEMENTS` shares one 1-D group, every larger tensor has its own variable of its own shape. One group for the ~100
     biases of a bias-only network lets the optimizer run a dozen vector ops instead of a dozen per tensor (most of
     the train step's ops); keeping large kernels apart bounds the optimizer's full-length temporaries by the
-    largest kernel, and lets each kernel's update run as soon as its gradient exists. The forward reads per-tensor
+    largest kernel, and lets each kernel's update run as soon as its gradient exists (the slots are read only
+    then, see `_apply`). The forward reads per-tensor
     views through a Keras `StatelessScope`; `get_weights` / `set_weights` still move each tensor by its own name.
     Keras 3 models held by a tf.Module are not tracked (REFERENCE §7 trap: the converter then reads uninitialised
     variables), so the frozen variables are referenced explicitly here.
@@ -62,27 +63,37 @@ class TrainingModule(tf.Module):
         small = [i for i, n in enumerate(sizes) if n < FLAT_MAX_ELEMENTS]
         self.groups = ([small] if small else []) + [[i] for i, n in enumerate(sizes) if n >= FLAT_MAX_ELEMENTS]
         self.group_sizes = [[sizes[i] for i in g] for g in self.groups]
-        self.flats = [tf.Variable(self._flatten([self.keras_trainable[i].value for i in g]), name=f"trainable_{j}")
-                      for j, g in enumerate(self.groups)]
-        self.flat_slots = [[tf.Variable(tf.zeros_like(f), name=f"{s}_{j}") for s in contract.SLOT_SUFFIXES[optimizer]]
-                           for j, f in enumerate(self.flats)]
+        # a lone tensor's variable is the Keras variable itself: its layer's ops read it only when they run
+        self.group_variables = [self.keras_trainable[g[0]].value if len(g) == 1 else
+                                tf.Variable(self._flatten([self.keras_trainable[i].value for i in g]), name=f"trainable_{j}")
+                                for j, g in enumerate(self.groups)]
+        self.group_slots = [[tf.Variable(tf.zeros(v.shape), name=f"{s}_{j}") for s in contract.SLOT_SUFFIXES[optimizer]]
+                            for j, v in enumerate(self.group_variables)]
         self.step = tf.Variable(0.0, name=contract.STEP_TENSOR)
         r = model.net_config.resolution
         self.image_spec = tf.TensorSpec([1, r, r, 3], tf.float32, name=contract.INPUT_IMAGE)
 
     @staticmethod
     def _flatten(tensors):
-        tensors = [tf.reshape(t, [-1]) for t in tensors]
-        return tensors[0] if len(tensors) == 1 else tf.concat(tensors, axis=0)
+        """One group's value: a lone tensor keeps its shape, several are joined 1-D."""
+        if len(tensors) == 1:
+            return tf.convert_to_tensor(tensors[0])
+        return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
 
-    def _unflatten(self, flats):
-        """Per-tensor values (in `self.names` order) of one tensor per group."""
-        values = [None] * len(self.names)
-        for g, sizes, flat in zip(self.groups, self.group_sizes, flats):
-            parts = tf.split(flat, sizes) if len(g) > 1 else [flat]
-            for i, part in zip(g, parts):
-                values[i] = tf.reshape(part, self.shapes[i])
-        return values
+    def _views(self, j, value):
+        """[(tensor index, per-tensor value)] of group `j`'s `value`."""
+        g = self.groups[j]
+        if len(g) == 1:
+            return [(g[0], tf.convert_to_tensor(value))]
+        return [(i, tf.reshape(part, self.shapes[i])) for i, part in zip(g, tf.split(value, self.group_sizes[j]))]
+
+    def _unflatten(self, values):
+        """Per-tensor values (in `self.names` order) of one value per group."""
+        out = [None] * len(self.names)
+        for j, value in enumerate(values):
+            for i, view in self._views(j, value):
+                out[i] = view
+        return out
 
     def _grouped(self, values):
         return [self._flatten([values[i] for i in g]) for g in self.groups]
@@ -104,41 +115,59 @@ class TrainingModule(tf.Module):
         return tf.where(lr > 0.0, lr, scheduled)
 
     def _apply(self, var, value, g, slots, lr, t):
+        """One update of group variable `var` by its gradient `g`; `value` is its value read for the forward, or
+        None for a lone tensor's variable, which is then read only now."""
+        if value is None:
+            with tf.control_dependencies([g]):
+                value = var.read_value()
         if self.optimizer == "sgd":
             var.assign(value - lr * g)
             return
         b1, b2, eps = ADAM["beta_1"], ADAM["beta_2"], ADAM["epsilon"]
         alpha = lr * tf.sqrt(1.0 - tf.pow(b2, t)) / (1.0 - tf.pow(b1, t))
         m_var, v_var = slots
-        m = m_var + (g - m_var) * (1.0 - b1)
-        v = v_var + (tf.square(g) - v_var) * (1.0 - b2)
+        # Read the slots once their gradient exists: otherwise the converter schedules every READ_VARIABLE at the
+        # step's start and a copy of all optimizer state stays alive through the whole forward and backward.
+        with tf.control_dependencies([g]):
+            m_old, v_old = m_var.read_value(), v_var.read_value()
+        m = m_old + (g - m_old) * (1.0 - b1)
+        v = v_old + (tf.square(g) - v_old) * (1.0 - b2)
         m_var.assign(m)
         v_var.assign(v)
         var.assign(value - m * alpha / (tf.sqrt(v) + eps))
 
-    def _forward(self, x, flats):
-        with keras.StatelessScope(state_mapping=list(zip(self.keras_trainable, self._unflatten(flats)))):
+    def _shared_values(self):
+        """{group index: value} of every multi-tensor group, read at the step's start (one small vector)."""
+        return {j: tf.convert_to_tensor(v) for j, v in enumerate(self.group_variables) if len(self.groups[j]) > 1}
+
+    def _forward(self, x, shared):
+        """The model on `x`; the tensors of the `shared` groups reach the layers through a `StatelessScope`."""
+        mapping = [(self.keras_trainable[i], view) for j, value in shared.items() for i, view in self._views(j, value)]
+        with keras.StatelessScope(state_mapping=mapping):
             return self.model(x, training=False)  # no dropout on the device: a deterministic builtins graph
 
     def train_step(self, x, y, lr):
-        flats = [tf.convert_to_tensor(f) for f in self.flats]
+        shared = self._shared_values()
+        sources = [shared.get(j, v) for j, v in enumerate(self.group_variables)]
         with tf.GradientTape() as tape:
-            tape.watch(flats)
-            logits = self._forward(x, flats)
+            tape.watch(sources)
+            logits = self._forward(x, shared)
             loss = tf.reduce_mean(ops.softmax_cross_entropy(logits, y, label_smoothing=self.label_smoothing))
         lr, t = self.learning_rate(lr), self.step + 1.0
-        for var, value, g, slots in zip(self.flats, flats, tape.gradient(loss, flats), self.flat_slots):
-            self._apply(var, value, g, slots, lr, t)
+        grads = tape.gradient(loss, sources)
+        for j, (var, g, slots) in enumerate(zip(self.group_variables, grads, self.group_slots)):
+            self._apply(var, shared.get(j), g, slots, lr, t)
         self.step.assign(t)
         return {contract.OUTPUT_LOSS: loss, contract.OUTPUT_LOGITS: logits}
 
     def infer_step(self, x):
-        logits = self._forward(x, [tf.convert_to_tensor(f) for f in self.flats])
+        logits = self._forward(x, self._shared_values())
         return {contract.OUTPUT_LOGITS: logits, contract.OUTPUT_PROBABILITIES: tf.nn.softmax(logits)}
 
     def get_weights_step(self):
-        values = list(self._unflatten(self.flats))
-        slots = [self._unflatten([s[k] for s in self.flat_slots]) for k in range(len(contract.SLOT_SUFFIXES[self.optimizer]))]
+        values = list(self._unflatten(self.group_variables))
+        slots = [self._unflatten([s[k] for s in self.group_slots])
+                 for k in range(len(contract.SLOT_SUFFIXES[self.optimizer]))]
         for i in range(len(self.names)):
             values += [slot[i] for slot in slots]
         names = [n for n, _, _ in self.weight_tensors()]
@@ -148,11 +177,11 @@ class TrainingModule(tf.Module):
         names = [n for n, _, _ in self.weight_tensors()]
         n, k = len(self.names), len(contract.SLOT_SUFFIXES[self.optimizer])
         values = [tensors[name] for name in names]
-        for var, flat in zip(self.flats, self._grouped(values[:n])):
-            var.assign(flat)
+        for var, value in zip(self.group_variables, self._grouped(values[:n])):
+            var.assign(value)
         for j in range(k):
-            for slots, flat in zip(self.flat_slots, self._grouped([values[n + i * k + j] for i in range(n)])):
-                slots[j].assign(flat)
+            for slots, value in zip(self.group_slots, self._grouped([values[n + i * k + j] for i in range(n)])):
+                slots[j].assign(value)
         self.step.assign(tensors[contract.STEP_TENSOR])
         return {contract.STEP_TENSOR: tf.identity(self.step)}
 

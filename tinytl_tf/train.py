@@ -65,7 +65,7 @@ def steps_per_epoch(dataset):
 def fit(model, dataset, epochs, lr, label_smoothing=0.1, verbose=1):
     """Compile `model` for the recipe and train it on a batched (x, y) dataset; returns the Keras history."""
     compile_model(model, lr, epochs * steps_per_epoch(dataset), label_smoothing)
-    return model.fit(dataset, epochs=epochs, verbose=verbose)
+    return model.fit(dataset, epochs=epochs, verbose=verbose, shuffle=False)  # tf.data shuffles; Keras warns otherwise
 
 
 def accuracy(model, dataset):

@@ -6,8 +6,14 @@ from tinytl_tf import ops
 
 
 def value(variable):
-    """The variable's current value as a tensor (the ops take tensors, never variables), or None."""
+    """The variable's current value as a tensor, or None."""
     return None if variable is None else tf.convert_to_tensor(variable)
+
+
+def kernel_source(variable):
+    """What the conv and dense ops take as a kernel: the backing tf.Variable, which they read only when the layer
+    runs (and again for its backward), or the value a Keras `StatelessScope` maps the variable to."""
+    return variable.value
 
 
 def activate(x, activation):

@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from tinytl_tf import ops
-from tinytl_tf.layers.common import activate, conv_pads, value
+from tinytl_tf.layers.common import activate, conv_pads, kernel_source, value
 
 
 @keras.saving.register_keras_serializable(package="tinytl_tf")
@@ -43,7 +43,7 @@ class FoldedConv2D(keras.layers.Layer):
 
     def call(self, x):
         pads = conv_pads(x.shape[1], x.shape[2], self.kernel_size, self.strides, self.padding)
-        kernel = value(self.kernel)
+        kernel = kernel_source(self.kernel)
         if self.depthwise:
             y = ops.depthwise_conv2d(x, kernel, stride=self.strides, pads=pads, kernel_grad=self.train_kernel)
         else:

@@ -5,7 +5,7 @@ import math
 import keras
 
 from tinytl_tf import ops
-from tinytl_tf.layers.common import value
+from tinytl_tf.layers.common import kernel_source, value
 
 
 @keras.saving.register_keras_serializable(package="tinytl_tf")
@@ -28,7 +28,7 @@ class Classifier(keras.layers.Layer):
         x = ops.global_avg_pool(x)
         if self.drop is not None:
             x = self.drop(x, training=training)
-        return ops.channel_affine(ops.dense(x, value(self.kernel), kernel_grad=self.train), None, value(self.bias))
+        return ops.channel_affine(ops.dense(x, kernel_source(self.kernel), kernel_grad=self.train), None, value(self.bias))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes)

@@ -57,6 +57,31 @@ def _input_grad(dy, x_hw, k, stride, pads, channels, correlate):
     return _pad(dxp, ((-t, -(stride * m_h - padded[0]) - b), (-l, -(stride * m_w - padded[1]) - r)))
 
 
+def _kernel_reader(kernel, trainable):
+    """`read(after)`: the kernel's value, reached only once tensor `after` (the layer's input, or its output
+    gradient) exists.
+
+    In the device program the converter otherwise schedules every READ_VARIABLE, and every split, flip and
+    transpose of a trainable kernel, at the very start of the train step, and those copies stay alive until the
+    backward. So a variable (a trainable kernel the export leaves to the layer) is read when needed, once for the
+    forward and again for the input gradient; a trainable tensor passes an identity ordered the same way; a frozen
+    tensor (a constant in the file, its flips folded there too) is used as it is.
+    """
+    if isinstance(kernel, tf.Variable):
+        def read(after):
+            with tf.control_dependencies([after]):
+                return tf.convert_to_tensor(kernel)
+        return read
+    kernel = tf.convert_to_tensor(kernel)
+    if not trainable:
+        return lambda after: kernel
+
+    def identity(after):
+        with tf.control_dependencies([after]):
+            return tf.identity(kernel)
+    return identity
+
+
 def _interleave(parts, axis):
     """Parts [N, H, W, C] merged so rows (axis 1) or columns (axis 2) come from each part in turn."""
     if len(parts) == 1:
@@ -86,19 +111,23 @@ def conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), groups=1, kernel_grad=
     (TFLite's CONV_2D has no reliable grouped form). Backward: dx by `_input_grad` with the spatially flipped,
     in/out-swapped kernel; dK (only if `kernel_grad`) is `_kernel_grad` per group.
     """
-    x, kernel = tf.convert_to_tensor(x), tf.convert_to_tensor(kernel)
+    x, read = tf.convert_to_tensor(x), _kernel_reader(kernel, kernel_grad)
     k = kernel.shape[0]
     x_pads = _crop_for_kernel_grad(x.shape[1:3], k, stride, pads)
+
+    def split(kernel):
+        return tf.split(kernel, groups, axis=-1) if groups > 1 else [kernel]
 
     @tf.custom_gradient
     def op(x, kernel):
         x_saved = x if kernel_grad else None
-        kernels = tf.split(kernel, groups, axis=-1) if groups > 1 else [kernel]
-
-        def correlate(t, rows, cols):
-            return _conv(t, [tf.transpose(tf.reverse(kk[rows, cols], [0, 1]), [0, 1, 3, 2]) for kk in kernels])
 
         def grad(dy):
+            kernels = split(read(dy))
+
+            def correlate(t, rows, cols):
+                return _conv(t, [tf.transpose(tf.reverse(kk[rows, cols], [0, 1]), [0, 1, 3, 2]) for kk in kernels])
+
             dx = _input_grad(dy, x.shape[1:3], k, stride, pads, x.shape[-1], correlate)
             if not kernel_grad:
                 return dx, None
@@ -107,9 +136,9 @@ def conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), groups=1, kernel_grad=
             dk = tf.concat([_kernel_grad(a, b, k, stride) for a, b in zip(xs, dys)], axis=-1)
             return dx, dk
 
-        return _conv(_pad(x, pads), kernels, stride=stride), grad
+        return _conv(_pad(x, pads), split(kernel), stride=stride), grad
 
-    return op(x, kernel)
+    return op(x, read(x))
 
 
 def depthwise_conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), kernel_grad=True):
@@ -120,7 +149,7 @@ def depthwise_conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), kernel_grad=
     stride) and sums over N. TF's CPU kernel has no dilation, so tf.nn.depthwise_conv2d wraps it in
     SpaceToBatchND/BatchToSpaceND, which the converter folds back into DEPTHWISE_CONV_2D's dilation.
     """
-    x, kernel = tf.convert_to_tensor(x), tf.convert_to_tensor(kernel)
+    x, read = tf.convert_to_tensor(x), _kernel_reader(kernel, kernel_grad)
     k, c = kernel.shape[0], kernel.shape[2]
     x_pads = _crop_for_kernel_grad(x.shape[1:3], k, stride, pads)
 
@@ -128,10 +157,12 @@ def depthwise_conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), kernel_grad=
     def op(x, kernel):
         x_saved = x if kernel_grad else None
 
-        def correlate(t, rows, cols):
-            return tf.nn.depthwise_conv2d(t, tf.reverse(kernel[rows, cols], [0, 1]), [1, 1, 1, 1], "VALID")
-
         def grad(dy):
+            kk = read(dy)
+
+            def correlate(t, rows, cols):
+                return tf.nn.depthwise_conv2d(t, tf.reverse(kk[rows, cols], [0, 1]), [1, 1, 1, 1], "VALID")
+
             dx = _input_grad(dy, x.shape[1:3], k, stride, pads, c, correlate)
             if not kernel_grad:
                 return dx, None
@@ -145,12 +176,12 @@ def depthwise_conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), kernel_grad=
 
         return tf.nn.depthwise_conv2d(_pad(x, pads), kernel, [1, stride, stride, 1], "VALID"), grad
 
-    return op(x, kernel)
+    return op(x, read(x))
 
 
 def dense(x, kernel, *, kernel_grad=True):
     """x: [N, Cin], kernel: [Cin, Cout]. Backward: dx = dy K^T; dK = x^T dy only if `kernel_grad`."""
-    x, kernel = tf.convert_to_tensor(x), tf.convert_to_tensor(kernel)
+    x, read = tf.convert_to_tensor(x), _kernel_reader(kernel, kernel_grad)
 
     @tf.custom_gradient
     def op(x, kernel):
@@ -158,11 +189,11 @@ def dense(x, kernel, *, kernel_grad=True):
 
         def grad(dy):
             dk = tf.matmul(x_saved, dy, transpose_a=True) if kernel_grad else None
-            return tf.matmul(dy, kernel, transpose_b=True), dk
+            return tf.matmul(dy, read(dy), transpose_b=True), dk
 
         return tf.matmul(x, kernel), grad
 
-    return op(x, kernel)
+    return op(x, read(x))
 
 
 def channel_affine(x, scale, bias, *, scale_grad=True):
