@@ -183,11 +183,13 @@ class Context:
 
 
 def git_commit():
-    """HEAD's hash, with "+uncommitted" when tracked files differ from it (the numbers then come from those)."""
+    """HEAD's hash, with "+uncommitted" when tracked code differs from it (the numbers then come from that code;
+    the results files this script and its siblings rewrite do not count)."""
     try:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--",
+                                "tinytl_tf", "export", "benchmarks"],
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
