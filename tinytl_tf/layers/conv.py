@@ -43,13 +43,18 @@ class FoldedConv2D(keras.layers.Layer):
 
     def call(self, x):
         pads = conv_pads(x.shape[1], x.shape[2], self.kernel_size, self.strides, self.padding)
-        kernel = kernel_source(self.kernel)
+        kernel, scale = kernel_source(self.kernel), value(self.scale)
+        if scale is not None and not (self.train_kernel or self.train_scale):
+            # both frozen: fold the scale into the kernel, which the export turns into one (8-bit) constant, so
+            # neither the forward nor the input gradient spends a multiply pass over the activation on it
+            kernel = value(self.kernel) * (tf.reshape(scale, (-1, 1)) if self.depthwise else scale)
+            scale = None
         if self.depthwise:
             y = ops.depthwise_conv2d(x, kernel, stride=self.strides, pads=pads, kernel_grad=self.train_kernel)
         else:
             y = ops.conv2d(x, kernel, stride=self.strides, pads=pads, groups=self.groups, kernel_grad=self.train_kernel)
-        if self.use_scale or self.use_bias:
-            y = ops.channel_affine(y, value(self.scale), value(self.bias), scale_grad=self.train_scale)
+        if scale is not None or self.use_bias:
+            y = ops.channel_affine(y, scale, value(self.bias), scale_grad=self.train_scale)
         return activate(y, self.activation)
 
     def compute_output_shape(self, input_shape):
