@@ -16,8 +16,12 @@ _BITS = [[bool(byte >> j & 1) for j in range(8)] for byte in range(256)]  # byte
 
 def _pack_mask(mask):
     """uint8 [ceil(n/8), 1]: bit j of byte i is element 8i+j of the flattened mask (zero-padded to a multiple of 8)."""
-    bits = tf.reshape(tf.cast(mask, tf.float32), [-1])
-    bits = tf.reshape(tf.pad(bits, [[0, tf.math.floormod(-tf.size(bits), 8)]]), [-1, 8])
+    n = mask.shape.num_elements()
+    if n is not None and n % 8 == 0:  # the usual case: reshape the bool mask, so only one float copy exists
+        bits = tf.cast(tf.reshape(mask, [-1, 8]), tf.float32)
+    else:
+        bits = tf.reshape(tf.cast(mask, tf.float32), [-1])
+        bits = tf.reshape(tf.pad(bits, [[0, tf.math.floormod(-tf.size(bits), 8)]]), [-1, 8])
     return tf.cast(tf.matmul(bits, tf.constant(_PACK)), tf.uint8)
 
 

@@ -222,12 +222,16 @@ def channel_affine(x, scale, bias, *, scale_grad=True):
             y = y + params[-1]
 
         def grad(dy):
-            grads = [dy * s if has_scale else dy]
+            sums = []
             if has_scale:
-                grads.append(tf.reduce_sum(dy * x_saved, axes) if scale_grad else None)
+                sums.append(tf.reduce_sum(dy * x_saved, axes) if scale_grad else None)
             if has_bias:
-                grads.append(tf.reduce_sum(dy, axes))
-            return grads
+                sums.append(tf.reduce_sum(dy, axes))
+            # dx only after the sums: otherwise the converter may run them at the end of the backward and keep every
+            # layer's dy alive until then
+            with tf.control_dependencies([t for t in sums if t is not None]):
+                dx = tf.identity(dy * s if has_scale else dy)
+            return [dx] + sums
 
         return y, grad
 
