@@ -20,6 +20,7 @@ import tensorflow as tf
 from tinytl_tf import contract, ops, tflite_model
 from tinytl_tf.atomic import atomic_write
 from tinytl_tf.contract import slot_tensor_name, weight_tensor_name
+from tinytl_tf.layers.common import kernels_read_when_needed
 
 OPTIMIZERS = ("sgd", "adam")
 FROZEN_BITS = (8, 32)
@@ -143,7 +144,7 @@ class TrainingModule(tf.Module):
     def _forward(self, x, shared):
         """The model on `x`; the tensors of the `shared` groups reach the layers through a `StatelessScope`."""
         mapping = [(self.keras_trainable[i], view) for j, value in shared.items() for i, view in self._views(j, value)]
-        with keras.StatelessScope(state_mapping=mapping):
+        with kernels_read_when_needed(), keras.StatelessScope(state_mapping=mapping):
             return self.model(x, training=False)  # no dropout on the device: a deterministic builtins graph
 
     def train_step(self, x, y, lr):

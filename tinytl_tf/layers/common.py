@@ -1,5 +1,8 @@
 """Small helpers shared by the layers."""
 
+import contextlib
+import contextvars
+
 import tensorflow as tf
 
 from tinytl_tf import ops
@@ -10,10 +13,25 @@ def value(variable):
     return None if variable is None else tf.convert_to_tensor(variable)
 
 
+_READ_WHEN_NEEDED = contextvars.ContextVar("tinytl_read_kernels_when_needed", default=False)
+
+
+@contextlib.contextmanager
+def kernels_read_when_needed():
+    """While tracing the device program (`tinytl_tf.export`): layers hand their kernel variables to the ops, which
+    read them only when the layer runs and again for its backward, so no copy lives across the step. Elsewhere they
+    pass values: a gradient inside a `tf.switch_case` branch (the super-net's resolutions) cannot read a variable."""
+    token = _READ_WHEN_NEEDED.set(True)
+    try:
+        yield
+    finally:
+        _READ_WHEN_NEEDED.reset(token)
+
+
 def kernel_source(variable):
-    """What the conv and dense ops take as a kernel: the backing tf.Variable, which they read only when the layer
-    runs (and again for its backward), or the value a Keras `StatelessScope` maps the variable to."""
-    return variable.value
+    """What the conv and dense ops take as a kernel: within `kernels_read_when_needed`, the backing tf.Variable
+    (or the value a Keras `StatelessScope` maps it to); otherwise its value."""
+    return variable.value if _READ_WHEN_NEEDED.get() else value(variable)
 
 
 def activate(x, activation):
