@@ -29,9 +29,10 @@ def kernels_read_when_needed():
 
 
 def kernel_source(variable):
-    """What the conv and dense ops take as a kernel: within `kernels_read_when_needed`, the backing tf.Variable
-    (or the value a Keras `StatelessScope` maps it to); otherwise its value."""
-    return variable.value if _READ_WHEN_NEEDED.get() else value(variable)
+    """What the conv and dense ops take as a kernel: within `kernels_read_when_needed`, a trainable kernel's backing
+    tf.Variable (or the value a Keras `StatelessScope` maps it to); otherwise the value (a frozen kernel becomes a
+    constant in the device program, so when it is read does not matter)."""
+    return variable.value if _READ_WHEN_NEEDED.get() and variable.trainable else value(variable)
 
 
 def activate(x, activation):

@@ -69,9 +69,9 @@ def _kernel_reader(kernel, trainable):
 
     In the device program the converter otherwise schedules every READ_VARIABLE, and every split, flip and
     transpose of a trainable kernel, at the very start of the train step, and those copies stay alive until the
-    backward. So a variable (a trainable kernel the export leaves to the layer) is read when needed, once for the
-    forward and again for the input gradient; a trainable tensor passes an identity ordered the same way; a frozen
-    tensor (a constant in the file, its flips folded there too) is used as it is.
+    backward. So a variable (a trainable kernel of the device program, see `layers.common.kernel_source`) is read
+    when needed, once for the forward and again for the input gradient; a trainable tensor passes an identity
+    ordered the same way; a frozen tensor (a constant in the file, its flips folded there too) is used as it is.
     """
     if isinstance(kernel, tf.Variable):
         def read(after):
