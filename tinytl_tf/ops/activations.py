@@ -14,15 +14,13 @@ _PACK = [[float(2**j)] for j in range(8)]  # bit j -> byte value
 _BITS = [[bool(byte >> j & 1) for j in range(8)] for byte in range(256)]  # byte value -> its 8 bits
 
 
-def _pack_mask(mask):
-    """uint8 [ceil(n/8), 1]: bit j of byte i is element 8i+j of the flattened mask (zero-padded to a multiple of 8)."""
-    n = mask.shape.num_elements()
-    if n is not None and n % 8 == 0:  # the usual case: reshape the bool mask, so only one float copy exists
-        bits = tf.cast(tf.reshape(mask, [-1, 8]), tf.float32)
-    else:
-        bits = tf.reshape(tf.cast(mask, tf.float32), [-1])
-        bits = tf.reshape(tf.pad(bits, [[0, tf.math.floormod(-tf.size(bits), 8)]]), [-1, 8])
-    return tf.cast(tf.matmul(bits, tf.constant(_PACK)), tf.uint8)
+def _pack_mask(bits):
+    """uint8 [ceil(n/8), 1] from a float 0/1 mask: bit j of byte i is element 8i+j of the flattened mask
+    (zero-padded to a multiple of 8)."""
+    n = bits.shape.num_elements()
+    if n is None or n % 8:
+        bits = tf.pad(tf.reshape(bits, [-1]), [[0, tf.math.floormod(-tf.size(bits), 8)]])
+    return tf.cast(tf.matmul(tf.reshape(bits, [-1, 8]), tf.constant(_PACK, bits.dtype)), tf.uint8)
 
 
 def _apply_mask(packed, dy):
@@ -40,19 +38,24 @@ def _apply_mask(packed, dy):
 
 
 def _masked(fn, inside, x):
-    """y = fn(x); dx = dy * inside(x), keeping only the packed mask."""
+    """y = fn(x); dx = dy * inside(y), keeping only the packed mask. `inside(y)` is the float 0/1 mask computed
+    from the output with arithmetic that XNNPACK runs along with the activation (comparisons, LOGICAL_AND and a
+    bool-to-float CAST are not delegated: they took an eighth of a train step)."""
 
     @tf.custom_gradient
     def op(x):
-        stored = _pack_mask(inside(x))
-        return fn(x), lambda dy: _apply_mask(stored, dy)
+        y = fn(x)
+        stored = _pack_mask(inside(y))
+        return y, lambda dy: _apply_mask(stored, dy)
 
     return op(tf.convert_to_tensor(x))
 
 
 def relu(x):
-    return _masked(tf.nn.relu, lambda x: x > 0, x)
+    # y > 0 <=> ceil(y) >= 1
+    return _masked(tf.nn.relu, lambda y: tf.minimum(tf.math.ceil(y), 1.0), x)
 
 
 def relu6(x):
-    return _masked(tf.nn.relu6, lambda x: tf.logical_and(x > 0, x < 6), x)
+    # 0 < y < 6 <=> y * (6 - y) > 0 (and it is at most 9)
+    return _masked(tf.nn.relu6, lambda y: tf.minimum(tf.math.ceil(y * (6.0 - y)), 1.0), x)
