@@ -1,13 +1,15 @@
 """ReLU and ReLU6. Their backward needs only a mask of where the input was inside the linear range.
 
 The mask is computed in the forward and is all the backward keeps, packed 8 elements per byte (TinyTL's 1-bit
-mask; autodiff would keep the float input and emit ReluGrad/Relu6Grad, which need Flex). The forward makes the
-mask from the activation's output with float arithmetic and packs it by a float matrix product on an [n/8, 8] view
-(exact for these small integers), all of which XNNPACK runs; the backward unpacks it by a table lookup. Measured
-alternatives: integer FLOOR_DIV/FLOOR_MOD with broadcasting run reference code some 25x slower than the mask
-itself; a float FLOOR/MUL/SUB parity unpacking took 1.7x the lookup's time and twice its temporaries (XNNPACK's
-broadcasting multiply is slow); comparisons + LOGICAL_AND + CAST for the mask took an eighth of a train step.
+mask; autodiff would keep the float input and emit ReluGrad/Relu6Grad, which need Flex). Packing is a float matrix
+product on an [n/8, 8] view (exact for these small integers); unpacking is a table lookup. Measured alternatives:
+integer FLOOR_DIV/FLOOR_MOD with broadcasting run reference code some 25x slower than the mask itself; a float
+FLOOR/MUL/SUB parity unpacking took 1.7x the lookup's time and twice its temporaries; a mask made with float
+arithmetic (which XNNPACK runs) kept two more full-size float temporaries than these comparisons.
 """
+
+import contextlib
+import contextvars
 
 import numpy as np
 import tensorflow as tf
@@ -16,13 +18,31 @@ _PACK = [[float(2**j)] for j in range(8)]  # bit j -> byte value
 _BITS = [[bool(byte >> j & 1) for j in range(8)] for byte in range(256)]  # byte value -> its 8 bits
 
 
-def _pack_mask(bits):
-    """uint8 [ceil(n/8), 1] from a float 0/1 mask: bit j of byte i is element 8i+j of the flattened mask
-    (zero-padded to a multiple of 8)."""
-    n = bits.shape.num_elements()
-    if n is None or n % 8:
-        bits = tf.pad(tf.reshape(bits, [-1]), [[0, tf.math.floormod(-tf.size(bits), 8)]])
-    return tf.cast(tf.matmul(tf.reshape(bits, [-1, 8]), tf.constant(_PACK, bits.dtype)), tf.uint8)
+_PACK_BEFORE_OUTPUT = contextvars.ContextVar("tinytl_pack_masks_before_outputs", default=False)
+
+
+@contextlib.contextmanager
+def masks_packed_before_outputs():
+    """While tracing a training step for the device (`tinytl_tf.export`): an activation's output leaves only once
+    its mask is packed. The converter otherwise puts the packing, which only the backward reads, late and keeps
+    every layer's output alive until then. Elsewhere (inference, Keras) the packing stays optional, so a graph
+    without a backward drops it."""
+    token = _PACK_BEFORE_OUTPUT.set(True)
+    try:
+        yield
+    finally:
+        _PACK_BEFORE_OUTPUT.reset(token)
+
+
+def _pack_mask(mask):
+    """uint8 [ceil(n/8), 1]: bit j of byte i is element 8i+j of the flattened mask (zero-padded to a multiple of 8)."""
+    n = mask.shape.num_elements()
+    if n is not None and n % 8 == 0:  # the usual case: reshape the bool mask, so only one float copy exists
+        bits = tf.cast(tf.reshape(mask, [-1, 8]), tf.float32)
+    else:
+        bits = tf.reshape(tf.cast(mask, tf.float32), [-1])
+        bits = tf.reshape(tf.pad(bits, [[0, tf.math.floormod(-tf.size(bits), 8)]]), [-1, 8])
+    return tf.cast(tf.matmul(bits, tf.constant(_PACK)), tf.uint8)
 
 
 def _apply_mask(packed, dy):
@@ -40,24 +60,26 @@ def _apply_mask(packed, dy):
 
 
 def _masked(fn, inside, x):
-    """y = fn(x); dx = dy * inside(y), keeping only the packed mask. `inside(y)` is the float 0/1 mask computed
-    from the output with arithmetic that XNNPACK runs along with the activation (comparisons, LOGICAL_AND and a
-    bool-to-float CAST are not delegated: they took an eighth of a train step)."""
+    """y = fn(x); dx = dy * inside(y), keeping only the packed mask. The mask comes from the output, so the
+    pre-activation need not outlive the activation (the converter then fuses the activation into the op before it)."""
 
     @tf.custom_gradient
     def op(x):
         y = fn(x)
         stored = _pack_mask(inside(y))
+        if _PACK_BEFORE_OUTPUT.get():
+            with tf.control_dependencies([stored]):
+                y = tf.identity(y)
         return y, lambda dy: _apply_mask(stored, dy)
 
     return op(tf.convert_to_tensor(x))
 
 
 def relu(x):
-    # y > 0 <=> ceil(y) >= 1
-    return _masked(tf.nn.relu, lambda y: tf.minimum(tf.math.ceil(y), 1.0), x)
+    return _masked(tf.nn.relu, lambda y: y > 0, x)
 
 
 def relu6(x):
-    # 0 < y < 6 <=> y * (6 - y) > 0 (and it is at most 9)
-    return _masked(tf.nn.relu6, lambda y: tf.minimum(tf.math.ceil(y * (6.0 - y)), 1.0), x)
+    # 0 < y < 6 as (y > 0) == (y < 6), since both are never false: LOGICAL_AND runs element by element through
+    # LiteRT's generic broadcasting kernel and took an eighth of a train step, EQUAL runs its optimized one
+    return _masked(tf.nn.relu6, lambda y: tf.equal(y > 0, y < 6), x)
