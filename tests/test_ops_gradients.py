@@ -291,7 +291,7 @@ def test_litert_builtins_only_training_graph(full):
 
     @tf.function(input_signature=spec)
     def train_step(x, y, *train):
-        with tf.GradientTape() as tape, ops.masks_packed_before_outputs():  # as the device export traces it
+        with tf.GradientTape() as tape:
             tape.watch(train)
             loss = chain(x, y, {**frozen, **dict(zip(trainable, train))}, full, "ops")
         return {"loss": loss, **{"d_" + k: g for k, g in zip(trainable, tape.gradient(loss, train))}}
@@ -329,8 +329,8 @@ def test_litert_builtins_only_training_graph(full):
 
 @pytest.mark.parametrize("fn", [ops.relu, ops.relu6], ids=["relu", "relu6"])
 def test_inference_graph_computes_no_mask(fn):
-    # the masks are ordered before the outputs only while a device training step is traced: an inference graph
-    # must drop them as dead code, or every inference would pay for them
+    # each output waits for its packed mask (a control dependency), yet a graph without a backward must drop the
+    # masks as dead code, or every inference would pay for them
     step = tf.function(lambda x: fn(x) * 2.0, input_signature=[tf.TensorSpec([1, 8, 8, 4], tf.float32)])
     data = tf.lite.TFLiteConverter.from_concrete_functions([step.get_concrete_function()], tf.Module()).convert()
     names = {op.name for op in tflite_model.read(data)[0].ops}

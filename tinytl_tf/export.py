@@ -150,7 +150,7 @@ class TrainingModule(tf.Module):
     def train_step(self, x, y, lr):
         shared = self._shared_values()
         sources = [shared.get(j, v) for j, v in enumerate(self.group_variables)]
-        with tf.GradientTape() as tape, ops.masks_packed_before_outputs():
+        with tf.GradientTape() as tape:
             tape.watch(sources)
             logits = self._forward(x, shared)
             loss = tf.reduce_mean(ops.softmax_cross_entropy(logits, y, label_smoothing=self.label_smoothing))

@@ -5,7 +5,7 @@ builtins-only LiteRT training graph. The `*_grad` flags are trace-time facts: wh
 gradient is not built, and the forward input is not kept alive for it (TinyTL's memory saving).
 """
 
-from tinytl_tf.ops.activations import masks_packed_before_outputs, relu, relu6
+from tinytl_tf.ops.activations import relu, relu6
 from tinytl_tf.ops.conv import channel_affine, conv2d, dense, depthwise_conv2d
 from tinytl_tf.ops.loss import softmax_cross_entropy
 from tinytl_tf.ops.norm import group_norm
@@ -19,7 +19,6 @@ __all__ = [
     "depthwise_conv2d",
     "global_avg_pool",
     "group_norm",
-    "masks_packed_before_outputs",
     "relu",
     "relu6",
     "resize_bilinear",

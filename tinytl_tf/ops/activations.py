@@ -8,30 +8,11 @@ FLOOR/MUL/SUB parity unpacking took 1.7x the lookup's time and twice its tempora
 arithmetic (which XNNPACK runs) kept two more full-size float temporaries than these comparisons.
 """
 
-import contextlib
-import contextvars
-
 import numpy as np
 import tensorflow as tf
 
 _PACK = [[float(2**j)] for j in range(8)]  # bit j -> byte value
 _BITS = [[bool(byte >> j & 1) for j in range(8)] for byte in range(256)]  # byte value -> its 8 bits
-
-
-_PACK_BEFORE_OUTPUT = contextvars.ContextVar("tinytl_pack_masks_before_outputs", default=False)
-
-
-@contextlib.contextmanager
-def masks_packed_before_outputs():
-    """While tracing a training step for the device (`tinytl_tf.export`): an activation's output leaves only once
-    its mask is packed. The converter otherwise puts the packing, which only the backward reads, late and keeps
-    every layer's output alive until then. Elsewhere (inference, Keras) the packing stays optional, so a graph
-    without a backward drops it."""
-    token = _PACK_BEFORE_OUTPUT.set(True)
-    try:
-        yield
-    finally:
-        _PACK_BEFORE_OUTPUT.reset(token)
 
 
 def _pack_mask(mask):
@@ -61,16 +42,17 @@ def _apply_mask(packed, dy):
 
 def _masked(fn, inside, x):
     """y = fn(x); dx = dy * inside(y), keeping only the packed mask. The mask comes from the output, so the
-    pre-activation need not outlive the activation (the converter then fuses the activation into the op before it)."""
+    pre-activation need not outlive the activation (the converter then fuses the activation into the op before it).
+
+    The output leaves only once the mask is packed: the converter would otherwise put the packing late and keep
+    every layer's output alive until then. A graph without a backward still drops the packing as dead code."""
 
     @tf.custom_gradient
     def op(x):
         y = fn(x)
         stored = _pack_mask(inside(y))
-        if _PACK_BEFORE_OUTPUT.get():
-            with tf.control_dependencies([stored]):
-                y = tf.identity(y)
-        return y, lambda dy: _apply_mask(stored, dy)
+        with tf.control_dependencies([stored]):
+            return tf.identity(y), lambda dy: _apply_mask(stored, dy)
 
     return op(tf.convert_to_tensor(x))
 
