@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 import ai_edge_litert
 import numpy as np
@@ -30,6 +31,7 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tinytl_tf import tflite_model  # noqa: E402
+from tinytl_tf.atomic import atomic_write  # noqa: E402
 from tinytl_tf.memory.probe import random_inputs  # noqa: E402
 
 PINNED = "2.3.0"  # the ai-edge-litert whose event record layout `Event` is
@@ -287,9 +289,8 @@ def main(argv=None):
     for op in r["ops"]:
         shape = "x".join(map(str, op["shape"])) if op["shape"] else "-"
         print(f"{op['index']:<16}{op['type'][:31]:<32}{op['ms']:>9.3f}  {shape:<16}{op['tensor'] or '-'}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(r, f, indent=2)
+    if args.json:  # written whole or not at all
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(r, indent=2)))
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ class FoldedConv2D(keras.layers.Layer):
         if scale is not None and not (self.train_kernel or self.train_scale):
             # both frozen: fold the scale into the kernel, which the export turns into one (8-bit) constant, so
             # neither the forward nor the input gradient spends a multiply pass over the activation on it
-            kernel = value(self.kernel) * (tf.reshape(scale, (-1, 1)) if self.depthwise else scale)
+            kernel = kernel * (tf.reshape(scale, (-1, 1)) if self.depthwise else scale)
             scale = None
         if self.depthwise:
             y = ops.depthwise_conv2d(x, kernel, stride=self.strides, pads=pads, kernel_grad=self.train_kernel)

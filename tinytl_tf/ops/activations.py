@@ -8,7 +8,6 @@ FLOOR/MUL/SUB parity unpacking took 1.7x the lookup's time and twice its tempora
 arithmetic (which XNNPACK runs) kept two more full-size float temporaries than these comparisons.
 """
 
-import numpy as np
 import tensorflow as tf
 
 _PACK = [[float(2**j)] for j in range(8)]  # bit j -> byte value
@@ -34,7 +33,7 @@ def _apply_mask(packed, dy):
     read the packed bytes alone would run in the forward and keep an unpacked mask alive until the backward."""
     with tf.control_dependencies([dy]):
         index = tf.cast(tf.reshape(packed, [-1]), tf.int32)
-    bits = tf.reshape(tf.gather(tf.constant(np.array(_BITS)), index), [-1])
+    bits = tf.reshape(tf.gather(tf.constant(_BITS), index), [-1])
     if dy.shape.num_elements() is None or dy.shape.num_elements() % 8:
         bits = bits[: tf.size(dy)]
     return tf.where(tf.reshape(bits, tf.shape(dy)), dy, tf.zeros([], dy.dtype))
