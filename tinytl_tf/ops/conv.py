@@ -34,7 +34,8 @@ def _input_grad(dy, x_hw, k, stride, pads, channels, correlate):
 
     Polyphase: padded-input row i = s*m + r only receives taps K[r + s*j] from output row m - j, so each of the
     s*s phases (r_h, r_w) is a stride-1 full correlation of dy with the flipped sub-kernel K[r_h::s, r_w::s];
-    stacking and reshaping interleaves the phases, and cropping removes the padding. (Zero-inserting dy and
+    DEPTH_TO_SPACE of the phases stacked on channels interleaves them (one op XNNPACK runs, where PACK and
+    RESHAPEs were not delegated), and cropping removes the padding. (Zero-inserting dy and
     running the whole kernel would spend s*s times the work, mostly on zeros.) `correlate(t, rows, cols)` runs a
     stride-1 VALID correlation of t with the spatially flipped K[rows, cols] (in/out swapped for a regular conv).
 
@@ -47,18 +48,16 @@ def _input_grad(dy, x_hw, k, stride, pads, channels, correlate):
     padded = [n + p0 + p1 for n, (p0, p1) in zip(x_hw, pads)]  # P per axis
     m_h, m_w = (-(-p // stride) for p in padded)  # rows and columns per phase
     _, ho, wo, _ = dy.shape
-    rows = []
+    phases = []
     for rh in range(stride):
-        cols = []
         for rw in range(stride):
             kh, kw = len(range(rh, k, stride)), len(range(rw, k, stride))
             if kh == 0 or kw == 0:  # no tap lands on this phase (k < stride)
-                cols.append(tf.zeros([tf.shape(dy)[0], m_h, m_w, channels], dy.dtype))
+                phases.append(tf.zeros([tf.shape(dy)[0], m_h, m_w, channels], dy.dtype))
                 continue
             t = _pad(dy, ((kh - 1, m_h - ho), (kw - 1, m_w - wo)))
-            cols.append(correlate(t, slice(rh, None, stride), slice(rw, None, stride)))
-        rows.append(_interleave(cols, axis=2))
-    dxp = _interleave(rows, axis=1)
+            phases.append(correlate(t, slice(rh, None, stride), slice(rw, None, stride)))
+    dxp = tf.nn.depth_to_space(tf.concat(phases, axis=-1), stride)
     (t, b), (l, r) = pads
     return _pad(dxp, ((-t, -(stride * m_h - padded[0]) - b), (-l, -(stride * m_w - padded[1]) - r)))
 
@@ -102,15 +101,6 @@ def _flipped_taps(kernel, rows, cols, after):
     with tf.control_dependencies([after]):
         taps = tf.gather(tf.reshape(kernel, [k * k] + rest), [i * k + j for i in r for j in c])
     return tf.reshape(taps, [len(r), len(c)] + rest)
-
-
-def _interleave(parts, axis):
-    """Parts [N, H, W, C] merged so rows (axis 1) or columns (axis 2) come from each part in turn."""
-    if len(parts) == 1:
-        return parts[0]
-    shape = [-1] + parts[0].shape.as_list()[1:]
-    shape[axis] *= len(parts)
-    return tf.reshape(tf.stack(parts, axis=axis + 1), shape)
 
 
 def _crop_for_kernel_grad(x_hw, k, stride, pads):

@@ -8,7 +8,8 @@ import tensorflow as tf
 def avg_pool_2x2(x):
     """2x2 average pool, stride 2, VALID (odd sizes drop the last row/column).
 
-    Backward: nearest-neighbour x2 upsample of dy times 0.25, zero-padded back to an odd size.
+    Backward: each element of dy / 4 copied to its 2x2 window (four copies stacked on channels, DEPTH_TO_SPACE),
+    zero-padded back to an odd size. XNNPACK runs both ops; it does not run RESIZE_NEAREST_NEIGHBOR.
     """
     x = tf.convert_to_tensor(x)
     _, h, w, _ = x.shape
@@ -16,7 +17,8 @@ def avg_pool_2x2(x):
     @tf.custom_gradient
     def op(x):
         def grad(dy):
-            up = tf.image.resize(dy, [h - h % 2, w - w % 2], "nearest") * 0.25
+            quarter = dy * 0.25
+            up = tf.nn.depth_to_space(tf.concat([quarter] * 4, axis=-1), 2)
             return tf.pad(up, [[0, 0], [0, h % 2], [0, w % 2], [0, 0]])
 
         return tf.nn.avg_pool2d(x, 2, 2, "VALID"), grad
