@@ -22,9 +22,15 @@ def _pad(x, pads):
     return x
 
 
+def _groups(t, groups):
+    """t split into `groups` along channels; one group is t itself (a one-way SPLIT is a copy in LiteRT, and one
+    XNNPACK does not run)."""
+    return tf.split(t, groups, axis=-1) if groups > 1 else [t]
+
+
 def _conv(x, kernels, stride=1):
     """VALID conv with one kernel per channel group (TFLite's CONV_2D has no reliable grouped form)."""
-    xs = tf.split(x, len(kernels), axis=-1) if len(kernels) > 1 else [x]
+    xs = _groups(x, len(kernels))
     ys = [tf.nn.conv2d(a, k, stride, "VALID") for a, k in zip(xs, kernels)]
     return ys[0] if len(ys) == 1 else tf.concat(ys, axis=-1)
 
@@ -143,15 +149,12 @@ def conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), groups=1, kernel_grad=
     k = kernel.shape[0]
     x_pads = _crop_for_kernel_grad(x.shape[1:3], k, stride, pads)
 
-    def split(kernel):
-        return tf.split(kernel, groups, axis=-1) if groups > 1 else [kernel]
-
     @tf.custom_gradient
     def op(x, kernel):
         x_saved = x if kernel_grad else None
 
         def grad(dy):
-            kernels = split(read(dy))
+            kernels = _groups(read(dy), groups)
 
             def correlate(t, rows, cols):
                 return _conv(t, [tf.transpose(_flipped_taps(kk, rows, cols, dy), [0, 1, 3, 2]) for kk in kernels])
@@ -159,12 +162,11 @@ def conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), groups=1, kernel_grad=
             dx = _input_grad(dy, x.shape[1:3], k, stride, pads, x.shape[-1], correlate)
             if not kernel_grad:
                 return dx, None
-            xs = tf.split(_pad(x_saved, x_pads), groups, axis=-1)
-            dys = tf.split(dy, groups, axis=-1)
+            xs, dys = _groups(_pad(x_saved, x_pads), groups), _groups(dy, groups)
             dk = tf.concat([_kernel_grad(a, b, k, stride) for a, b in zip(xs, dys)], axis=-1)
             return dx, dk
 
-        return _conv(_pad(x, pads), split(kernel), stride=stride), grad
+        return _conv(_pad(x, pads), _groups(kernel, groups), stride=stride), grad
 
     return op(x, read(x))
 
