@@ -1,10 +1,11 @@
 """Convolutions, dense and the per-channel affine of a folded normalization.
 
-Backward passes use only TFLite builtins (CONV_2D, DEPTHWISE_CONV_2D, PAD, SLICE, PACK, RESHAPE, TRANSPOSE, GATHER,
-MUL, SUM, BATCH_MATMUL/FULLY_CONNECTED): autodiff would emit Conv2DBackpropFilter, DepthwiseConv2dNativeBackprop*
-and friends, which need Flex. A weight gradient is built, and the forward input kept for it, only when the
-weight's `*_grad` flag is True. Weight gradients contract over the batch inside a conv, so a graph that trains
-kernels converts only with a static batch size; input gradients do not care.
+Backward passes use only TFLite builtins (CONV_2D, DEPTHWISE_CONV_2D, PAD, SLICE, CONCATENATION, DEPTH_TO_SPACE,
+SPACE_TO_DEPTH, RESHAPE, TRANSPOSE, GATHER, MUL, SUM, BATCH_MATMUL/FULLY_CONNECTED): autodiff would emit
+Conv2DBackpropFilter, DepthwiseConv2dNativeBackprop* and friends, which need Flex. A weight gradient is built, and
+the forward input kept for it, only when the weight's `*_grad` flag is True. Weight gradients contract over the
+batch inside a conv, so a graph that trains kernels converts only with a static batch size; input gradients do not
+care.
 """
 
 import tensorflow as tf
