@@ -96,6 +96,9 @@ CONV_CASES = [
     (2, 7, 1, kind, 2, ((1, 2), (2, 1))) for kind in KINDS  # pads wider than the kernel
 ] + [
     (2, 7, 7, kind, 1, ((0, 0), (0, 0))) for kind in KINDS  # one output pixel
+] + [
+    (2, size, k, kind, 1, ((k // 2, k // 2 - 1), (k // 2, k // 2 - 1)))  # even kernels: stride divides k
+    for size, k, kind in itertools.product([8, 9], [2, 4], KINDS)
 ]
 
 

@@ -42,9 +42,9 @@ def _input_grad(dy, x_hw, k, stride, pads, channels, correlate):
     Polyphase: padded-input row i = s*m + r only receives taps K[r + s*j] from output row m - j, so each of the
     s*s phases (r_h, r_w) is a stride-1 full correlation of dy with the flipped sub-kernel K[r_h::s, r_w::s];
     DEPTH_TO_SPACE of the phases stacked on channels interleaves them (one op XNNPACK runs, where PACK and
-    RESHAPEs were not delegated), and cropping removes the padding. (Zero-inserting dy and
-    running the whole kernel would spend s*s times the work, mostly on zeros.) `correlate(t, rows, cols)` runs a
-    stride-1 VALID correlation of t with the spatially flipped K[rows, cols] (in/out swapped for a regular conv).
+    RESHAPEs were not delegated), and cropping removes the padding. (Zero-inserting dy and running the whole
+    kernel would spend s*s times the work, mostly on zeros.) `correlate(t, rows, cols)` runs a stride-1 VALID
+    correlation of t with the spatially flipped K[rows, cols] (in/out swapped for a regular conv).
 
     At stride 1 dy is padded by k - 1 minus the forward's padding, so the correlation yields exactly dx: symmetric
     padding then converts to one SAME conv (a full correlation cropped afterwards ran 6x slower in LiteRT).
@@ -132,7 +132,7 @@ def _kernel_grad(xp, dy, k, stride):
     if stride == 1:
         return tf.transpose(tf.nn.conv2d(tf.transpose(xp, [3, 1, 2, 0]), filters, 1, "VALID"), [1, 2, 0, 3])
     s, kq = stride, -(-k // stride)
-    xq = tf.pad(xp, [[0, 0], [0, s * (ho - 1 + kq) - hp], [0, s * (wo - 1 + kq) - wp], [0, 0]])
+    xq = _pad(xp, ((0, s * (ho - 1 + kq) - hp), (0, s * (wo - 1 + kq) - wp)))  # no PAD when s divides k
     phases = tf.nn.space_to_depth(xq, s)  # [N, Ho-1+kq, Wo-1+kq, s*s*Cin], channel (r_h*s + r_w)*Cin + i
     g = tf.nn.conv2d(tf.transpose(phases, [3, 1, 2, 0]), filters, 1, "VALID")  # [s*s*Cin, kq, kq, Cout]
     g = tf.transpose(tf.reshape(g, [s, s, cin, kq, kq, cout]), [3, 0, 4, 1, 2, 5])  # [a', r_h, b', r_w, Cin, Cout]
