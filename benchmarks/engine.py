@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -57,6 +58,7 @@ def main(argv=None):
     p.add_argument("--out", default="docs/engine.json")
     args = p.parse_args(argv)
 
+    from tinytl_tf.atomic import atomic_write
     from tinytl_tf.backbones import count_params, load_backbone
     from tinytl_tf.contract import METHODS
     from tinytl_tf.export import export_model
@@ -86,10 +88,9 @@ def main(argv=None):
         print(f"{method:<13}{row['train_ms']:>10.2f}{row['infer_ms']:>10.2f}{row['ratio']:>8.2f}{row['plain_ratio']:>12.2f}"
               f"{row['tflite_mb']:>11.2f}{row['trainable_params']:>11,}{export_s:>10.0f}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"backbone": args.backbone, "resolution": args.resolution, "repeats": args.repeats,
-                   "frozen_bits": args.frozen_bits,
-                   "rows": rows}, f, indent=2)
+    result = {"backbone": args.backbone, "resolution": args.resolution, "repeats": args.repeats,
+              "frozen_bits": args.frozen_bits, "rows": rows}
+    atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
 
 
 if __name__ == "__main__":
