@@ -4,11 +4,14 @@ required work.
     python benchmarks/engine_bound.py [--method tinytl-lb] [--backbone mcunet-5fps] [--resolution 128]
                                       [--rounds 8] [--repeats 10] [--out docs/engine_bound.json]
 
-Probes (their gradients are wrong; they exist only in this benchmark, never in an export):
-- `free masks`: ReLU/ReLU6 pass the output gradient through unmasked, so no mask is made, packed, kept or read;
+Probes (they exist only in this benchmark, never in an export):
+- `one-byte masks`: the masks kept unpacked, one bool per element (correct gradients, no packing and no lookup,
+  but 8x the masks' memory);
+- `free masks` (wrong gradients from here on): ReLU/ReLU6 pass the output gradient through unmasked, so no mask
+  is made, packed, kept or read;
 - `free masks and kernel grads`: also every trainable conv kernel's gradient is a constant zero (for TinyTL-L+B
   the lite branches' kernels), so its input is not kept and no kernel-gradient conv runs.
-What is left in the second probe (the frozen network's input gradients, the lite branches' input gradients, the
+What is left in the last probe (the frozen network's input gradients, the lite branches' input gradients, the
 loss, the optimizer) is work no correct step can skip, so its ratio is a floor for the method on this runtime.
 Timing as in `engine.py` (1 thread, XNNPACK, batch 1), interleaved: each round times every file in turn, and
 the medians of the per-round medians are reported.
@@ -39,6 +42,19 @@ def _unmasked(fn, inside, x):
     return op(tf.convert_to_tensor(x))
 
 
+def _byte_masked(fn, inside, x):
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def op(x):
+        y = fn(x)
+        mask = inside(y)
+        with tf.control_dependencies([mask]):
+            return tf.identity(y), lambda dy: tf.where(mask, dy, tf.zeros([], dy.dtype))
+
+    return op(tf.convert_to_tensor(x))
+
+
 def _zero_kernel_grad(xp, dy, k, stride):
     import tensorflow as tf
 
@@ -47,6 +63,7 @@ def _zero_kernel_grad(xp, dy, k, stride):
 
 PROBES = {
     "real": [],
+    "one-byte masks": [("tinytl_tf.ops.activations._masked", _byte_masked)],
     "free masks": [("tinytl_tf.ops.activations._masked", _unmasked)],
     "free masks and kernel grads": [("tinytl_tf.ops.activations._masked", _unmasked),
                                     ("tinytl_tf.ops.conv._kernel_grad", _zero_kernel_grad)],
