@@ -14,7 +14,7 @@ Probes (they exist only in this benchmark, never in an export):
 What is left in the last probe (the frozen network's input gradients, the lite branches' input gradients, the
 loss, the optimizer) is work no correct step can skip, so its ratio is a floor for the method on this runtime.
 Timing as in `engine.py` (1 thread, XNNPACK, batch 1), interleaved: each round times every file in turn, and
-the medians of the per-round medians are reported.
+the medians of the per-round medians are reported, with each `train` signature's static peak of live tensors.
 """
 
 import argparse
@@ -86,11 +86,12 @@ def main(argv=None):
     from tinytl_tf.atomic import atomic_write
     from tinytl_tf.backbones import load_backbone
     from tinytl_tf.export import export_model
+    from tinytl_tf.memory.measure import static_memory
     from tinytl_tf.transfer import prepare_transfer
 
     base = load_backbone(args.backbone, args.resolution)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {}
+        paths, peaks = {}, {}
         for name, patches in PROBES.items():
             model = prepare_transfer(base, args.method, args.classes, dropout=0.0)
             paths[name] = os.path.join(tmp, f"{len(paths)}.tflite")
@@ -98,6 +99,7 @@ def main(argv=None):
                 for target, fn in patches:
                     stack.enter_context(mock.patch(target, fn))
                 export_model(model, paths[name], "adam", 3e-4, 1000)
+            peaks[name] = static_memory(paths[name]).peak_activation_bytes / 1e6
             print(f"exported '{name}'", flush=True)
         per_round = {name: [] for name in PROBES}
         for r in range(args.rounds):
@@ -107,13 +109,14 @@ def main(argv=None):
     print()
     print(f"{args.method} on {args.backbone} @{args.resolution}px, batch 1, 1 thread, XNNPACK; "
           f"{args.rounds} interleaved rounds of {args.repeats} steps")
-    print(f"{'graph':<30}{'train ms':>10}{'infer ms':>10}{'ratio':>8}")
+    print(f"{'graph':<30}{'train ms':>10}{'infer ms':>10}{'ratio':>8}{'static peak MB':>16}")
     rows = []
     for name, times in per_round.items():
         train_s, infer_s = (float(np.median([t[i] for t in times])) for i in (0, 1))
         ratio = float(np.median([t[0] / t[1] for t in times]))
-        rows.append({"graph": name, "train_ms": 1e3 * train_s, "infer_ms": 1e3 * infer_s, "ratio": ratio})
-        print(f"{name:<30}{1e3 * train_s:>10.2f}{1e3 * infer_s:>10.2f}{ratio:>8.2f}")
+        rows.append({"graph": name, "train_ms": 1e3 * train_s, "infer_ms": 1e3 * infer_s, "ratio": ratio,
+                     "static_peak_mb": peaks[name]})
+        print(f"{name:<30}{1e3 * train_s:>10.2f}{1e3 * infer_s:>10.2f}{ratio:>8.2f}{peaks[name]:>16.2f}")
     result = {"method": args.method, "backbone": args.backbone, "resolution": args.resolution,
               "rounds": args.rounds, "repeats": args.repeats, "rows": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
