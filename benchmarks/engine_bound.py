@@ -42,17 +42,14 @@ def _unmasked(fn, inside, x):
     return op(tf.convert_to_tensor(x))
 
 
-def _byte_masked(fn, inside, x):
+def _keep_bools(mask):
+    return mask
+
+
+def _select(mask, dy):
     import tensorflow as tf
 
-    @tf.custom_gradient
-    def op(x):
-        y = fn(x)
-        mask = inside(y)
-        with tf.control_dependencies([mask]):
-            return tf.identity(y), lambda dy: tf.where(mask, dy, tf.zeros([], dy.dtype))
-
-    return op(tf.convert_to_tensor(x))
+    return tf.where(mask, dy, tf.zeros([], dy.dtype))
 
 
 def _zero_kernel_grad(xp, dy, k, stride):
@@ -63,7 +60,8 @@ def _zero_kernel_grad(xp, dy, k, stride):
 
 PROBES = {
     "real": [],
-    "one-byte masks": [("tinytl_tf.ops.activations._masked", _byte_masked)],
+    "one-byte masks": [("tinytl_tf.ops.activations._pack_mask", _keep_bools),
+                       ("tinytl_tf.ops.activations._apply_mask", _select)],
     "free masks": [("tinytl_tf.ops.activations._masked", _unmasked)],
     "free masks and kernel grads": [("tinytl_tf.ops.activations._masked", _unmasked),
                                     ("tinytl_tf.ops.conv._kernel_grad", _zero_kernel_grad)],
