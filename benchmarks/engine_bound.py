@@ -1,8 +1,8 @@
 """How low can a method's LiteRT train/infer ratio go? The real export timed side by side with probes that skip
 required work.
 
-    python benchmarks/engine_bound.py [--method tinytl-lb] [--backbone mcunet-5fps] [--resolution 128]
-                                      [--rounds 8] [--repeats 10] [--out docs/engine_bound.json]
+    python benchmarks/engine_bound.py [--method tinytl-lb] [--optimizer adam] [--backbone mcunet-5fps]
+                                      [--resolution 128] [--rounds 8] [--repeats 10] [--out docs/engine_bound.json]
 
 Probes (they exist only in this benchmark, never in an export):
 - `one-byte masks`: the masks kept unpacked, one bool per element (correct gradients, no packing and no lookup,
@@ -71,6 +71,7 @@ PROBES = {
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="tinytl-lb")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="the exported optimizer")
     p.add_argument("--backbone", default="mcunet-5fps")
     p.add_argument("--resolution", type=int, default=128)
     p.add_argument("--classes", type=int, default=10)
@@ -96,7 +97,7 @@ def main(argv=None):
             with ExitStack() as stack:
                 for target, fn in patches:
                     stack.enter_context(mock.patch(target, fn))
-                export_model(model, paths[name], "adam", 3e-4, 1000)
+                export_model(model, paths[name], args.optimizer, 3e-4, 1000)
             peaks[name] = static_memory(paths[name]).peak_activation_bytes / 1e6
             print(f"exported '{name}'", flush=True)
         per_round = {name: [] for name in PROBES}
@@ -105,7 +106,7 @@ def main(argv=None):
                 per_round[name].append(measure(path, args.resolution, args.repeats))
             print(f"round {r + 1}/{args.rounds}", end="\r", flush=True)
     print()
-    print(f"{args.method} on {args.backbone} @{args.resolution}px, batch 1, 1 thread, XNNPACK; "
+    print(f"{args.method} ({args.optimizer}) on {args.backbone} @{args.resolution}px, batch 1, 1 thread, XNNPACK; "
           f"{args.rounds} interleaved rounds of {args.repeats} steps")
     print(f"{'graph':<30}{'train ms':>10}{'infer ms':>10}{'ratio':>8}{'static peak MB':>16}")
     rows = []
@@ -115,8 +116,8 @@ def main(argv=None):
         rows.append({"graph": name, "train_ms": 1e3 * train_s, "infer_ms": 1e3 * infer_s, "ratio": ratio,
                      "static_peak_mb": peaks[name]})
         print(f"{name:<30}{1e3 * train_s:>10.2f}{1e3 * infer_s:>10.2f}{ratio:>8.2f}{peaks[name]:>16.2f}")
-    result = {"method": args.method, "backbone": args.backbone, "resolution": args.resolution,
-              "rounds": args.rounds, "repeats": args.repeats, "rows": rows}
+    result = {"method": args.method, "optimizer": args.optimizer, "backbone": args.backbone,
+              "resolution": args.resolution, "rounds": args.rounds, "repeats": args.repeats, "rows": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
 
