@@ -1,12 +1,20 @@
-"""`python -m tinytl_tf ...`: the front door. Parses arguments and calls the package; no logic of its own."""
+"""`python -m tinytl_tf ...` (or `tinytl ...`): the front door. Parses and checks arguments, then calls the package.
+
+Every argument and the data folder's layout are checked before TensorFlow is imported, so a mistake is answered
+at once with one `error:` line (exit 2). Results go to stdout, progress and logs to stderr.
+"""
 
 import argparse
 import functools
 import json
-import os
 import sys
+from pathlib import Path
 
+from tinytl_tf import cliargs
+from tinytl_tf.cliargs import count, fraction, positive_float, unit_interval
+from tinytl_tf.config import check_resolution
 from tinytl_tf.contract import METHODS
+from tinytl_tf.methods import DEFAULT_LR
 
 BACKBONE_NAMES = ("mcunet-5fps", "proxyless-w0.3", "mbv2-w0.35", "mobilenet-v1", "proxylessnas-mobile")
 
@@ -31,32 +39,40 @@ def cmd_train(args):
         from tinytl_tf.supernet.search import load_subnet
 
         make_model = functools.partial(load_subnet, args.subnet, args.method, args.resolution, args.weights_dir)
-    _, metrics = train_job(args.data, args.backbone, args.method, args.out, args.resolution, args.epochs,
-                           args.batch_size, args.lr, args.label_smoothing, args.dropout, args.strategy,
-                           args.weights_dir, args.overwrite, verbose=1, load_data=_data_loader(args),
-                           make_model=make_model)
+    with cliargs.stdout_to_stderr():
+        _, metrics = train_job(args.data, args.backbone, args.method, args.out, args.resolution, args.epochs,
+                               args.batch_size, args.lr, args.label_smoothing, args.dropout, args.strategy,
+                               args.weights_dir, args.overwrite, verbose=1, load_data=_data_loader(args),
+                               make_model=make_model)
     print(json.dumps(metrics, indent=2))
 
 
 def cmd_search(args):
     from tinytl_tf.supernet.search import search_job
 
-    subnet = search_job(args.data, args.backbone, args.budget_mb, args.out, args.resolutions, args.epochs, args.pairs,
-                        args.population, args.generations, args.seed, args.batch_size, args.lr, args.label_smoothing,
-                        args.dropout, args.strategy, args.weights_dir, args.val_fraction, args.predictor_epochs)
+    with cliargs.stdout_to_stderr():
+        subnet = search_job(args.data, args.backbone, args.budget_mb, args.out, args.resolutions, args.epochs,
+                            args.pairs, args.population, args.generations, args.seed, args.batch_size, args.lr,
+                            args.label_smoothing, args.dropout, args.strategy, args.weights_dir, args.val_fraction,
+                            args.predictor_epochs)
     print(json.dumps({k: v for k, v in subnet.items() if k not in ("spec", "search")}, indent=2))
 
 
 def cmd_evaluate(args):
     from tinytl_tf import data
-    from tinytl_tf.train import accuracy, load_trained
+    from tinytl_tf.train import accuracy, held_out_files, load_trained
 
     model = load_trained(args.model)
     cfg = model.net_config
+    only = None if args.all_images else held_out_files(args.model, args.data)
+    if only is not None:
+        print(f"evaluate: scoring the {len(only)} images train held out of {args.data} "
+              f"({Path(args.model).parent / cliargs.SPLIT_FILE}); --all-images scores every image", file=sys.stderr)
     images = data.load_eval_folder(args.data, cfg.resolution, cfg.input_mean, cfg.input_std, args.batch_size,
-                                   class_names=cfg.labels)
+                                   class_names=cfg.labels, only=only)
     print(json.dumps({"accuracy": accuracy(model, images.test), "examples": images.num_test,
-                      "skipped_images": images.skipped, "model": str(args.model), "data": str(args.data)}))
+                      "skipped_images": images.skipped, "model": str(args.model), "data": str(args.data),
+                      "held_out_only": only is not None}))
 
 
 def cmd_memory(args):
@@ -99,90 +115,132 @@ def cmd_demo(args):
 
 def _add_fit_options(p):
     """The `model.fit` options `train` and `search` share."""
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--dropout", type=float, default=0.2, help="dropout before the new head (default 0.2)")
+    p.add_argument("--batch-size", type=count(1), default=8, help="training batch size")
+    p.add_argument("--label-smoothing", type=unit_interval, default=0.1, help="label smoothing of the loss")
+    p.add_argument("--dropout", type=unit_interval, default=0.2, help="dropout before the new head")
     p.add_argument("--strategy", default="none", choices=("none", "mirrored"), help="mirrored: tf.distribute across all local devices")
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default (argparse adds none where the help already names it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text or action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m tinytl_tf", description="TinyTL: memory-efficient on-device transfer learning for Keras and LiteRT.")
+    p = argparse.ArgumentParser(prog="tinytl", description="TinyTL: memory-efficient on-device transfer learning for Keras and LiteRT.",
+                                formatter_class=_Formatter)
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++/absl log (also: TINYTL_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="fine-tune a pretrained backbone with a transfer method",
+    t = sub.add_parser("train", formatter_class=_Formatter, help="fine-tune a pretrained backbone with a transfer method",
                        description="Fine-tune a pretrained backbone on a class-per-folder image tree; writes OUT/model.keras and OUT/metrics.json.")
     t.add_argument("--data", required=True, help="DIR/train/<class>/* + DIR/test/<class>/*, or DIR/<class>/* with --val-fraction; with --tfds, the tfds data_dir")
     t.add_argument("--tfds", metavar="NAME", help="read the prepared tensorflow-datasets set NAME from --data (no download)")
-    t.add_argument("--val-fraction", type=float, default=0.2, help="held-out fraction of a flat DIR/<class>/* tree (default 0.2)")
+    t.add_argument("--val-fraction", type=fraction, default=0.2, help="held-out fraction of a flat DIR/<class>/* tree (recorded in OUT/split.json for evaluate)")
     t.add_argument("--seed", type=int, default=0, help="seed of the split and shuffling (default 0)")
     t.add_argument("--backbone", default="mcunet-5fps", help=f"one of: {', '.join(BACKBONE_NAMES)} (default mcunet-5fps)")
     t.add_argument("--method", default="tinytl-lb", help=f"one of: {', '.join(METHODS)} (default tinytl-lb)")
-    t.add_argument("--resolution", type=int, help="input size in pixels (default: the backbone's)")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of Adam with cosine decay (default 1e-3)")
+    t.add_argument("--resolution", type=count(1), help="input size in pixels (default: the backbone's)")
+    t.add_argument("--epochs", type=count(1), default=10, help="training epochs")
+    t.add_argument("--lr", type=positive_float, help="peak learning rate of Adam with cosine decay (default: the "
+                   f"method's: {', '.join(f'{m} {lr:g}' for m, lr in DEFAULT_LR.items())})")
     _add_fit_options(t)
     t.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (mobilenet-v1 only)")
     t.add_argument("--out", required=True, help="output folder")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing OUT/model.keras")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing OUT/model.keras and metrics.json "
+                   "(and remove an OUT/model.tflite + model.json exported from the old model)")
     t.add_argument("--subnet", metavar="SUBNET.json", help="train the sub-net found by `search` (its subnet.json) "
                    "with the fine-tuned super-net's weights instead of --backbone; its resolution is the searched one")
     t.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("search", help="find the best sub-net of a super-net under a training-memory budget",
+    s = sub.add_parser("search", formatter_class=_Formatter, help="find the best sub-net of a super-net under a training-memory budget",
                        description="Fine-tune an elastic super-net around a pretrained MB backbone on 80%% of the training images, measure random sub-nets on the other 20%%, fit an accuracy predictor and run an evolutionary search under a training-memory budget (analytic TinyTL-L+B memory at batch 1). Writes OUT/subnet.json and OUT/supernet.keras; an interrupted search resumes from OUT. Then: train --subnet OUT/subnet.json.")
     s.add_argument("--data", required=True, help="DIR/train/<class>/* (+ DIR/test/, never read), or DIR/<class>/* with --val-fraction")
-    s.add_argument("--val-fraction", type=float, default=0.2, help="test fraction of a flat DIR/<class>/* tree, left out of the search (default 0.2)")
+    s.add_argument("--val-fraction", type=fraction, default=0.2, help="test fraction of a flat DIR/<class>/* tree, left out of the search")
     s.add_argument("--backbone", default="mcunet-5fps", help="mcunet-5fps, proxyless-w0.3, mbv2-w0.35, or a .npz from export/convert_ofa.py (default mcunet-5fps)")
-    s.add_argument("--budget-mb", type=float, required=True, help="training memory a sub-net may need (analytic TinyTL-L+B, batch 1, MB = 1e6 B)")
-    s.add_argument("--resolutions", type=int, nargs="+", help="input sizes to search (default 96 112 128 144 160)")
-    s.add_argument("--epochs", type=int, default=5, help="super-net fine-tuning epochs (default 5)")
-    s.add_argument("--pairs", type=int, default=500, help="sub-nets measured for the accuracy predictor (default 500)")
-    s.add_argument("--population", type=int, default=100, help="evolutionary search population (default 100)")
-    s.add_argument("--generations", type=int, default=100, help="evolutionary search generations (default 100)")
-    s.add_argument("--predictor-epochs", type=int, default=200, help="accuracy predictor training epochs (default 200)")
+    s.add_argument("--budget-mb", type=positive_float, required=True, help="training memory a sub-net may need (analytic TinyTL-L+B, batch 1, MB = 1e6 B)")
+    s.add_argument("--resolutions", type=count(1), nargs="+", help="input sizes to search (default 96 112 128 144 160)")
+    s.add_argument("--epochs", type=count(1), default=5, help="super-net fine-tuning epochs (default 5)")
+    s.add_argument("--pairs", type=count(1), default=500, help="sub-nets measured for the accuracy predictor (default 500)")
+    s.add_argument("--population", type=count(1), default=100, help="evolutionary search population (default 100)")
+    s.add_argument("--generations", type=count(1), default=100, help="evolutionary search generations (default 100)")
+    s.add_argument("--predictor-epochs", type=count(1), default=200, help="accuracy predictor training epochs (default 200)")
     s.add_argument("--seed", type=int, default=0, help="seed of the split, sampling and search (default 0)")
-    s.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the super-net fine-tuning (default 3e-3)")
+    s.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate of the super-net fine-tuning (default 3e-3)")
     _add_fit_options(s)
     s.add_argument("--weights-dir", help="folder with backbone weights that are not vendored")
     s.add_argument("--out", required=True, help="output folder (resumed when it holds an unfinished search)")
     s.set_defaults(func=cmd_search)
 
-    e = sub.add_parser("evaluate", help="top-1 accuracy of a trained model", description="Print JSON with the top-1 accuracy of a model.keras on DIR/test (or DIR).")
+    e = sub.add_parser("evaluate", formatter_class=_Formatter, help="top-1 accuracy of a trained model", description="Print JSON with the top-1 accuracy of a model.keras on DIR/test, or on DIR: only the images train "
+                       "held out of DIR (--val-fraction) when the model's split.json lists them.")
     e.add_argument("--model", required=True, help="model.keras written by train")
     e.add_argument("--data", required=True, help="DIR/test/<class>/* or DIR/<class>/*; class names must match the model's")
-    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--batch-size", type=count(1), default=32, help="evaluation batch size")
+    e.add_argument("--all-images", action="store_true", help="score every image of --data, even when the model's "
+                   "split.json lists the ones train held out of it (scored by default)")
     e.set_defaults(func=cmd_evaluate)
 
-    m = sub.add_parser("memory", help="analytic (and measured LiteRT) training memory of the six transfer methods",
-                       description="Print the analytic training memory (parameters + activations, MB = 1e6 B) of every transfer method on a backbone (REFERENCE §4); no model is built unless --measure exports each method's model and measures it with LiteRT.")
-    m.add_argument("--backbone", default="proxylessnas-mobile", help=f"one of: {', '.join(BACKBONE_NAMES)} (default proxylessnas-mobile)")
-    m.add_argument("--resolution", type=int, help="input size in pixels (default: the backbone's)")
-    m.add_argument("--batch-size", type=int, default=8, help="training batch size (default 8, the paper's)")
-    m.add_argument("--num-classes", type=int, default=102, help="classes of the new head (default 102, Flowers)")
+    m = sub.add_parser("memory", formatter_class=_Formatter, help="analytic (and measured LiteRT) training memory of the six transfer methods",
+                       description="Print the analytic training memory (parameters + activations, MB = 1e6 B) of every transfer method on a backbone (TinyTL paper, Cai et al. 2020, Fig. 3 / Table 1); no model is built unless --measure exports each method's model and measures it with LiteRT. As in the paper, every method's network has lite residual branches by default (FT-Last's row then counts their frozen parameters, unlike `train --method ft-last`); --no-lite-for-all gives the networks `train` builds. The paper's table: --backbone proxylessnas-mobile --batch-size 8.")
+    m.add_argument("--backbone", default="mcunet-5fps", help=f"one of: {', '.join(BACKBONE_NAMES)} (default mcunet-5fps, as train)")
+    m.add_argument("--resolution", type=count(1), help="input size in pixels (default: the backbone's)")
+    m.add_argument("--batch-size", type=count(1), default=8, help="training batch size (default 8, the paper's)")
+    m.add_argument("--num-classes", type=count(2), default=102, help="classes of the new head (default 102, Flowers)")
     m.add_argument("--frozen-bits", type=int, default=8, choices=(8, 16, 32), help="bits per frozen parameter (default 8)")
-    m.add_argument("--no-lite-for-all", action="store_true", help="lite residuals only on TinyTL-L/L+B (the paper gives every method them)")
+    m.add_argument("--no-lite-for-all", action="store_true", help="lite residuals only on TinyTL-L/L+B, as `train` builds them (the paper gives every method them)")
     m.add_argument("--json", action="store_true", help="print the rows as JSON")
     m.add_argument("--plot", metavar="OUT.png", help="also write a bar chart of parameter vs activation memory")
     m.add_argument("--methods", nargs="+", metavar="METHOD", help=f"only these methods (default all: {', '.join(METHODS)})")
     m.add_argument("--measure", action="store_true", help="also export each method's model and measure it with LiteRT at batch 1 (static graph peak, process RSS of train and infer)")
     m.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (mobilenet-v1 with --measure)")
-    m.add_argument("--timeout", type=float, default=300, help="seconds each LiteRT measurement process may run (default 300)")
+    m.add_argument("--timeout", type=positive_float, default=300, help="seconds each LiteRT measurement process may run (default 300)")
     m.set_defaults(func=cmd_memory)
 
-    d = sub.add_parser("demo", help="the main job on the embedded Caltech-101 subset",
+    d = sub.add_parser("demo", formatter_class=_Formatter, help="the main job on the embedded Caltech-101 subset",
                        description="Fine-tune mcunet-5fps on the embedded 10-class Caltech-101 subset with TinyTL-L+B and FT-Last and compare.")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    d.add_argument("--epochs", type=int, default=6)
+    d.add_argument("--epochs", type=count(1), default=6, help="training epochs of each method")
     d.set_defaults(func=cmd_demo)
     return p
 
 
+def check_arguments(args):
+    """The cheap checks (no TensorFlow): the files and folders named exist and the outputs are free."""
+    if args.command in ("train", "search") and not getattr(args, "tfds", None):
+        from tinytl_tf.imageio import folder_layout
+
+        folder_layout(args.data)  # at least two class folders, each with an image file; no image decoded
+    if getattr(args, "resolution", None) is not None:
+        check_resolution(args.resolution)
+    if args.command == "train":
+        cliargs.check_output_dir(args.out, args.overwrite, create=False)
+        if args.method not in METHODS:
+            raise ValueError(f"unknown transfer method {args.method!r}; valid: {', '.join(METHODS)}")
+        if args.subnet is None and args.backbone not in BACKBONE_NAMES:
+            raise ValueError(f"unknown backbone {args.backbone!r}; valid: {', '.join(BACKBONE_NAMES)}")
+    if args.command == "evaluate":
+        if not Path(args.model).is_file():
+            raise FileNotFoundError(f"no model file at {args.model}; pass the model.keras written by `train --out`")
+        if not Path(args.data).is_dir():
+            raise FileNotFoundError(f"data folder {args.data} does not exist; expected DIR/test/<class>/<images> or "
+                                    "DIR/<class>/<images>")
+
+
 def main(argv=None):
+    """Run one command; returns the exit status (0, or 2 after an `error:` line for a user mistake)."""
     args = build_parser().parse_args(argv)
     try:
+        check_arguments(args)
+        cliargs.quiet_tensorflow(args.verbose)
         args.func(args)
     except (ValueError, OSError) as e:  # user mistakes: bad paths, data, names, configs
-        if os.environ.get("TINYTL_DEBUG"):
+        if cliargs.debug():
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -25,15 +25,20 @@ OUTPUT_LOSS = "loss"
 OUTPUT_LOGITS = "logits"
 OUTPUT_PROBABILITIES = "probabilities"
 
+# The metadata of `X.tflite` is `X.json` beside it, so several exports can share a folder: `model.json` describes
+# `model.tflite`, the file name the Android app loads.
+MODEL_FILE = "model.tflite"
+METADATA_SUFFIX = ".json"
 METADATA_FILE = "model.json"
 METADATA_FORMAT = "tinytl_tf/model-v1"
 
 
 def model_json_path(tflite_path):
-    """`model.json` lives next to the `.tflite` it describes."""
+    """The metadata file of `tflite_path`: its name with `.tflite` replaced by `.json`, in the same folder."""
     import os
 
-    return os.path.join(os.path.dirname(os.path.abspath(tflite_path)), METADATA_FILE)
+    root, _ = os.path.splitext(os.path.abspath(tflite_path))
+    return root + METADATA_SUFFIX
 
 # A trainable tensor's name in `get_weights` / `set_weights` and in checkpoints: its Keras weight path with "/"
 # replaced by "__" (signature tensor names must be identifiers), e.g. "block_3/depthwise/bias" ->
@@ -51,9 +56,9 @@ def slot_tensor_name(weight_name, slot):
     return f"{weight_name}{WEIGHT_SEPARATOR}{slot}"
 
 
-# model.json (written by export/to_tflite.py next to the .tflite; the device side reads nothing else):
+# X.json (written by export/to_tflite.py next to X.tflite; the device side reads nothing else):
 # {
-#   "format": METADATA_FORMAT, "fingerprint": "<sha256 of the .tflite bytes>", "tflite": "model.tflite",
+#   "format": METADATA_FORMAT, "fingerprint": "<sha256 of the .tflite bytes>", "tflite": "X.tflite",
 #   "backbone": str, "method": str, "num_classes": int, "labels": [str, ...], "batch_size": 1,
 #   "input": {"height": H, "width": W, "channels": 3, "layout": "NHWC", "mean": [3 floats], "std": [3 floats],
 #             "crop_fraction": CROP_FRACTION, "resize": "bilinear"},   # pixels p in [0,255] -> (p - mean) / std

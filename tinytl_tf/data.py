@@ -47,6 +47,7 @@ class ImageData:
     skipped: int = 0
     holdout: Optional[tf.data.Dataset] = None  # `holdout_fraction` of the training images, test-style (fixed order)
     num_holdout: int = 0
+    held_out_files: tuple = ()  # the `test` files split from a flat folder (empty for a test/ folder or tfds)
 
 
 def default_data_dir():
@@ -67,13 +68,14 @@ def load_image_folder(path, resolution, mean, std, batch_size, val_fraction=None
         split.skipped,
         prep.test(_files(split.holdout)) if split.holdout else None,
         len(split.holdout),
+        tuple(f for f, _ in split.test) if split.flat else (),
     )
 
 
-def load_eval_folder(path, resolution, mean, std, batch_size, class_names=()):
+def load_eval_folder(path, resolution, mean, std, batch_size, class_names=(), only=None):
     """`path/test/<class>/` (or `path/<class>/`) as the `test` of an `ImageData` (`train` is None), labelled by
-    a trained model's `class_names`; see `imageio.scan_test_folder`."""
-    split = imageio.scan_test_folder(path, class_names)
+    a trained model's `class_names`, limited to the relative paths `only` if given; see `imageio.scan_test_folder`."""
+    split = imageio.scan_test_folder(path, class_names, only)
     test = _Preprocess(resolution, mean, std, batch_size, encoded=False).test(_files(split.test))
     return ImageData(None, test, split.class_names, 0, len(split.test), split.skipped)
 
@@ -127,6 +129,8 @@ def load_tfds(name, data_dir, resolution, mean, std, batch_size, seed=0):
 
 def _files(pairs):
     paths, labels = zip(*pairs) if pairs else ((), ())
+    # bytes, not str: a file name that is not UTF-8 (surrogate-escaped by Python) would stop tf.constant
+    paths = [os.fsencode(p) for p in paths]
     return tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
 
 

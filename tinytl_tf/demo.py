@@ -44,7 +44,8 @@ def run_demo(out, epochs=6, batch_size=8, verbose=2):
     device_dir = out / "tinytl-lb"
     tflite = device_dir / "model.tflite"
     print(f"\n== export {tflite} (builtin ops only) and train it on-device with LiteRT, batch size 1")
-    meta = export_model(models["tinytl-lb"], tflite, "adam", lr=1e-4, total_steps=rows[-1]["train_examples"])
+    meta = export_model(models["tinytl-lb"], tflite, "adam", lr=1e-4, total_steps=rows[-1]["train_examples"],
+                        overwrite=True)
     print(f"{os.path.getsize(tflite) / 1e6:.2f} MB, {len(meta['ops'])} builtin op types, fingerprint {meta['fingerprint'][:12]}")
     checkpoint = device_dir / "device_checkpoint.npz"
     for stale in (checkpoint, Path(f"{checkpoint}.prev")):

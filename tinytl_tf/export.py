@@ -4,7 +4,7 @@ Signatures (names in `tinytl_tf.contract`): `train(x, y, lr)` does one optimizer
 and returns {loss, logits}; `infer(x)` returns {logits, probabilities}; `get_weights(unused)` / `set_weights(...)`
 move every trainable tensor, optimizer slot and the step counter by name. Frozen weights become constants; only
 TFLite builtin ops are allowed (Flex cannot run from Python and adds ~8 MB to an app), which the gradients of
-`tinytl_tf.ops` make possible. `model.json` beside the file describes all of it for the device side.
+`tinytl_tf.ops` make possible. `X.json` beside `X.tflite` describes all of it for the device side.
 """
 
 import hashlib
@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from tinytl_tf import contract, ops, tflite_model
 from tinytl_tf.atomic import atomic_write
+from tinytl_tf.cliargs import check_export_target
 from tinytl_tf.contract import slot_tensor_name, weight_tensor_name
 from tinytl_tf.layers.common import kernels_read_when_needed
 
@@ -271,20 +272,25 @@ def verify_infer(model, interpreter, n=3, seed=0, tolerance=1e-4):
 
 
 def export_model(model, out, optimizer="adam", lr=1e-3, total_steps=1000, label_smoothing=0.1, schedule="cosine",
-                 allow_flex=False, verify=True, frozen_bits=8):
-    """Write `out` (.tflite) and model.json beside it; returns the metadata dict."""
+                 allow_flex=False, verify=True, frozen_bits=8, overwrite=False, progress=None):
+    """Write `out` (X.tflite) and its metadata X.json beside it; returns the metadata dict.
+
+    An existing `out` or X.json is refused unless `overwrite`. `progress(stage)`, when given, is called before
+    each slow stage (converting, checking, writing).
+    """
     from ai_edge_litert.interpreter import Interpreter
 
-    out = Path(out)
-    if out.suffix != ".tflite":
-        raise ValueError(f"--out must name a .tflite file, got {out}")
+    out, meta_path = check_export_target(out, overwrite)
+    progress = progress or (lambda stage: None)
     out.parent.mkdir(parents=True, exist_ok=True)
     module = TrainingModule(model, optimizer, lr, total_steps, label_smoothing, schedule)
+    progress("converting to TFLite (builtin ops only)")
     data = convert(module, allow_flex, frozen_bits)
     if not allow_flex:
         check_builtins_only(data)
     interpreter = Interpreter(model_content=data)
     if verify:
+        progress("checking LiteRT infer against Keras")
         verify_infer(model, interpreter, tolerance=VERIFY_TOLERANCE[frozen_bits])
     cfg = model.net_config
     meta = {
@@ -300,6 +306,7 @@ def export_model(model, out, optimizer="adam", lr=1e-3, total_steps=1000, label_
                       "label_smoothing": label_smoothing, **(ADAM if optimizer == "adam" else {})},
         "ops": tflite_model.op_names(tflite_model.read(data)),
     }
+    progress(f"writing {out} and {meta_path.name}")
     atomic_write(out, lambda p: Path(p).write_bytes(data))
-    atomic_write(contract.model_json_path(out), lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+    atomic_write(meta_path, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
     return meta

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 DEFAULT_VAL_FRACTION = 0.2
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels show white, as in an image viewer
+MAX_RESIZED_ASPECT = 8  # eval_transform resizes only the centre of images more elongated than this
 LAYOUT_HELP = "expected DIR/<class>/<images> or DIR/train/<class>/<images> plus DIR/test/<class>/<images>"
 
 
@@ -64,12 +65,18 @@ def load_rgb(source):
 
 
 def eval_transform(image, size):
-    """Resize (bilinear) so the shorter side is round(size / CROP_FRACTION), then take the centre size x size."""
+    """Resize (bilinear) so the shorter side is round(size / CROP_FRACTION), then take the centre size x size.
+
+    Beyond MAX_RESIZED_ASPECT only the centre is resized (Pillow's `box`): a 1 x 20000 strip, whole, would take GBs.
+    """
     h, w = image.shape[:2]
     short = round(size / CROP_FRACTION)
     new_w, new_h = (short, max(short, round(h * short / w))) if w <= h else (max(short, round(w * short / h)), short)
-    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
     top, left = (new_h - size) // 2, (new_w - size) // 2
+    if max(new_w, new_h) > MAX_RESIZED_ASPECT * short:
+        box = (left * w / new_w, top * h / new_h, (left + size) * w / new_w, (top + size) * h / new_h)
+        return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, box=box))
+    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
     return np.ascontiguousarray(resized[top : top + size, left : left + size])
 
 
@@ -114,6 +121,7 @@ class FolderSplit:
     test: tuple
     skipped: int  # image files that could not be read and were left out
     holdout: tuple = ()  # carved from the training images (`holdout_fraction`): for choosing hyper-parameters
+    flat: bool = False  # `test` was split from a flat root/<class>/ tree (no test/ folder)
 
 
 def scan_image_folder(root, val_fraction=None, seed=0, holdout_fraction=None):
@@ -130,25 +138,11 @@ def scan_image_folder(root, val_fraction=None, seed=0, holdout_fraction=None):
     a validation split for choosing learning rates or sub-nets without touching the test images.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist; {LAYOUT_HELP}")
-    if (root / "train").is_dir():
-        held_out = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
-        if held_out is None:
-            raise DataError(f"{root} has train/ but no test/ (or val/) folder next to it; {LAYOUT_HELP}")
-        train, test = _class_files(root / "train"), _class_files(held_out)
-        if set(train) != set(test):
-            raise DataError(
-                f"train/ and {held_out.name}/ under {root} have different class folders: "
-                f"only in train/: {sorted(set(train) - set(test))}, only in {held_out.name}/: {sorted(set(test) - set(train))}; "
-                "both need the same class folders"
-            )
-        parts = [train, test]
-    else:
+    parts = folder_layout(root)
+    if len(parts) == 1:
         val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
         if not 0 < val_fraction < 1:
             raise DataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}")
-        parts = [_class_files(root)]
 
     parts, skipped = _drop_unreadable(root, parts)
     class_names = tuple(sorted(parts[0]))
@@ -162,14 +156,48 @@ def scan_image_folder(root, val_fraction=None, seed=0, holdout_fraction=None):
     def pairs(part):
         return tuple((f, i) for i, c in enumerate(class_names) for f in part[c])
 
-    return FolderSplit(class_names, pairs(train), pairs(test), skipped, pairs(holdout))
+    return FolderSplit(class_names, pairs(train), pairs(test), skipped, pairs(holdout), flat=len(parts) == 1)
+
+
+def folder_layout(root):
+    """The cheap half of `scan_image_folder`, no image decoded: [{class: files}] of `root/train` and its test/
+    (or val/), or of a flat `root`; DataError unless there are at least two classes, each with an image file."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist; {LAYOUT_HELP}")
+    if not (root / "train").is_dir():
+        return [_class_files(root)]
+    held_out = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
+    if held_out is None:
+        raise DataError(f"{root} has train/ but no test/ (or val/) folder next to it; {LAYOUT_HELP}")
+    train, test = _class_files(root / "train"), _class_files(held_out)
+    if set(train) != set(test):
+        raise DataError(
+            f"train/ and {held_out.name}/ under {root} have different class folders: "
+            f"only in train/: {sorted(set(train) - set(test))}, only in {held_out.name}/: {sorted(set(test) - set(train))}; "
+            "both need the same class folders"
+        )
+    return [train, test]
+
+
+def count_train_images(root, val_fraction=None):
+    """How many image files `scan_image_folder` would train on (unreadable ones included), without decoding any."""
+    parts = folder_layout(root)
+    if len(parts) == 2:
+        return sum(len(f) for f in parts[0].values())
+    fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+    return sum(len(f) - _moved_count(len(f), fraction) for f in parts[0].values())
+
+
+def _moved_count(n, fraction):
+    return min(n - 1, max(1, round(n * fraction)))
 
 
 def _stratified_split(files_by_class, fraction, seed):
     """({class: kept files}, {class: `fraction` of them, at least one when the class has two or more})."""
     kept, moved = {}, {}
     for c, files in files_by_class.items():
-        n_moved = min(len(files) - 1, max(1, round(len(files) * fraction)))
+        n_moved = _moved_count(len(files), fraction)
         is_moved = np.zeros(len(files), bool)
         is_moved[np.random.default_rng([seed, zlib.crc32(c.encode())]).permutation(len(files))[:n_moved]] = True
         kept[c] = [f for f, m in zip(files, is_moved) if not m]
@@ -177,14 +205,21 @@ def _stratified_split(files_by_class, fraction, seed):
     return kept, moved
 
 
-def scan_test_folder(root, class_names=()):
+def scan_test_folder(root, class_names=(), only=None):
     """The images of `root/test/<class>/` (or, without test/, `root/<class>/`), all as test, for evaluating a
     trained model: labels index `class_names` (the model's; empty: the sorted folder names), and a class folder
-    the model does not know is a DataError. Unreadable files are dropped and counted as in `scan_image_folder`."""
+    the model does not know is a DataError. Unreadable files are dropped and counted as in `scan_image_folder`.
+    `only`: keep just these paths (relative to `root`), e.g. the images a split held out of a flat tree."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; expected DIR/test/<class>/<images> or DIR/<class>/<images>")
-    files = _class_files(root / "test" if (root / "test").is_dir() else root)
+    files = _class_files(root / "test" if (root / "test").is_dir() else root, min_classes=1)
+    if only is not None:
+        keep = {os.path.normpath(p) for p in only}
+        files = {c: [p for p in f if os.path.normpath(os.path.relpath(p, root)) in keep] for c, f in files.items()}
+        files = {c: f for c, f in files.items() if f}
+        if not files:
+            raise DataError(f"none of the {len(keep)} held-out images recorded for this model are under {root}")
     class_names = tuple(class_names) or tuple(sorted(files))
     unknown = sorted(set(files) - set(class_names))
     if unknown:
@@ -194,11 +229,15 @@ def scan_test_folder(root, class_names=()):
     return FolderSplit(class_names, (), test, skipped)
 
 
-def _class_files(folder):
-    """{class name: sorted image paths} for the class sub-folders of `folder`; DataError if any is empty."""
+def _class_files(folder, min_classes=2):
+    """{class name: sorted image paths} for the class sub-folders of `folder`; DataError if any is empty or, for
+    training (`min_classes` 2), there is only one (a one-class classifier is always right and learns nothing)."""
     classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"{folder} has no class sub-folders; {LAYOUT_HELP}")
+    if len(classes) < min_classes:
+        raise DataError(f"{folder} has only one class folder ({classes[0].name}); a classifier needs at least two "
+                        f"classes; {LAYOUT_HELP}")
     files = {}
     for d in classes:
         files[d.name] = sorted(

@@ -3,6 +3,8 @@ optionally across local devices with `tf.distribute.MirroredStrategy`."""
 
 import contextlib
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -13,9 +15,12 @@ import tensorflow as tf
 from tinytl_tf import ops
 from tinytl_tf.atomic import atomic_write
 from tinytl_tf.backbones import count_params, load_backbone
+from tinytl_tf.cliargs import CURVE_FILE, SPLIT_FILE, check_output_dir
+from tinytl_tf.methods import default_lr
 from tinytl_tf.transfer import check_method, prepare_transfer
 
 STRATEGIES = ("none", "mirrored")
+STALE_EXPORTS = ("model.tflite", "model.json")  # exported from a model.keras that --overwrite replaces
 
 
 @keras.saving.register_keras_serializable(package="tinytl_tf")
@@ -79,15 +84,27 @@ def accuracy(model, dataset):
     return correct / max(1, total)
 
 
-def check_output_dir(out, overwrite):
-    out = Path(out)
-    if (out / "model.keras").exists() and not overwrite:
-        raise FileExistsError(f"{out / 'model.keras'} already exists; pass --overwrite to replace it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def plot_history(history, path):
+    """Loss and accuracy per epoch, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = range(1, len(history["loss"]) + 1)
+    fig, (loss, acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    loss.plot(epochs, history["loss"], marker="o")
+    loss.set(xlabel="epoch", ylabel="training loss")
+    acc.plot(epochs, history["accuracy"], marker="o")
+    acc.set(xlabel="epoch", ylabel="training accuracy", ylim=(0, 1))
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    finally:
+        plt.close(fig)
 
 
-def train_job(data, backbone, method, out, resolution=None, epochs=10, batch_size=8, lr=1e-3, label_smoothing=0.1,
+def train_job(data, backbone, method, out, resolution=None, epochs=10, batch_size=8, lr=None, label_smoothing=0.1,
               dropout=0.2, strategy="none", weights_dir=None, overwrite=False, verbose=1, load_data=None,
               make_model=None):
     """The `train` command: backbone -> transfer method -> fit -> OUT/model.keras + OUT/metrics.json.
@@ -95,8 +112,12 @@ def train_job(data, backbone, method, out, resolution=None, epochs=10, batch_siz
     `load_data(resolution, mean, std, batch_size)` returns an ImageData; `data` names it in the metrics.
     `make_model()`, when given, returns the network to train in place of `backbone` + `method`: one that already
     has its head, labels and trainable set (a searched sub-net, `train --subnet`); its config names it.
+    `lr` None: the method's default (`methods.DEFAULT_LR`). A flat folder's held-out images are listed in
+    OUT/split.json for `evaluate`; `overwrite` also removes a model.tflite / model.json exported from the old model.
     """
     check_method(method)
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     out = check_output_dir(out, overwrite)
     scope, replicas = distribution_scope(strategy)
     with scope:
@@ -110,6 +131,7 @@ def train_job(data, backbone, method, out, resolution=None, epochs=10, batch_siz
             if cfg.labels != tuple(images.class_names):
                 raise ValueError(f"the data's classes {list(images.class_names)} differ from the network's "
                                  f"{list(cfg.labels)}; train it on the data it was searched on")
+        lr = default_lr(method) if lr is None else lr
         start = time.time()
         history = fit(model, images.train, epochs, lr, label_smoothing, verbose)
     seconds = time.time() - start
@@ -121,10 +143,36 @@ def train_job(data, backbone, method, out, resolution=None, epochs=10, batch_siz
         "train_accuracy": float(history.history["accuracy"][-1]), "test_accuracy": accuracy(model, images.test),
         "train_examples": images.num_train, "test_examples": images.num_test, "skipped_images": images.skipped,
         "train_seconds": round(seconds, 1), "data": str(data),
+        "history": {"loss": [float(v) for v in history.history["loss"]],
+                    "accuracy": [float(v) for v in history.history["accuracy"]]},
     }
+    for name in STALE_EXPORTS:
+        if (out / name).exists():
+            os.remove(out / name)
+            print(f"removed {out / name}, exported from the model.keras this run replaces", file=sys.stderr)
+    if images.held_out_files:
+        split = {"data": str(Path(data).resolve()), "test": [os.path.relpath(f, data) for f in images.held_out_files]}
+        atomic_write(out / SPLIT_FILE, lambda p: Path(p).write_text(json.dumps(split, indent=1)))
+    elif (out / SPLIT_FILE).exists():
+        os.remove(out / SPLIT_FILE)  # another run's split: this model's test images are a test/ folder
     atomic_write(out / "model.keras", model.save)
     atomic_write(out / "metrics.json", lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
+    plot_history(metrics["history"], out / CURVE_FILE)
     return model, metrics
+
+
+def held_out_files(model_path, data):
+    """The relative paths `train` held out of `data` for the model at `model_path` (its split.json), or None
+    when the model was not trained on a split of this folder."""
+    path = Path(model_path).parent / SPLIT_FILE
+    try:
+        split = json.loads(path.read_text())
+        recorded, files = Path(split["data"]), split["test"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if recorded != Path(data).resolve() or not isinstance(files, list):
+        return None
+    return files
 
 
 def load_trained(path):

@@ -10,32 +10,10 @@ import logging
 import os
 import sys
 
+from tinytl_tf.cliargs import count, positive_float
 from tinytl_tf.ondevice.checkpoint import PAUSE_ENV
 from tinytl_tf.ondevice.evaluation import evaluate_folder, predict_images
 from tinytl_tf.ondevice.folder_training import train_folder
-
-
-def _count(minimum):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
 
 
 def cmd_train(args):
@@ -55,9 +33,9 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m tinytl_tf.ondevice",
         description="Train, evaluate and run a tinytl_tf .tflite on a device with LiteRT only (no TensorFlow). "
-                    "The model.json exported with the .tflite must lie beside it.")
+                    "The X.json exported with X.tflite must lie beside it.")
     sub = p.add_subparsers(dest="command", required=True)
-    model_help = "model.tflite exported by tinytl_tf (model.json beside it)"
+    model_help = "X.tflite exported by tinytl_tf (X.json beside it)"
 
     t = sub.add_parser("train", help="train on a class-per-folder image tree, one image per step, resumable",
                        description="Stream DIR's train split through the model's train signature (batch size 1), "
@@ -66,13 +44,13 @@ def build_parser():
     t.add_argument("--model", required=True, metavar="M.tflite", help=model_help)
     t.add_argument("--data", required=True, metavar="DIR", help="DIR/train/<class>/* (+ DIR/test/<class>/*) or DIR/<class>/* (split "
                                                   "by --seed); class folders must be the model's labels")
-    t.add_argument("--epochs", required=True, type=_count(1), metavar="E", help="train until this many epochs are complete")
+    t.add_argument("--epochs", required=True, type=count(1), metavar="E", help="train until this many epochs are complete")
     t.add_argument("--checkpoint", required=True, metavar="CK.npz", help="CK.npz to write and resume from (CK.npz.prev keeps the one before)")
-    t.add_argument("--seed", type=_count(0), default=0, metavar="S", help="seed of the split, order and augmentation (default 0)")
-    t.add_argument("--lr", type=_positive_float, metavar="LR", help="fixed learning rate (default: the schedule built into the model)")
+    t.add_argument("--seed", type=count(0), default=0, metavar="S", help="seed of the split, order and augmentation (default 0)")
+    t.add_argument("--lr", type=positive_float, metavar="LR", help="fixed learning rate (default: the schedule built into the model)")
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="random-resized crop + flip (default), or the evaluation crop with --no-augment")
-    t.add_argument("--checkpoint-every", type=_count(0), default=0, metavar="N",
+    t.add_argument("--checkpoint-every", type=count(0), default=0, metavar="N",
                    help=f"also checkpoint every N steps (default 0: after epochs only). For crash tests, ${PAUSE_ENV} "
                         "pauses each checkpoint write between its temp file and the rename")
     t.set_defaults(func=cmd_train)
@@ -88,7 +66,7 @@ def build_parser():
                                                                            "probabilities of each image.")
     r.add_argument("--model", required=True, metavar="M.tflite", help=model_help)
     r.add_argument("--checkpoint", metavar="CK.npz", help="weights from this CK.npz (default: the weights in the .tflite)")
-    r.add_argument("--top-k", type=_count(1), default=3, metavar="K", help="labels per image (default 3)")
+    r.add_argument("--top-k", type=count(1), default=3, metavar="K", help="labels per image (default 3)")
     r.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format and size Pillow reads)")
     r.set_defaults(func=cmd_predict)
     return p

@@ -1,4 +1,6 @@
-"""A `.tflite` exported by tinytl_tf, loaded with LiteRT and checked against its `model.json` before anything runs.
+"""A `.tflite` exported by tinytl_tf, loaded with LiteRT and checked against its metadata before anything runs.
+
+The metadata of `X.tflite` is `X.json` beside it (`model.json` for `model.tflite`; `contract.model_json_path`).
 
 A device must not train a model it misunderstands: a wrong label order or input size would silently train garbage.
 So `DeviceModel` refuses, naming what is missing or different, a file that is not a TFLite flatbuffer, has no
@@ -48,7 +50,8 @@ class DeviceModel:
         if self.meta["fingerprint"] != self.fingerprint:
             raise ModelError(f"{contract.model_json_path(self.path)} describes another file: its fingerprint is "
                              f"{self.meta['fingerprint']!r} but {self.path} has sha256 {self.fingerprint}; "
-                             "copy the model.json exported with this .tflite next to it")
+                             f"copy the {os.path.basename(contract.model_json_path(self.path))} exported with this "
+                             ".tflite next to it")
         try:
             self.interpreter = Interpreter(model_content=data)  # the bytes just hashed, not a second read
         except (ValueError, RuntimeError) as e:
@@ -111,8 +114,8 @@ def _read_tflite(path):
 def _read_metadata(tflite_path):
     path = contract.model_json_path(tflite_path)
     if not os.path.exists(path):
-        raise ModelError(f"{tflite_path} has no {contract.METADATA_FILE} beside it ({path}): it is not a model "
-                         "exported by tinytl_tf, or the model.json was not copied with it")
+        raise ModelError(f"{tflite_path} has no {os.path.basename(path)} beside it ({path}): it is not a model "
+                         "exported by tinytl_tf, or its metadata file was not copied with it")
     try:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
