@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tinytl_tf import cliargs  # noqa: E402
 from tinytl_tf.cliargs import check_export_target, count, debug, positive_float, quiet_tensorflow, unit_interval  # noqa: E402
 
 
@@ -38,7 +39,7 @@ def total_steps(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=type(
+    p = cliargs.ArgumentParser(description=__doc__, formatter_class=type(
         "Formatter", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {}))
     p.add_argument("--model", required=True, help="model.keras written by `python -m tinytl_tf train`")
     p.add_argument("--out", required=True, help="the X.tflite to write; X.json is written beside it")

@@ -1,6 +1,6 @@
-"""Caltech-101: the shared tarballs -> the `train/<class>/`, `test/<class>/` tree `tinytl_tf.data` reads.
+"""Caltech-101: its tarballs -> the `train/<class>/`, `test/<class>/` tree `tinytl_tf.data` reads.
 
-    python -m tinytl_tf.caltech prepare ../shared/assets/data OUT      # 101 classes, official split
+    python -m tinytl_tf.caltech prepare TARBALL_DIR OUT                # 101 classes, official split
     python -m tinytl_tf.caltech subset OUT tinytl_tf/assets/caltech10  # the embedded subset (run once)
 
 The tarballs (`caltech101_part1.tar`, `caltech101_part2.tar`) together hold `caltech101/101_ObjectCategories/
@@ -8,10 +8,10 @@ The tarballs (`caltech101_part1.tar`, `caltech101_part2.tar`) together hold `cal
 BACKGROUND_Google is a clutter folder, not a class, and is dropped. TF-free.
 """
 
-import argparse
 import json
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 import zlib
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tinytl_tf import cliargs
 from tinytl_tf.imageio import DataError
 
 DROPPED_CLASS = "BACKGROUND_Google"
@@ -107,7 +108,8 @@ def _caltech_root(source, scratch):
                 return candidate
         tars = sorted(source.glob("*.tar")) if source.is_dir() else [source]
     if not tars or not all(t.is_file() for t in tars):
-        raise DataError(f"no Caltech-101 tarballs or extracted folder at {source}; expected caltech101_part1.tar and caltech101_part2.tar")
+        raise DataError(f"no Caltech-101 tarballs or extracted folder at {source}; expected caltech101_part1.tar and "
+                        "caltech101_part2.tar (see the README's \"Data and weights\" for where they come from)")
     for t in tars:
         with tarfile.open(t) as archive:
             archive.extractall(scratch, filter="data")
@@ -142,7 +144,7 @@ def _save_small(src, dst, short_side, quality):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tinytl_tf.caltech", description=__doc__.split("\n")[0])
+    parser = cliargs.ArgumentParser(prog="python -m tinytl_tf.caltech", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="tarballs (or their folder) -> OUT/train, OUT/test")
     p.add_argument("source", nargs="+", help="folder with the tarballs, the tar files, or an extracted folder")
@@ -151,15 +153,22 @@ def main(argv=None):
     s.add_argument("prepared")
     s.add_argument("out")
     s.add_argument("--classes", nargs="+", default=list(CALTECH10_CLASSES))
-    s.add_argument("--n-train", type=int, default=30)
-    s.add_argument("--n-test", type=int, default=10)
-    s.add_argument("--short-side", type=int, default=112)
+    s.add_argument("--n-train", type=cliargs.count(1), default=30)
+    s.add_argument("--n-test", type=cliargs.count(1), default=10)
+    s.add_argument("--short-side", type=cliargs.count(1), default=112)
     args = parser.parse_args(argv)
-    if args.command == "prepare":
-        print(prepare_caltech101(args.source if len(args.source) > 1 else args.source[0], args.out))
-    else:
-        print(make_subset(args.prepared, args.out, args.classes, args.n_train, args.n_test, args.short_side))
+    try:
+        if args.command == "prepare":
+            print(prepare_caltech101(args.source if len(args.source) > 1 else args.source[0], args.out))
+        else:
+            print(make_subset(args.prepared, args.out, args.classes, args.n_train, args.n_test, args.short_side))
+    except (DataError, OSError, tarfile.TarError) as e:
+        if cliargs.debug():
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

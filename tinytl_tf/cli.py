@@ -44,7 +44,7 @@ def cmd_train(args):
                                args.batch_size, args.lr, args.label_smoothing, args.dropout, args.strategy,
                                args.weights_dir, args.overwrite, verbose=1, load_data=_data_loader(args),
                                make_model=make_model)
-    print(json.dumps(metrics, indent=2))
+    print(json.dumps(cliargs.json_safe(metrics), indent=2, allow_nan=False))
 
 
 def cmd_search(args):
@@ -132,7 +132,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="tinytl", description="TinyTL: memory-efficient on-device transfer learning for Keras and LiteRT.",
+    p = cliargs.ArgumentParser(prog="tinytl", description="TinyTL: memory-efficient on-device transfer learning for Keras and LiteRT.",
                                 formatter_class=_Formatter)
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++/absl log (also: TINYTL_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)

@@ -3,6 +3,7 @@ TensorFlow start. Every user mistake is answered here, before TensorFlow's secon
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,13 @@ DEBUG_ENV = "TINYTL_DEBUG"
 SPLIT_FILE = "split.json"  # beside model.keras: the images a flat folder's split held out, for `evaluate`
 CURVE_FILE = "training_curve.png"
 TRAIN_OUTPUTS = ("model.keras", "metrics.json", SPLIT_FILE, CURVE_FILE)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (`error: ...` and where to look, exit 2) instead of usage + error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def count(minimum):
@@ -56,6 +64,17 @@ def unit_interval(text):
     value = _number(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
+    return value
+
+
+def json_safe(value):
+    """`value` with every NaN or infinite float replaced by None: `json.dumps` would write bare NaN, not JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
     return value
 
 

@@ -69,5 +69,18 @@ def slot_tensor_name(weight_name, slot):
 #                 "beta_1": float, "beta_2": float, "epsilon": float, "label_smoothing": float},
 #   "ops": [builtin op names in the model]
 # }
+#   "integrity": metadata_integrity(this dict)
 METADATA_KEYS = ("format", "fingerprint", "tflite", "backbone", "method", "num_classes", "labels", "batch_size",
-                 "input", "signatures", "weights", "optimizer", "ops")
+                 "input", "signatures", "weights", "optimizer", "ops", "integrity")
+# What the model's outputs mean besides its bytes: a label order, input size or normalization edited in the JSON
+# would train and predict garbage silently, so `integrity` hashes them together with the file's fingerprint.
+INTEGRITY_KEYS = ("fingerprint", "num_classes", "labels", "input")
+
+
+def metadata_integrity(meta):
+    """sha256 of the canonical JSON of `meta`'s INTEGRITY_KEYS."""
+    import hashlib
+    import json
+
+    canonical = json.dumps({k: meta[k] for k in INTEGRITY_KEYS}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

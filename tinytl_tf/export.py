@@ -306,6 +306,7 @@ def export_model(model, out, optimizer="adam", lr=1e-3, total_steps=1000, label_
                       "label_smoothing": label_smoothing, **(ADAM if optimizer == "adam" else {})},
         "ops": tflite_model.op_names(tflite_model.read(data)),
     }
+    meta["integrity"] = contract.metadata_integrity(meta)
     progress(f"writing {out} and {meta_path.name}")
     atomic_write(out, lambda p: Path(p).write_bytes(data))
     atomic_write(meta_path, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))

@@ -15,7 +15,7 @@ import tensorflow as tf
 from tinytl_tf import ops
 from tinytl_tf.atomic import atomic_write
 from tinytl_tf.backbones import count_params, load_backbone
-from tinytl_tf.cliargs import CURVE_FILE, SPLIT_FILE, check_output_dir
+from tinytl_tf.cliargs import CURVE_FILE, SPLIT_FILE, check_output_dir, json_safe
 from tinytl_tf.methods import default_lr
 from tinytl_tf.transfer import check_method, prepare_transfer
 
@@ -156,7 +156,7 @@ def train_job(data, backbone, method, out, resolution=None, epochs=10, batch_siz
     elif (out / SPLIT_FILE).exists():
         os.remove(out / SPLIT_FILE)  # another run's split: this model's test images are a test/ folder
     atomic_write(out / "model.keras", model.save)
-    atomic_write(out / "metrics.json", lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
+    atomic_write(out / "metrics.json", lambda p: Path(p).write_text(json.dumps(json_safe(metrics), indent=2)))
     plot_history(metrics["history"], out / CURVE_FILE)
     return model, metrics
 

@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,6 +129,7 @@ class CheckpointStore:
         os.replace(link, self.prev)
 
     def _read(self, path):
+        self._check_is_checkpoint(path)
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z[META_KEY][()]))
@@ -144,6 +146,25 @@ class CheckpointStore:
         if problem:
             raise _Corrupt(f"checkpoint {path} is corrupt: {problem}")
         return Checkpoint(weights, meta["state"], path)
+
+    @staticmethod
+    def _check_is_checkpoint(path):
+        """CheckpointError for a file that was never a checkpoint (another program's file, a model.keras): it is
+        not damaged, so it is neither replaced nor worth a fallback; a damaged zip is left to `_read`."""
+        leave = "it was left untouched: pass the CK.npz that `train` writes (or a new path to start a run)"
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as f:
+                if f.read(2) == b"PK":
+                    return  # the start of a zip archive: a truncated checkpoint
+            raise CheckpointError(f"{path} is not a checkpoint (not an .npz archive); {leave}")
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return
+        if f"{META_KEY}.npy" not in names:
+            raise CheckpointError(f"{path} is not a checkpoint (an archive without '{META_KEY}': a model.keras, for "
+                                  f"one, is a trained model, not a checkpoint); {leave}")
 
     def _temp_prefix(self):
         return f".{os.path.basename(self.path)}."

@@ -10,10 +10,11 @@ import logging
 import os
 import sys
 
+from tinytl_tf import cliargs
 from tinytl_tf.cliargs import count, positive_float
 from tinytl_tf.ondevice.checkpoint import PAUSE_ENV
 from tinytl_tf.ondevice.evaluation import evaluate_folder, predict_images
-from tinytl_tf.ondevice.folder_training import train_folder
+from tinytl_tf.ondevice.folder_training import TrainingDiverged, train_folder
 
 
 def cmd_train(args):
@@ -30,7 +31,7 @@ def cmd_predict(args):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = cliargs.ArgumentParser(
         prog="python -m tinytl_tf.ondevice",
         description="Train, evaluate and run a tinytl_tf .tflite on a device with LiteRT only (no TensorFlow). "
                     "The X.json exported with X.tflite must lie beside it.")
@@ -85,10 +86,13 @@ def main(argv=None):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same train command to resume from the last checkpoint", file=sys.stderr)
         return 130
     finally:
         logger.removeHandler(warnings)
-    print(json.dumps(result))
+    print(json.dumps(cliargs.json_safe(result), allow_nan=False))
     return 0

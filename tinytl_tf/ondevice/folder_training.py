@@ -7,11 +7,12 @@ therefore only needs the weights (with optimizer slots and step counter) and the
 for a resumed run to compute exactly what an uninterrupted one would.
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -21,6 +22,16 @@ from tinytl_tf.ondevice.model import DeviceModel
 from tinytl_tf.ondevice.trainer import Trainer
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress line updates
+# A run is refused its checkpoint when it rolled back more than this share of its steps, or when the mean loss of
+# its latest LOSS_WINDOW steps exceeds DIVERGED_FACTOR x that of its first ones plus DIVERGED_MARGIN (nats): a
+# learning rate that is too large but overflows nothing would otherwise replace good weights with ruined ones.
+MAX_ROLLED_BACK_SHARE = 0.5
+LOSS_WINDOW = 20
+DIVERGED_FACTOR, DIVERGED_MARGIN = 2.0, 0.5
+
+
+class TrainingDiverged(RuntimeError):
+    """The run got worse instead of better; its weights were not saved."""
 
 
 def epoch_order(seed, epoch, n):
@@ -86,11 +97,33 @@ def train_folder(model_path, data, epochs, checkpoint, seed=0, lr=0.0, augment=T
     """
     if epochs < 1 or checkpoint_every < 0 or seed < 0:
         raise ValueError(f"need epochs >= 1, checkpoint_every >= 0 and seed >= 0 (got {epochs}, {checkpoint_every}, {seed})")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(checkpoint))):
-        raise CheckpointError(f"the folder of checkpoint {checkpoint} does not exist")
     model = DeviceModel(model_path)
     trainer = Trainer(model)
     store = CheckpointStore(checkpoint, model)
+    os.makedirs(os.path.dirname(store.path), exist_ok=True)
+    with _exclusive(store.path):
+        return _train(model, trainer, store, data, epochs, seed, lr, augment, checkpoint_every, progress)
+
+
+@contextlib.contextmanager
+def _exclusive(checkpoint):
+    """Hold an exclusive lock on `<checkpoint>.lock`: a second trainer on the same checkpoint would delete the
+    first one's temp files or silently lose its work. The lock file stays (removing it would race)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(f"{checkpoint}.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckpointError(f"checkpoint {checkpoint} is in use by another training run (it holds "
+                                  f"{checkpoint}.lock); wait for it to finish or pass another --checkpoint") from None
+        yield
+
+
+def _train(model, trainer, store, data, epochs, seed, lr, augment, checkpoint_every, progress):
     saved = store.load()  # before scanning the images: a foreign or broken checkpoint fails fast
     split = imageio.scan_image_folder(data, seed=seed)
     examples = _examples(split, model.labels, data)
@@ -100,10 +133,21 @@ def train_folder(model_path, data, epochs, checkpoint, seed=0, lr=0.0, augment=T
         state = _resumed_state(saved, state)
         trainer.set_weights(saved.weights)
         resumed = {"checkpoint": saved.source, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch}
+        if state.epoch >= epochs and progress is not None:
+            progress.write(f"checkpoint {saved.source} has already completed {state.epoch} epochs (--epochs "
+                           f"{epochs}): nothing to train; pass a larger --epochs to continue\n")
     store.remove_leftovers()
 
-    n, meter = len(examples), _Progress(progress, epochs, len(examples))
+    n, meter, health = len(examples), _Progress(progress, epochs, len(examples)), _Health(state.rolled_back)
     start, steps = time.monotonic(), 0
+
+    def save():
+        problem = health.problem(state)
+        if problem:
+            raise TrainingDiverged(f"training got worse ({problem}), so {store.path} was not replaced; train again "
+                                   "with a smaller --lr")
+        store.save(trainer.weights, asdict(state))
+
     for epoch in range(state.epoch, epochs):
         order = epoch_order(seed, epoch, n)
         for i in range(state.step_in_epoch, n):
@@ -111,14 +155,16 @@ def train_folder(model_path, data, epochs, checkpoint, seed=0, lr=0.0, augment=T
             image = imageio.load_rgb(path)
             x = (model.preprocessing.train_tensor(image, item_rng(seed, epoch, i)) if augment
                  else model.preprocessing.eval_tensor(image))
-            state.record(trainer.train_step(x, label, lr), label)
+            result = trainer.train_step(x, label, lr)
+            state.record(result, label)
+            health.record(result)
             steps += 1
             if checkpoint_every and state.global_steps % checkpoint_every == 0 and state.step_in_epoch < n:
-                store.save(trainer.weights, asdict(state))
+                save()
             meter.show(state, steps / max(time.monotonic() - start, 1e-6))
         state.end_epoch()
-        store.save(trainer.weights, asdict(state))
         meter.end_line()
+        save()
     seconds = time.monotonic() - start
     last = state.history[-1] if state.history else {}
     return {"epochs": state.epoch, "global_steps": state.global_steps, "train_examples": n, "skipped": split.skipped,
@@ -143,12 +189,44 @@ def _data_id(examples, labels, data):
     return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
 
 
+class _Health:
+    """This run's rolled-back steps and first and latest losses, for refusing to save a run that diverged."""
+
+    def __init__(self, rolled_back_before):
+        self.before, self.steps, self.first, self.latest = rolled_back_before, 0, [], []
+
+    def record(self, result):
+        self.steps += 1
+        if not result.rolled_back:
+            (self.first if len(self.first) < LOSS_WINDOW else self.latest).append(result.loss)
+            self.latest = self.latest[-LOSS_WINDOW:]
+
+    def problem(self, state):
+        """Why the weights must not be saved, or None."""
+        rolled_back = state.rolled_back - self.before
+        if self.steps and rolled_back > MAX_ROLLED_BACK_SHARE * self.steps:
+            return f"{rolled_back} of its {self.steps} steps were rolled back for non-finite values"
+        if self.first and self.latest:
+            start, end = float(np.mean(self.first)), float(np.mean(self.latest))
+            if not end <= DIVERGED_FACTOR * start + DIVERGED_MARGIN:
+                return f"the loss rose from {start:.4g} to {end:.4g}"
+        return None
+
+
+_STATE_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,), list: (list,)}
+
+
 def _resumed_state(saved, fresh):
     """The checkpoint's RunState, refused when it is another run's (seed, augmentation or images differ)."""
     try:
         state = RunState(**saved.state)
     except TypeError as e:
         raise CheckpointError(f"checkpoint {saved.source} has an unknown state layout ({e})") from None
+    for f in fields(RunState):
+        value, wanted = getattr(state, f.name), _STATE_TYPES[f.type]
+        if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
+            raise CheckpointError(f"checkpoint {saved.source} is malformed: its state field '{f.name}' is "
+                                  f"{type(value).__name__} {value!r}, not {wanted[-1].__name__}; pass another --checkpoint")
     differences = [f"{key}: checkpoint {getattr(state, key)!r}, now {getattr(fresh, key)!r}"
                    for key in ("seed", "augment", "train_examples", "data") if getattr(state, key) != getattr(fresh, key)]
     if differences:

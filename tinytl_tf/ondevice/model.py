@@ -121,12 +121,21 @@ def _read_metadata(tflite_path):
             meta = json.load(f)
     except (OSError, ValueError) as e:
         raise ModelError(f"{path} is not readable JSON ({e})") from None
+    except RecursionError:
+        raise ModelError(f"{path} is nested too deeply to be a model's metadata") from None
     if not isinstance(meta, dict) or meta.get("format") != contract.METADATA_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ModelError(f"{path} has format {found!r}, expected {contract.METADATA_FORMAT!r}")
     missing = [k for k in contract.METADATA_KEYS if k not in meta]
     if missing:
         raise ModelError(f"{path} lacks the keys {missing}")
+    try:
+        intact = meta["integrity"] == contract.metadata_integrity(meta)
+    except (TypeError, ValueError, KeyError):
+        intact = False
+    if not intact:
+        raise ModelError(f"{path} was changed after export: its labels, input size or normalization do not match its "
+                         "'integrity' hash; copy the file exported with the .tflite (or export again)")
     return meta
 
 

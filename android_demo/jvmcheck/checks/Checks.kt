@@ -1,5 +1,6 @@
 package jvmcheck
 
+import io.github.tinytl.demo.Contract
 import io.github.tinytl.demo.ModelException
 import io.github.tinytl.demo.ModelMetadata
 import io.github.tinytl.demo.MetadataException
@@ -300,6 +301,8 @@ fun validationErrors() {
     val int64Label = SignatureSpec(s.getValue("train").inputs + ("y" to TensorSpec("y", listOf(1), "int64")), s.getValue("train").outputs)
     expectError(text, s + ("train" to int64Label), "train input y")
     expectError(text.replace(meta.fingerprint, "f".repeat(64)), s, "is not the model model.json describes")
+    expectError(text.replace("\"tflite\": \"model.tflite\"", "\"tflite\": \"float.tflite\""), s, "describes float.tflite, not model.tflite")
+    check(TinyTlModel.metadataFileFor(Contract.MODEL_FILE) == Contract.METADATA_FILE) { "metadata naming rule" }
     expectError(text.replace("\"probabilities\": {\"shape\": [1, 3]", "\"probs\": {\"shape\": [1, 3]"), s, "infer has no tensor 'probabilities'")
     File(dir, "model.json").delete()
     try {

@@ -10,6 +10,8 @@ package io.github.tinytl.demo
  * each one on a single line in exactly that form, and add nothing here that contract.py does not define.
  */
 object Contract {
+    const val MODEL_FILE = "model.tflite"
+    const val METADATA_SUFFIX = ".json"
     const val METADATA_FILE = "model.json"
     const val METADATA_FORMAT = "tinytl_tf/model-v1"
 

@@ -124,16 +124,23 @@ class TinyTlModel private constructor(
 
     companion object {
         /**
-         * Loads model.json and the .tflite it names from the app's assets, checks the fingerprint and that the
-         * interpreter has every signature and tensor model.json lists (and the app needs), or throws [ModelException].
+         * Loads [Contract.MODEL_FILE] and its metadata (model.json: the exporter names the metadata of X.tflite
+         * X.json, [metadataFileFor]) from the app's assets, checks that the metadata describes that file (name and
+         * fingerprint) and that the interpreter has every signature and tensor it lists (and the app needs), or
+         * throws [ModelException].
          */
         fun open(context: Context, numThreads: Int): TinyTlModel {
             val meta = try {
-                ModelMetadata.parse(context.assets.open(Contract.METADATA_FILE).bufferedReader().use { it.readText() })
+                ModelMetadata.parse(context.assets.open(metadataFileFor(Contract.MODEL_FILE)).bufferedReader().use { it.readText() })
             } catch (e: FileNotFoundException) {
                 throw ModelException("No ${Contract.METADATA_FILE} in the app's assets. $WHERE_TO_PUT_IT", e)
             } catch (e: MetadataException) {
                 throw ModelException(e.message ?: "bad ${Contract.METADATA_FILE}", e)
+            }
+            if (meta.tflite != Contract.MODEL_FILE) {
+                throw ModelException(
+                    "${Contract.METADATA_FILE} describes ${meta.tflite}, not ${Contract.MODEL_FILE}. $WHERE_TO_PUT_IT"
+                )
             }
             val buffer = try {
                 mapAsset(context, meta.tflite)
@@ -168,7 +175,12 @@ class TinyTlModel private constructor(
         }
 
         private const val WHERE_TO_PUT_IT =
-            "Copy model.tflite and model.json from `python export/to_tflite.py` into app/src/main/assets/ and rebuild."
+            "Export with `python export/to_tflite.py --out OUT/model.tflite`, copy OUT/model.tflite and OUT/model.json " +
+                "into app/src/main/assets/ and rebuild."
+
+        /** The exporter's naming rule (contract.model_json_path): X.tflite is described by X.json beside it. */
+        fun metadataFileFor(modelFile: String): String =
+            modelFile.substringBeforeLast('.') + Contract.METADATA_SUFFIX
 
         private fun mapAsset(context: Context, name: String): MappedByteBuffer =
             context.assets.openFd(name).use { fd ->
