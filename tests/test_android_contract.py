@@ -279,7 +279,7 @@ def test_app_names_and_tensors_match_export(exported):
         assert getattr(contract, name) == value, \
             f"{name}: Contract.kt {value!r}, contract.py {getattr(contract, name)!r}"
     key = [n for n in vars(contract) if n.startswith(("SIGNATURE_", "INPUT_", "OUTPUT_"))]
-    key += ["STEP_TENSOR", "METADATA_FILE", "METADATA_FORMAT"]
+    key += ["STEP_TENSOR", "METADATA_FILE", "METADATA_FORMAT", "MODEL_FILE", "METADATA_SUFFIX"]
     referenced = {m for text in src.values() for m in re.findall(r"\bContract\.(\w+)", _lex(text)[0])}
     assert referenced <= set(kt), f"the app uses Contract.{sorted(referenced - set(kt))}, not in Contract.kt"
     # INPUT_PLACEHOLDER may be absent: the app feeds zeros to whatever inputs model.json lists for get_weights.
@@ -289,6 +289,10 @@ def test_app_names_and_tensors_match_export(exported):
     # model.json is the exported one and passes the app's own parse-time checks.
     assert meta["fingerprint"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert meta["tflite"] == path.name and kt["METADATA_FILE"] == Path(contract.model_json_path(path)).name
+    # The app loads Contract.MODEL_FILE and its metadata by the exporter's naming rule (X.tflite -> X.json).
+    assert path.name == kt["MODEL_FILE"] and Path(contract.model_json_path(kt["MODEL_FILE"])).name == kt["METADATA_FILE"]
+    assert "assets.open(metadataFileFor(Contract.MODEL_FILE))" in src["TinyTlModel.kt"]
+    assert "meta.tflite != Contract.MODEL_FILE" in src["TinyTlModel.kt"]
     assert meta["labels"] == list(LABELS) and meta["num_classes"] == len(LABELS)
     dtype_sizes = _app_dtype_sizes(src["ModelMetadata.kt"])
     assert {"float32", "int32"} <= set(dtype_sizes)

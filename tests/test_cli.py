@@ -1,12 +1,15 @@
 """The front door: `train` writes model.keras + metrics.json, `evaluate` agrees, user mistakes exit 2 cleanly."""
 
 import json
+import os
+import stat
 
 import pytest
 
 from tinytl_tf.backbones import count_params
 from tinytl_tf.cli import main
 from tinytl_tf.contract import METHODS
+from tinytl_tf.methods import DEFAULT_LR
 from tinytl_tf.train import load_trained
 
 REQUIRED = ("method", "backbone", "resolution", "epochs", "trainable_params", "total_params", "train_accuracy", "test_accuracy")
@@ -63,3 +66,43 @@ def test_missing_data_and_model(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(tmp_path / "none.keras"), "--data", str(tmp_path)]) == 2
     assert "no model file" in capsys.readouterr().err
+
+
+def test_flat_folder_split_is_recorded_and_evaluate_scores_the_held_out_part(image_tree, tmp_path, capsys):
+    flat, out = image_tree({"cat": 5, "dog": 5}, root="flat"), tmp_path / "run"
+    (out / "model.tflite").parent.mkdir()
+    old_umask = os.umask(0o027)
+    try:
+        assert main(["train", "--data", str(flat), "--method", "ft-last", "--resolution", "64", "--epochs", "2",
+                     "--batch-size", "4", "--val-fraction", "0.4", "--out", str(out)]) == 0
+    finally:
+        os.umask(old_umask)
+    captured = capsys.readouterr()
+    metrics = json.loads(captured.out)  # stdout is exactly the result; Keras' progress went to stderr
+    assert "Epoch 1/2" in captured.err
+    assert metrics["lr"] == DEFAULT_LR["ft-last"] and len(metrics["history"]["loss"]) == 2
+    assert len(metrics["history"]["accuracy"]) == 2 and metrics["test_examples"] == 4
+    assert (out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert stat.S_IMODE((out / "model.keras").stat().st_mode) == 0o640  # the umask's mode, not mkstemp's 0600
+    held_out = json.loads((out / "split.json").read_text())["test"]
+    assert len(held_out) == 4 and all((flat / p).is_file() for p in held_out)
+
+    assert main(["evaluate", "--model", str(out / "model.keras"), "--data", str(flat)]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert "scoring the 4 images train held out" in captured.err
+    assert result["examples"] == 4 and result["held_out_only"]
+    assert result["accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert main(["evaluate", "--model", str(out / "model.keras"), "--data", str(flat), "--all-images"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == 10
+
+    # --overwrite: the old model's export goes with it, a killed save's temp file is cleaned up
+    (out / "model.tflite").write_bytes(b"exported from the old model")
+    (out / "model.json").write_text("{}")
+    (out / ".model.keras.abc123.keras").write_bytes(b"half a model")
+    assert main(["train", "--data", str(flat), "--method", "ft-last", "--resolution", "64", "--epochs", "1",
+                 "--batch-size", "4", "--out", str(out), "--overwrite", "--lr", "0.05"]) == 0
+    err = capsys.readouterr().err
+    assert not (out / "model.tflite").exists() and not (out / "model.json").exists()
+    assert not (out / ".model.keras.abc123.keras").exists() and "interrupted save" in err
+    assert json.loads((out / "metrics.json").read_text())["lr"] == 0.05

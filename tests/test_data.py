@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import tarfile
 from pathlib import Path
 
@@ -146,10 +147,10 @@ def test_holdout_is_carved_from_training_images_only(image_tree):
 
 
 def test_val_fraction_is_ignored_for_a_train_test_tree(image_tree):
-    image_tree({"a": 4}, root="data/train")
-    image_tree({"a": 1}, root="data/test")
+    image_tree({"a": 4, "b": 4}, root="data/train")
+    image_tree({"a": 1, "b": 1}, root="data/test")
     split = imageio.scan_image_folder(image_tree({}, root="data"), val_fraction=0.5)
-    assert (len(split.train), len(split.test)) == (4, 1)
+    assert (len(split.train), len(split.test)) == (8, 2)
 
 
 def test_val_folder_is_the_test_split_when_there_is_no_test(image_tree):
@@ -185,9 +186,10 @@ def test_unreadable_images_are_skipped_and_counted(image_tree, caplog):
             r"only in train/: \['b'\], only in test/: \['c'\]",
         ),
         (lambda t, tree: tree({"a": 1}, "d/train").parent, {}, "has train/ but no test/"),
-        (lambda t, tree: tree({"a": 2}), {"val_fraction": 1.0}, "between 0 and 1"),
+        (lambda t, tree: tree({"a": 2, "b": 2}), {"val_fraction": 1.0}, "between 0 and 1"),
+        (lambda t, tree: tree({"a": 2}), {}, "only one class folder"),
     ],
-    ids=["missing", "empty", "class-without-images", "class-mismatch", "no-test", "bad-fraction"],
+    ids=["missing", "empty", "class-without-images", "class-mismatch", "no-test", "bad-fraction", "one-class"],
 )
 def test_data_errors_say_what_is_wrong(tmp_path, image_tree, setup, kwargs, message):
     root = setup(tmp_path, image_tree)
@@ -389,3 +391,34 @@ def test_prepare_real_caltech101(tmp_path, shared_assets):
     assert json.loads((out / caltech.MARKER).read_text()) == {"train": 5784, "test": 2893, "classes": 101}
     assert len(list(out.rglob("*.jpg"))) == 5784 + 2893
     assert not (out / "train" / caltech.DROPPED_CLASS).exists()
+
+
+def test_one_class_is_refused_without_decoding(image_tree, monkeypatch):
+    monkeypatch.setattr(imageio, "load_rgb", lambda path: pytest.fail("decoded an image"))
+    for root in (image_tree({"cat": 3}, root="flat"), image_tree({"cat": 3}, root="tt/train").parent):
+        if root.name == "tt":
+            image_tree({"cat": 1}, root="tt/test")
+        with pytest.raises(imageio.DataError, match="only one class folder"):
+            imageio.folder_layout(root)
+    assert imageio.count_train_images(image_tree({"a": 5, "b": 10}, root="two")) == 4 + 8
+
+
+def test_an_extreme_aspect_ratio_is_cropped_before_resizing(monkeypatch):
+    """A 1 x 20000 strip: resizing it whole to a 146 px short side would allocate 146 x 2.9M pixels."""
+    sizes = []
+    resize = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, size, *a, **k: sizes.append(size) or resize(self, size, *a, **k))
+    strip = np.random.default_rng(0).integers(0, 255, (20000, 1, 3), dtype=np.uint8)
+    out = imageio.eval_transform(strip, 128)
+    assert out.shape == (128, 128, 3) and sizes == [(128, 128)]
+    sizes.clear()
+    photo = np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype=np.uint8)
+    assert imageio.eval_transform(photo, 128).shape == (128, 128, 3) and sizes == [(146, 219)]  # unchanged path
+
+
+def test_a_file_name_that_is_not_utf8_trains_on_the_desktop(image_tree):
+    root = image_tree({"a": 2, "b": 2}, root="flat")
+    src = next((root / "a").iterdir())
+    os.rename(src, os.path.join(os.fsencode(root / "a"), b"caf\xe9.png"))
+    data = load_image_folder(root, 32, MEAN, STD, 2, val_fraction=0.5)
+    assert sum(int(y.shape[0]) for _, y in data.train) + sum(int(y.shape[0]) for _, y in data.test) == 4

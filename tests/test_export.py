@@ -85,8 +85,9 @@ def test_model_json_describes_the_file(backbone, tmp_path):
     model = prepare_transfer(backbone, "tinytl-b", 3, labels=("ant", "bee", "cat"))
     path = tmp_path / "m.tflite"
     export_model(model, path, "adam", 1e-3, 100)
-    meta = json.loads((tmp_path / contract.METADATA_FILE).read_text())
+    meta = json.loads((tmp_path / "m.json").read_text())
     assert set(contract.METADATA_KEYS) <= set(meta)
+    assert meta["tflite"] == "m.tflite" and meta["integrity"] == contract.metadata_integrity(meta)
     import hashlib
 
     assert meta["fingerprint"] == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -112,6 +113,25 @@ def test_flex_graph_is_refused():
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
     with pytest.raises(ExportError, match="FlexConv2DBackpropFilter"):
         check_builtins_only(converter.convert())
+
+
+def test_two_exports_share_a_folder_and_none_is_overwritten(backbone, tmp_path):
+    """X.json describes X.tflite: a second export beside the first leaves it usable; the same name is refused."""
+    from tinytl_tf.ondevice import DeviceModel
+
+    model = prepare_transfer(backbone, "tinytl-b", 3, labels=("ant", "bee", "cat"))
+    export_model(model, tmp_path / "model.tflite", "adam", 1e-3, 100)
+    first = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(first) == ["model.json", "model.tflite"]
+    export_model(model, tmp_path / "float.tflite", "adam", 1e-3, 100, frozen_bits=32)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in first} == first
+    assert DeviceModel(tmp_path / "model.tflite").meta["frozen_bits"] == 8
+    assert DeviceModel(tmp_path / "float.tflite").meta["frozen_bits"] == 32
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_model(model, tmp_path / "model.tflite", "sgd", 1e-3, 100)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in first} == first
+    export_model(model, tmp_path / "model.tflite", "sgd", 1e-3, 100, overwrite=True)
+    assert DeviceModel(tmp_path / "model.tflite").meta["optimizer"]["name"] == "sgd"
 
 
 def test_export_rejects_bad_output_name(backbone, tmp_path):
