@@ -20,7 +20,7 @@ from tinytl_tf import contract, imageio
 from tinytl_tf.ondevice import DeviceModel, InputError, Trainer, evaluate_folder, train_folder
 from tinytl_tf.ondevice.checkpoint import META_KEY, PAUSE_ENV, WEIGHT_PREFIX
 from tinytl_tf.ondevice.cli import main
-from tinytl_tf.ondevice.folder_training import epoch_order, item_rng
+from tinytl_tf.ondevice.folder_training import TrainingDiverged, epoch_order, item_rng
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("green", "red", "blue")  # not sorted: class folders must map to labels by name, not by position
@@ -230,7 +230,8 @@ def test_foreign_checkpoint_is_refused_and_untouched(model_path, data, tmp_path,
     for command in (("train", "--data", data, "--epochs", 2), ("evaluate", "--data", data)):
         code, _, err = cli(capsys, *command, "--model", model_path, "--checkpoint", foreign)
         assert code == 2 and err.splitlines()[-1].startswith("error: checkpoint") and "belongs to another model" in err, err
-    assert foreign.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz", "foreign.npz"]
+    left = sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock")  # lock files stay (see _exclusive)
+    assert foreign.read_bytes() == before and left == ["ck.npz", "foreign.npz"]
 
 
 def test_truncated_checkpoint_is_reported_and_prev_used(model_path, data, tmp_path, capsys):
@@ -281,17 +282,24 @@ def test_non_finite_loss_is_rolled_back_and_counted(model_path, data, tmp_path):
     assert result.rolled_back and not np.isfinite(result.loss) and trainer.rolled_back == 1
     assert_same_weights(model.get_weights(), captured, atol=0)  # including the optimizer slots and step counter
 
-    summary = train_folder(model_path, data, 1, tmp_path / "ck.npz", lr=1e38)
-    assert summary["rolled_back"] >= 1 and summary["global_steps"] == TRAIN_STEPS
-    assert all(np.isfinite(v).all() for v in checkpoint_weights(tmp_path / "ck.npz").values())
+    # a run whose weights blow up at its first step and roll back nearly every later one is not saved
+    with pytest.raises(TrainingDiverged, match="steps were rolled back"):
+        train_folder(model_path, data, 1, tmp_path / "ck.npz", lr=1e38)
+    assert not (tmp_path / "ck.npz").exists()
 
 
-def _copy_model(model_path, folder, edit=None, with_json=True):
+def _copy_model(model_path, folder, edit=None, with_json=True, reseal=True):
+    """The model in `folder`, its metadata changed by `edit`; `reseal`: with the integrity hash recomputed, as
+    another export's metadata would have it."""
     folder.mkdir()
     shutil.copy(model_path, folder / "model.tflite")
     if with_json:
         meta = json.loads(Path(contract.model_json_path(model_path)).read_text())
-        (folder / "model.json").write_text(json.dumps(edit(meta) if edit else meta))
+        if edit:
+            meta = edit(meta)
+            if reseal:
+                meta["integrity"] = contract.metadata_integrity(meta)
+        (folder / "model.json").write_text(json.dumps(meta))
     return folder / "model.tflite"
 
 
@@ -314,7 +322,17 @@ NOT_OURS = {
                           "signature 'finetune' named in .* is missing from"),
     "missing tensor": (lambda m, d: _copy_model(m, d, _rename_probabilities), "lacks the outputs \\['probabilities'\\]"),
     "random bytes": (_random_bytes, "is not a TFLite model"),
+    "labels reordered": (lambda m, d: _copy_model(m, d, lambda j: {**j, "labels": j["labels"][::-1]}, reseal=False),
+                         "was changed after export"),
+    "normalization edited": (lambda m, d: _copy_model(m, d, lambda j: {**j, "input": {**j["input"], "mean": [0, 0, 0]}},
+                                                      reseal=False), "was changed after export"),
+    "deeply nested": (lambda m, d: _nested(_copy_model(m, d)), "nested too deeply"),
 }
+
+
+def _nested(path):
+    path.with_suffix(".json").write_text("[" * 100000 + "]" * 100000)
+    return path
 
 
 @pytest.mark.parametrize("case", sorted(NOT_OURS))
@@ -342,3 +360,76 @@ def test_user_mistakes_are_clear_errors(model_path, data, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--model", str(model_path), "--data", str(data), "--epochs", "0", "--checkpoint", str(ck)])
     assert exit_.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_checkpoint_files_that_are_not_checkpoints(model_path, data, tmp_path, capsys):
+    """A model.keras, a pickle or a text file passed as --checkpoint: named as not a checkpoint, never advised for
+    deletion, never replaced."""
+    import pickle
+    import zipfile
+
+    keras_file, pickled = tmp_path / "model.keras", tmp_path / "ck.pkl"
+    with zipfile.ZipFile(keras_file, "w") as z:
+        z.writestr("config.json", "{}")
+        z.writestr("model.weights.h5", b"\0" * 64)
+    pickled.write_bytes(pickle.dumps({"epoch": 1}))
+    for path, message in ((keras_file, "a model.keras, for one, is a trained model, not a checkpoint"),
+                          (pickled, "not an .npz archive")):
+        before = path.read_bytes()
+        for command in (("train", "--data", data, "--epochs", 1), ("evaluate", "--data", data)):
+            code, _, err = cli(capsys, *command, "--model", model_path, "--checkpoint", path)
+            assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+            assert "delete" not in err and "pickle" not in err
+        assert path.read_bytes() == before
+
+
+def test_checkpoint_state_of_the_wrong_type_is_one_line(model_path, data, tmp_path, capsys):
+    ck = tmp_path / "ck.npz"
+    train_folder(model_path, data, 1, ck)
+    with np.load(ck, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays[META_KEY][()]))
+    meta["state"]["epoch"] = "1"
+    arrays[META_KEY] = np.array(json.dumps(meta))
+    np.savez(ck, **arrays)
+    code, _, err = cli(capsys, "train", "--model", model_path, "--data", data, "--epochs", 2, "--checkpoint", ck)
+    assert code == 2 and "state field 'epoch' is str '1', not int" in err and "Traceback" not in err, err
+
+
+def test_checkpoint_folder_is_created_lock_refuses_a_second_trainer_and_a_finished_run_says_so(
+        model_path, data, tmp_path, capsys):
+    import fcntl
+
+    ck = tmp_path / "new" / "deeper" / "ck.npz"
+    code, summary, _ = cli(capsys, "train", "--model", model_path, "--data", data, "--epochs", 1, "--checkpoint", ck)
+    assert code == 0 and ck.is_file() and summary["epochs"] == 1
+    code, summary, err = cli(capsys, "train", "--model", model_path, "--data", data, "--epochs", 1, "--checkpoint", ck)
+    assert code == 0 and summary["steps"] == 0 and "has already completed 1 epochs" in err
+    before = ck.read_bytes()
+    with open(f"{ck}.lock", "a") as held:  # another trainer holds the checkpoint
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, _, err = cli(capsys, "train", "--model", model_path, "--data", data, "--epochs", 2, "--checkpoint", ck)
+    assert code == 2 and "is in use by another training run" in err and len(err.splitlines()) == 1
+    assert ck.read_bytes() == before
+
+
+def test_a_diverging_run_keeps_the_checkpoint_it_started_from(model_path, data, tmp_path, capsys):
+    ck = tmp_path / "ck.npz"
+    train_folder(model_path, data, 2, ck)
+    good, good_prev = ck.read_bytes(), Path(f"{ck}.prev").read_bytes()
+    code, _, err = cli(capsys, "train", "--model", model_path, "--data", data, "--epochs", 3, "--checkpoint", ck,
+                       "--lr", "1e6")
+    assert code == 1 and "training got worse" in err and "was not replaced" in err, err
+    assert ck.read_bytes() == good and Path(f"{ck}.prev").read_bytes() == good_prev
+
+
+def test_evaluate_prints_valid_json_when_the_weights_overflow(model_path, data, tmp_path, capsys):
+    from tinytl_tf.ondevice.checkpoint import CheckpointStore
+
+    model = DeviceModel(model_path)
+    weights = {k: (v * np.float32(3e38) if k != contract.STEP_TENSOR else v) for k, v in model.get_weights().items()}
+    CheckpointStore(tmp_path / "ck.npz", model).save(weights, {})
+    code = main(["evaluate", "--model", str(model_path), "--data", str(data), "--checkpoint", str(tmp_path / "ck.npz")])
+    out = capsys.readouterr().out
+    result = json.loads(out, parse_constant=lambda c: pytest.fail(f"bare {c} in {out}"))
+    assert code == 0 and result["cross_entropy"] is None

@@ -23,11 +23,12 @@ from tinytl_tf.ondevice.trainer import Trainer
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress line updates
 # A run is refused its checkpoint when it rolled back more than this share of its steps, or when the mean loss of
-# its latest LOSS_WINDOW steps exceeds DIVERGED_FACTOR x that of its first ones plus DIVERGED_MARGIN (nats): a
-# learning rate that is too large but overflows nothing would otherwise replace good weights with ruined ones.
+# its last steps (up to LOSS_WINDOW, a third of the run at most) exceeds DIVERGED_FACTOR x the loss it started
+# from plus DIVERGED_MARGIN (nats): a learning rate that is too large but overflows nothing would otherwise
+# replace good weights with ruined ones.
 MAX_ROLLED_BACK_SHARE = 0.5
-LOSS_WINDOW = 20
-DIVERGED_FACTOR, DIVERGED_MARGIN = 2.0, 0.5
+LOSS_WINDOW = 50
+DIVERGED_FACTOR, DIVERGED_MARGIN = 2.0, 1.0
 
 
 class TrainingDiverged(RuntimeError):
@@ -138,7 +139,7 @@ def _train(model, trainer, store, data, epochs, seed, lr, augment, checkpoint_ev
                            f"{epochs}): nothing to train; pass a larger --epochs to continue\n")
     store.remove_leftovers()
 
-    n, meter, health = len(examples), _Progress(progress, epochs, len(examples)), _Health(state.rolled_back)
+    n, meter, health = len(examples), _Progress(progress, epochs, len(examples)), _Health(state)
     start, steps = time.monotonic(), 0
 
     def save():
@@ -190,26 +191,33 @@ def _data_id(examples, labels, data):
 
 
 class _Health:
-    """This run's rolled-back steps and first and latest losses, for refusing to save a run that diverged."""
+    """This run's step count, rollbacks and losses, for refusing to save a run that diverged. The loss it started
+    from: the resumed checkpoint's (its current epoch so far, else its last epoch), else this run's first step's
+    (a forward pass of the starting weights)."""
 
-    def __init__(self, rolled_back_before):
-        self.before, self.steps, self.first, self.latest = rolled_back_before, 0, [], []
+    def __init__(self, state):
+        self.before, self.steps, self.losses = state.rolled_back, 0, []
+        running, _ = state.running()
+        last_epoch = state.history[-1]["loss"] if state.history else None
+        self.start = running if running is not None else last_epoch
 
     def record(self, result):
         self.steps += 1
         if not result.rolled_back:
-            (self.first if len(self.first) < LOSS_WINDOW else self.latest).append(result.loss)
-            self.latest = self.latest[-LOSS_WINDOW:]
+            self.losses.append(result.loss)
+            if self.start is None:
+                self.start = result.loss
 
     def problem(self, state):
         """Why the weights must not be saved, or None."""
         rolled_back = state.rolled_back - self.before
         if self.steps and rolled_back > MAX_ROLLED_BACK_SHARE * self.steps:
             return f"{rolled_back} of its {self.steps} steps were rolled back for non-finite values"
-        if self.first and self.latest:
-            start, end = float(np.mean(self.first)), float(np.mean(self.latest))
-            if not end <= DIVERGED_FACTOR * start + DIVERGED_MARGIN:
-                return f"the loss rose from {start:.4g} to {end:.4g}"
+        k = min(LOSS_WINDOW, max(1, len(self.losses) // 3))
+        if self.losses and self.start is not None:
+            end = float(np.mean(self.losses[-k:]))
+            if not end <= DIVERGED_FACTOR * self.start + DIVERGED_MARGIN:
+                return f"the loss rose from {self.start:.4g} to {end:.4g} (mean of its last {k} steps)"
         return None
 
 
