@@ -167,3 +167,18 @@ def test_frozen_weights_are_stored_at_8_bits(tmp_path):
     train = interpreter.get_signature_runner("train")
     losses = [float(train(x=x, y=np.array([2], np.int32), lr=np.float32(0))["loss"]) for _ in range(15)]
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_export_command_sizes_the_schedule_and_reports_progress_on_stderr(backbone, tmp_path, capsys):
+    import runpy
+    from pathlib import Path
+
+    model = prepare_transfer(backbone, "tinytl-b", 3, labels=("ant", "bee", "cat"))
+    model.save(tmp_path / "model.keras")
+    main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "export" / "to_tflite.py"))["main"]
+    assert main(["--model", str(tmp_path / "model.keras"), "--out", str(tmp_path / "float.tflite"),
+                 "--frozen-bits", "32", "--epochs", "3", "--train-examples", "7"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["method"] == "tinytl-b"  # stdout is exactly the result
+    assert "export: converting to TFLite" in err and "schedule of 21 steps" in err
+    assert json.loads((tmp_path / "float.json").read_text())["optimizer"]["total_steps"] == 21

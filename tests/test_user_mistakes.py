@@ -103,3 +103,20 @@ def test_mistake_is_one_line_exit_2_nothing_changed_no_tensorflow(work, case):
     assert tf_line == "tensorflow not imported" and stdout == ""
     assert snapshot(work) == before
     assert not (work / "new").exists() and not (work / "caltech").exists()
+
+
+def test_export_without_a_step_count_asks_for_one(work):
+    before = snapshot(work)
+    code, lines, tf_line, _ = run(ROOT / "export" / "to_tflite.py", "--model", work / "done" / "model.keras",
+                                  "--out", work / "done" / "model.tflite")
+    assert code == 2 and len(lines) == 1 and "cannot tell how many steps the device will train" in lines[0], lines
+    assert tf_line == "tensorflow not imported" and snapshot(work) == before
+
+
+def test_tensorflow_starts_quietly_unless_verbose():
+    script = "import sys; from tinytl_tf import cliargs; cliargs.quiet_tensorflow(sys.argv[1] == 'verbose'); " \
+             "import tensorflow as tf; print(int(tf.reduce_sum(tf.constant([1, 2]))))"
+    quiet, loud = (subprocess.run([sys.executable, "-c", script, mode], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)}) for mode in ("quiet", "verbose"))
+    assert quiet.stdout == loud.stdout == "3\n"
+    assert quiet.stderr == "" and loud.stderr != ""

@@ -9,7 +9,7 @@ Each returns an `ImageData`: batched `train` / `test` datasets of (float32 [B, R
 `num_train`, `num_test` and `skipped` (unreadable images left out); `load_eval_folder` has no `train` (None).
 `default_data_dir()` is the embedded Caltech-10 subset (10 classes, 30 train + 10 test images each; see assets/caltech10/ATTRIBUTION.md).
 
-Preprocessing (REFERENCE §5): train = random-resized crop + horizontal flip, test = resize the shorter side to
+Preprocessing (the TinyTL reference pipeline): train = random-resized crop + horizontal flip, test = resize the shorter side to
 resolution / 0.875 + centre crop; then (p - mean) / std. Decoding and both transforms run the numpy/Pillow code of
 `tinytl_tf.imageio` inside the pipeline, so the desktop test pixels equal the on-device ones exactly. That is also
 why files are found by `imageio.scan_image_folder` rather than `keras.utils.image_dataset_from_directory` or

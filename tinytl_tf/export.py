@@ -1,4 +1,4 @@
-"""Export a trained TinyTL model to one `.tflite` that trains itself on a device (REFERENCE §7).
+"""Export a trained TinyTL model to one `.tflite` that trains itself on a device (on-device learning, Cai et al. 2020).
 
 Signatures (names in `tinytl_tf.contract`): `train(x, y, lr)` does one optimizer step on the trainable tensors
 and returns {loss, logits}; `infer(x)` returns {logits, probabilities}; `get_weights(unused)` / `set_weights(...)`
@@ -44,7 +44,7 @@ class TrainingModule(tf.Module):
     largest kernel, and lets each kernel's update run as soon as its gradient exists (the slots are read only
     then, see `_apply`). The forward reads per-tensor
     views through a Keras `StatelessScope`; `get_weights` / `set_weights` still move each tensor by its own name.
-    Keras 3 models held by a tf.Module are not tracked (REFERENCE §7 trap: the converter then reads uninitialised
+    Keras 3 models held by a tf.Module are not tracked (the converter then reads uninitialised
     variables), so the frozen variables are referenced explicitly here.
     """
 

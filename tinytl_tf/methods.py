@@ -1,4 +1,5 @@
-"""The six transfer methods of TinyTL (REFERENCE §1) as data: which tensors train, and where lite residuals go.
+"""The six transfer methods compared in the TinyTL paper (Cai et al., NeurIPS 2020) as data: which tensors train, and
+where lite residuals go.
 
 TF-free, so the memory model and the search can turn a backbone config into a method's config without Keras;
 `tinytl_tf.transfer.prepare_transfer` builds the Keras model of the same config.

@@ -20,7 +20,7 @@ class ModelException(message: String, cause: Throwable? = null) : Exception(mess
 typealias Tensors = LinkedHashMap<String, ByteBuffer>
 
 /**
- * The exported training model behind its four signatures (REFERENCE §7): `train` does one optimizer step in the
+ * The exported training model behind its four signatures: `train` does one optimizer step in the
  * model, `infer` classifies, `get_weights` / `set_weights` move every trainable tensor, optimizer slot and the step
  * counter in and out by name. Not thread-safe, like the interpreter: call it from one thread.
  */
