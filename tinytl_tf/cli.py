@@ -234,7 +234,10 @@ def check_arguments(args):
 
 def main(argv=None):
     """Run one command; returns the exit status (0, or 2 after an `error:` line for a user mistake)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a refused argument (its error line is printed)
+        return e.code
     try:
         check_arguments(args)
         cliargs.quiet_tensorflow(args.verbose)
