@@ -11,11 +11,12 @@ DIR holds the data sets' archives or their unpacked folders: `cifar10_jpg.tar.gz
 unpacked once into WORK/data (default runs/study) and cut into the train/test trees the study reads (symlinks).
 
 The compute plan (2 CPU cores; mcunet-5fps at 128 px, batch 8, Keras trains TinyTL-L+B and FT-Full ~60 images/s,
-TinyTL-B ~90, FT-Last ~200): about 20 hours in all, so it runs over several sittings and resumes where it stopped.
-  lr      per data set and method, peak learning rates on a factor-3 grid, each trained for `lr_epochs` (10: a full
-          cosine schedule of half the main budget, not a few hundred steps, which favour large rates) on 80% of the
-          training split and scored on the other 20%; a grid whose best value is at an edge is extended past it
-          (up to 3 times), so the chosen value is an interior optimum. The test split is never read.     (~9 h)
+TinyTL-B ~90, FT-Last ~200): about 15 hours in all, so it runs over several sittings and resumes where it stopped.
+  lr      per data set and method, peak learning rates on a factor-3 grid, each trained for `lr_epochs` (5: a full
+          cosine schedule of a quarter of the main budget's steps, 2,500 on CIFAR-10, not a few hundred, which
+          favour large rates) on 80% of the training split and scored on the other 20%; a grid whose best value is
+          at an edge is extended past it (up to 3 times), so the chosen value is an interior optimum. The test
+          split is never read.                                                                           (~5 h)
   main    every method for `epochs` (20) on the whole training split with its chosen rate; test top-1 after every
           epoch (the curve) and at the end. Seeds 0 and 1 for FT-Last, FT-Full and TinyTL-L+B on CIFAR-10 and
           Cars; proxyless-w0.3 and mbv2-w0.35 on CIFAR-10 for FT-Last, TinyTL-B, TinyTL-L+B, FT-Full with the rates
@@ -123,7 +124,7 @@ class Plan:
     methods: tuple = METHODS
     resolution: int = 128
     epochs: int = 20
-    lr_epochs: int = 10
+    lr_epochs: int = 5
     batch_size: int = 8
     lr_grid: tuple = tuple(LR_GRID.items())  # ((method, (lr, ...)), ...)
     batch1_lr_divisor: float = 8.0  # linear scaling; the paper's Aircraft pair is 1.6e-3 at batch 8, 2e-4..3e-4 at 1
