@@ -398,3 +398,15 @@ def test_search_with_too_small_a_budget_names_the_smallest_memory(searched, tmp_
     err = capsys.readouterr().err
     assert err.startswith("error:") and f"{smallest:.3f} MB" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "supernet.keras").exists()
+
+
+def test_same_seed_repeats_the_search_exactly(searched, tmp_path):
+    """A second search from scratch with the same seed fine-tunes, measures and picks exactly as the first."""
+    from tinytl_tf.cli import main
+
+    assert main(searched.args(out=tmp_path / "again")) == 0
+    first, again = (json.loads((d / "subnet.json").read_text()) for d in (searched.out, tmp_path / "again"))
+    assert again["config"] == first["config"] and again["holdout_accuracy"] == first["holdout_accuracy"]
+    assert (json.loads((tmp_path / "again" / "pairs.json").read_text())["pairs"]
+            == json.loads((searched.out / "pairs.json").read_text())["pairs"])
+    assert again["search"]["reproducibility"] == {**first["search"]["reproducibility"], "seed": 0}

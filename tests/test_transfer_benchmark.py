@@ -1,7 +1,8 @@
-"""The results benchmark (benchmarks/transfer.py) in its quick mode: every phase in miniature on 3 classes of the
+"""The accuracy study (benchmarks/transfer.py) in its quick mode: every phase in miniature on 3 classes of the
 embedded subset, with a micro network registered as a backbone so the test stays fast (tracing and exporting cost
-most of it). Checks the results file, the learning-rate choice (made on the holdout, the test split never read), the
-report and plots, and that a re-run trains nothing."""
+most of it). Checks the results file and curves, the learning-rate choice (made on the holdout, the test split never
+read, a grid extended past its edge), the report and plots, that a re-run trains nothing and that an interrupted run
+resumes from its last finished epoch."""
 
 import dataclasses
 import importlib.util
@@ -18,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK_GRID = {"ft-last": (1e-2, 3e-2), "tinytl-lb": (3e-3,)}
 HOLDOUT_PER_RUN = 3 * 2  # 3 classes, 20% of 10 training images each
 TEST_PER_RUN = 3 * 4
+CURVE_PER_RUN = 3 * 2
+EPOCHS = 2
 
 
 def load_benchmark():
@@ -67,7 +70,7 @@ def guard_test_split(monkeypatch, test_reads, holdout_loads):
 def test_quick_mode(tmp_path, monkeypatch):
     """One quick run checked from every side (a single test, so `pytest -n 2` does not run it once per worker)."""
     out = tmp_path / "out"
-    argv = ["--quick", "--out", str(out), "--backbones", "tiny"]
+    argv = ["--quick", "--out", str(out), "--backbone", "tiny"]
     test_reads, holdout_loads = [], []
     tiny_backbone(monkeypatch)
     with pytest.MonkeyPatch.context() as mp:
@@ -82,32 +85,33 @@ def test_quick_mode(tmp_path, monkeypatch):
     check_plots_are_valid_images(quick)
     check_report_shows_missing_runs_as_missing(quick, tmp_path)
     check_rerun_skips_finished_runs(quick, monkeypatch)
+    check_interrupted_run_resumes_from_its_last_epoch(quick, monkeypatch)
+
+
+def trials(runs, method):
+    return {r["lr"]: r["metrics"]["holdout_accuracy"] for r in runs.values()
+            if r["phase"] == "lr" and r["method"] == method}
 
 
 def best_lr(runs, method):
-    trials = [(r["metrics"]["holdout_accuracy"], -r["lr"]) for r in runs.values()
-              if r["phase"] == "lr" and r["method"] == method]
-    return -max(trials)[1]
+    scores = trials(runs, method)
+    return max(scores, key=lambda lr: (scores[lr], -lr))
 
 
-def expected_keys(runs, mbv1_ran):
+def expected_keys(runs):
     lr_last, lr_lb = best_lr(runs, "ft-last"), best_lr(runs, "tinytl-lb")
-    keys = {f"lr/tiny/{m}/64px/b8/s0/lr{lr:g}" for m, grid in QUICK_GRID.items() for lr in grid}
-    keys |= {f"main/tiny/ft-last/64px/b8/s0/lr{lr_last:g}", f"main/tiny/tinytl-lb/64px/b8/s0/lr{lr_lb:g}",
-             f"main/tiny/tinytl-lb/64px/b8/s1/lr{lr_lb:g}",
-             "memory/tiny/ft-last/64px/b1/s0/lr-", "memory/tiny/tinytl-lb/64px/b1/s0/lr-",
-             f"batch/tiny/tinytl-lb/64px/b1/s0/lr{lr_lb / 8:g}", f"device/tiny/tinytl-lb/64px/b1/s0/lr{lr_lb / 8:g}"}
-    if mbv1_ran:
-        keys.add(f"mbv1/mobilenet-v1/ft-last/64px/b8/s0/lr{lr_last:g}")
+    d, tail = "caltech10-quick/tiny", "48px/b8"
+    keys = {f"lr/{d}/{m}/{tail}/s0/lr{lr:g}/e1" for m in QUICK_GRID for lr in trials(runs, m)}
+    keys |= {f"main/{d}/{m}/{tail}/s{s}/lr{lr:g}/e{EPOCHS}" for m, lr in (("ft-last", lr_last), ("tinytl-lb", lr_lb))
+             for s in (0, 1)}
+    keys |= {f"memory/{d}/{m}/48px/b1/s0/lr-/e0" for m in QUICK_GRID}
+    keys |= {f"{phase}/{d}/tinytl-lb/48px/b1/s0/lr{lr_lb / 8:g}/e{EPOCHS}" for phase in ("batch", "device")}
     return keys
 
 
 def check_every_run_is_recorded_with_finite_numbers(quick):
     runs = quick["runs"]
-    mbv1_ran = bench.mbv1_missing(None) is None
-    assert set(runs) == expected_keys(runs, mbv1_ran)
-    if not mbv1_ran:
-        assert "mobilenet-v1" in quick["results"]["skipped"]["mbv1"]
+    assert set(runs) == expected_keys(runs)
     assert quick["results"]["failed"] == {}
     for key, r in runs.items():
         m = r["metrics"]
@@ -117,25 +121,33 @@ def check_every_run_is_recorded_with_finite_numbers(quick):
             for name in ("measured_train_mb", "measured_infer_mb", "static_peak_mb", "tflite_mb"):
                 assert math.isfinite(m[name]) and m[name] > 0, (key, name)
         else:
-            assert 0.0 <= accuracy <= 1.0, key
+            assert 0.0 <= accuracy <= 1.0 and m["reproducibility"]["seed"] == r["seed"], key
+        if r["phase"] in ("lr", "main", "batch"):
+            assert len(m["curve"]) == r["epochs"] and all(0 <= a <= 1 for a in m["curve"]), key
+            assert m["resumed_at_epoch"] == 0, key
         assert r["seconds"] > 0 and r["command"].startswith("python benchmarks/transfer.py --quick"), key
     device = next(r for r in runs.values() if r["phase"] == "device")["metrics"]
-    assert device["steps"] == 30 and device["test_examples"] == TEST_PER_RUN  # 3 classes x 10 images, 1 epoch
+    assert device["steps"] == 30 * EPOCHS and device["test_examples"] == TEST_PER_RUN  # 3 classes x 10 images
 
 
 def check_learning_rate_is_chosen_on_the_holdout_only(quick):
     runs = quick["runs"]
     lr_runs = [r for r in runs.values() if r["phase"] == "lr"]
-    assert sorted((r["method"], r["lr"]) for r in lr_runs) == sorted(
-        (m, lr) for m, grid in QUICK_GRID.items() for lr in grid)
+    for method, grid in QUICK_GRID.items():
+        tried = sorted(trials(runs, method))
+        assert set(grid) <= set(tried)
+        if len(grid) > 1:  # a grid is extended past an edge until its best value is inside it (or 3 times)
+            best = best_lr(runs, method)
+            assert tried[0] < best < tried[-1] or len(tried) == len(grid) + bench.LR_EXTENSIONS
     for r in lr_runs:
         assert r["metrics"]["holdout_examples"] == HOLDOUT_PER_RUN
         assert "test_accuracy" not in r["metrics"]
+        assert r["metrics"]["holdout_accuracy"] == r["metrics"]["curve"][-1]
     assert quick["test_reads"] == [] and quick["holdout_loads"] == [HOLDOUT_PER_RUN] * len(lr_runs)
     for r in runs.values():
         if r["phase"] == "main":
-            assert r["lr"] == best_lr(runs, r["method"]) and r["lr"] in QUICK_GRID[r["method"]]
-            assert r["metrics"]["test_examples"] == TEST_PER_RUN
+            assert r["lr"] == best_lr(runs, r["method"])
+            assert (r["metrics"]["test_examples"], r["metrics"]["curve_examples"]) == (TEST_PER_RUN, CURVE_PER_RUN)
 
 
 def check_report_lists_every_run_with_its_command_and_time(quick):
@@ -147,48 +159,80 @@ def check_report_lists_every_run_with_its_command_and_time(quick):
     lb = [r["metrics"]["test_accuracy"] for r in quick["runs"].values()
           if r["phase"] == "main" and r["method"] == "tinytl-lb"]
     assert f"{100 * sum(lb) / 2:.1f} ({100 * min(lb):.1f}-{100 * max(lb):.1f}, 2 seeds)" in text
-    assert "Hardware: " in text and "missing" not in text.split("## Headline")[1].split("## 3.")[0]
+    assert "Hardware: " in text and "| missing" not in text.split("## Runs")[0]
+    assert "TinyTL-L+B - ft-last = " in text.split("## What this shows")[1]
 
 
 def check_plots_are_valid_images(quick):
-    for name in ("accuracy_vs_memory.png", "memory_breakdown.png"):
-        with Image.open(quick["out"] / name) as im:
-            im.verify()
-            assert im.format == "PNG" and im.size[0] >= 400 and im.size[1] >= 300
+    with Image.open(quick["out"] / "curves_caltech10-quick.png") as im:
+        im.verify()
+        assert im.format == "PNG" and im.size[0] >= 400 and im.size[1] >= 300
 
 
 def check_rerun_skips_finished_runs(quick, monkeypatch):
-    from tinytl_tf import export, train
+    import keras
+
+    from tinytl_tf import export
 
     def never(*args, **kwargs):
         raise AssertionError("a finished run was trained or exported again")
 
-    monkeypatch.setattr(train, "fit", never)
-    monkeypatch.setattr(export, "export_model", never)
-    assert bench.main(quick["argv"]) == 0
+    with monkeypatch.context() as mp:
+        mp.setattr(keras.Model, "fit", never)
+        mp.setattr(export, "export_model", never)
+        assert bench.main(quick["argv"]) == 0
     assert json.loads((quick["out"] / "results.json").read_text()) == quick["results"]
 
 
 def check_report_shows_missing_runs_as_missing(quick, tmp_path):
     results = json.loads((quick["out"] / "results.json").read_text())
-    dropped = [k for k, r in results["runs"].items() if r["phase"] == "main" and r["method"] == "ft-last"
-               or r["phase"] == "main" and r["seed"] == 1]
+    dropped = [k for k, r in results["runs"].items() if r["phase"] == "main" and r["method"] == "ft-last"]
     for key in dropped:
         del results["runs"][key]
     out = tmp_path / "partial"
     out.mkdir()
     (out / "results.json").write_text(json.dumps(results))
-    assert bench.main(["--quick", "--report", "--out", str(out), "--backbones", "tiny"]) == 0
+    assert bench.main(["--quick", "--report", "--out", str(out), "--backbone", "tiny"]) == 0
     text = (out / "RESULTS.md").read_text()
-    assert "| ft-last | missing |" in text
-    assert "(1 of 2 seeds)" in text
+    assert "| ft-last | " in text and "| missing |" in text.split("## Runs")[0]
     assert not any(f"`{key}`" in text for key in dropped)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def check_interrupted_run_resumes_from_its_last_epoch(quick, monkeypatch):
+    """A run stopped after its first epoch's backup continues from epoch 2, with the curve of both epochs."""
+    import keras
+
+    results = json.loads((quick["out"] / "results.json").read_text())
+    key = next(k for k, r in results["runs"].items() if r["phase"] == "main" and r["method"] == "tinytl-lb")
+    del results["runs"][key]
+    (quick["out"] / "results.json").write_text(json.dumps(results))
+    real = keras.callbacks.BackupAndRestore
+
+    class StopAfterFirstBackup(real):
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            raise Interrupted
+
+    with monkeypatch.context() as mp:
+        mp.setattr(keras.callbacks, "BackupAndRestore", StopAfterFirstBackup)
+        with pytest.raises(Interrupted):
+            bench.main(quick["argv"] + ["--only", "main"])
+    state = list((quick["out"] / "work" / "state").iterdir())
+    assert len(state) == 1 and (state[0] / "curve.json").is_file()
+    assert bench.main(quick["argv"] + ["--only", "main"]) == 0
+    run = json.loads((quick["out"] / "results.json").read_text())["runs"][key]
+    assert run["metrics"]["resumed_at_epoch"] == 1 and len(run["metrics"]["curve"]) == EPOCHS
+    assert not state[0].exists()
 
 
 @pytest.mark.parametrize("case", ["no data", "corrupt results", "quick without out"])
 def test_mistakes_exit_2_without_traceback(case, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = {"no data": ["--data", str(tmp_path / "nowhere"), "--out", str(out)],
+    argv = {"no data": ["--data-root", str(tmp_path / "nowhere"), "--out", str(out), "--work", str(tmp_path / "w")],
             "corrupt results": ["--report", "--out", str(out)],
             "quick without out": ["--quick"]}[case]
     if case == "corrupt results":
@@ -202,6 +246,6 @@ def test_mistakes_exit_2_without_traceback(case, tmp_path, capsys):
         assert not out.exists()
 
 
-def test_main_phase_needs_the_chosen_learning_rates(tmp_path, capsys):
-    assert bench.main(["--quick", "--only", "main", "--out", str(tmp_path / "out")]) == 2
-    assert "--only lr" in capsys.readouterr().err
+def test_next_rate_walks_the_one_three_ten_sequence():
+    assert [bench.next_rate(1e-2, True), bench.next_rate(1e-2, False)] == [3e-2, 3e-3]
+    assert [bench.next_rate(3e-5, True), bench.next_rate(3e-5, False)] == [1e-4, 1e-5]

@@ -43,7 +43,7 @@ def cmd_train(args):
         _, metrics = train_job(args.data, args.backbone, args.method, args.out, args.resolution, args.epochs,
                                args.batch_size, args.lr, args.label_smoothing, args.dropout, args.strategy,
                                args.weights_dir, args.overwrite, verbose=1, load_data=_data_loader(args),
-                               make_model=make_model)
+                               make_model=make_model, seed=args.seed)
     print(json.dumps(cliargs.json_safe(metrics), indent=2, allow_nan=False))
 
 
@@ -110,7 +110,15 @@ def _add_measurements(args, rows):
 def cmd_demo(args):
     from tinytl_tf.demo import run_demo
 
-    run_demo(args.out, epochs=args.epochs)
+    run_demo(args.out, epochs=args.epochs, seed=args.seed)
+
+
+def _add_seed_option(p):
+    """`--seed`, which `train`, `search` and `demo` share."""
+    p.add_argument("--seed", type=count(0), default=0, help="seed of every random draw: the split, shuffling, augmentation, "
+                   "head and lite-branch initialisation, dropout, sub-net sampling; ops run deterministically (at no "
+                   "measurable cost in speed), so the same command repeats exactly on one machine and TensorFlow "
+                   "version (default 0)")
 
 
 def _add_fit_options(p):
@@ -142,7 +150,7 @@ def build_parser():
     t.add_argument("--data", required=True, help="DIR/train/<class>/* + DIR/test/<class>/*, or DIR/<class>/* with --val-fraction; with --tfds, the tfds data_dir")
     t.add_argument("--tfds", metavar="NAME", help="read the prepared tensorflow-datasets set NAME from --data (no download)")
     t.add_argument("--val-fraction", type=fraction, default=0.2, help="held-out fraction of a flat DIR/<class>/* tree (recorded in OUT/split.json for evaluate)")
-    t.add_argument("--seed", type=int, default=0, help="seed of the split and shuffling (default 0)")
+    _add_seed_option(t)
     t.add_argument("--backbone", default="mcunet-5fps", help=f"one of: {', '.join(BACKBONE_NAMES)} (default mcunet-5fps)")
     t.add_argument("--method", default="tinytl-lb", help=f"one of: {', '.join(METHODS)} (default tinytl-lb)")
     t.add_argument("--resolution", type=count(1), help="input size in pixels (default: the backbone's)")
@@ -170,7 +178,7 @@ def build_parser():
     s.add_argument("--population", type=count(1), default=100, help="evolutionary search population (default 100)")
     s.add_argument("--generations", type=count(1), default=100, help="evolutionary search generations (default 100)")
     s.add_argument("--predictor-epochs", type=count(1), default=200, help="accuracy predictor training epochs (default 200)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the split, sampling and search (default 0)")
+    _add_seed_option(s)
     s.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate of the super-net fine-tuning (default 3e-3)")
     _add_fit_options(s)
     s.add_argument("--weights-dir", help="folder with backbone weights that are not vendored")
@@ -206,6 +214,7 @@ def build_parser():
                        description="Fine-tune mcunet-5fps on the embedded 10-class Caltech-101 subset with TinyTL-L+B and FT-Last and compare.")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     d.add_argument("--epochs", type=count(1), default=6, help="training epochs of each method")
+    _add_seed_option(d)
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -22,18 +22,18 @@ BACKBONE = "mcunet-5fps"
 RUNS = (("ft-last", 1e-2), ("tinytl-lb", 3e-3))
 
 
-def run_demo(out, epochs=6, batch_size=8, verbose=2):
+def run_demo(out, epochs=6, batch_size=8, verbose=2, seed=0):
     out, data = Path(out), default_data_dir()
     print(f"demo: {BACKBONE} @128 px on {data} (10 Caltech-101 classes, 30 train / 10 test images each)")
 
     def load(resolution, mean, std, batch):
-        return load_image_folder(data, resolution, mean, std, batch)
+        return load_image_folder(data, resolution, mean, std, batch, seed=seed)
 
     rows, models = [], {}
     for method, lr in RUNS:
         print(f"\n== {method}: {epochs} epochs, batch {batch_size}, Adam lr {lr} with cosine decay")
         models[method], m = train_job(data, BACKBONE, method, out / method, epochs=epochs, batch_size=batch_size, lr=lr,
-                         overwrite=True, verbose=verbose, load_data=load)
+                         overwrite=True, verbose=verbose, load_data=load, seed=seed)
         rows.append(m)
     print(f"\n{'method':<10} {'trainable params':>16} {'trainable MB':>13} {'test accuracy':>14} {'seconds':>8}")
     for m in rows:
@@ -51,7 +51,7 @@ def run_demo(out, epochs=6, batch_size=8, verbose=2):
     for stale in (checkpoint, Path(f"{checkpoint}.prev")):
         stale.unlink(missing_ok=True)
     before = evaluate_folder(tflite, data)["accuracy"]
-    summary = train_folder(tflite, data, epochs=1, checkpoint=checkpoint, seed=0, progress=sys.stderr)
+    summary = train_folder(tflite, data, epochs=1, checkpoint=checkpoint, seed=seed, progress=sys.stderr)
     after = evaluate_folder(tflite, data, checkpoint)
     print(json.dumps({"device_accuracy_before": before, "device_accuracy_after": after["accuracy"],
                       "device_steps": summary["global_steps"], "device_steps_per_s": summary["steps_per_s"],

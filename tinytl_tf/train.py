@@ -23,6 +23,24 @@ STRATEGIES = ("none", "mirrored")
 STALE_EXPORTS = ("model.tflite", "model.json")  # exported from a model.keras that --overwrite replaces
 
 
+def seed_everything(seed, deterministic=True):
+    """Seed every source of randomness a run draws from and, when `deterministic`, make TensorFlow's ops
+    deterministic, so the same command with the same seed repeats exactly on one machine and TensorFlow version.
+
+    `keras.utils.set_random_seed` seeds Python, NumPy and TensorFlow's global generator; the last derives every
+    op-level seed (head and lite-branch initialisers, dropout, the super-net's in-graph sub-net sampling) and the
+    tf.data pipeline's shuffle and per-image augmentation seeds. `enable_op_determinism` makes the remaining
+    multithreaded kernels pick a fixed reduction order and keeps tf.data's parallel `map` in order.
+    Returns what was done, for `metrics.json`."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    keras.utils.set_random_seed(seed)
+    if deterministic:  # TensorFlow has no public switch back: it stays on for the rest of the process
+        tf.config.experimental.enable_op_determinism()
+    return {"seed": seed, "op_determinism": bool(deterministic),
+            "seeded": ["python", "numpy", "tensorflow", "keras", "tf.data shuffle and augmentation"]}
+
+
 @keras.saving.register_keras_serializable(package="tinytl_tf")
 class SmoothedCrossEntropy(keras.losses.Loss):
     """Softmax cross-entropy on integer labels with label smoothing, through the same op the export uses."""
@@ -106,7 +124,7 @@ def plot_history(history, path):
 
 def train_job(data, backbone, method, out, resolution=None, epochs=10, batch_size=8, lr=None, label_smoothing=0.1,
               dropout=0.2, strategy="none", weights_dir=None, overwrite=False, verbose=1, load_data=None,
-              make_model=None):
+              make_model=None, seed=0):
     """The `train` command: backbone -> transfer method -> fit -> OUT/model.keras + OUT/metrics.json.
 
     `load_data(resolution, mean, std, batch_size)` returns an ImageData; `data` names it in the metrics.
@@ -114,11 +132,13 @@ def train_job(data, backbone, method, out, resolution=None, epochs=10, batch_siz
     has its head, labels and trainable set (a searched sub-net, `train --subnet`); its config names it.
     `lr` None: the method's default (`methods.DEFAULT_LR`). A flat folder's held-out images are listed in
     OUT/split.json for `evaluate`; `overwrite` also removes a model.tflite / model.json exported from the old model.
+    `seed`: see `seed_everything`; `load_data` should draw its split and shuffling from the same seed.
     """
     check_method(method)
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     out = check_output_dir(out, overwrite)
+    reproducibility = seed_everything(seed)
     scope, replicas = distribution_scope(strategy)
     with scope:
         base = load_backbone(backbone, resolution, weights_dir) if make_model is None else make_model()
@@ -142,7 +162,7 @@ def train_job(data, backbone, method, out, resolution=None, epochs=10, batch_siz
         "num_classes": len(images.class_names), "trainable_params": trainable, "total_params": total,
         "train_accuracy": float(history.history["accuracy"][-1]), "test_accuracy": accuracy(model, images.test),
         "train_examples": images.num_train, "test_examples": images.num_test, "skipped_images": images.skipped,
-        "train_seconds": round(seconds, 1), "data": str(data),
+        "train_seconds": round(seconds, 1), "data": str(data), "reproducibility": reproducibility,
         "history": {"loss": [float(v) for v in history.history["loss"]],
                     "accuracy": [float(v) for v in history.history["accuracy"]]},
     }

@@ -30,7 +30,7 @@ from tinytl_tf.supernet import space
 from tinytl_tf.supernet.evolution import check_budget, evolve
 from tinytl_tf.supernet.predictor import fit_predictor, predict_accuracy, rank_correlations
 from tinytl_tf.supernet.supernet import DEFAULT_RESOLUTIONS, SuperNet, read_weights_file
-from tinytl_tf.train import compile_model, distribution_scope, fit
+from tinytl_tf.train import compile_model, distribution_scope, fit, seed_everything
 
 HOLDOUT_FRACTION = 0.2  # of the training images, for measuring sub-nets (the paper's 80/20)
 PREDICTOR_TEST_FRACTION = 0.2  # of the pairs, never shown to the predictor
@@ -146,7 +146,7 @@ def search_job(data, backbone, budget_mb, out, resolutions=None, epochs=5, pairs
     _check_counts(epochs, pairs, population, generations)
     resolutions = tuple(sorted(set(resolutions or DEFAULT_RESOLUTIONS)))
     base = _backbone_base(backbone)
-    keras.utils.set_random_seed(seed)
+    reproducibility = seed_everything(seed)
     images = datasets.load_image_folder(data, max(resolutions), base.input_mean, base.input_std, batch_size,
                                         val_fraction=val_fraction, seed=seed, holdout_fraction=HOLDOUT_FRACTION)
     if not images.num_holdout:
@@ -176,7 +176,8 @@ def search_job(data, backbone, budget_mb, out, resolutions=None, epochs=5, pairs
                           "holdout_accuracy": holdout_accuracy(net, holdout, reference)},
         "predictor": report, "supernet": SUPERNET_FILE,
         "search": {"data": str(data), "epochs": epochs, "pairs": pairs, "population": population,
-                   "generations": generations, "seed": seed, "batch_size": batch_size, "lr": lr,
+                   "generations": generations, "seed": seed, "reproducibility": reproducibility,
+                   "batch_size": batch_size, "lr": lr,
                    "train_examples": images.num_train, "holdout_examples": images.num_holdout,
                    "best_per_generation": list(result.history)},
         "spec": spec.to_dict(),
