@@ -401,8 +401,13 @@ def test_checkpoint_folder_is_created_lock_refuses_a_second_trainer_and_a_finish
     import fcntl
 
     ck = tmp_path / "new" / "deeper" / "ck.npz"
-    code, summary, _ = cli(capsys, "train", "--model", model_path, "--data", data, "--epochs", 1, "--checkpoint", ck)
+    umask = os.umask(0o027)
+    try:
+        code, summary, _ = cli(capsys, "train", "--model", model_path, "--data", data, "--epochs", 1, "--checkpoint", ck)
+    finally:
+        os.umask(umask)
     assert code == 0 and ck.is_file() and summary["epochs"] == 1
+    assert ck.stat().st_mode & 0o777 == 0o640  # the umask's mode, not mkstemp's 0600
     code, summary, err = cli(capsys, "train", "--model", model_path, "--data", data, "--epochs", 1, "--checkpoint", ck)
     assert code == 0 and summary["steps"] == 0 and "has already completed 1 epochs" in err
     before = ck.read_bytes()

@@ -6,10 +6,11 @@ import tempfile
 from pathlib import Path
 
 
-def _umask():
+def file_mode():
+    """The mode `open(path, "w")` gives a new file: 0666 less the umask (mkstemp's files are 0600 whatever it is)."""
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def _temp_prefix(path):
@@ -19,14 +20,14 @@ def _temp_prefix(path):
 def atomic_write(path, write):
     """Call `write(tmp_path)` on a temporary file beside `path`, fsync it, then rename it over `path`.
 
-    The file gets the mode a plain `open(path, "w")` would give (0666 less the umask), not mkstemp's 0600.
+    The file gets the mode a plain `open(path, "w")` would give (`file_mode`).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=path.suffix)
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, file_mode())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinytl_tf.atomic import file_mode
+
 log = logging.getLogger(__name__)
 
 FORMAT = "tinytl_tf/ondevice-checkpoint-v1"
@@ -98,6 +100,7 @@ class CheckpointStore:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=self._temp_prefix(), suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), file_mode())
                 meta = json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "state": state})
                 np.savez(f, **{META_KEY: np.array(meta)},
                          **{WEIGHT_PREFIX + k: np.asarray(v) for k, v in weights.items()})
