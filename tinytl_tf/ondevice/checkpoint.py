@@ -13,7 +13,8 @@ the two renames does not matter. The writer removes temp files an interrupted wr
 
 Reading: a checkpoint of another model (fingerprint) is refused and never overwritten; a corrupt or truncated
 `<path>` (zip CRC, missing or misshaped tensors, bad JSON) is reported and `<path>.prev` used instead. A corrupt
-`<path>` is not rotated over a good `.prev` by the next save.
+`<path>` is not rotated over a good `.prev` by the next save. A file that was never a checkpoint (not a zip, or
+an archive without `meta`, such as a model.keras) is refused as such and left alone. Files get the umask's mode.
 
 For crash tests, $TINYTL_ONDEVICE_CHECKPOINT_PAUSE (seconds) sleeps between the synced temp file and the renames:
 the window a power cut or SIGKILL would hit.

@@ -95,6 +95,8 @@ def train_folder(model_path, data, epochs, checkpoint, seed=0, lr=0.0, augment=T
     transform when `augment`, else its eval transform). A checkpoint is written after every epoch and every
     `checkpoint_every` steps (0: only after epochs). `progress`: a stream for the carriage-return progress line
     (None: silent). A resumed run must use the same seed, augment setting and training images; `lr` may change.
+    The checkpoint's folder is created; `<checkpoint>.lock` keeps a second trainer out; a run that diverged
+    (`_Health`) raises TrainingDiverged instead of saving, so the checkpoint it started from stays.
     """
     if epochs < 1 or checkpoint_every < 0 or seed < 0:
         raise ValueError(f"need epochs >= 1, checkpoint_every >= 0 and seed >= 0 (got {epochs}, {checkpoint_every}, {seed})")
