@@ -213,8 +213,9 @@ def fill_zero_initial_values(data):
                     and len(raw) >= MIN_FILL_BYTES and not np.asarray(raw).any()):
                 fill = schema.OperatorT()
                 fill.opcodeIndex = fill_code()
-                fill.inputs = [constant(sg, value.name + b"/shape", np.asarray(value.shape, np.int32)),
-                               constant(sg, value.name + b"/zero", np.zeros((), np.float32))]
+                name = value.name or b"initial_value"
+                fill.inputs = [constant(sg, name + b"/shape", np.asarray(value.shape, np.int32)),
+                               constant(sg, name + b"/zero", np.zeros((), np.float32))]
                 fill.outputs = [op.inputs[1]]
                 ops.append(fill)
                 emptied.add(value.buffer)
