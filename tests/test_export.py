@@ -182,3 +182,21 @@ def test_export_command_sizes_the_schedule_and_reports_progress_on_stderr(backbo
     assert json.loads(out)["method"] == "tinytl-b"  # stdout is exactly the result
     assert "export: converting to TFLite" in err and "schedule of 21 steps" in err
     assert json.loads((tmp_path / "float.json").read_text())["optimizer"]["total_steps"] == 21
+
+
+def test_variables_that_start_at_zero_have_no_constant_in_the_file(backbone, tmp_path):
+    """Adam's slots start from a FILL in the initializer, not from constants of zeros that stay resident; the
+    trainables still start from the Keras values."""
+    model = prepare_transfer(backbone, "tinytl-lb", 3, dropout=0.0)
+    path = tmp_path / "model.tflite"
+    meta = export_model(model, path, "adam", 1e-3, 10, frozen_bits=32)
+    data = path.read_bytes()
+    assert "FILL" in meta["ops"]
+    assert tflite_model.fill_zero_initial_values(data)[1] == 0  # no constant of zeros left for a variable
+    weights = Interpreter(model_path=str(path)).get_signature_runner(contract.SIGNATURE_GET_WEIGHTS)(unused=np.float32(0))
+    for w in meta["weights"]:
+        if w["kind"] == "trainable":
+            want = next(v.numpy() for v in model.trainable_weights if weight_tensor_name(v.path) == w["name"])
+            np.testing.assert_array_equal(weights[w["name"]], want, err_msg=w["name"])
+        else:
+            assert not np.any(weights[w["name"]]), w["name"]

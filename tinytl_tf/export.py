@@ -212,6 +212,9 @@ def convert(module, allow_flex=False, frozen_bits=8):
     from float Keras by about 1% (activations are quantized on the fly). `frozen_bits=32` keeps float32
     constants and matches Keras to ~1e-6. tensorflow-model-optimization cannot do this: 0.8.1 rejects Keras 3
     models, and its fake-quant training would not change what the file stores.
+
+    Variables that start at zero (optimizer slots, the step counter) are then initialised by FILL, not by a
+    constant of zeros in the file (`tflite_model.fill_zero_initial_values`).
     """
     if frozen_bits not in FROZEN_BITS:
         raise ValueError(f"frozen_bits must be one of {FROZEN_BITS}, got {frozen_bits!r}")
@@ -225,9 +228,10 @@ def convert(module, allow_flex=False, frozen_bits=8):
         if frozen_bits == 8:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         try:
-            return converter.convert()
+            data = converter.convert()
         except Exception as e:  # the converter reports unsupported ops in a long ConverterError
             raise ExportError(f"TFLite conversion with builtin ops only failed: {str(e)[-2000:]}") from None
+    return tflite_model.fill_zero_initial_values(data)[0]
 
 
 def check_builtins_only(tflite_bytes):

@@ -1,10 +1,13 @@
-"""Read a `.tflite` flatbuffer without TensorFlow: operator names, custom (Flex) ops, tensors and buffers.
+"""Read a `.tflite` flatbuffer without TensorFlow: operator names, custom (Flex) ops, tensors and buffers; and
+one rewrite the exporter applies (`fill_zero_initial_values`).
 
-Used by the exporter's builtins-only check, the memory measurement and the device side's model validation.
+Used by the exporter's builtins-only check and rewrite, the memory measurement and the device side's model
+validation.
 """
 
 from dataclasses import dataclass
 
+import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
@@ -135,3 +138,96 @@ def links(data):
         variables.append(handles)
         inits.append(tuple(calls))
     return Links(signatures, tuple(buffers), tuple(variables), tuple(inits), tuple(unknown))
+
+
+BUFFER_ALIGNMENT = 16  # the converter's alignment of constant data (the schema's force_align on Buffer.data)
+MIN_FILL_BYTES = 1024  # smaller zero constants stay: a FILL needs two constants of its own
+
+
+class _AlignedBuffer:
+    """A `BufferT` packed with its data aligned like the converter's (the generated `Pack` aligns only to 1)."""
+
+    def __init__(self, buffer):
+        self.buffer = buffer
+
+    def Pack(self, builder):
+        b = self.buffer
+        data = None
+        if b.data is not None:
+            raw = np.asarray(b.data, np.uint8).tobytes()
+            builder.StartVector(1, len(raw), BUFFER_ALIGNMENT)
+            builder.head -= len(raw)
+            builder.Bytes[builder.head:builder.head + len(raw)] = raw
+            data = builder.EndVector()
+        schema.BufferStart(builder)
+        if data is not None:
+            schema.BufferAddData(builder, data)
+        schema.BufferAddOffset(builder, b.offset)
+        schema.BufferAddSize(builder, b.size)
+        return schema.BufferEnd(builder)
+
+
+def fill_zero_initial_values(data):
+    """(new bytes, bytes of constants removed): every variable whose initial value is a float32 constant of zeros
+    (optimizer slots, and anything else that starts at zero) starts from a FILL op in its initializer instead.
+
+    The converter turns each variable's value at conversion time into a full-size constant that the CALL_ONCE
+    initializer subgraph assigns once; for Adam's two slots per trainable that is a file of zeros that, once
+    read, stays resident through training. FILL writes the zeros into the initializer's arena, which LiteRT
+    frees after the initializer runs. A buffer is removed only when no other subgraph uses it.
+    """
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    inits = {op.builtinOptions.initSubgraphIndex for sg in model.subgraphs for op in (sg.operators or [])
+             if op.builtinOptionsType == schema.BuiltinOptions.CallOnceOptions}
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    users = {}
+    for s, sg in enumerate(model.subgraphs):
+        for t in sg.tensors or []:
+            users.setdefault(t.buffer, set()).add(s)
+
+    def constant(sg, name, array):
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(array.tobytes(), np.uint8)
+        model.buffers.append(buffer)
+        t = schema.TensorT()
+        t.name, t.shape, t.buffer = name, list(array.shape), len(model.buffers) - 1
+        t.type = schema.TensorType.INT32 if array.dtype == np.int32 else schema.TensorType.FLOAT32
+        sg.tensors.append(t)
+        return len(sg.tensors) - 1
+
+    def fill_code():
+        if schema.BuiltinOperator.FILL not in codes:
+            c = schema.OperatorCodeT()
+            c.builtinCode, c.deprecatedBuiltinCode, c.version = (schema.BuiltinOperator.FILL,) * 2 + (1,)
+            model.operatorCodes.append(c)
+            codes.append(schema.BuiltinOperator.FILL)
+        return codes.index(schema.BuiltinOperator.FILL)
+
+    emptied = set()
+    for s in sorted(inits):
+        sg, ops = model.subgraphs[s], []
+        for op in sg.operators or []:
+            value = sg.tensors[op.inputs[1]] if codes[op.opcodeIndex] == schema.BuiltinOperator.ASSIGN_VARIABLE else None
+            raw = None if value is None else model.buffers[value.buffer].data
+            if (value is not None and value.type == schema.TensorType.FLOAT32 and raw is not None
+                    and len(raw) >= MIN_FILL_BYTES and not np.asarray(raw).any()):
+                fill = schema.OperatorT()
+                fill.opcodeIndex = fill_code()
+                name = value.name or b"initial_value"
+                fill.inputs = [constant(sg, name + b"/shape", np.asarray(value.shape, np.int32)),
+                               constant(sg, name + b"/zero", np.zeros((), np.float32))]
+                fill.outputs = [op.inputs[1]]
+                ops.append(fill)
+                emptied.add(value.buffer)
+                value.buffer = 0  # buffer 0 is the schema's empty buffer: the tensor is now FILL's output
+            ops.append(op)
+        sg.operators = ops
+    saved = 0
+    for b in emptied:
+        if users[b] <= inits and not any(t.buffer == b for s in users[b] for t in model.subgraphs[s].tensors):
+            saved += len(model.buffers[b].data)
+            model.buffers[b].data = None
+    model.buffers = [_AlignedBuffer(b) for b in model.buffers]
+    builder = flatbuffers.Builder(len(data) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output()), saved
