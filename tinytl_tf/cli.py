@@ -210,10 +210,12 @@ def build_parser():
     m.add_argument("--timeout", type=positive_float, default=300, help="seconds each LiteRT measurement process may run (default 300)")
     m.set_defaults(func=cmd_memory)
 
-    d = sub.add_parser("demo", formatter_class=_Formatter, help="the main job on the embedded Caltech-101 subset",
-                       description="Fine-tune mcunet-5fps on the embedded 10-class Caltech-101 subset with TinyTL-L+B and FT-Last and compare.")
+    d = sub.add_parser("demo", formatter_class=_Formatter, help="the main job on the embedded CIFAR-10 subset",
+                       description="Fine-tune mcunet-5fps on the embedded 10-class CIFAR-10 subset with FT-Last and "
+                       "TinyTL-L+B, print their accuracy beside their measured LiteRT training memory, then train the "
+                       "TinyTL-L+B model on with the LiteRT trainer at batch size 1.")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    d.add_argument("--epochs", type=count(1), default=6, help="training epochs of each method")
+    d.add_argument("--epochs", type=count(1), help="training epochs of each method (default: the demo's 15)")
     _add_seed_option(d)
     d.set_defaults(func=cmd_demo)
     return p

@@ -30,7 +30,7 @@ from tinytl_tf import imageio
 from tinytl_tf.config import check_resolution
 from tinytl_tf.imageio import DataError
 
-__all__ = ["DataError", "ImageData", "default_data_dir", "load_eval_folder", "load_image_folder", "load_tfds"]
+__all__ = ["DataError", "ImageData", "default_data_dir", "demo_data_dir", "load_eval_folder", "load_image_folder", "load_tfds"]
 
 TFDS_SHUFFLE_BUFFER = 4096  # encoded images held for shuffling a tfds split (a folder shuffles all its paths)
 
@@ -53,6 +53,12 @@ class ImageData:
 def default_data_dir():
     """The embedded Caltech-10 subset shipped with the package (`train/<class>/`, `test/<class>/`)."""
     return Path(__file__).resolve().parent / "assets" / "caltech10"
+
+
+def demo_data_dir():
+    """The embedded CIFAR-10 subset the demo trains on (10 classes, 100 train + 30 test images each; see
+    assets/cifar10_small/ATTRIBUTION.md): far from ImageNet, so TinyTL's gain over FT-Last shows."""
+    return Path(__file__).resolve().parent / "assets" / "cifar10_small"
 
 
 def load_image_folder(path, resolution, mean, std, batch_size, val_fraction=None, seed=0, holdout_fraction=None):
@@ -114,7 +120,7 @@ def load_tfds(name, data_dir, resolution, mean, std, batch_size, seed=0):
             decoders={keys[0]: tfds.decode.SkipDecoding()},
             read_config=tfds.ReadConfig(shuffle_seed=seed),
         )
-        return ds.map(lambda image, label: (image, tf.cast(label, tf.int32)))
+        return ds.map(_plain(lambda image, label: (image, tf.cast(label, tf.int32))))
 
     num_train = info.splits["train"].num_examples
     prep = _Preprocess(resolution, mean, std, batch_size, encoded=True)
@@ -125,6 +131,12 @@ def load_tfds(name, data_dir, resolution, mean, std, batch_size, seed=0):
         num_train,
         info.splits[test_split].num_examples,
     )
+
+
+def _plain(fn):
+    """A map function traced as written: it has no Python control flow for AutoGraph to convert, and AutoGraph's
+    failed attempts (lambdas that share a line, `numpy_function` wrappers) print pages of warnings."""
+    return tf.autograph.experimental.do_not_convert(fn)
 
 
 def _files(pairs):
@@ -154,7 +166,7 @@ class _Preprocess:
         ds = ds.shuffle(max(shuffle_buffer, 1), seed=seed, reshuffle_each_iteration=True)
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda item, s: (self._py(augment, item[0], s), item[1]), num_parallel_calls=tf.data.AUTOTUNE
+            _plain(lambda item, s: (self._py(augment, item[0], s), item[1])), num_parallel_calls=tf.data.AUTOTUNE
         )
         return self._finish(ds)
 
@@ -162,7 +174,9 @@ class _Preprocess:
         def crop(source):
             return imageio.eval_transform(self._read(source), self.resolution)
 
-        return self._finish(ds.map(lambda source, label: (self._py(crop, source), label), num_parallel_calls=tf.data.AUTOTUNE))
+        return self._finish(
+            ds.map(_plain(lambda source, label: (self._py(crop, source), label)), num_parallel_calls=tf.data.AUTOTUNE)
+        )
 
     def _read(self, source):
         return imageio.load_rgb(source if self.encoded else os.fsdecode(source))
@@ -172,5 +186,5 @@ class _Preprocess:
         return tf.ensure_shape(image, (self.resolution, self.resolution, 3))
 
     def _finish(self, ds):
-        ds = ds.batch(self.batch_size).map(lambda x, y: ((tf.cast(x, tf.float32) - self.mean) / self.std, y))
+        ds = ds.batch(self.batch_size).map(_plain(lambda x, y: ((tf.cast(x, tf.float32) - self.mean) / self.std, y)))
         return ds.prefetch(tf.data.AUTOTUNE)
