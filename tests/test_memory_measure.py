@@ -189,6 +189,21 @@ def test_dynamic_memory_of_ft_full(ft_full):
     assert row["tflite_mb"] == pytest.approx(os.path.getsize(ft_full) / 1e6)
     assert row["measured_train_mb"] > row["measured_infer_mb"] > 0
     assert row["static_peak_mb"] == pytest.approx(static.peak_activation_bytes / 1e6)
+    # the peak's heap and file-backed parts, taken at the run's end, cannot exceed it and hold the variables
+    assert 0 < row["measured_train_anon_mb"] + row["measured_train_file_mb"] <= row["measured_train_mb"] + 0.01
+    assert row["measured_train_anon_mb"] >= static.variable_bytes / 1e6
+
+
+def test_memory_command_measures_a_users_exported_model(ft_full, tmp_path, capsys):
+    from tinytl_tf.cli import main
+
+    user = tmp_path / "mine.tflite"
+    user.write_bytes(ft_full.read_bytes())
+    (tmp_path / "mine.json").write_text(json.dumps({"method": "ft-full"}))
+    assert main(["memory", "--model", str(user), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["method"] == "ft-full" and row["model"] == str(user)
+    assert row["measured_train_mb"] > row["measured_infer_mb"] > 0 and row["tflite_mb"] > 0
 
 
 def _probe_pids(path):

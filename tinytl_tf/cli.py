@@ -76,6 +76,8 @@ def cmd_evaluate(args):
 
 
 def cmd_memory(args):
+    if args.model:
+        return _measure_file(args)
     from tinytl_tf.memory import format_table, method_table, plot_breakdown
 
     rows = method_table(args.backbone, args.resolution, args.batch_size, num_classes=args.num_classes,
@@ -89,6 +91,18 @@ def cmd_memory(args):
         print(format_measured(rows, args.batch_size))
     if args.plot:
         plot_breakdown(rows, args.plot)
+
+
+def _measure_file(args):
+    """`memory --model X.tflite`: the LiteRT figures of one exported model, as a method row."""
+    from tinytl_tf.memory.measure import MeasurementError, format_measured, measure_file
+
+    print(f"measuring {args.model}: train and infer, each in a fresh LiteRT process...", file=sys.stderr, flush=True)
+    try:
+        row = measure_file(args.model, timeout=args.timeout)
+    except MeasurementError as e:
+        raise OSError(str(e)) from None
+    print(json.dumps(row, indent=2) if args.json else format_measured([row]))
 
 
 def _add_measurements(args, rows):
@@ -207,6 +221,7 @@ def build_parser():
     m.add_argument("--methods", nargs="+", metavar="METHOD", help=f"only these methods (default all: {', '.join(METHODS)})")
     m.add_argument("--measure", action="store_true", help="also export each method's model and measure it with LiteRT at batch 1 (static graph peak, process RSS of train and infer)")
     m.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (mobilenet-v1 with --measure)")
+    m.add_argument("--model", metavar="MODEL.tflite", help="measure this exported model instead (train and infer in LiteRT at its batch size: static graph peak, process RSS split into heap and file-backed pages); the method comes from MODEL.json beside it")
     m.add_argument("--timeout", type=positive_float, default=300, help="seconds each LiteRT measurement process may run (default 300)")
     m.set_defaults(func=cmd_memory)
 
@@ -235,6 +250,15 @@ def check_arguments(args):
             raise ValueError(f"unknown transfer method {args.method!r}; valid: {', '.join(METHODS)}")
         if args.subnet is None and args.backbone not in BACKBONE_NAMES:
             raise ValueError(f"unknown backbone {args.backbone!r}; valid: {', '.join(BACKBONE_NAMES)}")
+    if args.command == "memory" and args.model:
+        if not Path(args.model).is_file():
+            raise FileNotFoundError(f"no model file at {args.model}; pass a .tflite written by `export` or `train`")
+        with open(args.model, "rb") as f:
+            if f.read(8)[4:] != b"TFL3":
+                raise ValueError(f"{args.model} is not a TFLite model (no 'TFL3' identifier); pass a .tflite written "
+                                 "by `export` or `train`")
+        if args.measure or args.plot:
+            raise ValueError("--model measures one exported file; --measure and --plot belong to the method table")
     if args.command == "evaluate":
         if not Path(args.model).is_file():
             raise FileNotFoundError(f"no model file at {args.model}; pass the model.keras written by `train --out`")

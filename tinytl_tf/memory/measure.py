@@ -1,4 +1,4 @@
-"""Measured training memory of an exported `.tflite` (issue 4): a static walk of the graph and a real LiteRT run.
+"""Measured training memory of an exported `.tflite`: a static walk of the graph and a real LiteRT run.
 
 Static (`static_memory`, TF-free, no interpreter): the signature's subgraph is walked in execution order (TFLite
 runs ops in the order the flatbuffer lists them). A non-constant tensor lives from the op that produces it (the
@@ -216,19 +216,45 @@ def probe_memory(tflite_path, signature=SIGNATURE_TRAIN, steps=3, timeout=300, n
 def dynamic_memory(tflite_path, signature=SIGNATURE_TRAIN, steps=3, timeout=300, num_threads=1, xnnpack=DEFAULT_XNNPACK):
     """Bytes: peak RSS of a fresh process running `steps` calls of `signature`, minus its RSS after loading the
     model, not counting the model file's pages among the loaded (LiteRT faults all of some files in at load)."""
-    r = probe_memory(tflite_path, signature, steps, timeout, num_threads, xnnpack)
-    return r["hwm"] - r["rss_loaded"] + r["model_loaded"]
+    return _peak_growth(probe_memory(tflite_path, signature, steps, timeout, num_threads, xnnpack))
+
+
+def _peak_growth(points):
+    return points["hwm"] - points["rss_loaded"] + points["model_loaded"]
+
+
+def _split(points):
+    """(anonymous, file-backed) bytes of the same growth at the end of the run: heap (arena, variables, scratch)
+    against mapped files (the model's pages and the runtime code paged in), which the OS can drop and re-read."""
+    anon = points["anon_end"] - points["anon_loaded"]
+    return anon, points["file_end"] - points["file_loaded"] + points["model_loaded"]
 
 
 def measure_tflite(path, steps=3, timeout=300, xnnpack=DEFAULT_XNNPACK):
     """Static and dynamic memory of an exported training model (MB = 1e6 bytes); train and infer each run in
-    their own fresh process (infer is the floor: what running the network costs without training it)."""
+    their own fresh process (infer is the floor: what running the network costs without training it). The
+    dynamic totals are peaks; their `_anon_mb` / `_file_mb` parts are the same growth split at the run's end."""
     static = static_memory(path, SIGNATURE_TRAIN)
-    train = dynamic_memory(path, SIGNATURE_TRAIN, steps, timeout, xnnpack=xnnpack)
-    infer = dynamic_memory(path, SIGNATURE_INFER, steps, timeout, xnnpack=xnnpack)
-    return {"measured_train_mb": train / MB, "measured_infer_mb": infer / MB,
-            "static_peak_mb": static.peak_activation_bytes / MB, "constants_mb": static.constant_bytes / MB,
+    row = {}
+    for signature in (SIGNATURE_TRAIN, SIGNATURE_INFER):
+        points = probe_memory(path, signature, steps, timeout, xnnpack=xnnpack)
+        anon, file_backed = _split(points)
+        row.update({f"measured_{signature}_mb": _peak_growth(points) / MB,
+                    f"measured_{signature}_anon_mb": anon / MB, f"measured_{signature}_file_mb": file_backed / MB})
+    return {**row, "static_peak_mb": static.peak_activation_bytes / MB, "constants_mb": static.constant_bytes / MB,
             "variables_mb": static.variable_bytes / MB, "tflite_mb": static.file_bytes / MB}
+
+
+def measure_file(path, steps=3, timeout=300, xnnpack=DEFAULT_XNNPACK):
+    """`measure_tflite` of a user's exported file as a method row: "method" from its metadata X.json when it is
+    beside X.tflite (else the file's name), then the figures."""
+    path = Path(path)
+    meta = path.with_suffix(".json")
+    try:
+        method = json.loads(meta.read_text()).get("method") if meta.is_file() else None
+    except (ValueError, AttributeError):
+        method = None
+    return {"method": method or path.name, "model": str(path), **measure_tflite(path, steps, timeout, xnnpack)}
 
 
 def measure_model(model, steps=3, timeout=300, workdir=None, xnnpack=DEFAULT_XNNPACK, progress=None):
@@ -284,11 +310,13 @@ def format_measured(rows, analytic_batch=1):
     title = "LiteRT, measured at batch 1 (the exported model trains one image per step)"
     if analytic_batch != 1:
         title += f"; the analytic figures above are for batch {analytic_batch}"
-    head = (f"{'method':<14}{'train MB':>10}{'infer MB':>10}{'static peak':>13}{'variables':>11}{'constants':>11}"
-            f"{'tflite MB':>11}")
+    head = (f"{'method':<14}{'train MB':>10}{'(anon':>7}{'file)':>7}{'infer MB':>10}{'static peak':>13}"
+            f"{'variables':>11}{'constants':>11}{'tflite MB':>11}")
     lines = [title, head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['method']:<14}{r['measured_train_mb']:>10.2f}{r['measured_infer_mb']:>10.2f}"
-                     f"{r['static_peak_mb']:>13.2f}{r['variables_mb']:>11.2f}{r['constants_mb']:>11.2f}"
-                     f"{r['tflite_mb']:>11.2f}")
+        lines.append(f"{r['method']:<14}{r['measured_train_mb']:>10.2f}{r['measured_train_anon_mb']:>7.2f}"
+                     f"{r['measured_train_file_mb']:>7.2f}{r['measured_infer_mb']:>10.2f}{r['static_peak_mb']:>13.2f}"
+                     f"{r['variables_mb']:>11.2f}{r['constants_mb']:>11.2f}{r['tflite_mb']:>11.2f}")
+    lines.append("train MB is the peak; anon (heap: arena, variables, scratch) and file (the model's mapped pages, "
+                 "runtime code) split it at the run's end")
     return "\n".join(lines)
