@@ -68,6 +68,7 @@ def main(argv=None):
     if args.child is not None:
         return child(args.child == "1", args.method, args.epochs, args.resolution)
     runs = {"deterministic": [], "nondeterministic": []}
+    load_before = os.getloadavg()[0]
     for r in range(args.rounds):
         for name in (("deterministic", "nondeterministic") if r % 2 == 0 else ("nondeterministic", "deterministic")):
             runs[name] += measure(name == "deterministic", args)
@@ -78,7 +79,10 @@ def main(argv=None):
               "data": "embedded caltech10 (300 training images)", "epochs_timed_per_run": args.epochs - 1,
               "images_per_s": runs, "median_images_per_s": medians,
               "deterministic_over_nondeterministic": medians["deterministic"] / medians["nondeterministic"],
-              "load_average": os.getloadavg()[0]}
+              "load_average_before_after": [load_before, os.getloadavg()[0]],
+              "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                                       text=True).stdout.strip(),
+              "command": "python benchmarks/determinism.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("median_images_per_s", "deterministic_over_nondeterministic")}))
 
