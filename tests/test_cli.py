@@ -1,5 +1,6 @@
 """The front door: `train` writes model.keras + metrics.json, `evaluate` agrees, user mistakes exit 2 cleanly."""
 
+import hashlib
 import json
 import os
 import stat
@@ -95,6 +96,14 @@ def test_flat_folder_split_is_recorded_and_evaluate_scores_the_held_out_part(ima
     assert result["accuracy"] == pytest.approx(metrics["test_accuracy"])
     assert main(["evaluate", "--model", str(out / "model.keras"), "--data", str(flat), "--all-images"]) == 0
     assert json.loads(capsys.readouterr().out)["examples"] == 10
+
+    # a run stopped after its model.keras but before its split.json: the old split names another model's hash
+    assert metrics["model_sha256"] == hashlib.sha256((out / "model.keras").read_bytes()).hexdigest()
+    good = (out / "model.keras").read_bytes()
+    (out / "model.keras").write_bytes(good + b"\0")
+    assert main(["evaluate", "--model", str(out / "model.keras"), "--data", str(flat)]) == 2
+    assert "belongs to another model" in capsys.readouterr().err
+    (out / "model.keras").write_bytes(good)
 
     # --overwrite: the old model's export goes with it, a killed save's temp file is cleaned up
     (out / "model.tflite").write_bytes(b"exported from the old model")

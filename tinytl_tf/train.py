@@ -2,6 +2,7 @@
 size, optionally across local devices with `tf.distribute.MirroredStrategy`."""
 
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -170,12 +171,16 @@ def train_job(data, backbone, method, out, resolution=None, epochs=10, batch_siz
         if (out / name).exists():
             os.remove(out / name)
             print(f"removed {out / name}, exported from the model.keras this run replaces", file=sys.stderr)
+    # Three files cannot be replaced at once: the model goes first and the others name its hash, so a crash between
+    # two writes leaves a split.json or metrics.json that says it belongs to another model, never a silent mismatch.
+    atomic_write(out / "model.keras", model.save)
+    metrics["model_sha256"] = _sha256(out / "model.keras")
     if images.held_out_files:
-        split = {"data": str(Path(data).resolve()), "test": [os.path.relpath(f, data) for f in images.held_out_files]}
+        split = {"data": str(Path(data).resolve()), "model_sha256": metrics["model_sha256"],
+                 "test": [os.path.relpath(f, data) for f in images.held_out_files]}
         atomic_write(out / SPLIT_FILE, lambda p: Path(p).write_text(json.dumps(split, indent=1)))
     elif (out / SPLIT_FILE).exists():
         os.remove(out / SPLIT_FILE)  # another run's split: this model's test images are a test/ folder
-    atomic_write(out / "model.keras", model.save)
     atomic_write(out / "metrics.json", lambda p: Path(p).write_text(json.dumps(json_safe(metrics), indent=2)))
     plot_history(metrics["history"], out / CURVE_FILE)
     return model, metrics
@@ -192,7 +197,15 @@ def held_out_files(model_path, data):
         return None
     if recorded != Path(data).resolve() or not isinstance(files, list):
         return None
+    if split.get("model_sha256", _sha256(model_path)) != _sha256(model_path):
+        raise ValueError(f"{path} belongs to another model than {model_path} (a train run stopped between the two "
+                         "writes); train again, or pass --all-images to score every image")
     return files
+
+
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_trained(path):
