@@ -619,7 +619,8 @@ def main_specs(results, plan):
             backbones = (plan.backbone,) + (plan.dataset(d).backbones if m in KEY_METHODS else ())
             specs += [Spec("main", d, b, m, plan.resolution, plan.batch_size, s, lr, plan.epochs)
                       for b in backbones for s in (plan.seeds_of(d, m) if b == plan.backbone else (0,))]
-    return specs
+    # every method's first run before any repeat: a study stopped early still compares all methods
+    return sorted(specs, key=lambda spec: (spec.backbone != plan.backbone, spec.seed))
 
 
 def memory_specs(plan):
