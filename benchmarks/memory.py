@@ -1,4 +1,4 @@
-"""Training memory per transfer method: analytic (REFERENCE §4) vs measured LiteRT (issue 4), at batch 1.
+"""Training memory per transfer method: analytic (TinyTL, Cai et al. 2020, Sec. 3.1) vs measured LiteRT, at batch 1.
 
     python benchmarks/memory.py [--backbones mobilenet-v1 proxylessnas-mobile] [--resolution 224] [--classes 102]
                                 [--methods ...] [--optimizer adam|sgd] [--steps 3] [--timeout 900]
@@ -12,7 +12,7 @@ the network its analytic row describes): export the on-device training model, th
 - dynamic: peak RSS of a fresh LiteRT process running 3 `train` (or `infer`) steps minus its RSS after loading,
   with the builtin kernels (the CLI's default) and with the XNNPACK delegate;
 - the `.tflite` size and its budget: 1 B per frozen parameter + 4 B per trainable parameter and optimizer slot.
-Then the issue's targets: measured TinyTL-L+B train memory >= 6.5x lower than FT-Full's, within 1.5x of its
+Then three targets: measured TinyTL-L+B train memory >= 6.5x lower than FT-Full's, within 1.5x of its
 analytic figure, `.tflite` <= 1.3x its budget. `--verbose` prints the largest tensors alive at each static peak.
 A benchmark, not a test: it takes tens of minutes (each export is one to three minutes on 2 cores). Each backbone's
 entry (with the commit it ran at) replaces the one in `--out`; the other backbones' entries stay.
@@ -60,7 +60,7 @@ def measure_one(model, frozen_params, steps, timeout, optimizer):
 
 
 def targets(rows):
-    """The issue's three targets from TinyTL-L+B's and FT-Full's rows (None where a method was not measured)."""
+    """The three targets from TinyTL-L+B's and FT-Full's rows (None where a method was not measured)."""
     by = {r["method"]: r for r in rows}
     lb, full = by.get("tinytl-lb"), by.get("ft-full")
     out = {}

@@ -1,4 +1,4 @@
-"""Feature-extractor adaptation vs the fixed backbone at the same training-memory budget (issue 5).
+"""Feature-extractor adaptation vs the fixed backbone at the same training-memory budget.
 
     python benchmarks/search.py --data /work/runs/caltech101 --budget-mb 2.0 [--backbone mcunet-5fps]
         [--resolutions 96 112 128 144 160] [--search-epochs 5 --pairs 500 --population 100 --generations 100]

@@ -44,7 +44,7 @@ class ConvConfig:
 
 @dataclass(frozen=True)
 class LiteConfig:
-    """A lite residual branch (REFERENCE §2): pool 2x2, kxk group conv, GN, ReLU, 1x1 conv, GN, resize."""
+    """A lite residual branch (TinyTL, Sec. 3.2): pool 2x2, kxk group conv, GN, ReLU, 1x1 conv, GN, resize."""
 
     kernel: int = 5
     groups: int = 2
@@ -234,7 +234,7 @@ def nominal_lite_kernel(feature_size, max_kernel=5):
 
 
 def with_lite_residual(cfg, lite=None, nominal_resolution=128):
-    """Add a lite residual branch to every block except block 0 (REFERENCE §2), keeping existing ones."""
+    """Add a lite residual branch to every block except block 0 (TinyTL, Sec. 3.2), keeping existing ones."""
     blocks, size = [], nominal_resolution // cfg.stem.stride
     for i, b in enumerate(cfg.blocks):
         if i > 0 and b.lite is None:

@@ -1,8 +1,8 @@
 """Training-memory models of TinyTL networks (TF-free to import).
 
-`analytic`: REFERENCE §4's model from a NetConfig. `measure`: the memory of an exported `.tflite`, from its graph
-(static) and from a fresh LiteRT process running it (dynamic); only `measure_model` / `measure_methods` need
-TensorFlow, to export first.
+`analytic`: TinyTL's model (Cai et al. 2020, Sec. 3.1) from a NetConfig. `measure`: the memory of an exported
+`.tflite`, from its graph (static) and from a fresh LiteRT process running it (dynamic); only `measure_model` /
+`measure_methods` need TensorFlow, to export first.
 """
 
 from tinytl_tf.memory.analytic import (Leaf, MemoryReport, format_table, leaves, method_config, method_table,

@@ -1,4 +1,4 @@
-"""Measured training memory of an exported `.tflite` (issue 4): a static walk of the graph and a real LiteRT run.
+"""Measured training memory of an exported `.tflite`: a static walk of the graph and a real LiteRT run.
 
 Static (`static_memory`, TF-free, no interpreter): the signature's subgraph is walked in execution order (TFLite
 runs ops in the order the flatbuffer lists them). A non-constant tensor lives from the op that produces it (the

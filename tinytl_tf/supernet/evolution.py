@@ -1,4 +1,4 @@
-"""Evolutionary search for the best sub-net under a training-memory budget (REFERENCE §6).
+"""Evolutionary search for the best sub-net under a training-memory budget (TinyTL Appendix A).
 
 Every generation keeps the top quarter of the population as parents and refills it with children, half by
 mutation (each gene resampled with probability 0.1) and half by crossover of two parents; a child over the budget

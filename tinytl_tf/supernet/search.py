@@ -1,4 +1,4 @@
-"""The `search` job (REFERENCE §6; the paper's Appendix A) and the `subnet.json` it writes.
+"""The `search` job (feature extractor adaptation, TinyTL Appendix A) and the `subnet.json` it writes.
 
     1. fine-tune the super-net on 80% of the training images (main weights frozen; biases, lite modules and the
        head train; one random sub-net per step)            -> OUT/supernet.keras

@@ -1,4 +1,5 @@
-"""The once-for-all style super-net (REFERENCE §6) around a pretrained MB backbone, as one Keras model.
+"""The once-for-all style super-net (Cai et al., ICLR 2020; TinyTL Appendix A) around a pretrained MB backbone,
+as one Keras model.
 
 Its space (`tinytl_tf.supernet.space.SuperSpec`) is capped by the backbone, so the sub-net `backbone_arch(spec)`
 is the backbone itself; every other sub-net is derived from the same weights by the importance sort (narrower
