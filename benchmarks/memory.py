@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from transfer import git_commit  # noqa: E402  (the sibling benchmark script)
+from transfer import git_commit, portable_command  # noqa: E402  (the sibling benchmark script)
 
 TARGET_RATIO, TARGET_VS_ANALYTIC, TARGET_FILE = 6.5, 1.5, 1.3
 MODES = {"builtin": False, "xnnpack": True}
@@ -115,7 +115,7 @@ def run_backbone(name, args):
         print("largest tensors alive at the static peak of `train`:")
         for method, static in statics.items():
             print_static(method, static, args.top)
-    return {"command": "python benchmarks/memory.py " + " ".join(args.argv), "commit": git_commit(),
+    return {"command": portable_command("python benchmarks/memory.py", args.argv), "commit": git_commit(),
             "optimizer": args.optimizer, "resolution": args.resolution, "classes": args.classes, "rows": rows,
             "targets": goals,
             "peak_by_op_mb": {m: {k: v / 1e6 for k, v in s.peak_by_op.items()} for m, s in statics.items()}}
@@ -130,7 +130,7 @@ def main(argv=None):
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="the exported optimizer (default adam)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--timeout", type=float, default=900)
-    p.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (default: the shared assets)")
+    p.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (default: $TINYTL_WEIGHTS_DIR)")
     p.add_argument("--out", default="docs/memory.json")
     p.add_argument("--verbose", action="store_true", help="print the largest tensors alive at each static peak")
     p.add_argument("--top", type=int, default=8, help="tensors per method with --verbose (default 8)")

@@ -66,7 +66,6 @@ PHASES = ("lr", "main", "memory", "batch", "device")
 DEFAULT_OUT = ROOT / "docs" / "results"
 DEFAULT_DOC = ROOT / "docs" / "RESULTS.md"
 DEFAULT_WORK = ROOT / "runs" / "study"
-DEFAULT_DATA_ROOT = ROOT.parent / "shared" / "assets" / "data"
 SCRIPT = "python benchmarks/transfer.py"
 RESULTS_FORMAT = "tinytl_tf/transfer-results-v2"
 HOLDOUT_FRACTION = 0.2
@@ -241,6 +240,28 @@ def git_commit():
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return head + ("+uncommitted" if dirty else "")
+
+
+def portable_path(path):
+    """`path` as a record keeps it: relative to the checkout when inside it, else by its last component (where one
+    machine keeps its folders is no part of a result, and the data set itself is named by the record)."""
+    p = Path(path)
+    if not p.is_absolute():
+        return str(path)
+    try:
+        return str(p.resolve().relative_to(ROOT))
+    except ValueError:
+        return p.name
+
+
+def portable_command(script, argv):
+    """The command line a record keeps: `script` and `argv` with every absolute path made portable."""
+
+    def token(t):
+        option, eq, value = t.partition("=")
+        return f"{option}={portable_path(value)}" if eq and option.startswith("--") else portable_path(t)
+
+    return shlex.join(script.split() + [token(t) for t in argv])
 
 
 def hardware():
@@ -954,7 +975,7 @@ class Report:
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", help="folder with the data sets' archives or unpacked folders (default: "
-                                       "../shared/assets/data beside the checkout, or $TINYTL_ASSETS/data)")
+                                       "$TINYTL_ASSETS/data)")
     p.add_argument("--work", help=f"folder for unpacked data, trees and mid-run state (default: "
                                   f"{DEFAULT_WORK.relative_to(ROOT)})")
     p.add_argument("--out", help=f"folder for results.json and the plots (default: {DEFAULT_OUT.relative_to(ROOT)})")
@@ -994,7 +1015,9 @@ def data_root(args):
     if args.data_root:
         return Path(args.data_root)
     assets = os.environ.get("TINYTL_ASSETS")
-    return Path(assets) / "data" if assets else DEFAULT_DATA_ROOT
+    if not assets:
+        raise ValueError("no data root: pass --data-root DIR with the data sets' archives (or set TINYTL_ASSETS)")
+    return Path(assets) / "data"
 
 
 def run(args, argv):
@@ -1017,7 +1040,7 @@ def run(args, argv):
             raise FileNotFoundError(f"data root {root} does not exist; pass --data-root DIR with the data sets' "
                                     "archives")
         trees = {d: prepare_dataset(DATASETS[d], root, work) for d in plan.datasets}
-    ctx = Context(trees=trees, work=work, command=shlex.join(SCRIPT.split() + list(argv)), commit=git_commit(),
+    ctx = Context(trees=trees, work=work, command=portable_command(SCRIPT, argv), commit=git_commit(),
                   hardware=hardware())
     try:
         run_phases(args.only or PHASES, results, plan, ctx)

@@ -229,10 +229,12 @@ def check_interrupted_run_resumes_from_its_last_epoch(quick, monkeypatch):
     assert not state[0].exists()
 
 
-@pytest.mark.parametrize("case", ["no data", "corrupt results", "quick without out"])
-def test_mistakes_exit_2_without_traceback(case, tmp_path, capsys):
+@pytest.mark.parametrize("case", ["no data", "no data root", "corrupt results", "quick without out"])
+def test_mistakes_exit_2_without_traceback(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TINYTL_ASSETS", raising=False)
     out = tmp_path / "out"
     argv = {"no data": ["--data-root", str(tmp_path / "nowhere"), "--out", str(out), "--work", str(tmp_path / "w")],
+            "no data root": ["--out", str(out), "--work", str(tmp_path / "w")],
             "corrupt results": ["--report", "--out", str(out)],
             "quick without out": ["--quick"]}[case]
     if case == "corrupt results":
@@ -241,9 +243,17 @@ def test_mistakes_exit_2_without_traceback(case, tmp_path, capsys):
     assert bench.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
-    assert {"no data": "nowhere", "corrupt results": "results.json", "quick without out": "--out"}[case] in err
+    assert {"no data": "nowhere", "no data root": "--data-root", "corrupt results": "results.json",
+            "quick without out": "--out"}[case] in err
     if case == "no data":
         assert not out.exists()
+
+
+def test_records_keep_no_machine_paths(tmp_path):
+    argv = ["--data-root", str(tmp_path / "data"), f"--out={ROOT / 'docs' / 'results'}", "--only", "lr", "--work",
+            "runs/x"]
+    assert (bench.portable_command("python benchmarks/transfer.py", argv) ==
+            "python benchmarks/transfer.py --data-root data --out=docs/results --only lr --work runs/x")
 
 
 def test_next_rate_walks_the_one_three_ten_sequence():
