@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinytl_tf.config import BlockConfig, ConfigError, LiteConfig, NetConfig, check_resolution, with_lite_residual
+from tinytl_tf.config import ConfigError, LiteConfig, NetConfig, check_resolution, with_lite_residual
 from tinytl_tf.memory import training_memory
 from tinytl_tf.methods import TRAINABLE, check_method
 
