@@ -53,7 +53,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
@@ -93,11 +93,11 @@ class DataSet:
     name: str
     title: str
     label_smoothing: float  # the paper's recipe: 0.1 for CIFAR, larger for fine-grained sets
-    train_per_class: Optional[int] = None  # None: every training image
-    curve_per_class: Optional[int] = None  # test images per class scored after every epoch; None: the whole test
+    train_per_class: int | None = None  # None: every training image
+    curve_per_class: int | None = None  # test images per class scored after every epoch; None: the whole test
     seeds: tuple = (0,)  # seeds of FT-Last, FT-Full and TinyTL-L+B (the others run seed 0)
     backbones: tuple = ()  # backbones besides the study's first, for KEY_METHODS
-    paper: Optional[dict] = None  # top-1 % per method, ProxylessNAS-Mobile at 224 px (the paper's Table 2)
+    paper: dict | None = None  # top-1 % per method, ProxylessNAS-Mobile at 224 px (the paper's Table 2)
 
 
 DATASETS = {
@@ -156,7 +156,7 @@ class Spec(NamedTuple):
     resolution: int
     batch: int
     seed: int
-    lr: Optional[float]  # None where no training happens (memory)
+    lr: float | None  # None where no training happens (memory)
     epochs: int
 
     @property

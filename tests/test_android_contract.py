@@ -177,7 +177,7 @@ def _app_tensor_uses(code, kt):
         uses.add((binds[var], io, name))
     for name, var, io in re.findall(r"Contract\.(\w+) in (\w+)\.(inputs|outputs)\b", code):
         uses.add((binds[var], io, name))
-    for fun, body in _function_chunks(code).items():
+    for body in _function_chunks(code).values():
         for sig in re.findall(r"\brun\(\s*Contract\.(SIGNATURE_\w+)", body):
             for name in re.findall(r"Contract\.((?:INPUT|OUTPUT)_\w+)", body):
                 uses.add((sig, "inputs" if name.startswith("INPUT_") else "outputs", name))

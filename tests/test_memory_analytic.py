@@ -6,13 +6,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny import tiny_config
 from tinytl_tf.backbones import BACKBONES, UnknownBackbone, backbone_config
 from tinytl_tf.config import BlockConfig, ConvConfig, NetConfig
 from tinytl_tf.contract import METHODS
-from tinytl_tf.memory import (format_table, leaves, method_config, method_table, param_counts, peak_activation_bytes,
-                              plot_breakdown, training_memory)
+from tinytl_tf.memory import (
+    format_table,
+    leaves,
+    method_config,
+    method_table,
+    param_counts,
+    peak_activation_bytes,
+    plot_breakdown,
+    training_memory,
+)
 from tinytl_tf.methods import TRAINABLE, UnknownMethod
-from tests.tiny import tiny_config
 
 # Typed in from the TinyTL paper: ProxylessNAS-Mobile, 102-class head, lite modules present for every
 # method, 1 byte per frozen parameter, MB = 1e6 B. Params MB; total MB at batch 8 for each resolution.

@@ -10,11 +10,10 @@ import os
 import sys
 from pathlib import Path
 
+from tinytl_tf.data import default_data_dir, load_image_folder
 from tinytl_tf.export import export_model
 from tinytl_tf.ondevice.evaluation import evaluate_folder
 from tinytl_tf.ondevice.folder_training import train_folder
-
-from tinytl_tf.data import default_data_dir, load_image_folder
 from tinytl_tf.train import train_job
 
 BACKBONE = "mcunet-5fps"

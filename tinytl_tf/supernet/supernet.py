@@ -24,8 +24,17 @@ from tinytl_tf.config import NetConfig, TrainableSet
 from tinytl_tf.layers import Classifier, FoldedConv2D, MBBlock
 from tinytl_tf.methods import TRAINABLE
 from tinytl_tf.supernet.elastic import ElasticMBBlock
-from tinytl_tf.supernet.space import (SuperSpec, active_slots, backbone_arch, gene_choices, mid_channels, sample,
-                                      subnet_config, super_spec, validate_arch)
+from tinytl_tf.supernet.space import (
+    SuperSpec,
+    active_slots,
+    backbone_arch,
+    gene_choices,
+    mid_channels,
+    sample,
+    subnet_config,
+    super_spec,
+    validate_arch,
+)
 
 DEFAULT_RESOLUTIONS = (96, 112, 128, 144, 160)
 # the paper's adaptation: main weights frozen; main biases, lite modules and the head train
