@@ -27,6 +27,8 @@ from PIL import Image
 
 from tinytl_tf import contract, imageio
 
+pytestmark = pytest.mark.slow  # exports a model for the app's contract
+
 APP = Path(__file__).resolve().parents[1] / "android_demo/app/src/main/java/io/github/tinytl/demo"
 LABELS = ("red", "green", "blue")
 OPT_LR, OPT_STEPS = 1e-2, 100

@@ -17,6 +17,8 @@ from tinytl_tf.export import ExportError, check_builtins_only, export_model
 from tinytl_tf.train import compile_model
 from tinytl_tf.transfer import prepare_transfer
 
+pytestmark = pytest.mark.slow  # exports .tflite models and runs them in LiteRT
+
 STEPS, LR, TOTAL = 3, 5e-2, 10
 
 

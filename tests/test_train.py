@@ -14,6 +14,8 @@ from tinytl_tf.contract import METHODS
 from tinytl_tf.train import check_output_dir, fit, load_trained
 from tinytl_tf.transfer import prepare_transfer
 
+pytestmark = pytest.mark.slow  # trains models
+
 K = 3
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,6 +15,8 @@ from PIL import Image
 
 from tinytl_tf.config import BlockConfig, ConvConfig, NetConfig
 
+pytestmark = pytest.mark.slow  # runs the accuracy study in miniature
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_GRID = {"ft-last": (1e-2, 3e-2), "tinytl-lb": (3e-3,)}
 HOLDOUT_PER_RUN = 3 * 2  # 3 classes, 20% of 10 training images each
