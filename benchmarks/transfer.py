@@ -1003,10 +1003,9 @@ def make_plan(args):
                              f"{list(dict(plan.lr_grid))}")
         plan = dataclasses.replace(plan, methods=tuple(m for m in METHODS if m in args.methods))
     if args.backbone:
-        from tinytl_tf.backbones import BACKBONES
+        from tinytl_tf.backbones.registry import get_backbone
 
-        if args.backbone not in BACKBONES:
-            raise ValueError(f"unknown --backbone {args.backbone!r}; valid: {', '.join(BACKBONES)}")
+        get_backbone(args.backbone)
         plan = dataclasses.replace(plan, backbone=args.backbone)
     return plan
 

@@ -57,12 +57,6 @@ def test_other_resolution_keeps_weights_and_predictions():
     assert set(imagenet_top(model, skimage.data.chelsea(), 3)) == CATS
 
 
-def test_cli_names_every_backbone():
-    from tinytl_tf.cli import BACKBONE_NAMES  # kept TF-free for --help, so checked against the registry here
-
-    assert BACKBONE_NAMES == tuple(BACKBONES)
-
-
 def test_unknown_backbone_lists_valid_names():
     with pytest.raises(UnknownBackbone) as e:
         load_backbone("resnet-50")

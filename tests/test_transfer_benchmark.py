@@ -41,7 +41,8 @@ def tiny_backbone(monkeypatch):
 
     cfg = NetConfig(name="tiny", resolution=64, stem=ConvConfig(out=8, kernel=3, stride=2),
                     blocks=(BlockConfig(3, 1, 8), BlockConfig(3, 2, 16, mid=16)), num_classes=3)
-    monkeypatch.setitem(backbones.BACKBONES, "tiny", ("micro test net, random weights", lambda d: (cfg, None)))
+    monkeypatch.setitem(backbones.BACKBONES, "tiny",
+                        backbones.Backbone("micro test net, random weights", lambda: cfg, lambda d: (cfg, None)))
 
 
 def guard_test_split(monkeypatch, test_reads, holdout_loads):

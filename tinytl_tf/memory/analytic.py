@@ -38,6 +38,7 @@ and confirmed by the paper's ProxylessNAS-Mobile memory figures (`tests/test_mem
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
+from tinytl_tf.backbones.registry import backbone_config
 from tinytl_tf.config import NetConfig
 
 BYTES = 4  # float32 activations and trainable parameters
@@ -234,7 +235,7 @@ def training_memory(cfg, batch_size=1, frozen_bits=8):
 def method_config(backbone, method, resolution=None, num_classes=102, lite_residual=None, dropout=0.2):
     """The network config `prepare_transfer` would build for `method`, without building anything.
 
-    `backbone`: a backbone name (`tinytl_tf.backbones.BACKBONES`) or a NetConfig. `lite_residual`: None = only
+    `backbone`: a backbone name (`tinytl_tf.backbones.registry`) or a NetConfig. `lite_residual`: None = only
     the methods that use lite residuals get them; True = every method (the paper's memory table).
     """
     from tinytl_tf.methods import method_config as transfer_config
@@ -245,8 +246,6 @@ def method_config(backbone, method, resolution=None, num_classes=102, lite_resid
 def _config(backbone):
     if isinstance(backbone, NetConfig):
         return backbone
-    from tinytl_tf.backbones import backbone_config
-
     return backbone_config(backbone)
 
 

@@ -252,7 +252,7 @@ def read_weights_file(path):
 def _backbone_weights(name, weights_dir):
     """(backbone name, NetConfig, {path: array} or None, channels already sorted) of a backbone name or file."""
     if name in BACKBONES:
-        cfg, arrays = BACKBONES[name][1](weights_dir)
+        cfg, arrays = BACKBONES[name].load(weights_dir)
         return name, cfg, arrays, False
     if str(name).endswith(".npz"):
         return read_weights_file(name)
