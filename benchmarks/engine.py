@@ -1,4 +1,4 @@
-"""LiteRT train-step vs infer-step latency per transfer method, and .tflite size (issue: on-device engine).
+"""LiteRT train-step vs infer-step latency per transfer method, and .tflite size.
 
     python benchmarks/engine.py [--backbone mcunet-5fps] [--resolution 128] [--repeats 30] [--frozen-bits 8]
                                 [--out docs/engine.json]

@@ -1,4 +1,4 @@
-"""Training memory per transfer method: analytic (REFERENCE §4) vs measured LiteRT (issue 4), at batch 1.
+"""Training memory per transfer method: analytic (TinyTL, Cai et al. 2020, Sec. 3.1) vs measured LiteRT, at batch 1.
 
     python benchmarks/memory.py [--backbones mobilenet-v1 proxylessnas-mobile] [--resolution 224] [--classes 102]
                                 [--methods ...] [--optimizer adam|sgd] [--steps 3] [--timeout 900]
@@ -12,7 +12,7 @@ the network its analytic row describes): export the on-device training model, th
 - dynamic: peak RSS of a fresh LiteRT process running 3 `train` (or `infer`) steps minus its RSS after loading,
   with the builtin kernels (the CLI's default) and with the XNNPACK delegate;
 - the `.tflite` size and its budget: 1 B per frozen parameter + 4 B per trainable parameter and optimizer slot.
-Then the issue's targets: measured TinyTL-L+B train memory >= 6.5x lower than FT-Full's, within 1.5x of its
+Then three targets: measured TinyTL-L+B train memory >= 6.5x lower than FT-Full's, within 1.5x of its
 analytic figure, `.tflite` <= 1.3x its budget. `--verbose` prints the largest tensors alive at each static peak.
 A benchmark, not a test: it takes tens of minutes (each export is one to three minutes on 2 cores). Each backbone's
 entry (with the commit it ran at) replaces the one in `--out`; the other backbones' entries stay.
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from transfer import git_commit  # noqa: E402  (the sibling benchmark script)
+from transfer import git_commit, portable_command  # noqa: E402  (the sibling benchmark script)
 
 TARGET_RATIO, TARGET_VS_ANALYTIC, TARGET_FILE = 6.5, 1.5, 1.3
 MODES = {"builtin": False, "xnnpack": True}
@@ -60,7 +60,7 @@ def measure_one(model, frozen_params, steps, timeout, optimizer):
 
 
 def targets(rows):
-    """The issue's three targets from TinyTL-L+B's and FT-Full's rows (None where a method was not measured)."""
+    """The three targets from TinyTL-L+B's and FT-Full's rows (None where a method was not measured)."""
     by = {r["method"]: r for r in rows}
     lb, full = by.get("tinytl-lb"), by.get("ft-full")
     out = {}
@@ -115,7 +115,7 @@ def run_backbone(name, args):
         print("largest tensors alive at the static peak of `train`:")
         for method, static in statics.items():
             print_static(method, static, args.top)
-    return {"command": "python benchmarks/memory.py " + " ".join(args.argv), "commit": git_commit(),
+    return {"command": portable_command("python benchmarks/memory.py", args.argv), "commit": git_commit(),
             "optimizer": args.optimizer, "resolution": args.resolution, "classes": args.classes, "rows": rows,
             "targets": goals,
             "peak_by_op_mb": {m: {k: v / 1e6 for k, v in s.peak_by_op.items()} for m, s in statics.items()}}
@@ -130,7 +130,7 @@ def main(argv=None):
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="the exported optimizer (default adam)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--timeout", type=float, default=900)
-    p.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (default: the shared assets)")
+    p.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (default: $TINYTL_WEIGHTS_DIR)")
     p.add_argument("--out", default="docs/memory.json")
     p.add_argument("--verbose", action="store_true", help="print the largest tensors alive at each static peak")
     p.add_argument("--top", type=int, default=8, help="tensors per method with --verbose (default 8)")

@@ -1,6 +1,6 @@
-"""Feature-extractor adaptation vs the fixed backbone at the same training-memory budget (issue 5).
+"""Feature-extractor adaptation vs the fixed backbone at the same training-memory budget.
 
-    python benchmarks/search.py --data /work/runs/caltech101 --budget-mb 2.0 [--backbone mcunet-5fps]
+    python benchmarks/search.py --data DIR --budget-mb 2.0 [--backbone mcunet-5fps]
         [--resolutions 96 112 128 144 160] [--search-epochs 5 --pairs 500 --population 100 --generations 100]
         [--epochs 3 --batch-size 8 --lr 3e-3] [--no-measure] [--work runs/bench_search] [--out docs/search.json]
 
@@ -10,8 +10,8 @@
 2. The fixed pretrained backbone with TinyTL-L+B at the largest of the same resolutions that fits the budget.
 Both report test accuracy, analytic training memory (TinyTL-L+B, batch 1) and, unless --no-measure, the LiteRT
 figures of the exported model (`tinytl_tf.memory.measure`); plus the predictor's rank correlation on unseen
-pairs. Every phase resumes from --work. Prepare the data first:
-`python -m tinytl_tf.caltech prepare /work/shared/assets/data /work/runs/caltech101`.
+pairs. Every phase resumes from --work. Prepare the data first (SOURCE holds the Caltech-101 tar files):
+`python -m tinytl_tf.caltech prepare SOURCE DIR`.
 """
 
 import argparse
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from transfer import portable_path  # noqa: E402  (the sibling benchmark script)
 
 
 def fixed_backbone_resolution(backbone, num_classes, resolutions, budget_mb):
@@ -63,7 +64,7 @@ def result_row(model, metrics, measure):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="/work/runs/caltech101", help="DIR/train/<class>/ + DIR/test/<class>/")
+    p.add_argument("--data", required=True, help="DIR/train/<class>/ + DIR/test/<class>/")
     p.add_argument("--backbone", default="mcunet-5fps")
     p.add_argument("--budget-mb", type=float, required=True, help="analytic TinyTL-L+B training memory at batch 1")
     p.add_argument("--resolutions", type=int, nargs="+", default=[96, 112, 128, 144, 160])
@@ -105,14 +106,15 @@ def main(argv=None):
                                            run.budget_mb)
     fixed = trained(run, run.data, train, work / "fixed", resolution=resolution)
     result = {
-        "budget_mb": run.budget_mb, "backbone": run.backbone, "data": run.data,
+        "budget_mb": run.budget_mb, "backbone": run.backbone, "data": portable_path(run.data),
         "searched": {**result_row(*searched, not run.no_measure), "config": subnet["config"],
                      "predicted_holdout_accuracy": subnet["predicted_accuracy"],
                      "supernet_holdout_accuracy": subnet["holdout_accuracy"]},
         "fixed_backbone": {**result_row(*fixed, not run.no_measure),
                            "note": "largest searched resolution whose TinyTL-L+B memory fits the budget"},
         "predictor": subnet["predictor"],
-        "settings": {k: v for k, v in vars(run).items() if k not in ("out", "verbose")},
+        "settings": {**{k: v for k, v in vars(run).items() if k not in ("out", "verbose")},
+                     "data": portable_path(run.data), "work": portable_path(run.work)},
         "search_seconds": round(search_seconds, 1),
     }
     Path(run.out).parent.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
@@ -66,7 +66,6 @@ PHASES = ("lr", "main", "memory", "batch", "device")
 DEFAULT_OUT = ROOT / "docs" / "results"
 DEFAULT_DOC = ROOT / "docs" / "RESULTS.md"
 DEFAULT_WORK = ROOT / "runs" / "study"
-DEFAULT_DATA_ROOT = ROOT.parent / "shared" / "assets" / "data"
 SCRIPT = "python benchmarks/transfer.py"
 RESULTS_FORMAT = "tinytl_tf/transfer-results-v2"
 HOLDOUT_FRACTION = 0.2
@@ -94,11 +93,11 @@ class DataSet:
     name: str
     title: str
     label_smoothing: float  # the paper's recipe: 0.1 for CIFAR, larger for fine-grained sets
-    train_per_class: Optional[int] = None  # None: every training image
-    curve_per_class: Optional[int] = None  # test images per class scored after every epoch; None: the whole test
+    train_per_class: int | None = None  # None: every training image
+    curve_per_class: int | None = None  # test images per class scored after every epoch; None: the whole test
     seeds: tuple = (0,)  # seeds of FT-Last, FT-Full and TinyTL-L+B (the others run seed 0)
     backbones: tuple = ()  # backbones besides the study's first, for KEY_METHODS
-    paper: Optional[dict] = None  # top-1 % per method, ProxylessNAS-Mobile at 224 px (the paper's Table 2)
+    paper: dict | None = None  # top-1 % per method, ProxylessNAS-Mobile at 224 px (the paper's Table 2)
 
 
 DATASETS = {
@@ -157,7 +156,7 @@ class Spec(NamedTuple):
     resolution: int
     batch: int
     seed: int
-    lr: Optional[float]  # None where no training happens (memory)
+    lr: float | None  # None where no training happens (memory)
     epochs: int
 
     @property
@@ -241,6 +240,28 @@ def git_commit():
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return head + ("+uncommitted" if dirty else "")
+
+
+def portable_path(path):
+    """`path` as a record keeps it: relative to the checkout when inside it, else by its last component (where one
+    machine keeps its folders is no part of a result, and the data set itself is named by the record)."""
+    p = Path(path)
+    if not p.is_absolute():
+        return str(path)
+    try:
+        return str(p.resolve().relative_to(ROOT))
+    except ValueError:
+        return p.name
+
+
+def portable_command(script, argv):
+    """The command line a record keeps: `script` and `argv` with every absolute path made portable."""
+
+    def token(t):
+        option, eq, value = t.partition("=")
+        return f"{option}={portable_path(value)}" if eq and option.startswith("--") else portable_path(t)
+
+    return shlex.join(script.split() + [token(t) for t in argv])
 
 
 def hardware():
@@ -955,7 +976,7 @@ class Report:
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", help="folder with the data sets' archives or unpacked folders (default: "
-                                       "../shared/assets/data beside the checkout, or $TINYTL_ASSETS/data)")
+                                       "$TINYTL_ASSETS/data)")
     p.add_argument("--work", help=f"folder for unpacked data, trees and mid-run state (default: "
                                   f"{DEFAULT_WORK.relative_to(ROOT)})")
     p.add_argument("--out", help=f"folder for results.json and the plots (default: {DEFAULT_OUT.relative_to(ROOT)})")
@@ -983,10 +1004,9 @@ def make_plan(args):
                              f"{list(dict(plan.lr_grid))}")
         plan = dataclasses.replace(plan, methods=tuple(m for m in METHODS if m in args.methods))
     if args.backbone:
-        from tinytl_tf.backbones import BACKBONES
+        from tinytl_tf.backbones.registry import get_backbone
 
-        if args.backbone not in BACKBONES:
-            raise ValueError(f"unknown --backbone {args.backbone!r}; valid: {', '.join(BACKBONES)}")
+        get_backbone(args.backbone)
         plan = dataclasses.replace(plan, backbone=args.backbone)
     return plan
 
@@ -995,7 +1015,9 @@ def data_root(args):
     if args.data_root:
         return Path(args.data_root)
     assets = os.environ.get("TINYTL_ASSETS")
-    return Path(assets) / "data" if assets else DEFAULT_DATA_ROOT
+    if not assets:
+        raise ValueError("no data root: pass --data-root DIR with the data sets' archives (or set TINYTL_ASSETS)")
+    return Path(assets) / "data"
 
 
 def run(args, argv):
@@ -1018,7 +1040,7 @@ def run(args, argv):
             raise FileNotFoundError(f"data root {root} does not exist; pass --data-root DIR with the data sets' "
                                     "archives")
         trees = {d: prepare_dataset(DATASETS[d], root, work) for d in plan.datasets}
-    ctx = Context(trees=trees, work=work, command=shlex.join(SCRIPT.split() + list(argv)), commit=git_commit(),
+    ctx = Context(trees=trees, work=work, command=portable_command(SCRIPT, argv), commit=git_commit(),
                   hardware=hardware())
     try:
         run_phases(args.only or PHASES, results, plan, ctx)

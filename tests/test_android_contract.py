@@ -27,6 +27,8 @@ from PIL import Image
 
 from tinytl_tf import contract, imageio
 
+pytestmark = pytest.mark.slow  # exports a model for the app's contract
+
 APP = Path(__file__).resolve().parents[1] / "android_demo/app/src/main/java/io/github/tinytl/demo"
 LABELS = ("red", "green", "blue")
 OPT_LR, OPT_STEPS = 1e-2, 100
@@ -177,7 +179,7 @@ def _app_tensor_uses(code, kt):
         uses.add((binds[var], io, name))
     for name, var, io in re.findall(r"Contract\.(\w+) in (\w+)\.(inputs|outputs)\b", code):
         uses.add((binds[var], io, name))
-    for fun, body in _function_chunks(code).items():
+    for body in _function_chunks(code).values():
         for sig in re.findall(r"\brun\(\s*Contract\.(SIGNATURE_\w+)", body):
             for name in re.findall(r"Contract\.((?:INPUT|OUTPUT)_\w+)", body):
                 uses.add((sig, "inputs" if name.startswith("INPUT_") else "outputs", name))

@@ -13,6 +13,8 @@ from tinytl_tf.contract import METHODS
 from tinytl_tf.methods import DEFAULT_LR
 from tinytl_tf.train import load_trained
 
+pytestmark = pytest.mark.slow  # trains and evaluates through the CLI
+
 REQUIRED = ("method", "backbone", "resolution", "epochs", "trainable_params", "total_params", "train_accuracy", "test_accuracy")
 
 

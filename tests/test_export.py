@@ -9,14 +9,15 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from tests.tiny import tiny_backbone
-from tinytl_tf.backbones import build_model
-from tinytl_tf.config import BlockConfig, ConvConfig, NetConfig
 from tinytl_tf import contract, tflite_model
-from tinytl_tf.backbones import TinyNet
+from tinytl_tf.backbones import TinyNet, build_model
+from tinytl_tf.config import BlockConfig, ConvConfig, NetConfig
 from tinytl_tf.contract import METHODS, weight_tensor_name
 from tinytl_tf.export import ExportError, check_builtins_only, export_model
 from tinytl_tf.train import compile_model
 from tinytl_tf.transfer import prepare_transfer
+
+pytestmark = pytest.mark.slow  # exports .tflite models and runs them in LiteRT
 
 STEPS, LR, TOTAL = 3, 5e-2, 10
 

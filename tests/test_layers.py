@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tinytl_tf.layers import Classifier, FoldedConv2D, GroupNorm, LiteResidual, MBBlock
 from tinytl_tf.config import BlockConfig, LiteConfig, TrainableSet
+from tinytl_tf.layers import Classifier, FoldedConv2D, GroupNorm, LiteResidual, MBBlock
 
 RNG = np.random.default_rng(0)
 

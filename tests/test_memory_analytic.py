@@ -1,4 +1,4 @@
-"""The analytic training-memory model (REFERENCE §4) against the paper's ProxylessNAS-Mobile table."""
+"""The analytic training-memory model (TinyTL, Sec. 3.1) against the paper's ProxylessNAS-Mobile table."""
 
 import subprocess
 import sys
@@ -6,15 +6,23 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny import tiny_config
 from tinytl_tf.backbones import BACKBONES, UnknownBackbone, backbone_config
 from tinytl_tf.config import BlockConfig, ConvConfig, NetConfig
 from tinytl_tf.contract import METHODS
-from tinytl_tf.memory import (format_table, leaves, method_config, method_table, param_counts, peak_activation_bytes,
-                              plot_breakdown, training_memory)
+from tinytl_tf.memory import (
+    format_table,
+    leaves,
+    method_config,
+    method_table,
+    param_counts,
+    peak_activation_bytes,
+    plot_breakdown,
+    training_memory,
+)
 from tinytl_tf.methods import TRAINABLE, UnknownMethod
-from tests.tiny import tiny_config
 
-# REFERENCE §4, typed in from the paper: ProxylessNAS-Mobile, 102-class head, lite modules present for every
+# Typed in from the TinyTL paper: ProxylessNAS-Mobile, 102-class head, lite modules present for every
 # method, 1 byte per frozen parameter, MB = 1e6 B. Params MB; total MB at batch 8 for each resolution.
 RESOLUTIONS = (160, 192, 224, 256, 288, 320)
 PAPER = {
@@ -71,7 +79,7 @@ def _micro(trainable):
 
 
 def test_rules_by_hand():
-    """Every rule of REFERENCE §4 on a network small enough to do by hand (bytes, batch 1)."""
+    """Every rule of the analytic memory model on a network small enough to do by hand (bytes, batch 1)."""
     full = _micro(TRAINABLE["ft-full"])
     # stem conv in 32*32*3 = 3072, out 16*16*8 = 2048; block input 2048 is held while inside the block
     # saved after stem: conv 4*3072 + norm 4*2048 + mask 2048/8 = 20736; depthwise conv (groups 8): tmp 4*2048 +

@@ -165,6 +165,7 @@ def ft_full(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_training_graph_of_ft_full_needs_more_than_inference(ft_full):
     train, infer = static_memory(ft_full, "train"), static_memory(ft_full, "infer")
     assert train.peak_activation_bytes > 2 * infer.peak_activation_bytes > 0
@@ -173,6 +174,7 @@ def test_training_graph_of_ft_full_needs_more_than_inference(ft_full):
     assert train.file_bytes == os.path.getsize(ft_full)
 
 
+@pytest.mark.slow
 def test_dynamic_memory_of_ft_full(ft_full):
     train = dynamic_memory(ft_full, "train")
     infer = dynamic_memory(ft_full, "infer")
@@ -219,6 +221,7 @@ def _probe_pids(path):
     return pids
 
 
+@pytest.mark.slow
 def test_a_probe_that_overruns_is_stopped(ft_full):
     started = time.monotonic()
     with pytest.raises(MeasurementError, match="did not finish within 2 s"):
@@ -227,6 +230,7 @@ def test_a_probe_that_overruns_is_stopped(ft_full):
     assert _probe_pids(ft_full.resolve()) == []
 
 
+@pytest.mark.slow
 def test_a_killed_probe_is_an_error(ft_full):
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         future = pool.submit(dynamic_memory, ft_full, "train", steps=10**7, timeout=120)
@@ -249,12 +253,14 @@ _find_spec = importlib.util.find_spec
     (importlib.util, "find_spec", lambda name, *a: None if name == "ai_edge_litert" else _find_spec(name, *a),
      "pip install ai-edge-litert"),
 ])
+@pytest.mark.slow
 def test_a_machine_that_cannot_measure_is_a_clear_error(ft_full, monkeypatch, target, name, value, message):
     monkeypatch.setattr(target, name, value)
     with pytest.raises(MeasurementError, match=message):
         dynamic_memory(ft_full)
 
 
+@pytest.mark.slow
 def test_bad_measurement_requests(ft_full):
     with pytest.raises(MeasurementError, match="Invalid signature_key"):
         dynamic_memory(ft_full, "fit")
@@ -264,6 +270,7 @@ def test_bad_measurement_requests(ft_full):
         dynamic_memory(ft_full, steps=0)
 
 
+@pytest.mark.slow
 def test_cli_measures_a_small_backbone(capsys):
     args = ["memory", "--backbone", "mcunet-5fps", "--resolution", "48", "--batch-size", "1", "--methods", "ft-last",
             "--no-lite-for-all", "--measure", "--json"]

@@ -22,6 +22,8 @@ from tinytl_tf.ondevice.checkpoint import META_KEY, PAUSE_ENV, WEIGHT_PREFIX
 from tinytl_tf.ondevice.cli import main
 from tinytl_tf.ondevice.folder_training import TrainingDiverged, epoch_order, item_rng
 
+pytestmark = pytest.mark.slow  # exports models and trains them in LiteRT
+
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("green", "red", "blue")  # not sorted: class folders must map to labels by name, not by position
 COLOURS = {"red": (230, 30, 30), "green": (30, 230, 30), "blue": (30, 30, 230)}

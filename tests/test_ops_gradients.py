@@ -2,6 +2,7 @@
 what each backward keeps alive, and the builtins-only claim end to end: a forward + backward graph through every
 op converts with TFLITE_BUILTINS alone and LiteRT reproduces TF's gradients."""
 
+import functools
 import itertools
 
 import numpy as np
@@ -106,13 +107,13 @@ CONV_CASES = [
 def test_conv(stride, size, k, kind, batch, pads):
     x = rand(batch, size, size + 1, 4)  # W = H + 1 so H and W cannot be mixed up
     if kind == "dw":
-        mine = lambda x, kk: ops.depthwise_conv2d(x, kk, stride=stride, pads=pads)
-        ref = lambda x, kk: ref_depthwise(x, kk, stride, pads)
+        mine = functools.partial(ops.depthwise_conv2d, stride=stride, pads=pads)
+        ref = functools.partial(ref_depthwise, stride=stride, pads=pads)
         kernel = rand(k, k, 4, 1)
     else:
         groups = 2 if kind == "g2" else 1
-        mine = lambda x, kk: ops.conv2d(x, kk, stride=stride, pads=pads, groups=groups)
-        ref = lambda x, kk: ref_conv2d(x, kk, stride, pads, groups)
+        mine = functools.partial(ops.conv2d, stride=stride, pads=pads, groups=groups)
+        ref = functools.partial(ref_conv2d, stride=stride, pads=pads, groups=groups)
         kernel = rand(k, k, 4 // groups, 6)
     check(mine, ref, [x, kernel], [0, 1])
 
@@ -162,15 +163,15 @@ def test_resize_bilinear(h, w):
 def test_group_norm(shape, groups, gamma_grad):
     c = shape[-1]
     args = [rand(*shape) * 3 + 1, rand(c), rand(c)]
-    mine = lambda x, g, b: ops.group_norm(x, g, b, groups=groups, gamma_grad=gamma_grad)
-    ref = lambda x, g, b: ref_group_norm(x, g, b, groups)
+    mine = functools.partial(ops.group_norm, groups=groups, gamma_grad=gamma_grad)
+    ref = functools.partial(ref_group_norm, groups=groups)
     check(mine, ref, args, [0, 1, 2] if gamma_grad else [0, 2])
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.7])
 def test_softmax_cross_entropy(smoothing):
     labels = np.array([1, 4, 0])
-    mine = lambda z: ops.softmax_cross_entropy(z, labels, label_smoothing=smoothing)
+    mine = functools.partial(ops.softmax_cross_entropy, labels=labels, label_smoothing=smoothing)
     check(mine, lambda z: ref_cross_entropy(z, labels, smoothing), [rand(3, 5) * 3], [0])
 
 
@@ -247,7 +248,7 @@ def test_activations_keep_only_a_1_bit_mask(fn, channels):
 
 @pytest.mark.parametrize("gamma_grad", [True, False])
 def test_group_norm_keeps_one_normalised_copy(gamma_grad):
-    fn = lambda x, g, b: ops.group_norm(x, g, b, groups=2, gamma_grad=gamma_grad)
+    fn = functools.partial(ops.group_norm, groups=2, gamma_grad=gamma_grad)
     _, kept = saved_from_x(fn, [rand(2, 5, 6, 4), rand(4), rand(4)], [0, 1, 2])
     assert sorted(t.shape.num_elements() for t in kept) == [2 * 2, 2 * 5 * 6 * 4]  # rstd and x-hat
 

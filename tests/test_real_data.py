@@ -7,6 +7,8 @@ from tinytl_tf.caltech import make_subset, prepare_caltech101
 from tinytl_tf.data import load_image_folder
 from tinytl_tf.train import train_job
 
+pytestmark = pytest.mark.slow  # trains on real images
+
 # the first 20 classes (alphabetically) with >= 40 train and >= 15 test images that are not in the demo subset
 CLASSES = ("Faces", "brain", "buddha", "butterfly", "car_side", "chair", "cougar_face", "crab", "crayfish", "dalmatian",
            "dolphin", "dragonfly", "electric_guitar", "elephant", "euphonium", "ewer", "ferry", "flamingo",

@@ -292,6 +292,7 @@ def searched(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_search_writes_a_valid_subnet_within_the_budget(searched):
     from tinytl_tf.supernet.search import read_subnet
 
@@ -310,6 +311,7 @@ def test_search_writes_a_valid_subnet_within_the_budget(searched):
     assert json.loads((out / "evolution.json").read_text())["generation"] == 2
 
 
+@pytest.mark.slow
 def test_search_resumes_without_redoing_finished_phases(searched):
     from tinytl_tf.cli import main
 
@@ -322,6 +324,7 @@ def test_search_resumes_without_redoing_finished_phases(searched):
     assert len(d["search"]["best_per_generation"]) == 4 and d["memory_mb"] <= searched.budget
 
 
+@pytest.mark.slow
 def test_train_subnet_then_export(searched, tmp_path):
     import keras
 
@@ -347,6 +350,7 @@ def test_train_subnet_then_export(searched, tmp_path):
     assert meta["input"]["height"] == sub.arch.resolution and meta["labels"] == list(CLASSES)
 
 
+@pytest.mark.slow
 def test_subnet_without_checkpoint_starts_from_the_pretrained_backbone(searched, tmp_path):
     import shutil
 
@@ -377,6 +381,7 @@ def test_subnet_without_checkpoint_starts_from_the_pretrained_backbone(searched,
     (lambda d: d.update(resolution=64), "subnet.resolution"),
     (lambda d: d["config"].pop("expands"), "missing field(s) ['expands']"),
 ])
+@pytest.mark.slow
 def test_hand_edited_subnet_json_exits_2_naming_the_field(searched, tmp_path, capsys, edit, message):
     from tinytl_tf.cli import main
 
@@ -390,6 +395,7 @@ def test_hand_edited_subnet_json_exits_2_naming_the_field(searched, tmp_path, ca
     assert not (tmp_path / "run" / "model.keras").exists()
 
 
+@pytest.mark.slow
 def test_search_with_too_small_a_budget_names_the_smallest_memory(searched, tmp_path, capsys):
     from tinytl_tf.cli import main
 
@@ -400,6 +406,7 @@ def test_search_with_too_small_a_budget_names_the_smallest_memory(searched, tmp_
     assert not (tmp_path / "out" / "supernet.keras").exists()
 
 
+@pytest.mark.slow
 def test_same_seed_repeats_the_search_exactly(searched, tmp_path):
     """A second search from scratch with the same seed fine-tunes, measures and picks exactly as the first."""
     from tinytl_tf.cli import main

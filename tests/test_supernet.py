@@ -19,6 +19,8 @@ from tinytl_tf.supernet.space import Arch, backbone_arch, sample, super_spec
 from tinytl_tf.supernet.supernet import SuperNet
 from tinytl_tf.train import compile_model, distribution_scope
 
+pytestmark = pytest.mark.slow  # builds and fine-tunes Keras super-nets
+
 RESOLUTIONS = (32, 40, 48)
 
 

@@ -14,6 +14,8 @@ from tinytl_tf.contract import METHODS
 from tinytl_tf.train import check_output_dir, fit, load_trained
 from tinytl_tf.transfer import prepare_transfer
 
+pytestmark = pytest.mark.slow  # trains models
+
 K = 3
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,7 +98,7 @@ def test_mirrored_strategy_on_two_logical_cpus():
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": ROOT})
-    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT")]
+    line = [s for s in out.stdout.splitlines() if s.startswith("RESULT")]
     assert line, out.stderr[-2000:]
     _, replicas, strategy, moved, loss = line[0].split()
     assert replicas == "2" and strategy == "MirroredStrategy"

@@ -15,6 +15,8 @@ from PIL import Image
 
 from tinytl_tf.config import BlockConfig, ConvConfig, NetConfig
 
+pytestmark = pytest.mark.slow  # runs the accuracy study in miniature
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_GRID = {"ft-last": (1e-2, 3e-2), "tinytl-lb": (3e-3,)}
 HOLDOUT_PER_RUN = 3 * 2  # 3 classes, 20% of 10 training images each
@@ -39,7 +41,8 @@ def tiny_backbone(monkeypatch):
 
     cfg = NetConfig(name="tiny", resolution=64, stem=ConvConfig(out=8, kernel=3, stride=2),
                     blocks=(BlockConfig(3, 1, 8), BlockConfig(3, 2, 16, mid=16)), num_classes=3)
-    monkeypatch.setitem(backbones.BACKBONES, "tiny", ("micro test net, random weights", lambda d: (cfg, None)))
+    monkeypatch.setitem(backbones.BACKBONES, "tiny",
+                        backbones.Backbone("micro test net, random weights", lambda: cfg, lambda d: (cfg, None)))
 
 
 def guard_test_split(monkeypatch, test_reads, holdout_loads):
@@ -229,10 +232,12 @@ def check_interrupted_run_resumes_from_its_last_epoch(quick, monkeypatch):
     assert not state[0].exists()
 
 
-@pytest.mark.parametrize("case", ["no data", "corrupt results", "quick without out"])
-def test_mistakes_exit_2_without_traceback(case, tmp_path, capsys):
+@pytest.mark.parametrize("case", ["no data", "no data root", "corrupt results", "quick without out"])
+def test_mistakes_exit_2_without_traceback(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TINYTL_ASSETS", raising=False)
     out = tmp_path / "out"
     argv = {"no data": ["--data-root", str(tmp_path / "nowhere"), "--out", str(out), "--work", str(tmp_path / "w")],
+            "no data root": ["--out", str(out), "--work", str(tmp_path / "w")],
             "corrupt results": ["--report", "--out", str(out)],
             "quick without out": ["--quick"]}[case]
     if case == "corrupt results":
@@ -241,9 +246,17 @@ def test_mistakes_exit_2_without_traceback(case, tmp_path, capsys):
     assert bench.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
-    assert {"no data": "nowhere", "corrupt results": "results.json", "quick without out": "--out"}[case] in err
+    assert {"no data": "nowhere", "no data root": "--data-root", "corrupt results": "results.json",
+            "quick without out": "--out"}[case] in err
     if case == "no data":
         assert not out.exists()
+
+
+def test_records_keep_no_machine_paths(tmp_path):
+    argv = ["--data-root", str(tmp_path / "data"), f"--out={ROOT / 'docs' / 'results'}", "--only", "lr", "--work",
+            "runs/x"]
+    assert (bench.portable_command("python benchmarks/transfer.py", argv) ==
+            "python benchmarks/transfer.py --data-root data --out=docs/results --only lr --work runs/x")
 
 
 def test_next_rate_walks_the_one_three_ten_sequence():

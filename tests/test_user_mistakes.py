@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # starts TensorFlow in subprocesses and exports
+
 ROOT = Path(__file__).resolve().parents[1]
 # runs `main(argv)` of a module, then reports whether TensorFlow was imported, on stderr's last line
 RUNNER = """

@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 
 from tinytl_tf import cliargs
+from tinytl_tf.backbones.registry import BACKBONES, get_backbone
 from tinytl_tf.cliargs import count, fraction, positive_float, unit_interval
 from tinytl_tf.config import check_resolution
 from tinytl_tf.contract import METHODS
 from tinytl_tf.methods import DEFAULT_LR
-
-BACKBONE_NAMES = ("mcunet-5fps", "proxyless-w0.3", "mbv2-w0.35", "mobilenet-v1", "proxylessnas-mobile")
 
 
 def _data_loader(args):
@@ -165,7 +164,7 @@ def build_parser():
     t.add_argument("--tfds", metavar="NAME", help="read the prepared tensorflow-datasets set NAME from --data (no download)")
     t.add_argument("--val-fraction", type=fraction, default=0.2, help="held-out fraction of a flat DIR/<class>/* tree (recorded in OUT/split.json for evaluate)")
     _add_seed_option(t)
-    t.add_argument("--backbone", default="mcunet-5fps", help=f"one of: {', '.join(BACKBONE_NAMES)} (default mcunet-5fps)")
+    t.add_argument("--backbone", default="mcunet-5fps", help=f"one of: {', '.join(BACKBONES)} (default mcunet-5fps)")
     t.add_argument("--method", default="tinytl-lb", help=f"one of: {', '.join(METHODS)} (default tinytl-lb)")
     t.add_argument("--resolution", type=count(1), help="input size in pixels (default: the backbone's)")
     t.add_argument("--epochs", type=count(1), default=10, help="training epochs")
@@ -210,7 +209,7 @@ def build_parser():
 
     m = sub.add_parser("memory", formatter_class=_Formatter, help="analytic (and measured LiteRT) training memory of the six transfer methods",
                        description="Print the analytic training memory (parameters + activations, MB = 1e6 B) of every transfer method on a backbone (TinyTL paper, Cai et al. 2020, Fig. 3 / Table 1); no model is built unless --measure exports each method's model and measures it with LiteRT. As in the paper, every method's network has lite residual branches by default (FT-Last's row then counts their frozen parameters, unlike `train --method ft-last`); --no-lite-for-all gives the networks `train` builds. The paper's table: --backbone proxylessnas-mobile --batch-size 8.")
-    m.add_argument("--backbone", default="mcunet-5fps", help=f"one of: {', '.join(BACKBONE_NAMES)} (default mcunet-5fps, as train)")
+    m.add_argument("--backbone", default="mcunet-5fps", help=f"one of: {', '.join(BACKBONES)} (default mcunet-5fps, as train)")
     m.add_argument("--resolution", type=count(1), help="input size in pixels (default: the backbone's)")
     m.add_argument("--batch-size", type=count(1), default=8, help="training batch size (default 8, the paper's)")
     m.add_argument("--num-classes", type=count(2), default=102, help="classes of the new head (default 102, Flowers)")
@@ -248,8 +247,8 @@ def check_arguments(args):
         cliargs.check_output_dir(args.out, args.overwrite, create=False)
         if args.method not in METHODS:
             raise ValueError(f"unknown transfer method {args.method!r}; valid: {', '.join(METHODS)}")
-        if args.subnet is None and args.backbone not in BACKBONE_NAMES:
-            raise ValueError(f"unknown backbone {args.backbone!r}; valid: {', '.join(BACKBONE_NAMES)}")
+        if args.subnet is None:
+            get_backbone(args.backbone)
     if args.command == "memory" and args.model:
         if not Path(args.model).is_file():
             raise FileNotFoundError(f"no model file at {args.model}; pass a .tflite written by `export` or `train`")

@@ -7,7 +7,6 @@ reads the model built from one. `tinytl_tf.backbones.build_model` turns any conf
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Optional
 
 ACTIVATIONS = (None, "relu", "relu6")
 PADDINGS = ("symmetric", "same")
@@ -39,12 +38,12 @@ class ConvConfig:
     out: int
     kernel: int = 1
     stride: int = 1
-    act: Optional[str] = "relu6"
+    act: str | None = "relu6"
 
 
 @dataclass(frozen=True)
 class LiteConfig:
-    """A lite residual branch (REFERENCE §2): pool 2x2, kxk group conv, GN, ReLU, 1x1 conv, GN, resize."""
+    """A lite residual branch (TinyTL, Sec. 3.2): pool 2x2, kxk group conv, GN, ReLU, 1x1 conv, GN, resize."""
 
     kernel: int = 5
     groups: int = 2
@@ -58,11 +57,11 @@ class BlockConfig:
     kernel: int
     stride: int
     out: int
-    mid: Optional[int] = None  # None: no expand conv (depthwise runs on the block input)
+    mid: int | None = None  # None: no expand conv (depthwise runs on the block input)
     shortcut: bool = False
-    act: Optional[str] = "relu6"  # after expand and depthwise
-    project_act: Optional[str] = None  # after project (MobileNetV1 blocks have ReLU6 here)
-    lite: Optional[LiteConfig] = None
+    act: str | None = "relu6"  # after expand and depthwise
+    project_act: str | None = None  # after project (MobileNetV1 blocks have ReLU6 here)
+    lite: LiteConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -72,13 +71,13 @@ class NetConfig:
     stem: ConvConfig
     blocks: tuple
     num_classes: int
-    feature_mix: Optional[ConvConfig] = None
+    feature_mix: ConvConfig | None = None
     dropout: float = 0.0
     padding: str = "symmetric"  # "symmetric": PyTorch-style (k-1)//2 per side; "same": TF SAME
     input_mean: tuple = (128.0, 128.0, 128.0)  # pixels p in [0, 255] become (p - mean) / std
     input_std: tuple = (128.0, 128.0, 128.0)
     trainable: TrainableSet = field(default_factory=TrainableSet)
-    method: Optional[str] = None  # name of the transfer method that set `trainable`, if any
+    method: str | None = None  # name of the transfer method that set `trainable`, if any
     labels: tuple = ()  # class names, when known
 
     def __post_init__(self):
@@ -234,7 +233,7 @@ def nominal_lite_kernel(feature_size, max_kernel=5):
 
 
 def with_lite_residual(cfg, lite=None, nominal_resolution=128):
-    """Add a lite residual branch to every block except block 0 (REFERENCE §2), keeping existing ones."""
+    """Add a lite residual branch to every block except block 0 (TinyTL, Sec. 3.2), keeping existing ones."""
     blocks, size = [], nominal_resolution // cfg.stem.stride
     for i, b in enumerate(cfg.blocks):
         if i > 0 and b.lite is None:

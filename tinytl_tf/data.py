@@ -21,7 +21,6 @@ augmentation draws from its own seed, all derived from `seed`, so a run is repro
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -39,13 +38,13 @@ TFDS_SHUFFLE_BUFFER = 4096  # encoded images held for shuffling a tfds split (a 
 class ImageData:
     """Batched, normalized datasets: `train` (reshuffled and re-augmented every epoch) and `test` (fixed order)."""
 
-    train: Optional[tf.data.Dataset]  # None from load_eval_folder
+    train: tf.data.Dataset | None  # None from load_eval_folder
     test: tf.data.Dataset
     class_names: tuple
     num_train: int
     num_test: int
     skipped: int = 0
-    holdout: Optional[tf.data.Dataset] = None  # `holdout_fraction` of the training images, test-style (fixed order)
+    holdout: tf.data.Dataset | None = None  # `holdout_fraction` of the training images, test-style (fixed order)
     num_holdout: int = 0
     held_out_files: tuple = ()  # the `test` files split from a flat folder (empty for a test/ folder or tfds)
 

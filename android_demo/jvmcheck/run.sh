@@ -1,28 +1,35 @@
 #!/usr/bin/env bash
 # Compiles the app's Kotlin sources against stub Android/AndroidX/LiteRT classes on a desktop JVM and runs
 # checks/Checks.kt (the app's classes against an in-memory fake model), then crosscheck.py. See README.md.
-# Needs: a JDK (javac), Python 3 with numpy, the Kotlin compiler (KOTLINC=/path/to/kotlinc, else installed from
-# npm's kotlin-compiler package into ~/.cache), Android's org.json (ORG_JSON_JAR, else Debian's libandroid-json-java).
+# Needs: a JDK (javac), Python 3 with numpy, the Kotlin compiler (KOTLINC=/path/to/kotlinc, else npm's
+# kotlin-compiler package in ~/.cache) and Android's org.json (ORG_JSON_JAR, else Debian's libandroid-json-java).
+# It installs nothing: a missing tool is named with the command that installs it, and the script exits 1.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 app="$here/../app/src/main"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
 
 kotlin_version=2.4.20
-if [ -z "${KOTLINC:-}" ]; then
-    prefix="${XDG_CACHE_HOME:-$HOME/.cache}/tinytl-kotlinc-$kotlin_version"
-    if [ ! -x "$prefix/node_modules/kotlin-compiler/bin/kotlinc" ]; then
-        npm install --silent --no-audit --no-fund --prefix "$prefix" "kotlin-compiler@$kotlin_version" >/dev/null
-        chmod +x "$prefix"/node_modules/kotlin-compiler/bin/*
-    fi
+prefix="${XDG_CACHE_HOME:-$HOME/.cache}/tinytl-kotlinc-$kotlin_version"
+if [ -z "${KOTLINC:-}" ] && [ -x "$prefix/node_modules/kotlin-compiler/bin/kotlinc" ]; then
     KOTLINC="$prefix/node_modules/kotlin-compiler/bin/kotlinc"
 fi
-kotlin_lib="$(dirname "$KOTLINC")/../lib"
 ORG_JSON_JAR="${ORG_JSON_JAR:-/usr/share/java/com.android.json.jar}"
-if [ ! -f "$ORG_JSON_JAR" ]; then
-    apt-get install -y -qq libandroid-json-java >/dev/null
+
+missing=()
+command -v javac >/dev/null || missing+=("a JDK: sudo apt-get install default-jdk-headless")
+python3 -c "import numpy" 2>/dev/null || missing+=("Python 3 with numpy: sudo apt-get install python3-numpy")
+[ -n "${KOTLINC:-}" ] || missing+=("Kotlin $kotlin_version: npm install --prefix '$prefix' kotlin-compiler@$kotlin_version \
+&& chmod +x '$prefix'/node_modules/kotlin-compiler/bin/*   (or set KOTLINC=/path/to/kotlinc)")
+[ -f "$ORG_JSON_JAR" ] || missing+=("Android's org.json: sudo apt-get install libandroid-json-java   (or set \
+ORG_JSON_JAR=/path/to/json.jar)")
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "jvmcheck installs nothing by itself; it is missing:" >&2
+    printf '  - %s\n' "${missing[@]}" >&2
+    exit 1
 fi
+kotlin_lib="$(dirname "$KOTLINC")/../lib"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
 
 # R.java from the real resources, so an id the activity uses but the layout lacks fails to compile.
 python3 - "$app/res" "$work/gen/io/github/tinytl/demo/R.java" <<'PY'

@@ -1,36 +1,28 @@
-"""Named backbones: a table of loaders, each returning (NetConfig, weights by path or None).
+"""Named backbones: the TF-free registry (`registry`) and the Keras models built from its entries (`builder`).
 
-Adding a backbone is adding a loader and a table entry; `build_model` builds all of them.
+Importing the package loads no Keras, so `tinytl_tf.backbones.registry` stays TF-free: the builder's names
+(`TinyNet`, `build_model`, ...) are imported from `builder` on first use.
 """
 
-from tinytl_tf.backbones import mcu, mobilenet_v1, proxylessnas
-from tinytl_tf.backbones.builder import TinyNet, build_model, copy_weights, count_params, load_weights_by_path
+import importlib
+
+from tinytl_tf.backbones.registry import BACKBONES, Backbone, UnknownBackbone, backbone_config, get_backbone
 from tinytl_tf.config import check_resolution
 
-BACKBONES = {
-    "mcunet-5fps": ("MCUNet-5fps, ImageNet 8-bit weights (vendored), 128 px", lambda d: mcu.load("mcunet-5fps")),
-    "proxyless-w0.3": ("ProxylessNAS-w0.3, ImageNet 8-bit weights (vendored), 128 px", lambda d: mcu.load("proxyless-w0.3")),
-    "mbv2-w0.35": ("MobileNetV2-w0.35, ImageNet 8-bit weights (vendored), 128 px", lambda d: mcu.load("mbv2-w0.35")),
-    "mobilenet-v1": ("MobileNetV1-1.0, ImageNet float weights (from --weights-dir), 224 px", mobilenet_v1.load),
-    "proxylessnas-mobile": ("ProxylessNAS-Mobile architecture, random weights (none offline), 224 px", proxylessnas.load),
-}
+_BUILDER_NAMES = ("TinyNet", "build_model", "copy_weights", "count_params", "load_weights_by_path")
 
 
-class UnknownBackbone(ValueError):
-    pass
-
-
-def backbone_config(name):
-    """The architecture of a named backbone without loading weights."""
-    _check_name(name)
-    return {"mobilenet-v1": mobilenet_v1.config, "proxylessnas-mobile": proxylessnas.config}.get(
-        name, lambda: mcu.load(name)[0])()
+def __getattr__(name):
+    if name in _BUILDER_NAMES:
+        return getattr(importlib.import_module("tinytl_tf.backbones.builder"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_backbone(name, resolution=None, weights_dir=None):
     """The named backbone with its ImageNet head and pretrained weights (random where none exist)."""
-    _check_name(name)
-    cfg, arrays = BACKBONES[name][1](weights_dir)
+    from tinytl_tf.backbones.builder import build_model, load_weights_by_path
+
+    cfg, arrays = get_backbone(name).load(weights_dir)
     if resolution is not None:
         check_resolution(resolution)
         cfg = cfg.replace(resolution=resolution)
@@ -40,10 +32,5 @@ def load_backbone(name, resolution=None, weights_dir=None):
     return model
 
 
-def _check_name(name):
-    if name not in BACKBONES:
-        raise UnknownBackbone(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
-
-
-__all__ = ["BACKBONES", "TinyNet", "UnknownBackbone", "backbone_config", "build_model", "copy_weights",
-           "count_params", "load_backbone", "load_weights_by_path"]
+__all__ = ["BACKBONES", "Backbone", "TinyNet", "UnknownBackbone", "backbone_config", "build_model", "copy_weights",
+           "count_params", "get_backbone", "load_backbone", "load_weights_by_path"]

@@ -24,10 +24,8 @@ def config():
 
 
 def find_weights(weights_dir=None):
-    """The checkpoint is not vendored (17 MB): look in `weights_dir`, $TINYTL_WEIGHTS_DIR, ../shared/assets/weights."""
-    candidates = [weights_dir, os.environ.get("TINYTL_WEIGHTS_DIR"),
-                  Path(__file__).resolve().parents[3] / "shared" / "assets" / "weights"]
-    for d in candidates:
+    """The checkpoint is not vendored (17 MB): look in `weights_dir`, else in $TINYTL_WEIGHTS_DIR."""
+    for d in (weights_dir, os.environ.get("TINYTL_WEIGHTS_DIR")):
         if d and (Path(d) / FILE).is_file():
             return Path(d) / FILE
     raise FileNotFoundError(

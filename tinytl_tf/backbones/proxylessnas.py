@@ -1,5 +1,6 @@
-"""ProxylessNAS-Mobile (REFERENCE §3), the paper's main backbone. Architecture only: its pretrained weights
-cannot be had offline, so it is built with random weights for the memory model and engine measurements."""
+"""ProxylessNAS-Mobile, the main backbone of TinyTL's experiments (Cai et al., NeurIPS 2020). Architecture only:
+its pretrained weights cannot be had offline, so it is built with random weights for the memory model and engine
+measurements."""
 
 from tinytl_tf.config import BlockConfig, ConvConfig, NetConfig
 

@@ -12,7 +12,7 @@ class LiteResidual(keras.layers.Layer):
     """avg-pool 2x2 -> kxk group conv (stride of the block) -> GN -> ReLU -> 1x1 conv -> GN -> bilinear resize.
 
     Called as `lite(x, size)` with the main branch's output size. The last GroupNorm's gamma starts at zero, so
-    a new branch adds exactly nothing until it trains (REFERENCE §2). ReLU (not ReLU6): 1-bit backward mask.
+    a new branch adds exactly nothing until it trains (TinyTL, Sec. 3.2). ReLU (not ReLU6): 1-bit backward mask.
     """
 
     def __init__(self, filters, kernel_size=5, strides=1, groups=2, channels_per_group=8, train_kernel=True,

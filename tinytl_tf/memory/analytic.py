@@ -1,4 +1,4 @@
-"""The analytic training-memory model of TinyTL (REFERENCE §4), computed from a `NetConfig` alone.
+"""The analytic training-memory model of TinyTL (Cai et al., NeurIPS 2020, Sec. 3.1), computed from a `NetConfig` alone.
 
     memory = batch * peak_activation_bytes(batch 1) + param_bytes
     param_bytes = 4 * trainable_params + frozen_bits / 8 * frozen_params
@@ -17,7 +17,7 @@ The rules, per leaf (sizes are numbers of float32 elements at batch 1):
   shortcut; peak = max of the candidates; then the leaf's saved is added.
 
 Interpretation details, each fixed by the reference profiler (mit-han-lab/tinyml, `memory_cost_profiler.py`)
-and confirmed by the ProxylessNAS-Mobile table of REFERENCE §4 (`tests/test_memory_analytic.py` reproduces all
+and confirmed by the paper's ProxylessNAS-Mobile memory figures (`tests/test_memory_analytic.py` reproduces all
 43 numbers to 0.1 MB):
 - "Any backward runs" is one flag per network, not per leaf: every ReLU mask counts as soon as anything but the
   head trains, even the stem's ReLU under TinyTL-L (whose first trainable tensor is in block 1's lite branch).
@@ -38,6 +38,7 @@ and confirmed by the ProxylessNAS-Mobile table of REFERENCE §4 (`tests/test_mem
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
+from tinytl_tf.backbones.registry import backbone_config
 from tinytl_tf.config import NetConfig
 
 BYTES = 4  # float32 activations and trainable parameters
@@ -101,7 +102,7 @@ def needs_backward(cfg):
 
 
 def leaves(cfg, batch=1):
-    """The leaf layers of `cfg` in execution order, with their saved and tmp bytes (REFERENCE §4).
+    """The leaf layers of `cfg` in execution order, with their saved and tmp bytes.
 
     `batch` scales every size; the memory model itself uses batch 1 (`training_memory`).
     """
@@ -234,7 +235,7 @@ def training_memory(cfg, batch_size=1, frozen_bits=8):
 def method_config(backbone, method, resolution=None, num_classes=102, lite_residual=None, dropout=0.2):
     """The network config `prepare_transfer` would build for `method`, without building anything.
 
-    `backbone`: a backbone name (`tinytl_tf.backbones.BACKBONES`) or a NetConfig. `lite_residual`: None = only
+    `backbone`: a backbone name (`tinytl_tf.backbones.registry`) or a NetConfig. `lite_residual`: None = only
     the methods that use lite residuals get them; True = every method (the paper's memory table).
     """
     from tinytl_tf.methods import method_config as transfer_config
@@ -245,8 +246,6 @@ def method_config(backbone, method, resolution=None, num_classes=102, lite_resid
 def _config(backbone):
     if isinstance(backbone, NetConfig):
         return backbone
-    from tinytl_tf.backbones import backbone_config
-
     return backbone_config(backbone)
 
 
@@ -261,7 +260,7 @@ def check_fits(cfg):
 
 def method_table(backbone, resolution=None, batch_size=8, num_classes=102, lite_for_all=True, frozen_bits=8,
                  methods=None):
-    """Training memory of every transfer method (REFERENCE §4's table; MB = 1e6 bytes).
+    """Training memory of every transfer method, as in the paper's comparison table (MB = 1e6 bytes).
 
     One dict per method: method, backbone, resolution, batch_size, params_mb, activations_mb, total_mb,
     trainable_params, frozen_params. `lite_for_all=True` (the paper's setting) gives every method the lite

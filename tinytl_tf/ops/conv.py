@@ -13,13 +13,13 @@ import tensorflow as tf
 
 def _pad(x, pads):
     """Zero-pad H and W by ((top, bottom), (left, right)); negative amounts crop instead."""
-    (t, b), (l, r) = pads
+    (pt, pb), (pl, pr) = pads
     h, w = x.shape[1], x.shape[2]
-    if min(t, b, l, r) < 0:
-        x = x[:, max(-t, 0) : h - max(-b, 0), max(-l, 0) : w - max(-r, 0), :]
-        t, b, l, r = (max(p, 0) for p in (t, b, l, r))
-    if t or b or l or r:
-        x = tf.pad(x, [[0, 0], [t, b], [l, r], [0, 0]])
+    if min(pt, pb, pl, pr) < 0:
+        x = x[:, max(-pt, 0) : h - max(-pb, 0), max(-pl, 0) : w - max(-pr, 0), :]
+        pt, pb, pl, pr = (max(p, 0) for p in (pt, pb, pl, pr))
+    if pt or pb or pl or pr:
+        x = tf.pad(x, [[0, 0], [pt, pb], [pl, pr], [0, 0]])
     return x
 
 
@@ -50,8 +50,8 @@ def _input_grad(dy, x_hw, k, stride, pads, channels, correlate):
     padding then converts to one SAME conv (a full correlation cropped afterwards ran 6x slower in LiteRT).
     """
     if stride == 1:
-        (t, b), (l, r) = pads
-        return correlate(_pad(dy, ((k - 1 - t, k - 1 - b), (k - 1 - l, k - 1 - r))), slice(None), slice(None))
+        (pt, pb), (pl, pr) = pads
+        return correlate(_pad(dy, ((k - 1 - pt, k - 1 - pb), (k - 1 - pl, k - 1 - pr))), slice(None), slice(None))
     padded = [n + p0 + p1 for n, (p0, p1) in zip(x_hw, pads)]  # P per axis
     m_h, m_w = (-(-p // stride) for p in padded)  # rows and columns per phase
     _, ho, wo, _ = dy.shape
@@ -65,8 +65,8 @@ def _input_grad(dy, x_hw, k, stride, pads, channels, correlate):
             t = _pad(dy, ((kh - 1, m_h - ho), (kw - 1, m_w - wo)))
             phases.append(correlate(t, slice(rh, None, stride), slice(rw, None, stride)))
     dxp = tf.nn.depth_to_space(tf.concat(phases, axis=-1), stride)
-    (t, b), (l, r) = pads
-    return _pad(dxp, ((-t, -(stride * m_h - padded[0]) - b), (-l, -(stride * m_w - padded[1]) - r)))
+    (pt, pb), (pl, pr) = pads
+    return _pad(dxp, ((-pt, -(stride * m_h - padded[0]) - pb), (-pl, -(stride * m_w - padded[1]) - pr)))
 
 
 def _kernel_reader(kernel, trainable):

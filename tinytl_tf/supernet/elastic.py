@@ -1,4 +1,5 @@
-"""Elastic layers of the super-net (REFERENCE §6): one MB block that holds every sub-block of its slot.
+"""Elastic layers of the once-for-all super-net (Cai et al., ICLR 2020): an MB block holding every sub-block of
+its slot.
 
 Elasticity lives only here. A sub-net is never exported from these layers: `SuperNet.extract_subnet` rebuilds it
 from the plain `tinytl_tf.layers` with `static_weights`, so the export sees ordinary layers only.

@@ -1,4 +1,4 @@
-"""Evolutionary search for the best sub-net under a training-memory budget (REFERENCE §6).
+"""Evolutionary search for the best sub-net under a training-memory budget (TinyTL Appendix A).
 
 Every generation keeps the top quarter of the population as parents and refills it with children, half by
 mutation (each gene resampled with probability 0.1) and half by crossover of two parents; a child over the budget
@@ -67,6 +67,25 @@ def _draw_until_fits(fits, draw, what):
                          f"sub-net (smallest: {space.min_memory_mb(fits.spec):.3f} MB), raise --budget-mb")
 
 
+def _next_population(spec, fits, parents, rng, size, n_mutated, mutate_prob):
+    """The parents, then `n_mutated` mutants and crossovers up to `size`, each drawn until it fits the budget."""
+    n_parents = len(parents)
+
+    def mutant():
+        return space.mutate(spec, parents[int(rng.integers(n_parents))], rng, mutate_prob)
+
+    def cross():
+        i, j = rng.choice(n_parents, size=2, replace=False)
+        return space.crossover(spec, parents[int(i)], parents[int(j)], rng)
+
+    return (parents + [_draw_until_fits(fits, mutant, "mutated child") for _ in range(n_mutated)]
+            + [_draw_until_fits(fits, cross, "crossover child") for _ in range(size - n_parents - n_mutated)])
+
+
+def _save_state(path, state):
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(state)))
+
+
 def _settings(spec, budget_mb, population, seed, parent_ratio, mutate_prob):
     return {"backbone": spec.backbone, "resolutions": list(spec.resolutions), "budget_mb": budget_mb,
             "population": population, "seed": seed, "parent_ratio": parent_ratio, "mutate_prob": mutate_prob}
@@ -110,20 +129,11 @@ def evolve(spec, score, budget_mb, population=100, generations=20, parent_ratio=
         if best is None or scores[order[0]] > best[1]:
             best = (parents[0], float(scores[order[0]]))
         history += (best[1],)
-
-        def mutant():
-            return space.mutate(spec, parents[int(rng.integers(n_parents))], rng, mutate_prob)
-
-        def cross():
-            i, j = rng.choice(n_parents, size=2, replace=False)
-            return space.crossover(spec, parents[int(i)], parents[int(j)], rng)
-
-        pop = (parents + [_draw_until_fits(fits, mutant, "mutated child") for _ in range(n_mutated)]
-               + [_draw_until_fits(fits, cross, "crossover child") for _ in range(population - n_parents - n_mutated)])
+        pop = _next_population(spec, fits, parents, rng, population, n_mutated, mutate_prob)
         if state_path is not None:
-            state = {"format": STATE_FORMAT, "settings": settings, "generation": generation + 1,
-                     "population": [a.to_dict() for a in pop], "rng": rng.bit_generator.state,
-                     "history": list(history), "best": {"arch": best[0].to_dict(), "score": best[1]}}
-            atomic_write(state_path, lambda p: Path(p).write_text(json.dumps(state)))
+            _save_state(state_path, {"format": STATE_FORMAT, "settings": settings, "generation": generation + 1,
+                                     "population": [a.to_dict() for a in pop], "rng": rng.bit_generator.state,
+                                     "history": list(history),
+                                     "best": {"arch": best[0].to_dict(), "score": best[1]}})
         bar.update(generation + 1, values=[("best", best[1]), ("memory_mb", fits.memory_mb(best[0]))])
     return SearchResult(arch=best[0], score=best[1], memory_mb=fits.memory_mb(best[0]), history=history)

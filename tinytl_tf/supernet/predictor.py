@@ -1,4 +1,4 @@
-"""The accuracy predictor (REFERENCE §6): an MLP from a sub-net's one-hot encoding to its held-out accuracy.
+"""The accuracy predictor (TinyTL Appendix A): an MLP from a sub-net's one-hot encoding to its held-out accuracy.
 
 Measuring a sub-net costs a pass over the held-out images; the predictor costs microseconds, which is what lets
 the evolutionary search score thousands of candidates. What matters for the search is the *order* it puts

@@ -1,4 +1,4 @@
-"""The `search` job (REFERENCE §6; the paper's Appendix A) and the `subnet.json` it writes.
+"""The `search` job (feature extractor adaptation, TinyTL Appendix A) and the `subnet.json` it writes.
 
     1. fine-tune the super-net on 80% of the training images (main weights frozen; biases, lite modules and the
        head train; one random sub-net per step)            -> OUT/supernet.keras
@@ -13,7 +13,6 @@ continue where they stopped), so an interrupted search resumes. The test split i
 (`load_subnet`) turns `subnet.json` back into a plain `TinyNet` with the fine-tuned super-net's weights.
 """
 
-import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -226,9 +225,13 @@ def read_subnet(path):
     return Subnet(str(d["backbone"]), spec, arch, path.parent / d["supernet"])
 
 
-def load_subnet(path, method="tinytl-lb", resolution=None, weights_dir=None, log=functools.partial(print, file=sys.stderr)):
+def _note(message):
+    print(message, file=sys.stderr)
+
+
+def load_subnet(path, method="tinytl-lb", resolution=None, weights_dir=None, log=_note):
     """The searched sub-net as a plain `TinyNet` for `method`, with the fine-tuned super-net's weights (the
-    pretrained backbone's when the checkpoint is gone, saying so)."""
+    pretrained backbone's when the checkpoint is gone, saying so through `log`)."""
     sub = read_subnet(path)
     if resolution is not None and resolution != sub.arch.resolution:
         raise ValueError(f"--resolution {resolution} differs from the searched sub-net's {sub.arch.resolution} px "

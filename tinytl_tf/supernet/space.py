@@ -1,4 +1,4 @@
-"""The search space of a super-net built around a pretrained MB backbone (REFERENCE §6). TF-free (numpy only).
+"""The search space of a super-net built around a pretrained MB backbone (TinyTL Appendix A). TF-free (numpy only).
 
 The super-net's largest sub-net in every dimension is the backbone itself, so every choice is capped by what the
 backbone has: a block keeps kernels up to its own (smaller ones are centre crops), expand ratios whose channels
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinytl_tf.config import BlockConfig, ConfigError, LiteConfig, NetConfig, check_resolution, with_lite_residual
+from tinytl_tf.config import ConfigError, LiteConfig, NetConfig, check_resolution, with_lite_residual
 from tinytl_tf.memory import training_memory
 from tinytl_tf.methods import TRAINABLE, check_method
 
@@ -291,7 +291,7 @@ def encode(spec, arch):
 
 
 def memory_mb(spec, arch, batch_size=1):
-    """Analytic training memory (REFERENCE §4, MB = 1e6 B) of the sub-net fine-tuned with TinyTL-L+B."""
+    """Analytic training memory (`tinytl_tf.memory.analytic`, MB = 1e6 B) of the sub-net fine-tuned with TinyTL-L+B."""
     return training_memory(subnet_config(spec, arch, "tinytl-lb"), batch_size).total_mb
 
 

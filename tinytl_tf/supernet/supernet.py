@@ -1,4 +1,5 @@
-"""The once-for-all style super-net (REFERENCE §6) around a pretrained MB backbone, as one Keras model.
+"""The once-for-all style super-net (Cai et al., ICLR 2020; TinyTL Appendix A) around a pretrained MB backbone,
+as one Keras model.
 
 Its space (`tinytl_tf.supernet.space.SuperSpec`) is capped by the backbone, so the sub-net `backbone_arch(spec)`
 is the backbone itself; every other sub-net is derived from the same weights by the importance sort (narrower
@@ -23,8 +24,17 @@ from tinytl_tf.config import NetConfig, TrainableSet
 from tinytl_tf.layers import Classifier, FoldedConv2D, MBBlock
 from tinytl_tf.methods import TRAINABLE
 from tinytl_tf.supernet.elastic import ElasticMBBlock
-from tinytl_tf.supernet.space import (SuperSpec, active_slots, backbone_arch, gene_choices, mid_channels, sample,
-                                      subnet_config, super_spec, validate_arch)
+from tinytl_tf.supernet.space import (
+    SuperSpec,
+    active_slots,
+    backbone_arch,
+    gene_choices,
+    mid_channels,
+    sample,
+    subnet_config,
+    super_spec,
+    validate_arch,
+)
 
 DEFAULT_RESOLUTIONS = (96, 112, 128, 144, 160)
 # the paper's adaptation: main weights frozen; main biases, lite modules and the head train
@@ -242,7 +252,7 @@ def read_weights_file(path):
 def _backbone_weights(name, weights_dir):
     """(backbone name, NetConfig, {path: array} or None, channels already sorted) of a backbone name or file."""
     if name in BACKBONES:
-        cfg, arrays = BACKBONES[name][1](weights_dir)
+        cfg, arrays = BACKBONES[name].load(weights_dir)
         return name, cfg, arrays, False
     if str(name).endswith(".npz"):
         return read_weights_file(name)
