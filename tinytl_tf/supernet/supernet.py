@@ -85,12 +85,16 @@ class SuperNet(keras.Model):
 
         The backbone's main weights are placed by path and its expanded channels sorted by importance (a
         converted once-for-all net is already sorted: its narrower sub-nets were trained on the first channels);
-        the head (`num_classes`, `labels`, `dropout`) and the lite residual branches are new.
+        the head (`num_classes`, `labels`, `dropout`) and the lite residual branches are new. The head starts at
+        zero, so every sub-net starts at the uniform guess (loss ln(num_classes)): a random head's logits scale with
+        the features, whose norm differs from sub-net to sub-net (mcunet-5fps at 64 px started its full sub-net at
+        loss 6.0 for 10 classes).
         """
         backbone, cfg, arrays, presorted = _backbone_weights(name, weights_dir)
         base = cfg.replace(num_classes=num_classes, labels=tuple(labels), dropout=dropout, trainable=TrainableSet(),
                            method=None)
         net = cls(super_spec(base, backbone, resolutions))
+        net.head.kernel.assign(np.zeros(net.head.kernel.shape, "float32"))
         if arrays is not None:
             net.load_backbone_weights(arrays)
             if not presorted:
