@@ -417,3 +417,14 @@ def test_same_seed_repeats_the_search_exactly(searched, tmp_path):
     assert (json.loads((tmp_path / "again" / "pairs.json").read_text())["pairs"]
             == json.loads((searched.out / "pairs.json").read_text())["pairs"])
     assert again["search"]["reproducibility"] == {**first["search"]["reproducibility"], "seed": 0}
+
+
+def test_fine_tuning_at_chance_warns_on_stderr(capsys):
+    from tinytl_tf.supernet.search import _warn_at_chance
+
+    _warn_at_chance(0.5, 10)
+    assert capsys.readouterr().err == ""
+    for accuracy in (0.0875, 0.1):
+        _warn_at_chance(accuracy, 10)
+        err = capsys.readouterr().err
+        assert err.startswith("warning:") and err.count("\n") == 1 and "10.0% for 10 classes" in err

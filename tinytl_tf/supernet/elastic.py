@@ -7,8 +7,17 @@ from the plain `tinytl_tf.layers` with `static_weights`, so the export sees ordi
 The active choices arrive as scalar int tensors (read from the super-net's variables or sampled in-graph), so
 changing the sub-net never retraces. Every choice is applied exactly: a smaller kernel is embedded with zeros in
 the stored one (with centred padding a k x k kernel inside a K x K one gives the same output for symmetric and
-for TF "same" padding), a narrower expansion multiplies the dropped channels by zero before the projection, and a
-groups-4 lite conv is the groups-2 conv with its off-block-diagonal taps zeroed.
+for TF "same" padding), a narrower expansion replaces the dropped channels by their calibrated means before the
+projection, and a groups-4 lite conv is the groups-2 conv with its off-block-diagonal taps zeroed.
+
+Mean compensation: a folded BatchNorm's bias centres its layer's output for the full kernel and the full set of
+expanded channels. Cropping taps or dropping channels removes their mean contribution too, and nothing re-centres
+the output (once-for-all re-estimates its BatchNorm statistics per sub-net; a folded, frozen net cannot), so the
+shift compounds through the blocks: on mcunet-5fps at 96 px random sub-nets' pooled features were twice the
+full net's norm and nearly orthogonal to them. `SuperNet.calibrate` measures the full net's per-channel means on
+training images; a smaller kernel then keeps the stored kernel's response to the mean input (a bias term) and a
+dropped channel contributes its mean (a projection bias term), both folded into the biases of extracted sub-nets.
+Uncalibrated (all means zero), both terms vanish.
 """
 
 import keras
@@ -58,6 +67,9 @@ class ElasticDepthwise(FoldedConv2D):
 
     def build(self, input_shape):
         super().build(input_shape)
+        # per-channel mean of the input, set by `SuperNet.calibrate`
+        self.input_mean = self.add_weight(name="input_mean", shape=(self.filters,), initializer="zeros",
+                                          trainable=False)
         ks = self.kernel_choices
         self.transforms = {
             (big, small): self.add_weight(name=f"transform_{big}to{small}", shape=(small * small, small * small),
@@ -77,12 +89,18 @@ class ElasticDepthwise(FoldedConv2D):
             w = tf.transpose(tf.reshape(flat, [c, small, small]), [1, 2, 0])[..., None]
         return w
 
+    def bias_for(self, kernel):
+        """The bias for the [k, k, C, 1] `kernel` of a choice: the stored bias plus the (scaled) response of the
+        taps the choice lost to the calibrated mean input, so its output keeps the stored kernel's mean."""
+        lost = tf.reduce_sum(value(self.kernel), [0, 1, 3]) - tf.reduce_sum(kernel, [0, 1, 3])
+        return value(self.bias) + value(self.scale) * lost * value(self.input_mean)
+
     def call(self, x, kernel_size):
         k = self.kernel_size
         kernel = _select(self.kernel_choices, kernel_size, [_embed(self.kernel_for(c), k) for c in self.kernel_choices])
         pads = conv_pads(x.shape[1], x.shape[2], k, self.strides, self.padding)
         y = ops.depthwise_conv2d(x, kernel, stride=self.strides, pads=pads, kernel_grad=self.train_kernel)
-        y = ops.channel_affine(y, value(self.scale), value(self.bias), scale_grad=self.train_scale)
+        y = ops.channel_affine(y, value(self.scale), self.bias_for(kernel), scale_grad=self.train_scale)
         return activate(y, self.activation)
 
     def get_config(self):
@@ -167,8 +185,9 @@ class ElasticMBBlock(MBBlock):
     lite residual, runnable as any sub-block with `call(x, kernel, mid, lite_kernel, lite_groups)`.
 
     Width: the sub-block keeps the first `mid` expanded channels, so `sort_channels` first orders them by
-    importance. The main norms are folded per-channel affines, so zeroing a channel after the depthwise
-    activation is exactly dropping it. (With GroupNorm in the main branch, a channel's output would depend on
+    importance. The main norms are folded per-channel affines, so replacing a channel after the depthwise
+    activation by a constant (its calibrated mean, `mid_mean`) is exactly dropping it and adding that constant's
+    projection to the projection's bias. (With GroupNorm in the main branch, a channel's output would depend on
     its group's statistics: whole groups would have to move together in the sort and widths would have to be
     whole groups. Folded BatchNorm has no such coupling.)
     """
@@ -188,6 +207,8 @@ class ElasticMBBlock(MBBlock):
         self.depthwise.build(mid_shape)
         self.project = FoldedConv2D(b.out, 1, activation=b.project_act, name="project", **flags)
         self.project.build(self.depthwise.compute_output_shape(mid_shape))
+        # per-channel mean of the depthwise output, set by `SuperNet.calibrate`
+        self.mid_mean = self.add_weight(name="mid_mean", shape=(b.mid,), initializer="zeros", trainable=False)
         self.lite = ElasticLiteResidual(b.out, b.stride, self.lite_groups_choices, train_kernel=t.lite_kernel,
                                         train_gamma=t.lite_gamma, train_beta=t.lite_beta,
                                         train_final_beta=t.lite_final_beta, name="lite")
@@ -195,7 +216,7 @@ class ElasticMBBlock(MBBlock):
 
     def call(self, x, kernel, mid, lite_kernel, lite_groups):
         y = self.depthwise(self.expand(x), kernel_size=kernel)
-        y = y * tf.cast(tf.range(self.block.mid) < mid, y.dtype)
+        y = tf.where(tf.range(self.block.mid) < mid, y, value(self.mid_mean))
         y = self.project(y)
         y = y + self.lite(x, size=(y.shape[1], y.shape[2]), kernel_size=lite_kernel, groups=lite_groups)
         return y + x if self.block.shortcut else y
@@ -207,21 +228,33 @@ class ElasticMBBlock(MBBlock):
         e, d = self.expand, self.depthwise
         order = np.argsort(-np.sum(np.abs(_numpy(self.project.kernel)), axis=(0, 1, 3)), kind="stable")
         for v, axis in ((e.kernel, 3), (e.scale, 0), (e.bias, 0), (d.kernel, 2), (d.scale, 0), (d.bias, 0),
-                        (self.project.kernel, 2)):
+                        (d.input_mean, 0), (self.mid_mean, 0), (self.project.kernel, 2)):
             v.assign(np.take(_numpy(v), order, axis=axis))
         return order
 
+    def full_width_means(self, x):
+        """Per-channel means over a batch of the expansion (the depthwise input) and of the depthwise output, at
+        the stored kernel and full width (what `SuperNet.calibrate` averages)."""
+        e = self.expand(x)
+        d = self.depthwise(e, kernel_size=self.block.kernel)
+        return tf.reduce_mean(e, [0, 1, 2]), tf.reduce_mean(d, [0, 1, 2])
+
     def static_weights(self, kernel, mid, lite_kernel, lite_groups):
-        """{path relative to the block: array} of the plain `MBBlock` of this sub-block (see `BlockConfig`)."""
+        """{path relative to the block: array} of the plain `MBBlock` of this sub-block (see `BlockConfig`); the
+        mean compensation is folded into the depthwise and projection biases."""
         e, d, p, lite = self.expand, self.depthwise, self.project, self.lite
+        project = _numpy(p.kernel)
+        dropped = _numpy(self.mid_mean)[mid:] @ project[0, 0, mid:]
+        depthwise = d.kernel_for(kernel)
         weights = {"expand/kernel": _numpy(e.kernel)[..., :mid],
-                   "depthwise/kernel": _numpy(d.kernel_for(kernel))[:, :, :mid],
-                   "project/kernel": _numpy(p.kernel)[:, :, :mid], "project/scale": _numpy(p.scale),
-                   "project/bias": _numpy(p.bias),
+                   "depthwise/kernel": _numpy(depthwise)[:, :, :mid],
+                   "depthwise/bias": _numpy(d.bias_for(depthwise))[:mid],
+                   "project/kernel": project[:, :, :mid], "project/scale": _numpy(p.scale),
+                   "project/bias": _numpy(p.bias) + _numpy(p.scale) * dropped,
                    "lite/conv1/kernel": lite_kernel_for(_numpy(lite.conv1.kernel), lite_kernel, lite_groups),
                    "lite/conv2/kernel": _numpy(lite.conv2.kernel)}
-        for name, layer in (("expand", e), ("depthwise", d)):
-            weights.update({f"{name}/scale": _numpy(layer.scale)[:mid], f"{name}/bias": _numpy(layer.bias)[:mid]})
+        weights.update({"expand/scale": _numpy(e.scale)[:mid], "expand/bias": _numpy(e.bias)[:mid],
+                        "depthwise/scale": _numpy(d.scale)[:mid]})
         for name, layer in (("norm1", lite.norm1), ("norm2", lite.norm2)):
             weights.update({f"lite/{name}/gamma": _numpy(layer.gamma), f"lite/{name}/beta": _numpy(layer.beta)})
         return weights

@@ -1,7 +1,8 @@
 """The `search` job (feature extractor adaptation, TinyTL Appendix A) and the `subnet.json` it writes.
 
-    1. fine-tune the super-net on 80% of the training images (main weights frozen; biases, lite modules and the
-       head train; one random sub-net per step)            -> OUT/supernet.keras
+    1. on 80% of the training images, calibrate the super-net's mean compensation, then fine-tune it (main
+       weights frozen; biases, lite modules and the head train; one random sub-net per step; a warning when it
+       ends at or below chance)                            -> OUT/supernet.keras
     2. measure random sub-nets on the other 20%             -> OUT/pairs.json
     3. fit the accuracy predictor on most pairs, report its rank correlation on the rest
                                                             -> OUT/predictor.keras, OUT/predictor.json
@@ -70,12 +71,24 @@ def _supernet(out, backbone, base, images, resolutions, epochs, lr, label_smooth
         return net
     net = SuperNet.from_backbone(backbone, len(images.class_names), images.class_names, resolutions, dropout,
                                  weights_dir)
+    net.calibrate(images.train)
     if epochs:
         net.set_random_sampling(True)
-        fit(net, images.train, epochs, lr, label_smoothing, verbose)
+        history = fit(net, images.train, epochs, lr, label_smoothing, verbose)
         net.set_random_sampling(False)
+        _warn_at_chance(history.history["accuracy"][-1], len(images.class_names))
     atomic_write(path, net.save)
     return net
+
+
+def _warn_at_chance(accuracy, num_classes):
+    """Say so on stderr when the super-net's fine-tuning ended no better than guessing: every sub-net measured
+    from it, and so the predictor and the winner, would then rest on noise."""
+    if accuracy <= 1 / num_classes:
+        print(f"warning: super-net fine-tuning ended at {accuracy:.1%} training accuracy, at or below chance "
+              f"({1 / num_classes:.1%} for {num_classes} classes); the sub-net accuracies, the predictor and the "
+              f"searched sub-net built on it are not meaningful (more --epochs or another --lr may help)",
+              file=sys.stderr)
 
 
 def holdout_accuracy(net, holdout, arch):

@@ -40,8 +40,9 @@ DEFAULT_RESOLUTIONS = (96, 112, 128, 144, 160)
 # the paper's adaptation: main weights frozen; main biases, lite modules and the head train
 TRAINABLE_SET = TRAINABLE["tinytl-lb"]
 STATIC_LAYERS = ("stem", "block_0", "feature_mix", "head")  # the same in the super-net and every sub-net
-NEW_WEIGHTS = ("/lite/", "/transform_", "head/")  # not in a backbone's weights
+NEW_WEIGHTS = ("/lite/", "/transform_", "head/", "_mean")  # not in a backbone's weights
 GENES = ("resolution", "depths", "kernels", "mids", "lite_kernels", "lite_groups")
+CALIBRATION_BATCHES = 8
 WEIGHTS_FILE_META = "supernet.json"
 
 
@@ -94,17 +95,44 @@ class SuperNet(keras.Model):
 
         The backbone's main weights are placed by path and its expanded channels sorted by importance (a
         converted once-for-all net is already sorted: its narrower sub-nets were trained on the first channels);
-        the head (`num_classes`, `labels`, `dropout`) and the lite residual branches are new.
+        the head (`num_classes`, `labels`, `dropout`) and the lite residual branches are new. The head starts at
+        zero, so every sub-net starts at the uniform guess (loss ln(num_classes)): a random head's logits scale with
+        the features, whose norm differs from sub-net to sub-net (mcunet-5fps at 64 px started its full sub-net at
+        loss 6.0 for 10 classes).
         """
         backbone, cfg, arrays, presorted = _backbone_weights(name, weights_dir)
         base = cfg.replace(num_classes=num_classes, labels=tuple(labels), dropout=dropout, trainable=TrainableSet(),
                            method=None)
         net = cls(super_spec(base, backbone, resolutions))
+        net.head.kernel.assign(np.zeros(net.head.kernel.shape, "float32"))
         if arrays is not None:
             net.load_backbone_weights(arrays)
             if not presorted:
                 net.sort_channels()
         return net
+
+    def calibrate(self, dataset, batches=CALIBRATION_BATCHES):
+        """Set every slot's mean compensation (see `tinytl_tf.supernet.elastic`) from the full sub-net's
+        per-channel means over the first `batches` batches of `dataset` (batched (images, labels)), so that smaller
+        sub-nets keep the full net's means; the full sub-net's function does not change. Call it before
+        fine-tuning: the means then become part of every sub-net (folded into the biases of extracted ones)."""
+        arch = backbone_arch(self.spec)
+        sums = [[0.0, 0.0] for _ in self.slot_blocks]
+        count = 0
+        for images, _ in dataset.take(batches):
+            x = self.block_0(self.stem(_resized(images, arch.resolution)))
+            n = int(images.shape[0])
+            for p, block in enumerate(self.slot_blocks):
+                for i, mean in enumerate(block.full_width_means(x)):
+                    sums[p][i] += n * mean.numpy()
+                x = block(x, kernel=arch.kernels[p], mid=block.block.mid, lite_kernel=arch.lite_kernels[p],
+                          lite_groups=arch.lite_groups[p])
+            count += n
+        if not count:
+            raise ValueError("calibrate: the dataset yielded no images")
+        for block, (input_sum, mid_sum) in zip(self.slot_blocks, sums):
+            block.depthwise.input_mean.assign(input_sum / count)
+            block.mid_mean.assign(mid_sum / count)
 
     def load_backbone_weights(self, arrays):
         """Assign a backbone's `{path: array}` (every main weight; transform matrices optional; a head is
@@ -155,10 +183,7 @@ class SuperNet(keras.Model):
         return tf.switch_case(index, branches)
 
     def _forward(self, images, resolution, genes, training):
-        x = images
-        if tuple(x.shape[1:3]) != (resolution, resolution):
-            x = tf.image.resize(x, [resolution, resolution], "bilinear")
-        x = self.block_0(self.stem(x))
+        x = self.block_0(self.stem(_resized(images, resolution)))
         for p, (slot, block) in enumerate(zip(self.spec.slots, self.slot_blocks)):
             run = functools.partial(block, kernel=genes.kernels[p], mid=genes.mids[p],
                                     lite_kernel=genes.lite_kernels[p], lite_groups=genes.lite_groups[p])
@@ -191,6 +216,13 @@ class SuperNet(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         return cls(**config)
+
+
+def _resized(images, resolution):
+    """Images bilinearly resized to `resolution` (unchanged when they already have it)."""
+    if tuple(images.shape[1:3]) != (resolution, resolution):
+        return tf.image.resize(images, [resolution, resolution], "bilinear")
+    return images
 
 
 def _is_new(variable):
