@@ -6,7 +6,7 @@ import json
 from tinytl_tf.data import demo_data_dir
 from tinytl_tf.demo import run_demo
 
-MARGIN = 0.05  # at least 15 of the 300 test images
+MARGIN = 0.04  # 12 of the 300 test images; measured here: +5.3 points (16 images), room for another CPU's rounding
 
 
 def test_demo_shows_tinytl_beating_ft_last(tmp_path, capsys):

@@ -14,7 +14,7 @@ from tinytl_tf.cliargs import stdout_to_stderr
 from tinytl_tf.data import demo_data_dir, load_image_folder
 from tinytl_tf.export import export_model
 from tinytl_tf.memory.measure import measure_tflite
-from tinytl_tf.methods import DEFAULT_LR
+from tinytl_tf.methods import default_lr
 from tinytl_tf.ondevice.evaluation import evaluate_folder
 from tinytl_tf.ondevice.folder_training import train_folder
 from tinytl_tf.train import train_job
@@ -22,7 +22,7 @@ from tinytl_tf.train import train_job
 BACKBONE = "mcunet-5fps"
 RESOLUTION = 64  # CIFAR-10 images are 32 px: 64 keeps the demo within a few minutes on 2 cores
 EPOCHS = 15
-METHODS = ("ft-last", "tinytl-lb")  # each at its default peak learning rate (`tinytl_tf.methods.DEFAULT_LR`)
+METHODS = ("ft-last", "tinytl-lb")  # each at `train`'s default peak learning rate (`tinytl_tf.methods.DEFAULT_LR`)
 DEVICE_LR = 1e-4  # the on-device continuation: a small constant rate at batch 1
 
 
@@ -37,7 +37,7 @@ def run_demo(out, epochs=None, batch_size=8, verbose=2, seed=0):
 
     rows = []
     for method in METHODS:
-        lr = DEFAULT_LR[method]
+        lr = default_lr(method)
         print(f"\n== {method}: {epochs} epochs, batch {batch_size}, Adam lr {lr:g} with cosine decay", file=sys.stderr,
               flush=True)
         with stdout_to_stderr():  # Keras' progress
