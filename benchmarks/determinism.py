@@ -47,13 +47,26 @@ def child(deterministic, method, epochs, resolution):
             times.append((time.perf_counter() - self.start[0], time.process_time() - self.start[1]))
 
     model.fit(images.train, epochs=epochs, verbose=0, callbacks=[EpochTimer()])
-    print(json.dumps({"wall": [images.num_train / w for w, _ in times[1:]],
-                      "cpu": [images.num_train / c for _, c in times[1:]]}))
+    print(
+        json.dumps(
+            {"wall": [images.num_train / w for w, _ in times[1:]], "cpu": [images.num_train / c for _, c in times[1:]]}
+        )
+    )
 
 
 def measure(deterministic, args):
-    command = [sys.executable, __file__, "--child", "1" if deterministic else "0", "--method", args.method,
-               "--epochs", str(args.epochs), "--resolution", str(args.resolution)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "1" if deterministic else "0",
+        "--method",
+        args.method,
+        "--epochs",
+        str(args.epochs),
+        "--resolution",
+        str(args.resolution),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -77,20 +90,32 @@ def main(argv=None):
         for mode in modes if r % 2 == 0 else modes[::-1]:
             for clock, rates in measure(mode == "deterministic", args).items():
                 runs[clock][mode] += rates
-            print(f"round {r + 1}/{args.rounds} {mode}: {statistics.median(runs['wall'][mode]):.1f} images per "
-                  f"wall second, {statistics.median(runs['cpu'][mode]):.1f} per CPU second so far", file=sys.stderr,
-                  flush=True)
+            print(
+                f"round {r + 1}/{args.rounds} {mode}: {statistics.median(runs['wall'][mode]):.1f} images per "
+                f"wall second, {statistics.median(runs['cpu'][mode]):.1f} per CPU second so far",
+                file=sys.stderr,
+                flush=True,
+            )
     medians = {clock: {mode: statistics.median(v) for mode, v in r.items()} for clock, r in runs.items()}
-    result = {"backbone": "mcunet-5fps", "method": args.method, "resolution": args.resolution, "batch_size": 8,
-              "data": "embedded caltech10 (300 training images)", "epochs_timed_per_run": args.epochs - 1,
-              # per CPU second (all the process's threads) is the figure that holds on a busy machine
-              "images_per_s": runs, "median_images_per_s": medians,
-              "deterministic_over_nondeterministic": {clock: m["deterministic"] / m["nondeterministic"]
-                                                      for clock, m in medians.items()},
-              "load_average_before_after": [load_before, os.getloadavg()[0]],
-              "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
-                                       text=True).stdout.strip(),
-              "command": "python benchmarks/determinism.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    result = {
+        "backbone": "mcunet-5fps",
+        "method": args.method,
+        "resolution": args.resolution,
+        "batch_size": 8,
+        "data": "embedded caltech10 (300 training images)",
+        "epochs_timed_per_run": args.epochs - 1,
+        # per CPU second (all the process's threads) is the figure that holds on a busy machine
+        "images_per_s": runs,
+        "median_images_per_s": medians,
+        "deterministic_over_nondeterministic": {
+            clock: m["deterministic"] / m["nondeterministic"] for clock, m in medians.items()
+        },
+        "load_average_before_after": [load_before, os.getloadavg()[0]],
+        "commit": subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+        "command": "python benchmarks/determinism.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("median_images_per_s", "deterministic_over_nondeterministic")}))
 

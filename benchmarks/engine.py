@@ -66,10 +66,14 @@ def main(argv=None):
 
     base = load_backbone(args.backbone, args.resolution)
     rows = []
-    print(f"{args.backbone} @{args.resolution}px, batch 1, {args.repeats} timed steps, 1 thread, "
-          f"frozen weights {args.frozen_bits}-bit; 'plain' = no delegate")
-    print(f"{'method':<13}{'train ms':>10}{'infer ms':>10}{'ratio':>8}{'plain ratio':>12}{'tflite MB':>11}"
-          f"{'trainable':>11}{'export s':>10}")
+    print(
+        f"{args.backbone} @{args.resolution}px, batch 1, {args.repeats} timed steps, 1 thread, "
+        f"frozen weights {args.frozen_bits}-bit; 'plain' = no delegate"
+    )
+    print(
+        f"{'method':<13}{'train ms':>10}{'infer ms':>10}{'ratio':>8}{'plain ratio':>12}{'tflite MB':>11}"
+        f"{'trainable':>11}{'export s':>10}"
+    )
     for method in args.methods or METHODS:
         model = prepare_transfer(base, method, args.classes, dropout=0.0)
         with tempfile.TemporaryDirectory() as tmp:
@@ -80,16 +84,32 @@ def main(argv=None):
             size = os.path.getsize(path)
             train_s, infer_s = measure(path, args.resolution, args.repeats)
             plain_train_s, plain_infer_s = measure(path, args.resolution, args.repeats, xnnpack=False)
-        row = {"method": method, "train_ms": 1e3 * train_s, "infer_ms": 1e3 * infer_s, "ratio": train_s / infer_s,
-               "plain_train_ms": 1e3 * plain_train_s, "plain_infer_ms": 1e3 * plain_infer_s,
-               "plain_ratio": plain_train_s / plain_infer_s,
-               "tflite_mb": size / 1e6, "trainable_params": count_params(model)[0], "export_s": export_s}
+        row = {
+            "method": method,
+            "train_ms": 1e3 * train_s,
+            "infer_ms": 1e3 * infer_s,
+            "ratio": train_s / infer_s,
+            "plain_train_ms": 1e3 * plain_train_s,
+            "plain_infer_ms": 1e3 * plain_infer_s,
+            "plain_ratio": plain_train_s / plain_infer_s,
+            "tflite_mb": size / 1e6,
+            "trainable_params": count_params(model)[0],
+            "export_s": export_s,
+        }
         rows.append(row)
-        print(f"{method:<13}{row['train_ms']:>10.2f}{row['infer_ms']:>10.2f}{row['ratio']:>8.2f}{row['plain_ratio']:>12.2f}"
-              f"{row['tflite_mb']:>11.2f}{row['trainable_params']:>11,}{export_s:>10.0f}", flush=True)
+        print(
+            f"{method:<13}{row['train_ms']:>10.2f}{row['infer_ms']:>10.2f}{row['ratio']:>8.2f}{row['plain_ratio']:>12.2f}"
+            f"{row['tflite_mb']:>11.2f}{row['trainable_params']:>11,}{export_s:>10.0f}",
+            flush=True,
+        )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    result = {"backbone": args.backbone, "resolution": args.resolution, "repeats": args.repeats,
-              "frozen_bits": args.frozen_bits, "rows": rows}
+    result = {
+        "backbone": args.backbone,
+        "resolution": args.resolution,
+        "repeats": args.repeats,
+        "frozen_bits": args.frozen_bits,
+        "rows": rows,
+    }
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
 
 

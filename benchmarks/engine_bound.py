@@ -60,11 +60,15 @@ def _zero_kernel_grad(xp, dy, k, stride):
 
 PROBES = {
     "real": [],
-    "one-byte masks": [("tinytl_tf.ops.activations._pack_mask", _keep_bools),
-                       ("tinytl_tf.ops.activations._apply_mask", _select)],
+    "one-byte masks": [
+        ("tinytl_tf.ops.activations._pack_mask", _keep_bools),
+        ("tinytl_tf.ops.activations._apply_mask", _select),
+    ],
     "free masks": [("tinytl_tf.ops.activations._masked", _unmasked)],
-    "free masks and kernel grads": [("tinytl_tf.ops.activations._masked", _unmasked),
-                                    ("tinytl_tf.ops.conv._kernel_grad", _zero_kernel_grad)],
+    "free masks and kernel grads": [
+        ("tinytl_tf.ops.activations._masked", _unmasked),
+        ("tinytl_tf.ops.conv._kernel_grad", _zero_kernel_grad),
+    ],
 }
 
 
@@ -106,18 +110,34 @@ def main(argv=None):
                 per_round[name].append(measure(path, args.resolution, args.repeats))
             print(f"round {r + 1}/{args.rounds}", end="\r", flush=True)
     print()
-    print(f"{args.method} ({args.optimizer}) on {args.backbone} @{args.resolution}px, batch 1, 1 thread, XNNPACK; "
-          f"{args.rounds} interleaved rounds of {args.repeats} steps")
+    print(
+        f"{args.method} ({args.optimizer}) on {args.backbone} @{args.resolution}px, batch 1, 1 thread, XNNPACK; "
+        f"{args.rounds} interleaved rounds of {args.repeats} steps"
+    )
     print(f"{'graph':<30}{'train ms':>10}{'infer ms':>10}{'ratio':>8}{'static peak MB':>16}")
     rows = []
     for name, times in per_round.items():
         train_s, infer_s = (float(np.median([t[i] for t in times])) for i in (0, 1))
         ratio = float(np.median([t[0] / t[1] for t in times]))
-        rows.append({"graph": name, "train_ms": 1e3 * train_s, "infer_ms": 1e3 * infer_s, "ratio": ratio,
-                     "static_peak_mb": peaks[name]})
+        rows.append(
+            {
+                "graph": name,
+                "train_ms": 1e3 * train_s,
+                "infer_ms": 1e3 * infer_s,
+                "ratio": ratio,
+                "static_peak_mb": peaks[name],
+            }
+        )
         print(f"{name:<30}{1e3 * train_s:>10.2f}{1e3 * infer_s:>10.2f}{ratio:>8.2f}{peaks[name]:>16.2f}")
-    result = {"method": args.method, "optimizer": args.optimizer, "backbone": args.backbone,
-              "resolution": args.resolution, "rounds": args.rounds, "repeats": args.repeats, "rows": rows}
+    result = {
+        "method": args.method,
+        "optimizer": args.optimizer,
+        "backbone": args.backbone,
+        "resolution": args.resolution,
+        "rounds": args.rounds,
+        "repeats": args.repeats,
+        "rows": rows,
+    }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
 

@@ -50,9 +50,13 @@ def measure_one(model, frozen_params, steps, timeout, optimizer):
         static = static_memory(path)
         weights = json.loads(Path(model_json_path(path)).read_text())["weights"]
         stored = sum(int(np.prod(w["shape"])) for w in weights if w["kind"] in ("trainable", "slot"))
-        row.update(static_peak_mb=static.peak_activation_bytes / MB, variables_mb=static.variable_bytes / MB,
-                   constants_mb=static.constant_bytes / MB, tflite_mb=static.file_bytes / MB,
-                   tflite_budget_mb=(frozen_params + 4 * stored) / MB)
+        row.update(
+            static_peak_mb=static.peak_activation_bytes / MB,
+            variables_mb=static.variable_bytes / MB,
+            constants_mb=static.constant_bytes / MB,
+            tflite_mb=static.file_bytes / MB,
+            tflite_budget_mb=(frozen_params + 4 * stored) / MB,
+        )
         for mode, xnnpack in MODES.items():
             for signature in (SIGNATURE_TRAIN, SIGNATURE_INFER):
                 row[f"{signature}_{mode}_mb"] = dynamic_memory(path, signature, steps, timeout, xnnpack=xnnpack) / MB
@@ -67,20 +71,29 @@ def targets(rows):
     if lb and full:
         for mode in MODES:
             ratio = full[f"train_{mode}_mb"] / lb[f"train_{mode}_mb"]
-            out[f"ft_full_over_lb_{mode}"] = {"value": ratio, "target": f">= {TARGET_RATIO}", "met": ratio >= TARGET_RATIO}
+            out[f"ft_full_over_lb_{mode}"] = {
+                "value": ratio,
+                "target": f">= {TARGET_RATIO}",
+                "met": ratio >= TARGET_RATIO,
+            }
     if lb:
         for mode in MODES:
             ratio = lb[f"train_{mode}_mb"] / lb["analytic_mb"]
-            out[f"lb_over_analytic_{mode}"] = {"value": ratio, "target": f"<= {TARGET_VS_ANALYTIC}",
-                                               "met": ratio <= TARGET_VS_ANALYTIC}
+            out[f"lb_over_analytic_{mode}"] = {
+                "value": ratio,
+                "target": f"<= {TARGET_VS_ANALYTIC}",
+                "met": ratio <= TARGET_VS_ANALYTIC,
+            }
         ratio = lb["tflite_mb"] / lb["tflite_budget_mb"]
         out["lb_tflite_over_budget"] = {"value": ratio, "target": f"<= {TARGET_FILE}", "met": ratio <= TARGET_FILE}
     return out
 
 
 def print_static(method, static, top):
-    print(f"  {method}: static peak {static.peak_activation_bytes / 1e6:.2f} MB at op {static.peak_op}; by producer: "
-          + ", ".join(f"{k} {v / 1e6:.2f}" for k, v in list(static.peak_by_op.items())[:8]))
+    print(
+        f"  {method}: static peak {static.peak_activation_bytes / 1e6:.2f} MB at op {static.peak_op}; by producer: "
+        + ", ".join(f"{k} {v / 1e6:.2f}" for k, v in list(static.peak_by_op.items())[:8])
+    )
     for p in static.peak_tensors[:top]:
         print(f"      {p.bytes / 1e6:8.3f} MB  {p.dtype:<8}{str(list(p.shape)):<22}{p.producer:<24}{p.name[:70]}")
 
@@ -91,23 +104,39 @@ def run_backbone(name, args):
 
     analytic = {r["method"]: r for r in method_table(name, args.resolution, 1, args.classes, methods=args.methods)}
     rows, statics = [], {}
-    print(f"\n{name} @{args.resolution}px, batch 1, {args.classes} classes, {args.optimizer}, lite residuals on every "
-          f"method", flush=True)
-    head = (f"{'method':<13}{'analytic':>9}{'static':>8}{'vars':>8}{'consts':>8}{'train':>8}{'infer':>8}"
-            f"{'train+X':>9}{'infer+X':>9}{'tflite':>8}{'budget':>8}{'export s':>9}")
-    print(f"{head}\n{'MB; train/infer = RSS delta with builtin kernels, +X = with XNNPACK':>{len(head)}}\n{'-' * len(head)}")
+    print(
+        f"\n{name} @{args.resolution}px, batch 1, {args.classes} classes, {args.optimizer}, lite residuals on every "
+        f"method",
+        flush=True,
+    )
+    head = (
+        f"{'method':<13}{'analytic':>9}{'static':>8}{'vars':>8}{'consts':>8}{'train':>8}{'infer':>8}"
+        f"{'train+X':>9}{'infer+X':>9}{'tflite':>8}{'budget':>8}{'export s':>9}"
+    )
+    print(
+        f"{head}\n{'MB; train/infer = RSS delta with builtin kernels, +X = with XNNPACK':>{len(head)}}\n{'-' * len(head)}"
+    )
     for method, model in method_models(name, args.resolution, args.classes, args.methods, weights_dir=args.weights_dir):
         a = analytic[method]
         row, static = measure_one(model, a["frozen_params"], args.steps, args.timeout, args.optimizer)
-        row = {"method": method, "analytic_mb": a["total_mb"], "analytic_params_mb": a["params_mb"],
-               "analytic_activations_mb": a["activations_mb"], "trainable_params": a["trainable_params"],
-               "frozen_params": a["frozen_params"], **row}
+        row = {
+            "method": method,
+            "analytic_mb": a["total_mb"],
+            "analytic_params_mb": a["params_mb"],
+            "analytic_activations_mb": a["activations_mb"],
+            "trainable_params": a["trainable_params"],
+            "frozen_params": a["frozen_params"],
+            **row,
+        }
         rows.append(row)
         statics[method] = static
-        print(f"{method:<13}{row['analytic_mb']:>9.2f}{row['static_peak_mb']:>8.2f}{row['variables_mb']:>8.2f}"
-              f"{row['constants_mb']:>8.2f}{row['train_builtin_mb']:>8.2f}{row['infer_builtin_mb']:>8.2f}"
-              f"{row['train_xnnpack_mb']:>9.2f}{row['infer_xnnpack_mb']:>9.2f}{row['tflite_mb']:>8.2f}"
-              f"{row['tflite_budget_mb']:>8.2f}{row['export_s']:>9.0f}", flush=True)
+        print(
+            f"{method:<13}{row['analytic_mb']:>9.2f}{row['static_peak_mb']:>8.2f}{row['variables_mb']:>8.2f}"
+            f"{row['constants_mb']:>8.2f}{row['train_builtin_mb']:>8.2f}{row['infer_builtin_mb']:>8.2f}"
+            f"{row['train_xnnpack_mb']:>9.2f}{row['infer_xnnpack_mb']:>9.2f}{row['tflite_mb']:>8.2f}"
+            f"{row['tflite_budget_mb']:>8.2f}{row['export_s']:>9.0f}",
+            flush=True,
+        )
     goals = targets(rows)
     for key, t in goals.items():
         print(f"  target {key}: {t['value']:.2f} (want {t['target']}) {'met' if t['met'] else 'MISSED'}")
@@ -115,10 +144,16 @@ def run_backbone(name, args):
         print("largest tensors alive at the static peak of `train`:")
         for method, static in statics.items():
             print_static(method, static, args.top)
-    return {"command": portable_command("python benchmarks/memory.py", args.argv), "commit": git_commit(),
-            "optimizer": args.optimizer, "resolution": args.resolution, "classes": args.classes, "rows": rows,
-            "targets": goals,
-            "peak_by_op_mb": {m: {k: v / 1e6 for k, v in s.peak_by_op.items()} for m, s in statics.items()}}
+    return {
+        "command": portable_command("python benchmarks/memory.py", args.argv),
+        "commit": git_commit(),
+        "optimizer": args.optimizer,
+        "resolution": args.resolution,
+        "classes": args.classes,
+        "rows": rows,
+        "targets": goals,
+        "peak_by_op_mb": {m: {k: v / 1e6 for k, v in s.peak_by_op.items()} for m, s in statics.items()},
+    }
 
 
 def main(argv=None):

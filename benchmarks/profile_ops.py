@@ -40,32 +40,57 @@ EVENT_TYPES = {1 << i for i in range(9)}
 CPU, LOCK_WRITE = 1, 1  # kLiteRtHwAcceleratorCpu, kLiteRtTensorBufferLockModeWrite
 vp, size_t, cstr, i32, P = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_int, ctypes.POINTER
 ARGTYPES = {  # of the LiteRt* C functions used; they return a LiteRtStatus (0: ok), LiteRtDestroy* nothing
-    "CreateEnvironment": [i32, vp, P(vp)], "CreateModelFromFile": [vp, cstr, P(vp)],
-    "GetModelSignature": [vp, size_t, P(vp)], "GetSignatureKey": [vp, P(cstr)],
-    "GetNumSignatureInputs": [vp, P(size_t)], "GetNumSignatureOutputs": [vp, P(size_t)],
-    "GetSignatureInputName": [vp, size_t, P(cstr)], "GetSignatureInputTensorByIndex": [vp, size_t, P(vp)],
-    "GetSignatureOutputTensorByIndex": [vp, size_t, P(vp)], "GetRankedTensorType": [vp, vp],
-    "CreateOptions": [P(vp)], "SetOptionsHardwareAccelerators": [vp, i32],
-    "CreateOpaqueOptions": [cstr, vp, vp, P(vp)], "AddOpaqueOptions": [vp, vp],
-    "CreateCompiledModel": [vp, vp, vp, P(vp)], "CompiledModelGetProfiler": [vp, P(vp)],
+    "CreateEnvironment": [i32, vp, P(vp)],
+    "CreateModelFromFile": [vp, cstr, P(vp)],
+    "GetModelSignature": [vp, size_t, P(vp)],
+    "GetSignatureKey": [vp, P(cstr)],
+    "GetNumSignatureInputs": [vp, P(size_t)],
+    "GetNumSignatureOutputs": [vp, P(size_t)],
+    "GetSignatureInputName": [vp, size_t, P(cstr)],
+    "GetSignatureInputTensorByIndex": [vp, size_t, P(vp)],
+    "GetSignatureOutputTensorByIndex": [vp, size_t, P(vp)],
+    "GetRankedTensorType": [vp, vp],
+    "CreateOptions": [P(vp)],
+    "SetOptionsHardwareAccelerators": [vp, i32],
+    "CreateOpaqueOptions": [cstr, vp, vp, P(vp)],
+    "AddOpaqueOptions": [vp, vp],
+    "CreateCompiledModel": [vp, vp, vp, P(vp)],
+    "CompiledModelGetProfiler": [vp, P(vp)],
     "GetCompiledModelInputBufferRequirements": [vp, size_t, size_t, P(vp)],
     "GetCompiledModelOutputBufferRequirements": [vp, size_t, size_t, P(vp)],
-    "CreateManagedTensorBufferFromRequirements": [vp, vp, vp, P(vp)], "GetTensorBufferSize": [vp, P(size_t)],
-    "LockTensorBuffer": [vp, P(vp), i32], "UnlockTensorBuffer": [vp],
+    "CreateManagedTensorBufferFromRequirements": [vp, vp, vp, P(vp)],
+    "GetTensorBufferSize": [vp, P(size_t)],
+    "LockTensorBuffer": [vp, P(vp), i32],
+    "UnlockTensorBuffer": [vp],
     "RunCompiledModel": [vp, size_t, size_t, P(vp), size_t, P(vp)],
-    "StartProfiler": [vp], "StopProfiler": [vp], "ResetProfiler": [vp],
-    "GetNumProfilerEvents": [vp, P(i32)], "GetProfilerEvents": [vp, i32, vp],
-    "DestroyTensorBuffer": [vp], "DestroyCompiledModel": [vp], "DestroyOptions": [vp], "DestroyModel": [vp],
-    "DestroyEnvironment": [vp]}
+    "StartProfiler": [vp],
+    "StopProfiler": [vp],
+    "ResetProfiler": [vp],
+    "GetNumProfilerEvents": [vp, P(i32)],
+    "GetProfilerEvents": [vp, i32, vp],
+    "DestroyTensorBuffer": [vp],
+    "DestroyCompiledModel": [vp],
+    "DestroyOptions": [vp],
+    "DestroyModel": [vp],
+    "DestroyEnvironment": [vp],
+}
 
 
 class Event(ctypes.Structure):
     """LiteRtProfilerEvent (litert_profiler_event.h) as compiled into libLiteRt.so 2.3.0, MemoryUsage 3 x 8 bytes:
     104 bytes. Not a stable ABI: `_events` checks the record size the library writes."""
 
-    _fields_ = [("tag", cstr), ("event_type", i32), ("start_us", ctypes.c_uint64),
-                ("elapsed_us", ctypes.c_uint64), ("begin_mem", ctypes.c_int64 * 3), ("end_mem", ctypes.c_int64 * 3),
-                ("node", ctypes.c_uint64), ("subgraph", ctypes.c_uint64), ("source", i32)]
+    _fields_ = [
+        ("tag", cstr),
+        ("event_type", i32),
+        ("start_us", ctypes.c_uint64),
+        ("elapsed_us", ctypes.c_uint64),
+        ("begin_mem", ctypes.c_int64 * 3),
+        ("end_mem", ctypes.c_int64 * 3),
+        ("node", ctypes.c_uint64),
+        ("subgraph", ctypes.c_uint64),
+        ("source", i32),
+    ]
 
 
 class ProfileError(RuntimeError):
@@ -99,8 +124,11 @@ def _add_option(options, identifier, toml):
     libc = ctypes.CDLL(None)
     libc.strdup.restype, libc.strdup.argtypes = vp, [cstr]
     payload = libc.strdup(toml.encode())
-    _call("AddOpaqueOptions", options, _get("CreateOpaqueOptions", identifier.encode(), payload,
-                                            ctypes.cast(libc.free, vp)))
+    _call(
+        "AddOpaqueOptions",
+        options,
+        _get("CreateOpaqueOptions", identifier.encode(), payload, ctypes.cast(libc.free, vp)),
+    )
 
 
 def _events(profiler):
@@ -113,9 +141,11 @@ def _events(profiler):
     written = len(raw.raw.rstrip(b"\xa5"))
     events = list((Event * n).from_buffer(raw))
     if n and (not n * size - 8 < written <= n * size or any(e.event_type not in EVENT_TYPES for e in events)):
-        raise ProfileError(f"libLiteRt.so's profiler records are not the {size}-byte layout this tool reads ({n} "
-                           f"events wrote {written} bytes); it is written for ai-edge-litert {PINNED}, this is "
-                           f"{getattr(ai_edge_litert, '__version__', 'unknown')}")
+        raise ProfileError(
+            f"libLiteRt.so's profiler records are not the {size}-byte layout this tool reads ({n} "
+            f"events wrote {written} bytes); it is written for ai-edge-litert {PINNED}, this is "
+            f"{getattr(ai_edge_litert, '__version__', 'unknown')}"
+        )
     return events
 
 
@@ -147,8 +177,9 @@ def _buffers(stack, env, sig, compiled, index, side):
     for i in range(len(buffers)):
         _call("GetRankedTensorType", _get(f"GetSignature{side}TensorByIndex", sig, i), ranked_type)
         requirements = _get(f"GetCompiledModel{side}BufferRequirements", compiled, index, i)
-        buffers[i] = _made(stack, "CreateManagedTensorBufferFromRequirements", env, ranked_type, requirements,
-                           destroy="TensorBuffer")
+        buffers[i] = _made(
+            stack, "CreateManagedTensorBufferFromRequirements", env, ranked_type, requirements, destroy="TensorBuffer"
+        )
     return buffers
 
 
@@ -174,8 +205,9 @@ def profile(path, signature, runs=10, warmup=2, xnnpack=False, threads=1):
     signatures = tflite_model.links(data).signatures
     if signature not in signatures:
         raise ProfileError(f"{path} has no signature {signature!r}; it has {', '.join(signatures) or 'none'}")
-    interpreter = Interpreter(model_path=path,
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = Interpreter(
+        model_path=path, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
     inputs = random_inputs(interpreter.get_signature_runner(signature), np.random.default_rng(0))
     del interpreter  # it was only for the input details (it allocates nothing before a run)
     index = list(signatures).index(signature)
@@ -201,11 +233,21 @@ def profile(path, signature, runs=10, warmup=2, xnnpack=False, threads=1):
         profiled = [timed() for _ in range(runs)]
         _call("StopProfiler", profiler)
         summary = _summary(_events(profiler), tflite_model.read(data), runs)  # the tags belong to the profiler
-    return {"model": path, "signature": signature, "subgraph": signatures[signature],
-            "kernels": "xnnpack" if xnnpack else "builtin", "threads": threads, "runs": runs, "warmup": warmup,
-            "run_ms": float(np.median(profiled)), "run_ms_mean": float(np.mean(profiled)),
-            "run_ms_min": min(profiled), "run_ms_max": max(profiled), "plain_run_ms": float(np.median(plain)),
-            **summary}
+    return {
+        "model": path,
+        "signature": signature,
+        "subgraph": signatures[signature],
+        "kernels": "xnnpack" if xnnpack else "builtin",
+        "threads": threads,
+        "runs": runs,
+        "warmup": warmup,
+        "run_ms": float(np.median(profiled)),
+        "run_ms_mean": float(np.mean(profiled)),
+        "run_ms_min": min(profiled),
+        "run_ms_max": max(profiled),
+        "plain_run_ms": float(np.median(plain)),
+        **summary,
+    }
 
 
 def _self_times(ops):
@@ -232,8 +274,16 @@ def _summary(events, subgraphs, runs):
         if e.event_type == EV_OPERATOR:
             sg = subgraphs[e.subgraph]
             out = next((sg.tensors[t] for t in sg.ops[e.node].outputs if t >= 0), None)  # ASSIGN_VARIABLE has none
-            ops.append((e.start_us, e.elapsed_us, tag, f"sg{e.subgraph}/op{e.node}", out.shape if out else (),
-                        out.name if out else ""))
+            ops.append(
+                (
+                    e.start_us,
+                    e.elapsed_us,
+                    tag,
+                    f"sg{e.subgraph}/op{e.node}",
+                    out.shape if out else (),
+                    out.name if out else "",
+                )
+            )
         elif e.event_type in (EV_DELEGATE_OPERATOR, EV_DELEGATE_PROFILED_OPERATOR):
             if last is None or e.node <= last:
                 partition += 1
@@ -251,9 +301,17 @@ def _summary(events, subgraphs, runs):
     for kind, (count, t) in sorted(by_type.items(), key=lambda kv: -kv[1][1]):
         cum += t / max(total, 1)
         rows.append({"type": kind, "count": count / runs, "ms": t / 1e3 / runs, "share": t / max(total, 1), "cum": cum})
-    top = [{"index": label, "type": kind, "ms": t / 1e3 / runs, "count": count / runs,
-            "shape": None if shape is None else list(shape), "tensor": tensor}
-           for (kind, label, shape, tensor), (count, t) in sorted(by_op.items(), key=lambda kv: -kv[1][1])]
+    top = [
+        {
+            "index": label,
+            "type": kind,
+            "ms": t / 1e3 / runs,
+            "count": count / runs,
+            "shape": None if shape is None else list(shape),
+            "tensor": tensor,
+        }
+        for (kind, label, shape, tensor), (count, t) in sorted(by_op.items(), key=lambda kv: -kv[1][1])
+    ]
     return {"op_ms": total / 1e3 / runs, "by_type": rows, "ops": top}
 
 
@@ -274,13 +332,19 @@ def main(argv=None):
         r = profile(args.model, args.signature, args.runs, args.warmup, args.xnnpack, args.threads)
     except (ProfileError, tflite_model.NotATFLiteModel) as e:
         sys.exit(f"profile_ops: {e}")
-    r["ops"] = r["ops"][:args.top]
-    print(f"{r['model']}  signature {r['signature']!r} (subgraph {r['subgraph']})  kernels: {r['kernels']}  "
-          f"threads: {r['threads']}")
-    print(f"Time per run: {r['run_ms']:.2f} ms median with the profiler (min {r['run_ms_min']:.2f}, max "
-          f"{r['run_ms_max']:.2f}; {r['runs']} runs after {r['warmup']} warm-up), {r['plain_run_ms']:.2f} ms without")
-    print(f"Op self times: {r['op_ms']:.2f} ms per run, {100 * r['op_ms'] / r['run_ms_mean']:.1f}% of the mean "
-          f"profiled run ({r['run_ms_mean']:.2f} ms); the rest is runtime glue and profiler overhead")
+    r["ops"] = r["ops"][: args.top]
+    print(
+        f"{r['model']}  signature {r['signature']!r} (subgraph {r['subgraph']})  kernels: {r['kernels']}  "
+        f"threads: {r['threads']}"
+    )
+    print(
+        f"Time per run: {r['run_ms']:.2f} ms median with the profiler (min {r['run_ms_min']:.2f}, max "
+        f"{r['run_ms_max']:.2f}; {r['runs']} runs after {r['warmup']} warm-up), {r['plain_run_ms']:.2f} ms without"
+    )
+    print(
+        f"Op self times: {r['op_ms']:.2f} ms per run, {100 * r['op_ms'] / r['run_ms_mean']:.1f}% of the mean "
+        f"profiled run ({r['run_ms_mean']:.2f} ms); the rest is runtime glue and profiler overhead"
+    )
     print(f"\n{'op type':<46}{'count/run':>10}{'ms/run':>10}{'share':>8}{'cum':>8}")
     for row in r["by_type"]:
         print(f"{row['type'][:45]:<46}{row['count']:>10.1f}{row['ms']:>10.3f}{row['share']:>8.1%}{row['cum']:>8.1%}")

@@ -30,11 +30,16 @@ def fixed_backbone_resolution(backbone, num_classes, resolutions, budget_mb):
     """The largest of `resolutions` at which the backbone's TinyTL-L+B memory (batch 1) fits the budget."""
     from tinytl_tf.memory import method_config, training_memory
 
-    fitting = [r for r in resolutions
-               if training_memory(method_config(backbone, "tinytl-lb", r, num_classes)).total_mb <= budget_mb]
+    fitting = [
+        r
+        for r in resolutions
+        if training_memory(method_config(backbone, "tinytl-lb", r, num_classes)).total_mb <= budget_mb
+    ]
     if not fitting:
-        raise ValueError(f"the fixed {backbone} fits {budget_mb} MB at none of {list(resolutions)} px; raise the "
-                         f"budget or add smaller resolutions")
+        raise ValueError(
+            f"the fixed {backbone} fits {budget_mb} MB at none of {list(resolutions)} px; raise the "
+            f"budget or add smaller resolutions"
+        )
     return max(fitting)
 
 
@@ -52,9 +57,15 @@ def result_row(model, metrics, measure):
     from tinytl_tf.memory import training_memory
 
     cfg = model.net_config
-    row = {"test_accuracy": metrics["test_accuracy"], "resolution": cfg.resolution, "blocks": len(cfg.blocks),
-           "analytic_memory_mb": training_memory(cfg).total_mb, "trainable_params": metrics["trainable_params"],
-           "total_params": metrics["total_params"], "train_seconds": metrics["train_seconds"]}
+    row = {
+        "test_accuracy": metrics["test_accuracy"],
+        "resolution": cfg.resolution,
+        "blocks": len(cfg.blocks),
+        "analytic_memory_mb": training_memory(cfg).total_mb,
+        "trainable_params": metrics["trainable_params"],
+        "total_params": metrics["total_params"],
+        "train_seconds": metrics["train_seconds"],
+    }
     if measure:
         from tinytl_tf.memory.measure import measure_model
 
@@ -90,31 +101,68 @@ def main(argv=None):
 
     work = Path(run.work)
     start = time.time()
-    subnet = search_job(run.data, run.backbone, run.budget_mb, work / "search", run.resolutions, run.search_epochs,
-                        run.pairs, run.population, run.generations, run.seed, run.batch_size, run.lr,
-                        predictor_epochs=run.predictor_epochs, verbose=run.verbose)
+    subnet = search_job(
+        run.data,
+        run.backbone,
+        run.budget_mb,
+        work / "search",
+        run.resolutions,
+        run.search_epochs,
+        run.pairs,
+        run.population,
+        run.generations,
+        run.seed,
+        run.batch_size,
+        run.lr,
+        predictor_epochs=run.predictor_epochs,
+        verbose=run.verbose,
+    )
     search_seconds = time.time() - start
 
     def load_data(resolution, mean, std, batch_size):
         return load_image_folder(run.data, resolution, mean, std, batch_size, seed=run.seed)
 
-    train = functools.partial(train_job, backbone=run.backbone, method="tinytl-lb", epochs=run.epochs,
-                              batch_size=run.batch_size, lr=run.lr, load_data=load_data, overwrite=True)
-    searched = trained(run, run.data, train, work / "searched",
-                       make_model=functools.partial(load_subnet, work / "search" / "subnet.json"))
-    resolution = fixed_backbone_resolution(run.backbone, len(subnet["spec"]["base"]["labels"]), run.resolutions,
-                                           run.budget_mb)
+    train = functools.partial(
+        train_job,
+        backbone=run.backbone,
+        method="tinytl-lb",
+        epochs=run.epochs,
+        batch_size=run.batch_size,
+        lr=run.lr,
+        load_data=load_data,
+        overwrite=True,
+    )
+    searched = trained(
+        run,
+        run.data,
+        train,
+        work / "searched",
+        make_model=functools.partial(load_subnet, work / "search" / "subnet.json"),
+    )
+    resolution = fixed_backbone_resolution(
+        run.backbone, len(subnet["spec"]["base"]["labels"]), run.resolutions, run.budget_mb
+    )
     fixed = trained(run, run.data, train, work / "fixed", resolution=resolution)
     result = {
-        "budget_mb": run.budget_mb, "backbone": run.backbone, "data": portable_path(run.data),
-        "searched": {**result_row(*searched, not run.no_measure), "config": subnet["config"],
-                     "predicted_holdout_accuracy": subnet["predicted_accuracy"],
-                     "supernet_holdout_accuracy": subnet["holdout_accuracy"]},
-        "fixed_backbone": {**result_row(*fixed, not run.no_measure),
-                           "note": "largest searched resolution whose TinyTL-L+B memory fits the budget"},
+        "budget_mb": run.budget_mb,
+        "backbone": run.backbone,
+        "data": portable_path(run.data),
+        "searched": {
+            **result_row(*searched, not run.no_measure),
+            "config": subnet["config"],
+            "predicted_holdout_accuracy": subnet["predicted_accuracy"],
+            "supernet_holdout_accuracy": subnet["holdout_accuracy"],
+        },
+        "fixed_backbone": {
+            **result_row(*fixed, not run.no_measure),
+            "note": "largest searched resolution whose TinyTL-L+B memory fits the budget",
+        },
         "predictor": subnet["predictor"],
-        "settings": {**{k: v for k, v in vars(run).items() if k not in ("out", "verbose")},
-                     "data": portable_path(run.data), "work": portable_path(run.work)},
+        "settings": {
+            **{k: v for k, v in vars(run).items() if k not in ("out", "verbose")},
+            "data": portable_path(run.data),
+            "work": portable_path(run.work),
+        },
         "search_seconds": round(search_seconds, 1),
     }
     Path(run.out).parent.mkdir(parents=True, exist_ok=True)

@@ -101,17 +101,47 @@ class DataSet:
 
 
 DATASETS = {
-    "cifar10": DataSet("cifar10", "CIFAR-10", 0.1, train_per_class=500, curve_per_class=100, seeds=(0, 1),
-                       backbones=("proxyless-w0.3", "mbv2-w0.35"),
-                       paper={"ft-last": 85.9, "tinytl-b": 93.7, "tinytl-l": 96.1, "tinytl-lb": 95.9,
-                              "ft-norm-last": 94.8, "ft-full": 97.1}),
-    "cars": DataSet("cars", "Stanford Cars (cropped; fixed 80/20 split of the official training half)", 0.7,
-                    seeds=(0, 1), paper={"ft-last": 50.9, "tinytl-b": 73.4, "tinytl-l": 84.2, "tinytl-lb": 85.0,
-                                         "ft-norm-last": 77.9, "ft-full": 90.2}),
+    "cifar10": DataSet(
+        "cifar10",
+        "CIFAR-10",
+        0.1,
+        train_per_class=500,
+        curve_per_class=100,
+        seeds=(0, 1),
+        backbones=("proxyless-w0.3", "mbv2-w0.35"),
+        paper={
+            "ft-last": 85.9,
+            "tinytl-b": 93.7,
+            "tinytl-l": 96.1,
+            "tinytl-lb": 95.9,
+            "ft-norm-last": 94.8,
+            "ft-full": 97.1,
+        },
+    ),
+    "cars": DataSet(
+        "cars",
+        "Stanford Cars (cropped; fixed 80/20 split of the official training half)",
+        0.7,
+        seeds=(0, 1),
+        paper={
+            "ft-last": 50.9,
+            "tinytl-b": 73.4,
+            "tinytl-l": 84.2,
+            "tinytl-lb": 85.0,
+            "ft-norm-last": 77.9,
+            "ft-full": 90.2,
+        },
+    ),
     "caltech101": DataSet("caltech101", "Caltech-101 (official split without BACKGROUND_Google)", 0.1),
 }
-QUICK_DATASET = DataSet("caltech10-quick", "the embedded Caltech-101 subset, first 3 classes (quick mode)", 0.1,
-                        train_per_class=10, curve_per_class=2, seeds=(0, 1))
+QUICK_DATASET = DataSet(
+    "caltech10-quick",
+    "the embedded Caltech-101 subset, first 3 classes (quick mode)",
+    0.1,
+    train_per_class=10,
+    curve_per_class=2,
+    seeds=(0, 1),
+)
 SEEDED_METHODS = ("ft-last", "ft-full", "tinytl-lb")
 
 
@@ -141,9 +171,16 @@ class Plan:
         return self.dataset(data).seeds if method in SEEDED_METHODS else (0,)
 
 
-QUICK_PLAN = Plan(datasets=("caltech10-quick",), methods=("ft-last", "tinytl-lb"), resolution=48, epochs=2,
-                  lr_epochs=1, lr_grid=(("ft-last", (1e-2, 3e-2)), ("tinytl-lb", (3e-3,))),
-                  batch1_dataset="caltech10-quick", quick=True)
+QUICK_PLAN = Plan(
+    datasets=("caltech10-quick",),
+    methods=("ft-last", "tinytl-lb"),
+    resolution=48,
+    epochs=2,
+    lr_epochs=1,
+    lr_grid=(("ft-last", (1e-2, 3e-2)), ("tinytl-lb", (3e-3,))),
+    batch1_dataset="caltech10-quick",
+    quick=True,
+)
 
 
 class Spec(NamedTuple):
@@ -162,8 +199,10 @@ class Spec(NamedTuple):
     @property
     def key(self):
         lr = "-" if self.lr is None else f"{self.lr:g}"
-        return (f"{self.phase}/{self.data}/{self.backbone}/{self.method}/{self.resolution}px/b{self.batch}/"
-                f"s{self.seed}/lr{lr}/e{self.epochs}")
+        return (
+            f"{self.phase}/{self.data}/{self.backbone}/{self.method}/{self.resolution}px/b{self.batch}/"
+            f"s{self.seed}/lr{lr}/e{self.epochs}"
+        )
 
     @property
     def state_name(self):
@@ -188,8 +227,10 @@ class Results:
             except (ValueError, AttributeError) as e:
                 ok, data = False, str(e)
             if not ok:
-                raise ValueError(f"{self.path} is not a results file of this version of benchmarks/transfer.py; "
-                                 "move it away or pass another --out")
+                raise ValueError(
+                    f"{self.path} is not a results file of this version of benchmarks/transfer.py; "
+                    "move it away or pass another --out"
+                )
             self.runs, self.skipped, self.failed = data["runs"], data["skipped"], data["failed"]
 
     def __contains__(self, spec):
@@ -232,11 +273,26 @@ def git_commit():
     """HEAD's hash, with "+uncommitted" when tracked code differs from it (the numbers then come from that code;
     the results files this script rewrites do not count)."""
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--",
-                                "tinytl_tf", "export", "benchmarks"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(ROOT),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "tinytl_tf",
+                "export",
+                "benchmarks",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return head + ("+uncommitted" if dirty else "")
@@ -291,10 +347,18 @@ def execute(results, ctx, spec, compute, position, tolerated=()):
         results.fail(spec, str(e))
         return
     seconds = time.time() - start
-    record = {"key": spec.key, **spec._asdict(), "metrics": metrics, "seconds": round(seconds, 1),
-              "load_average": load, "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-              "commit": ctx.commit, "hardware": ctx.hardware, "command": ctx.command,
-              "data_source": ctx.trees[spec.data].source if spec.data in ctx.trees else spec.data}
+    record = {
+        "key": spec.key,
+        **spec._asdict(),
+        "metrics": metrics,
+        "seconds": round(seconds, 1),
+        "load_average": load,
+        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+        "commit": ctx.commit,
+        "hardware": ctx.hardware,
+        "command": ctx.command,
+        "data_source": ctx.trees[spec.data].source if spec.data in ctx.trees else spec.data,
+    }
     results.add(record)
     shown = {k: metrics[k] for k in ("holdout_accuracy", "test_accuracy", "measured_train_mb") if k in metrics}
     print(f"{label}: {json.dumps(shown)} in {seconds:.0f} s", flush=True)
@@ -356,10 +420,13 @@ def unpack(data_root, work, folder, archives):
         return target
     missing = [a for a in archives if not (Path(data_root) / a).is_file()]
     if missing:
-        raise FileNotFoundError(f"{data_root} holds neither {folder}/ nor {', '.join(missing)}; pass --data-root DIR "
-                                "with the data sets' archives")
-    tmp = Path(tempfile.mkdtemp(prefix=".unpack.", dir=target.parent if target.parent.is_dir() else
-                                _mkdir(target.parent)))
+        raise FileNotFoundError(
+            f"{data_root} holds neither {folder}/ nor {', '.join(missing)}; pass --data-root DIR "
+            "with the data sets' archives"
+        )
+    tmp = Path(
+        tempfile.mkdtemp(prefix=".unpack.", dir=target.parent if target.parent.is_dir() else _mkdir(target.parent))
+    )
     for a in archives:
         print(f"unpacking {a}", file=sys.stderr, flush=True)
         with tarfile.open(Path(data_root) / a) as t:
@@ -380,10 +447,13 @@ def prepare_dataset(ds, data_root, work):
     trees = _mkdir(Path(work) / "trees")
     if ds.name == "cifar10":
         src = unpack(data_root, work, "cifar10_jpg", ["cifar10_jpg.tar.gz"])
-        tree = link_tree(trees / f"cifar10-{ds.train_per_class}", {
-            "train": first_per_class(src / "train", ds.train_per_class), "test": first_per_class(src / "test", None)})
-        curve = link_tree(trees / f"cifar10-curve-{ds.curve_per_class}",
-                          {"test": first_per_class(src / "test", ds.curve_per_class)})
+        tree = link_tree(
+            trees / f"cifar10-{ds.train_per_class}",
+            {"train": first_per_class(src / "train", ds.train_per_class), "test": first_per_class(src / "test", None)},
+        )
+        curve = link_tree(
+            trees / f"cifar10-curve-{ds.curve_per_class}", {"test": first_per_class(src / "test", ds.curve_per_class)}
+        )
         return StudyData(tree, curve, f"cifar10_jpg: first {ds.train_per_class} train images per class, full test")
     if ds.name == "cars":
         src = unpack(data_root, work, "stanford_cars_crop", ["stanford_cars_crop.tar.gz"])
@@ -477,9 +547,12 @@ def curve_recorder(model, dataset, path):
         def on_epoch_end(self, epoch, logs=None):
             seconds = time.time() - self.start
             acc = evaluate(model, dataset)
-            curve[str(epoch + 1)] = {"accuracy": acc, "train_seconds": round(seconds, 1),
-                                     "train_accuracy": float((logs or {}).get("accuracy", float("nan"))),
-                                     "loss": float((logs or {}).get("loss", float("nan")))}
+            curve[str(epoch + 1)] = {
+                "accuracy": acc,
+                "train_seconds": round(seconds, 1),
+                "train_accuracy": float((logs or {}).get("accuracy", float("nan"))),
+                "loss": float((logs or {}).get("loss", float("nan"))),
+            }
             atomic_write(path, lambda p: Path(p).write_text(json.dumps(curve)))
             print(f"  epoch {epoch + 1}: curve accuracy {acc:.4f}", file=sys.stderr, flush=True)
 
@@ -500,36 +573,58 @@ def train_run(spec, data, state, label_smoothing, lr_phase=False):
 
     base, reproducibility = pretrained(spec)
     cfg = base.net_config
-    images = load_image_folder(data.tree, cfg.resolution, cfg.input_mean, cfg.input_std, spec.batch, seed=spec.seed,
-                               holdout_fraction=HOLDOUT_FRACTION if lr_phase else None)
+    images = load_image_folder(
+        data.tree,
+        cfg.resolution,
+        cfg.input_mean,
+        cfg.input_std,
+        spec.batch,
+        seed=spec.seed,
+        holdout_fraction=HOLDOUT_FRACTION if lr_phase else None,
+    )
     model = transfer_model(base, spec, images.class_names)
     if lr_phase:
         scored = images.holdout
     else:
-        scored = load_eval_folder(data.curve, cfg.resolution, cfg.input_mean, cfg.input_std, EVAL_BATCH,
-                                  class_names=images.class_names).test
+        scored = load_eval_folder(
+            data.curve, cfg.resolution, cfg.input_mean, cfg.input_std, EVAL_BATCH, class_names=images.class_names
+        ).test
     steps = steps_per_epoch(images.train)
     compile_model(model, spec.lr, spec.epochs * steps, label_smoothing)
     state = _mkdir(state)
     recorder, curve = curve_recorder(model, scored, state / "curve.json")
     resumed_at = len(curve)
     backup = keras.callbacks.BackupAndRestore(str(state / "backup"))
-    history = model.fit(images.train, epochs=spec.epochs, verbose=keras_verbosity(), shuffle=False,
-                        callbacks=[recorder, backup])
+    history = model.fit(
+        images.train, epochs=spec.epochs, verbose=keras_verbosity(), shuffle=False, callbacks=[recorder, backup]
+    )
     trainable, total = count_params(model)
     epochs = [curve[str(e)] for e in range(1, spec.epochs + 1)]
-    metrics = {"epochs": spec.epochs, "steps": spec.epochs * steps, "train_examples": images.num_train,
-               "train_seconds": round(sum(e["train_seconds"] for e in epochs), 1),
-               "train_accuracy": float(history.history["accuracy"][-1]) if history.history.get("accuracy")
-               else epochs[-1]["train_accuracy"],
-               "curve": [e["accuracy"] for e in epochs], "loss_curve": [e["loss"] for e in epochs],
-               "trainable_params": trainable, "total_params": total, "num_classes": len(images.class_names),
-               "label_smoothing": label_smoothing, "reproducibility": reproducibility, "resumed_at_epoch": resumed_at}
+    metrics = {
+        "epochs": spec.epochs,
+        "steps": spec.epochs * steps,
+        "train_examples": images.num_train,
+        "train_seconds": round(sum(e["train_seconds"] for e in epochs), 1),
+        "train_accuracy": float(history.history["accuracy"][-1])
+        if history.history.get("accuracy")
+        else epochs[-1]["train_accuracy"],
+        "curve": [e["accuracy"] for e in epochs],
+        "loss_curve": [e["loss"] for e in epochs],
+        "trainable_params": trainable,
+        "total_params": total,
+        "num_classes": len(images.class_names),
+        "label_smoothing": label_smoothing,
+        "reproducibility": reproducibility,
+        "resumed_at_epoch": resumed_at,
+    }
     if lr_phase:
         metrics.update(holdout_accuracy=epochs[-1]["accuracy"], holdout_examples=images.num_holdout)
     else:
-        metrics.update(test_accuracy=evaluate(model, images.test), test_examples=images.num_test,
-                       curve_examples=sum(1 for _ in scored.unbatch()))
+        metrics.update(
+            test_accuracy=evaluate(model, images.test),
+            test_examples=images.num_test,
+            curve_examples=sum(1 for _ in scored.unbatch()),
+        )
     shutil.rmtree(state, ignore_errors=True)
     return {**metrics, "analytic": analytic_memory(model.net_config)}
 
@@ -562,12 +657,20 @@ def device_run(spec, data, state):
     export_seconds = time.time() - start
     summary = train_folder(path, data.tree, spec.epochs, checkpoint, seed=spec.seed, progress=sys.stderr)
     result = evaluate_folder(path, data.tree, checkpoint)
-    metrics = {"test_accuracy": result["accuracy"], "test_examples": result["examples"], "epochs": spec.epochs,
-               "steps": summary["global_steps"], "train_examples": summary["train_examples"],
-               "train_accuracy": summary["accuracy"], "train_seconds": round(summary["seconds"], 1),
-               "steps_per_s": summary["steps_per_s"], "rolled_back": summary["rolled_back"],
-               "export_seconds": round(export_seconds, 1), "tflite_mb": path.stat().st_size / 1e6,
-               "reproducibility": reproducibility}
+    metrics = {
+        "test_accuracy": result["accuracy"],
+        "test_examples": result["examples"],
+        "epochs": spec.epochs,
+        "steps": summary["global_steps"],
+        "train_examples": summary["train_examples"],
+        "train_accuracy": summary["accuracy"],
+        "train_seconds": round(summary["seconds"], 1),
+        "steps_per_s": summary["steps_per_s"],
+        "rolled_back": summary["rolled_back"],
+        "export_seconds": round(export_seconds, 1),
+        "tflite_mb": path.stat().st_size / 1e6,
+        "reproducibility": reproducibility,
+    }
     shutil.rmtree(state, ignore_errors=True)
     return metrics
 
@@ -578,7 +681,7 @@ def device_run(spec, data, state):
 def next_rate(lr, up):
     """The next value of the 1-3-10 sequence (..., 1e-3, 3e-3, 1e-2, ...) above or below `lr`."""
     exponent = math.floor(math.log10(lr)) - 1
-    values = [m * 10.0 ** e for e in range(exponent, exponent + 3) for m in (1, 3)]
+    values = [m * 10.0**e for e in range(exponent, exponent + 3) for m in (1, 3)]
     values = [float(f"{v:.1g}") for v in values]
     return min(v for v in values if v > lr * 1.01) if up else max(v for v in values if v < lr * 0.99)
 
@@ -625,8 +728,9 @@ def chosen_lr(results, plan, data, method):
 
 
 def lr_specs(results, plan):
-    return [lr_spec(plan, d, m, lr) for d in plan.datasets for m in plan.methods
-            for lr in lr_trials(results, plan, d, m)]
+    return [
+        lr_spec(plan, d, m, lr) for d in plan.datasets for m in plan.methods for lr in lr_trials(results, plan, d, m)
+    ]
 
 
 def main_specs(results, plan):
@@ -638,15 +742,19 @@ def main_specs(results, plan):
             if lr is None:
                 continue
             backbones = (plan.backbone,) + (plan.dataset(d).backbones if m in KEY_METHODS else ())
-            specs += [Spec("main", d, b, m, plan.resolution, plan.batch_size, s, lr, plan.epochs)
-                      for b in backbones for s in (plan.seeds_of(d, m) if b == plan.backbone else (0,))]
+            specs += [
+                Spec("main", d, b, m, plan.resolution, plan.batch_size, s, lr, plan.epochs)
+                for b in backbones
+                for s in (plan.seeds_of(d, m) if b == plan.backbone else (0,))
+            ]
     # every method's first run before any repeat: a study stopped early still compares all methods
     return sorted(specs, key=lambda spec: (spec.backbone != plan.backbone, spec.seed))
 
 
 def memory_specs(plan):
-    return [Spec("memory", d, plan.backbone, m, plan.resolution, 1, 0, None, 0) for d in plan.datasets
-            for m in plan.methods]
+    return [
+        Spec("memory", d, plan.backbone, m, plan.resolution, 1, 0, None, 0) for d in plan.datasets for m in plan.methods
+    ]
 
 
 def batch_spec(results, plan, phase):
@@ -655,12 +763,14 @@ def batch_spec(results, plan, phase):
     lr = chosen_lr(results, plan, d, ON_DEVICE_METHOD) if d in plan.datasets else None
     if lr is None or ON_DEVICE_METHOD not in plan.methods:
         return None
-    return Spec(phase, d, plan.backbone, ON_DEVICE_METHOD, plan.resolution, 1, 0, lr / plan.batch1_lr_divisor,
-                plan.epochs)
+    return Spec(
+        phase, d, plan.backbone, ON_DEVICE_METHOD, plan.resolution, 1, 0, lr / plan.batch1_lr_divisor, plan.epochs
+    )
 
 
 def phase_runs(phase, results, plan, ctx):
     """[(spec, compute)] of one phase."""
+
     def state(spec):
         return ctx.work / "state" / spec.state_name
 
@@ -668,11 +778,15 @@ def phase_runs(phase, results, plan, ctx):
         return plan.dataset(spec.data).label_smoothing
 
     if phase == "lr":
-        return [(s, functools.partial(train_run, s, ctx.trees[s.data], state(s), smoothing(s), lr_phase=True))
-                for s in lr_specs(results, plan)]
+        return [
+            (s, functools.partial(train_run, s, ctx.trees[s.data], state(s), smoothing(s), lr_phase=True))
+            for s in lr_specs(results, plan)
+        ]
     if phase == "main":
-        return [(s, functools.partial(train_run, s, ctx.trees[s.data], state(s), smoothing(s)))
-                for s in main_specs(results, plan)]
+        return [
+            (s, functools.partial(train_run, s, ctx.trees[s.data], state(s), smoothing(s)))
+            for s in main_specs(results, plan)
+        ]
     if phase == "memory":
         return [(s, functools.partial(measure_run, s, ctx.trees[s.data])) for s in memory_specs(plan)]
     s = batch_spec(results, plan, phase)
@@ -692,8 +806,11 @@ def run_phases(phases, results, plan, ctx):
             tolerated = (MeasurementError,)
         # the lr phase grows while it runs (an edge extends the grid): list it again until nothing is left
         while True:
-            pending = [(s, c) for s, c in phase_runs(phase, results, plan, ctx) if s not in results
-                       and s.key not in results.failed]
+            pending = [
+                (s, c)
+                for s, c in phase_runs(phase, results, plan, ctx)
+                if s not in results and s.key not in results.failed
+            ]
             if not pending:
                 break
             print(f"\n== {phase}: {len(pending)} runs to do", flush=True)
@@ -702,11 +819,15 @@ def run_phases(phases, results, plan, ctx):
             if phase != "lr":
                 break
         if phase in ("main", "batch", "device"):
-            waiting = [f"{d}/{m}" for d in plan.datasets for m in plan.methods
-                       if chosen_lr(results, plan, d, m) is None]
+            waiting = [
+                f"{d}/{m}" for d in plan.datasets for m in plan.methods if chosen_lr(results, plan, d, m) is None
+            ]
             if waiting:
-                print(f"{phase}: runs of {', '.join(waiting)} wait for their learning rate (`{SCRIPT} --only lr`)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{phase}: runs of {', '.join(waiting)} wait for their learning rate (`{SCRIPT} --only lr`)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
 
 # --------------------------------------------------------------------------------------------------- report
@@ -790,10 +911,14 @@ class Report:
 
     def document(self, links):
         p = self.plan
-        lines = ["# Results: TinyTL's accuracy claim on the paper's data sets", "",
-                 f"Generated by `{SCRIPT}` from `{os.path.relpath(self.results.path, self.doc.parent)}` "
-                 f"(regenerate with `{SCRIPT} --report`). Every number below is read from a run recorded there; "
-                 "a run that has not been done yet shows as *missing*.", ""]
+        lines = [
+            "# Results: TinyTL's accuracy claim on the paper's data sets",
+            "",
+            f"Generated by `{SCRIPT}` from `{os.path.relpath(self.results.path, self.doc.parent)}` "
+            f"(regenerate with `{SCRIPT} --report`). Every number below is read from a run recorded there; "
+            "a run that has not been done yet shows as *missing*.",
+            "",
+        ]
         runs = list(self.results.runs.values())
 
         def listing(field, show=str):
@@ -801,8 +926,12 @@ class Report:
             return ", ".join(f"{show(v)} ({values.count(v)} runs)" for v in sorted(set(values)))
 
         if runs:
-            lines += [f"- Hardware: {listing('hardware')}.", f"- Commit: {listing('commit', short_commit)}.",
-                      f"- Commands: {listing('command', lambda c: f'`{c}`')}.", ""]
+            lines += [
+                f"- Hardware: {listing('hardware')}.",
+                f"- Commit: {listing('commit', short_commit)}.",
+                f"- Commands: {listing('command', lambda c: f'`{c}`')}.",
+                "",
+            ]
         lines += self.progress() + [""] + self.recipe() + [""]
         for d in p.datasets:
             lines += self.dataset_section(d, links[d]) + [""]
@@ -815,14 +944,17 @@ class Report:
             done = [r for r in self.results.runs.values() if r["phase"] == phase]
             rows.append([phase, len(done), f"{sum(r['seconds'] for r in done) / 3600:.1f}"])
         return ["## Progress", "", "The study runs over several sittings; finished runs so far:", ""] + table(
-            ["phase", "runs recorded", "wall time (h)"], rows)
+            ["phase", "runs recorded", "wall time (h)"], rows
+        )
 
     def recipe(self):
         p = self.plan
-        smoothing = ", ".join(f"{p.dataset(d).title.split(' (')[0]} {p.dataset(d).label_smoothing:g}"
-                              for d in p.datasets)
+        smoothing = ", ".join(
+            f"{p.dataset(d).title.split(' (')[0]} {p.dataset(d).label_smoothing:g}" for d in p.datasets
+        )
         return [
-            "## Recipe", "",
+            "## Recipe",
+            "",
             f"- Backbone {p.backbone} (ImageNet, its 8-bit weights dequantized to float, BN folded into the convs) at "
             f"{p.resolution} px; a new linear head (dropout 0.2 before it); lite residual branches only in TinyTL-L "
             "and TinyTL-L+B (random init, last norm scale 0: they start as no-ops).",
@@ -840,7 +972,8 @@ class Report:
             "pixels, trained 50 epochs on the full data sets: compare the ordering and the gaps, not the levels.",
             "- Measured memory: the network exported to one builtins-only `.tflite` and its `train` signature run at "
             "batch 1 in a fresh LiteRT process (peak RSS minus RSS after loading, XNNPACK off; "
-            "`tinytl_tf.memory.measure`)."]
+            "`tinytl_tf.memory.measure`).",
+        ]
 
     def dataset_section(self, d, link):
         p = self.plan
@@ -848,20 +981,41 @@ class Report:
         lines = [f"## {ds.title}", ""]
         first = next((r for m in p.methods for r in self.main_runs(d, m)), None)
         if first:
-            lines += [f"{first['num_classes']} classes, {first['train_examples']} training and {first['test_examples']}"
-                      f" test images; the curve scores {first['curve_examples']} test images.", ""]
+            lines += [
+                f"{first['num_classes']} classes, {first['train_examples']} training and {first['test_examples']}"
+                f" test images; the curve scores {first['curve_examples']} test images.",
+                "",
+            ]
         rows = []
         for m in p.methods:
             runs, memory = self.main_runs(d, m), self.memory(d, m)
             accs = [r["test_accuracy"] for r in runs]
             spread = f" ({pct(min(accs))}-{pct(max(accs))}, {len(accs)} seeds)" if len(accs) > 1 else ""
-            rows.append([m, lr_text(self.lr(d, m)), pct(mean(accs)) + spread,
-                         "-" if not ds.paper else f"{ds.paper[m]:.1f}",
-                         shown(runs[0]["trainable_params"] if runs else None),
-                         mb(memory.get("measured_train_mb")), mb(analytic_mb(memory, 1)),
-                         shown(runs[0]["train_seconds"] if runs else None)])
-        lines += table(["method", "lr", f"top-1 % ({p.epochs} epochs)", "paper top-1 %", "trainable params",
-                        "LiteRT train MB (b1, measured)", "analytic MB (b1)", "train s (seed 0)"], rows)
+            rows.append(
+                [
+                    m,
+                    lr_text(self.lr(d, m)),
+                    pct(mean(accs)) + spread,
+                    "-" if not ds.paper else f"{ds.paper[m]:.1f}",
+                    shown(runs[0]["trainable_params"] if runs else None),
+                    mb(memory.get("measured_train_mb")),
+                    mb(analytic_mb(memory, 1)),
+                    shown(runs[0]["train_seconds"] if runs else None),
+                ]
+            )
+        lines += table(
+            [
+                "method",
+                "lr",
+                f"top-1 % ({p.epochs} epochs)",
+                "paper top-1 %",
+                "trainable params",
+                "LiteRT train MB (b1, measured)",
+                "analytic MB (b1)",
+                "train s (seed 0)",
+            ],
+            rows,
+        )
         lines += ["", f"![test accuracy per epoch, {ds.title}]({link})", ""]
         lines += self.lr_table(d)
         return lines
@@ -872,8 +1026,9 @@ class Report:
             lrs = lr_trials(self.results, self.plan, d, m)
             scores = lr_scores(self.results, self.plan, d, m, lrs)
             chosen = self.lr(d, m)
-            cells = [(f"**{lr:g}: {pct(scores[lr])}**" if lr == chosen else f"{lr:g}: {pct(scores.get(lr))}")
-                     for lr in lrs]
+            cells = [
+                (f"**{lr:g}: {pct(scores[lr])}**" if lr == chosen else f"{lr:g}: {pct(scores.get(lr))}") for lr in lrs
+            ]
             rows.append([m, "; ".join(cells)])
         return ["Learning-rate choice (holdout top-1 %, chosen in bold):", ""] + table(["method", "trials"], rows)
 
@@ -884,9 +1039,12 @@ class Report:
             return []
         backbones = (p.backbone,) + p.dataset(d).backbones
         rows = [[b] + [pct(self.accuracy(d, m, b)) for m in KEY_METHODS if m in p.methods] for b in backbones]
-        return [f"## Other backbones, {p.dataset(d).title}", "",
-                f"Top-1 % (seed 0 for the other backbones), {p.epochs} epochs, the rates chosen on {p.backbone}.",
-                ""] + table(["backbone"] + [m for m in KEY_METHODS if m in p.methods], rows)
+        return [
+            f"## Other backbones, {p.dataset(d).title}",
+            "",
+            f"Top-1 % (seed 0 for the other backbones), {p.epochs} epochs, the rates chosen on {p.backbone}.",
+            "",
+        ] + table(["backbone"] + [m for m in KEY_METHODS if m in p.methods], rows)
 
     def batch_section(self):
         p = self.plan
@@ -900,10 +1058,13 @@ class Report:
             s = batch_spec(self.results, p, phase)
             run = metrics_of(self.results.get(s)) if s else {}
             rows.append([name, lr_text(s.lr if s else None), pct(run.get("test_accuracy"))])
-        return [f"## Batch 1: Keras and the LiteRT trainer ({m}, {p.dataset(d).title}, {p.epochs} epochs)", "",
-                f"lr = the batch-8 rate / {p.batch1_lr_divisor:g}. The LiteRT run trains the exported `.tflite` "
-                "through its `train` signature (no dropout on the device).", ""] + table(
-            ["run", "lr", "top-1 %"], rows)
+        return [
+            f"## Batch 1: Keras and the LiteRT trainer ({m}, {p.dataset(d).title}, {p.epochs} epochs)",
+            "",
+            f"lr = the batch-8 rate / {p.batch1_lr_divisor:g}. The LiteRT run trains the exported `.tflite` "
+            "through its `train` signature (no dropout on the device).",
+            "",
+        ] + table(["run", "lr", "top-1 %"], rows)
 
     def shows(self):
         """Point-by-point comparison with the paper's rows, computed from the recorded runs."""
@@ -923,17 +1084,34 @@ class Report:
             order = sorted((m for m in p.methods if acc[m] is not None), key=lambda m: -acc[m])
             text = f"- {ds.title}: " + "; ".join(parts) + f". Order here: {' > '.join(order)}"
             if ds.paper:
-                text += f"; the paper's order of the same methods: {' > '.join(sorted(order, key=lambda m: -ds.paper[m]))}"
+                text += (
+                    f"; the paper's order of the same methods: {' > '.join(sorted(order, key=lambda m: -ds.paper[m]))}"
+                )
             lines.append(text + ".")
         return lines
 
     def runs_section(self):
-        rows = [[f"`{r['key']}`", r["seconds"], r["load_average"], r["finished"], short_commit(r["commit"]),
-                 r["metrics"].get("resumed_at_epoch", 0), f"`{r['command']}`"] for r in self.results.runs.values()]
-        lines = ["## Runs", "", "Every run in the results file: its wall time (loading, training and evaluating, or "
-                 "exporting and measuring; the last sitting only for a resumed run), the machine's load average when "
-                 "it started, when it finished, the commit, the epoch it resumed at (0: ran uninterrupted) and the "
-                 "exact command.", ""]
+        rows = [
+            [
+                f"`{r['key']}`",
+                r["seconds"],
+                r["load_average"],
+                r["finished"],
+                short_commit(r["commit"]),
+                r["metrics"].get("resumed_at_epoch", 0),
+                f"`{r['command']}`",
+            ]
+            for r in self.results.runs.values()
+        ]
+        lines = [
+            "## Runs",
+            "",
+            "Every run in the results file: its wall time (loading, training and evaluating, or "
+            "exporting and measuring; the last sitting only for a resumed run), the machine's load average when "
+            "it started, when it finished, the commit, the epoch it resumed at (0: ran uninterrupted) and the "
+            "exact command.",
+            "",
+        ]
         lines += table(["run", "seconds", "load", "finished", "commit", "resumed at", "command"], rows)
         if self.results.failed:
             lines += ["", "Failed runs:", ""] + [f"- `{k}`: {v}" for k, v in self.results.failed.items()]
@@ -953,14 +1131,24 @@ class Report:
             for m in p.methods:
                 for i, run in enumerate(self.main_runs(d, m)):
                     curve = [100 * a for a in run["curve"]]
-                    ax.plot(range(1, len(curve) + 1), curve, color=colours[m], ls="-" if i == 0 else "--",
-                            label=f"{m} (lr {self.lr(d, m):g})" if i == 0 else None)
+                    ax.plot(
+                        range(1, len(curve) + 1),
+                        curve,
+                        color=colours[m],
+                        ls="-" if i == 0 else "--",
+                        label=f"{m} (lr {self.lr(d, m):g})" if i == 0 else None,
+                    )
                 if ds.paper:
                     ax.axhline(ds.paper[m], color=colours[m], lw=0.6, ls=":")
             ax.set_xlabel("epoch")
             ax.set_ylabel("test top-1 (%)")
-            ax.set_title(f"{ds.title}: {p.backbone} @ {p.resolution} px (dotted: the paper's final top-1, "
-                         "ProxylessNAS-Mobile @ 224 px)" if ds.paper else f"{ds.title}: {p.backbone}", fontsize=8)
+            ax.set_title(
+                f"{ds.title}: {p.backbone} @ {p.resolution} px (dotted: the paper's final top-1, "
+                "ProxylessNAS-Mobile @ 224 px)"
+                if ds.paper
+                else f"{ds.title}: {p.backbone}",
+                fontsize=8,
+            )
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8, loc="lower right")
@@ -975,21 +1163,33 @@ class Report:
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", help="folder with the data sets' archives or unpacked folders (default: "
-                                       "$TINYTL_ASSETS/data)")
-    p.add_argument("--work", help=f"folder for unpacked data, trees and mid-run state (default: "
-                                  f"{DEFAULT_WORK.relative_to(ROOT)})")
+    p.add_argument(
+        "--data-root", help="folder with the data sets' archives or unpacked folders (default: $TINYTL_ASSETS/data)"
+    )
+    p.add_argument(
+        "--work", help=f"folder for unpacked data, trees and mid-run state (default: {DEFAULT_WORK.relative_to(ROOT)})"
+    )
     p.add_argument("--out", help=f"folder for results.json and the plots (default: {DEFAULT_OUT.relative_to(ROOT)})")
     p.add_argument("--doc", help="the generated report (default: docs/RESULTS.md, or OUT/RESULTS.md with --out)")
     p.add_argument("--only", nargs="+", choices=PHASES, metavar="PHASE", help=f"phases to run: {', '.join(PHASES)}")
-    p.add_argument("--datasets", nargs="+", choices=tuple(DATASETS), metavar="NAME",
-                   help=f"data sets (default: {' '.join(DATASETS)})")
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        choices=tuple(DATASETS),
+        metavar="NAME",
+        help=f"data sets (default: {' '.join(DATASETS)})",
+    )
     p.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD", help="methods (default: all six)")
-    p.add_argument("--backbone", help="the backbone every data set and learning rate is studied on (default: "
-                                      f"{Plan.backbone})")
+    p.add_argument(
+        "--backbone", help=f"the backbone every data set and learning rate is studied on (default: {Plan.backbone})"
+    )
     p.add_argument("--report", action="store_true", help="only regenerate the report and plots from results.json")
-    p.add_argument("--quick", action="store_true", help="every phase in miniature: 3 classes of the embedded subset, "
-                                                        "48 px, FT-Last and TinyTL-L+B, 2 epochs (needs --out)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="every phase in miniature: 3 classes of the embedded subset, "
+        "48 px, FT-Last and TinyTL-L+B, 2 epochs (needs --out)",
+    )
     return p
 
 
@@ -1000,8 +1200,9 @@ def make_plan(args):
     if args.methods:
         missing = [m for m in args.methods if m not in dict(plan.lr_grid)]
         if missing:
-            raise ValueError(f"--methods {missing} have no learning-rate grid in this mode; choose from "
-                             f"{list(dict(plan.lr_grid))}")
+            raise ValueError(
+                f"--methods {missing} have no learning-rate grid in this mode; choose from {list(dict(plan.lr_grid))}"
+            )
         plan = dataclasses.replace(plan, methods=tuple(m for m in METHODS if m in args.methods))
     if args.backbone:
         from tinytl_tf.backbones.registry import get_backbone
@@ -1037,11 +1238,13 @@ def run(args, argv):
     else:
         root = data_root(args)
         if not root.is_dir():
-            raise FileNotFoundError(f"data root {root} does not exist; pass --data-root DIR with the data sets' "
-                                    "archives")
+            raise FileNotFoundError(
+                f"data root {root} does not exist; pass --data-root DIR with the data sets' archives"
+            )
         trees = {d: prepare_dataset(DATASETS[d], root, work) for d in plan.datasets}
-    ctx = Context(trees=trees, work=work, command=portable_command(SCRIPT, argv), commit=git_commit(),
-                  hardware=hardware())
+    ctx = Context(
+        trees=trees, work=work, command=portable_command(SCRIPT, argv), commit=git_commit(), hardware=hardware()
+    )
     try:
         run_phases(args.only or PHASES, results, plan, ctx)
     finally:

@@ -24,8 +24,12 @@ STAGE_DEPTHS = (4, 4, 4, 4, 4, 1)  # blocks per stage after block 0, at the larg
 STAGE_STRIDES = (2, 2, 2, 1, 2, 1)  # stride of each stage's first block (not stored in the state dict)
 RESOLUTION = 224
 # older checkpoints name the same tensors with these doubled or legacy segments
-KEY_ALIASES = ((".mobile_inverted_conv.", ".conv."), (".bn.bn.", ".bn."), (".conv.conv.", ".conv."),
-               (".linear.linear.", ".linear."))
+KEY_ALIASES = (
+    (".mobile_inverted_conv.", ".conv."),
+    (".bn.bn.", ".bn."),
+    (".conv.conv.", ".conv."),
+    (".linear.linear.", ".linear."),
+)
 
 
 class CheckpointError(ValueError):
@@ -37,7 +41,9 @@ def load_checkpoint(path):
     try:
         import torch
     except ModuleNotFoundError:
-        raise ModuleNotFoundError("reading a PyTorch checkpoint needs torch, an optional extra: pip install torch") from None
+        raise ModuleNotFoundError(
+            "reading a PyTorch checkpoint needs torch, an optional extra: pip install torch"
+        ) from None
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}; pass the file ofa_proxyless_d234_e346_k357_w1.3")
     try:
@@ -95,7 +101,9 @@ def convert_state_dict(state):
             out = put(f"block_{i}/project", f"{p}.point_linear")[0]
             for big, small in ((7, 5), (5, 3)):
                 if big <= kernel:
-                    arrays[f"block_{i}/depthwise/transform_{big}to{small}"] = get(f"{p}.depth_conv.conv.{big}to{small}_matrix")
+                    arrays[f"block_{i}/depthwise/transform_{big}to{small}"] = get(
+                        f"{p}.depth_conv.conv.{big}to{small}_matrix"
+                    )
             s = stride if j == 0 else 1
             blocks.append(BlockConfig(kernel=kernel, stride=s, out=out, mid=mid, shortcut=s == 1 and c == out))
             c, i = out, i + 1
@@ -104,9 +112,16 @@ def convert_state_dict(state):
     feature = put("feature_mix", "feature_mix_layer")[0]
     head = get("classifier.linear.weight")
     arrays["head/kernel"], arrays["head/bias"] = head.T, get("classifier.linear.bias")
-    cfg = NetConfig(name=NAME, resolution=RESOLUTION, stem=ConvConfig(out=stem[0], kernel=stem[-1], stride=2),
-                    blocks=tuple(blocks), feature_mix=ConvConfig(out=feature, kernel=1), num_classes=head.shape[0],
-                    input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD)
+    cfg = NetConfig(
+        name=NAME,
+        resolution=RESOLUTION,
+        stem=ConvConfig(out=stem[0], kernel=stem[-1], stride=2),
+        blocks=tuple(blocks),
+        feature_mix=ConvConfig(out=feature, kernel=1),
+        num_classes=head.shape[0],
+        input_mean=IMAGENET_MEAN,
+        input_std=IMAGENET_STD,
+    )
     return cfg, {k: v.astype(np.float32) for k, v in arrays.items()}
 
 
@@ -120,7 +135,9 @@ def main(argv=None):
         from tinytl_tf.supernet.supernet import write_weights_file
 
         if not args.out.endswith(".npz"):
-            raise ValueError(f"--out must end in .npz (SuperNet.from_backbone recognises the file by it), got {args.out}")
+            raise ValueError(
+                f"--out must end in .npz (SuperNet.from_backbone recognises the file by it), got {args.out}"
+            )
         if os.path.exists(args.out) and not args.overwrite:
             raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
         cfg, arrays = convert_state_dict(load_checkpoint(args.checkpoint))

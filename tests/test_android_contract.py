@@ -57,8 +57,15 @@ def exported(tmp_path_factory):
 
 def _kotlin_sources():
     files = sorted(APP.glob("*.kt"))
-    assert {f.name for f in files} >= {"Contract.kt", "TinyTlModel.kt", "Trainer.kt", "WeightStore.kt",
-                                       "Preprocessor.kt", "ModelMetadata.kt", "MainViewModel.kt"}, files
+    assert {f.name for f in files} >= {
+        "Contract.kt",
+        "TinyTlModel.kt",
+        "Trainer.kt",
+        "WeightStore.kt",
+        "Preprocessor.kt",
+        "ModelMetadata.kt",
+        "MainViewModel.kt",
+    }, files
     return {f.name: f.read_text(encoding="utf-8") for f in files}
 
 
@@ -192,9 +199,13 @@ def _app_tensor_uses(code, kt):
 def _app_expectations(code, kt, meta):
     """What TinyTlModel.validate() demands of each tensor it names: {(sig, io, tensor): (dtype, shape)}."""
     body = _function_chunks(code)["validate"]
-    dims = {"batch": meta["batch_size"], "meta.input.height": meta["input"]["height"],
-            "meta.input.width": meta["input"]["width"], "meta.input.channels": meta["input"]["channels"],
-            "meta.numClasses": meta["num_classes"]}
+    dims = {
+        "batch": meta["batch_size"],
+        "meta.input.height": meta["input"]["height"],
+        "meta.input.width": meta["input"]["width"],
+        "meta.input.channels": meta["input"]["channels"],
+        "meta.numClasses": meta["num_classes"],
+    }
     lists = {v: e for v, e in re.findall(r"\bval (\w+) = listOf\(([^)]*)\)", body)}
 
     def shape(expr):
@@ -205,8 +216,9 @@ def _app_expectations(code, kt, meta):
     spec = r'TensorSpec\(Contract\.(\w+), (listOf\([^)]*\)|\w+), "(\w+)"\)'
     named = {v: (kt[t], dt, shape(s)) for v, t, s, dt in re.findall(r"\bval (\w+) = " + spec, body)}
     out = {}
-    for sig, io, arg in re.findall(r"\bexpect\(problems, Contract\.(SIGNATURE_\w+), \w+\.(inputs|outputs), (.+)\)\s*$",
-                                   body, re.M):
+    for sig, io, arg in re.findall(
+        r"\bexpect\(problems, Contract\.(SIGNATURE_\w+), \w+\.(inputs|outputs), (.+)\)\s*$", body, re.M
+    ):
         m = re.fullmatch(spec, arg.strip())
         tensor, dtype, shp = named[arg.strip()] if m is None else (kt[m.group(1)], m.group(3), shape(m.group(2)))
         out[(kt[sig], io, tensor)] = (dtype, shp)
@@ -217,8 +229,11 @@ def _app_dtype_sizes(src):
     """ModelMetadata.kt's dtypeByteSize table: the dtypes the app can copy, with their sizes."""
     body = src[src.index("fun dtypeByteSize") :]
     body = body[: body.index("else ->")]
-    return {d: int(size) for names, size in re.findall(r'((?:"\w+",?\s*)+)->\s*(\d+)', body)
-            for d in re.findall(r'"(\w+)"', names)}
+    return {
+        d: int(size)
+        for names, size in re.findall(r'((?:"\w+",?\s*)+)->\s*(\d+)', body)
+        for d in re.findall(r'"(\w+)"', names)
+    }
 
 
 def _app_metadata_problems(meta, kt, dtype_sizes):
@@ -232,20 +247,26 @@ def _app_metadata_problems(meta, kt, dtype_sizes):
     if not re.fullmatch(r"[0-9a-f]{64}", meta["fingerprint"].lower()):
         problems.append("fingerprint")
     inp = meta["input"]
-    if not (len(meta["labels"]) == meta["num_classes"] == len(set(meta["labels"]))
-            and all(isinstance(s, str) for s in meta["labels"])):
+    if not (
+        len(meta["labels"]) == meta["num_classes"] == len(set(meta["labels"]))
+        and all(isinstance(s, str) for s in meta["labels"])
+    ):
         problems.append("labels")
     if meta["batch_size"] != 1:
         problems.append("batch_size")
     if (inp["channels"], inp["layout"]) != (3, "NHWC") or inp["height"] != inp["width"] or inp["height"] <= 0:
         problems.append("input shape")
-    if (len(inp["mean"]), len(inp["std"])) != (3, 3) or not np.isfinite(inp["mean"] + inp["std"]).all() \
-            or 0 in inp["std"]:
+    if (
+        (len(inp["mean"]), len(inp["std"])) != (3, 3)
+        or not np.isfinite(inp["mean"] + inp["std"]).all()
+        or 0 in inp["std"]
+    ):
         problems.append("mean/std")
     if not 0 < inp["crop_fraction"] <= 1 or inp["resize"] != "bilinear":
         problems.append("crop_fraction/resize")
-    tensors = [dict(t, name=n) for s in meta["signatures"].values() for io in ("inputs", "outputs")
-               for n, t in s[io].items()]
+    tensors = [
+        dict(t, name=n) for s in meta["signatures"].values() for io in ("inputs", "outputs") for n, t in s[io].items()
+    ]
     for t in tensors + meta["weights"]:
         if t["dtype"] not in dtype_sizes or any(d < 0 for d in t["shape"]):
             problems.append(f"tensor {t}")
@@ -253,8 +274,9 @@ def _app_metadata_problems(meta, kt, dtype_sizes):
     if len(set(names)) != len(names) or not all(isinstance(w["kind"], str) for w in meta["weights"]):
         problems.append("weights")
     opt = meta["optimizer"]
-    if opt["schedule"] not in ("cosine", "constant") or \
-            not all(isinstance(opt[k], (int, float)) for k in ("lr", "total_steps")):
+    if opt["schedule"] not in ("cosine", "constant") or not all(
+        isinstance(opt[k], (int, float)) for k in ("lr", "total_steps")
+    ):
         problems.append("optimizer")
     return problems
 
@@ -278,8 +300,9 @@ def test_app_names_and_tensors_match_export(exported):
     # Contract.kt is a subset of contract.py, value for value, and holds every name the app relies on.
     for name, value in kt.items():
         assert hasattr(contract, name), f"Contract.kt defines {name}, contract.py does not"
-        assert getattr(contract, name) == value, \
+        assert getattr(contract, name) == value, (
             f"{name}: Contract.kt {value!r}, contract.py {getattr(contract, name)!r}"
+        )
     key = [n for n in vars(contract) if n.startswith(("SIGNATURE_", "INPUT_", "OUTPUT_"))]
     key += ["STEP_TENSOR", "METADATA_FILE", "METADATA_FORMAT", "MODEL_FILE", "METADATA_SUFFIX"]
     referenced = {m for text in src.values() for m in re.findall(r"\bContract\.(\w+)", _lex(text)[0])}
@@ -292,7 +315,9 @@ def test_app_names_and_tensors_match_export(exported):
     assert meta["fingerprint"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert meta["tflite"] == path.name and kt["METADATA_FILE"] == Path(contract.model_json_path(path)).name
     # The app loads Contract.MODEL_FILE and its metadata by the exporter's naming rule (X.tflite -> X.json).
-    assert path.name == kt["MODEL_FILE"] and Path(contract.model_json_path(kt["MODEL_FILE"])).name == kt["METADATA_FILE"]
+    assert (
+        path.name == kt["MODEL_FILE"] and Path(contract.model_json_path(kt["MODEL_FILE"])).name == kt["METADATA_FILE"]
+    )
     assert "assets.open(metadataFileFor(Contract.MODEL_FILE))" in src["TinyTlModel.kt"]
     assert "meta.tflite != Contract.MODEL_FILE" in src["TinyTlModel.kt"]
     assert meta["labels"] == list(LABELS) and meta["num_classes"] == len(LABELS)
@@ -306,22 +331,26 @@ def test_app_names_and_tensors_match_export(exported):
     for sig, spec in meta["signatures"].items():
         runner = interpreter.get_signature_runner(sig)
         for io, details in (("inputs", runner.get_input_details()), ("outputs", runner.get_output_details())):
-            actual = {n: {"shape": [int(d) for d in t["shape"]], "dtype": np.dtype(t["dtype"]).name}
-                      for n, t in details.items()}
+            actual = {
+                n: {"shape": [int(d) for d in t["shape"]], "dtype": np.dtype(t["dtype"]).name}
+                for n, t in details.items()
+            }
             assert actual == spec[io], (sig, io)
 
     # Which tensors of which signature the app touches, read off TinyTlModel.kt; the table is what the app needs.
     code = _lex(src["TinyTlModel.kt"])[0]
     H, K = meta["input"]["height"], meta["num_classes"]
     c = contract
-    needed = {(c.SIGNATURE_TRAIN, "inputs", c.INPUT_IMAGE): ("float32", [1, H, H, 3]),
-              (c.SIGNATURE_TRAIN, "inputs", c.INPUT_LABEL): ("int32", [1]),
-              (c.SIGNATURE_TRAIN, "inputs", c.INPUT_LEARNING_RATE): ("float32", []),
-              (c.SIGNATURE_TRAIN, "outputs", c.OUTPUT_LOSS): ("float32", []),
-              (c.SIGNATURE_TRAIN, "outputs", c.OUTPUT_LOGITS): ("float32", [1, K]),
-              (c.SIGNATURE_INFER, "inputs", c.INPUT_IMAGE): ("float32", [1, H, H, 3]),
-              (c.SIGNATURE_INFER, "outputs", c.OUTPUT_LOGITS): ("float32", [1, K]),
-              (c.SIGNATURE_INFER, "outputs", c.OUTPUT_PROBABILITIES): ("float32", [1, K])}
+    needed = {
+        (c.SIGNATURE_TRAIN, "inputs", c.INPUT_IMAGE): ("float32", [1, H, H, 3]),
+        (c.SIGNATURE_TRAIN, "inputs", c.INPUT_LABEL): ("int32", [1]),
+        (c.SIGNATURE_TRAIN, "inputs", c.INPUT_LEARNING_RATE): ("float32", []),
+        (c.SIGNATURE_TRAIN, "outputs", c.OUTPUT_LOSS): ("float32", []),
+        (c.SIGNATURE_TRAIN, "outputs", c.OUTPUT_LOGITS): ("float32", [1, K]),
+        (c.SIGNATURE_INFER, "inputs", c.INPUT_IMAGE): ("float32", [1, H, H, 3]),
+        (c.SIGNATURE_INFER, "outputs", c.OUTPUT_LOGITS): ("float32", [1, K]),
+        (c.SIGNATURE_INFER, "outputs", c.OUTPUT_PROBABILITIES): ("float32", [1, K]),
+    }
     whole = {(c.SIGNATURE_GET_WEIGHTS, "inputs"), (c.SIGNATURE_SET_WEIGHTS, "outputs")}
     uses = _app_tensor_uses(code, kt)
     assert {u for u in uses if u[2] != "*"} == set(needed), "the app's tensor uses changed: update `needed`"
@@ -330,15 +359,20 @@ def test_app_names_and_tensors_match_export(exported):
     # The dtype each buffer is read or written with in TinyTlModel.kt (x is filled by Preprocessor.normalize).
     accessor, buffers = {"Int": "int32", "Float": "float32", "Long": "int64"}, set()
     for var, sig, io, name in re.findall(
-            r"\bprivate val (\w+) = (?:tensorBuffer\()?(\w+)\.(inputs|outputs)(?:\.getValue\(|\[)Contract\.(\w+)", code):
+        r"\bprivate val (\w+) = (?:tensorBuffer\()?(\w+)\.(inputs|outputs)(?:\.getValue\(|\[)Contract\.(\w+)", code
+    ):
         tensor = (kt[_signature_binds(code)[sig]], io, kt[name])
         used = {accessor[a] for a in re.findall(rf"\b{var}\.(?:put|get)(Int|Float|Long)\(", code)}
         used |= {"float32"} if re.search(rf"\bfloats\({var}\)", code) else set()
         assert used == {needed[tensor][0]}, f"TinyTlModel.kt accesses {var} ({tensor}) as {used}"
         buffers.add(tensor)
     assert buffers == {t for t in needed if t[2] != c.INPUT_IMAGE}, buffers
-    _pin(src["Preprocessor.kt"], "val floats = out.order(ByteOrder.nativeOrder()).asFloatBuffer()",
-         "val cropBytes: Int get() = size * size * 3", "out.capacity() == cropBytes * 4")
+    _pin(
+        src["Preprocessor.kt"],
+        "val floats = out.order(ByteOrder.nativeOrder()).asFloatBuffer()",
+        "val cropBytes: Int get() = size * size * 3",
+        "out.capacity() == cropBytes * 4",
+    )
 
     # ... and the exported model.json has each of them, as the app needs it.
     for (sig, io, name), want in needed.items():
@@ -364,8 +398,10 @@ def test_app_names_and_tensors_match_export(exported):
     names = {v for k, v in kt.items() if k.startswith(("SIGNATURE_", "INPUT_", "OUTPUT_")) or k == "STEP_TENSOR"}
     names |= {getattr(contract, k) for k in key if k.startswith(("SIGNATURE_", "INPUT_", "OUTPUT_"))}
     names |= set(meta["signatures"]) | {n for s in meta["signatures"].values() for io in s.values() for n in io}
-    allowed = [("ModelMetadata.kt", re.compile(r'\bo\.num\("lr", "optimizer\.lr"\)')),  # model.json optimizer key
-               (None, re.compile(r'@Suppress\("unused"\)'))]  # a Kotlin annotation, not the placeholder tensor
+    allowed = [
+        ("ModelMetadata.kt", re.compile(r'\bo\.num\("lr", "optimizer\.lr"\)')),  # model.json optimizer key
+        (None, re.compile(r'@Suppress\("unused"\)')),
+    ]  # a Kotlin annotation, not the placeholder tensor
     hits, excused = [], set()
     for fname, text in src.items():
         if fname == "Contract.kt":
@@ -375,8 +411,14 @@ def test_app_names_and_tensors_match_export(exported):
                 continue
             line_start = text.rfind("\n", 0, pos) + 1
             line = text[line_start : text.find("\n", pos)]
-            rule = next((k for k, (f, rx) in enumerate(allowed) if f in (None, fname)
-                         and any(m.start() <= pos - line_start < m.end() for m in rx.finditer(line))), None)
+            rule = next(
+                (
+                    k
+                    for k, (f, rx) in enumerate(allowed)
+                    if f in (None, fname) and any(m.start() <= pos - line_start < m.end() for m in rx.finditer(line))
+                ),
+                None,
+            )
             if rule is None:
                 hits.append(f"{fname}:{text.count(chr(10), 0, pos) + 1}: {line.strip()}")
             else:
@@ -401,8 +443,9 @@ class AppModel:
         self.sigs = meta["signatures"]
         self.step_spec = next((w for w in meta["weights"] if w["name"] == contract.STEP_TENSOR), None)
         # getWeightsInputs: zeros for whatever model.json lists (the placeholder).
-        self.get_weights_inputs = {n: np.zeros(t["shape"], t["dtype"])
-                                   for n, t in self.sigs[contract.SIGNATURE_GET_WEIGHTS]["inputs"].items()}
+        self.get_weights_inputs = {
+            n: np.zeros(t["shape"], t["dtype"]) for n, t in self.sigs[contract.SIGNATURE_GET_WEIGHTS]["inputs"].items()
+        }
 
     def run(self, signature, inputs, outputs):
         out = self.interpreter.get_signature_runner(signature)(**inputs)
@@ -418,8 +461,9 @@ class AppModel:
         return np.float32(out[contract.OUTPUT_LOSS].reshape(())), out[contract.OUTPUT_LOGITS].ravel()
 
     def infer(self, x):
-        out = self.run(contract.SIGNATURE_INFER, {contract.INPUT_IMAGE: x},
-                       [contract.OUTPUT_LOGITS, contract.OUTPUT_PROBABILITIES])
+        out = self.run(
+            contract.SIGNATURE_INFER, {contract.INPUT_IMAGE: x}, [contract.OUTPUT_LOGITS, contract.OUTPUT_PROBABILITIES]
+        )
         return out[contract.OUTPUT_LOGITS].ravel(), out[contract.OUTPUT_PROBABILITIES].ravel()
 
     def get_weights(self):
@@ -459,8 +503,11 @@ class AppTrainer:
         loss, logits = self.model.train_step(x, label, lr)
         if np.isfinite(loss):
             candidate = self.model.get_weights()
-            if all(np.isfinite(v).all() for v, w in zip(candidate.values(), self.model.meta["weights"])
-                   if w["dtype"] == "float32"):
+            if all(
+                np.isfinite(v).all()
+                for v, w in zip(candidate.values(), self.model.meta["weights"])
+                if w["dtype"] == "float32"
+            ):
                 self.good = candidate
                 self.local_step = step_before + 1
                 return loss, int(np.argmax(logits)) == label, False
@@ -517,13 +564,28 @@ class AppPreprocessor:
 
 
 # WeightStore.kt's version-1 layout: (field, the DataOutputStream call that writes it, struct format).
-TTLW_HEADER = [("magic", "write", "4s"), ("version", "writeShort", ">H"), ("fingerprint", "writeStr", "str"),
-               ("count", "writeInt", ">I")]
-TTLW_TENSOR = [("name", "writeStr", "str"), ("dtype", "writeStr", "str"), ("rank", "writeByte", ">B"),
-               ("dims", "writeInt", ">I"), ("nbytes", "writeLong", ">Q")]
+TTLW_HEADER = [
+    ("magic", "write", "4s"),
+    ("version", "writeShort", ">H"),
+    ("fingerprint", "writeStr", "str"),
+    ("count", "writeInt", ">I"),
+]
+TTLW_TENSOR = [
+    ("name", "writeStr", "str"),
+    ("dtype", "writeStr", "str"),
+    ("rank", "writeByte", ">B"),
+    ("dims", "writeInt", ">I"),
+    ("nbytes", "writeLong", ">Q"),
+]
 TTLW_TRAILER = [("payload_len", "writeLong", ">Q"), ("payload_crc", "writeInt", ">I"), ("payload", "write", "raw")]
-READ_CALLS = {"write": "readFully", "writeShort": "readUnsignedShort", "writeStr": "readStr", "writeInt": "readInt",
-              "writeByte": "readUnsignedByte", "writeLong": "readLong"}
+READ_CALLS = {
+    "write": "readFully",
+    "writeShort": "readUnsignedShort",
+    "writeStr": "readStr",
+    "writeInt": "readInt",
+    "writeByte": "readUnsignedByte",
+    "writeLong": "readLong",
+}
 
 
 def _pack_str(s):
@@ -533,13 +595,19 @@ def _pack_str(s):
 
 def write_ttlw(path, fingerprint, weights, tensors):
     """WeightStore.save: header (big-endian), then the tensors' raw little-endian bytes in model.json order."""
-    payload = b"".join(np.ascontiguousarray(tensors[w["name"]], np.dtype(w["dtype"]).newbyteorder("<")).tobytes()
-                       for w in weights)
+    payload = b"".join(
+        np.ascontiguousarray(tensors[w["name"]], np.dtype(w["dtype"]).newbyteorder("<")).tobytes() for w in weights
+    )
     out = [b"TTLW", struct.pack(">H", 1), _pack_str(fingerprint), struct.pack(">I", len(weights))]
     for w in weights:
         nbytes = int(np.prod(w["shape"], dtype=np.int64)) * np.dtype(w["dtype"]).itemsize
-        out += [_pack_str(w["name"]), _pack_str(w["dtype"]), struct.pack(">B", len(w["shape"])),
-                struct.pack(f">{len(w['shape'])}I", *w["shape"]), struct.pack(">Q", nbytes)]
+        out += [
+            _pack_str(w["name"]),
+            _pack_str(w["dtype"]),
+            struct.pack(">B", len(w["shape"])),
+            struct.pack(f">{len(w['shape'])}I", *w["shape"]),
+            struct.pack(">Q", nbytes),
+        ]
     out += [struct.pack(">QI", len(payload), zlib.crc32(payload)), payload]
     tmp = Path(str(path) + ".tmp")
     tmp.write_bytes(b"".join(out))
@@ -587,8 +655,10 @@ def read_ttlw(path, fingerprint, weights):
                 return ("rejected", "header corrupt (rank)")
             dims = list(take(f">{rank}I"))
             (nbytes,) = take(">Q")
-            if dtype not in ("float32", "int32", "int64", "int16", "int8", "uint8", "bool") or \
-                    nbytes != int(np.prod(dims, dtype=np.int64)) * np.dtype(dtype).itemsize:
+            if (
+                dtype not in ("float32", "int32", "int64", "int16", "int8", "uint8", "bool")
+                or nbytes != int(np.prod(dims, dtype=np.int64)) * np.dtype(dtype).itemsize
+            ):
                 return ("rejected", f"header corrupt (tensor {name})")
             specs.append((name, dtype, dims, nbytes))
             total += nbytes
@@ -618,40 +688,59 @@ def read_ttlw(path, fingerprint, weights):
 
 def _pin_replicas(src):
     """The Kotlin lines the replicas above mirror (and the weight file's field order, call by call)."""
-    _pin(src["Preprocessor.kt"],
-         "val short = Math.rint(size / cropFraction).toInt()",
-         "Pair(short, maxOf(short, Math.rint(height.toDouble() * short / width).toInt()))",
-         "Pair(maxOf(short, Math.rint(width.toDouble() * short / height).toInt()), short)",
-         "while (b.width >= 2 * w && b.height >= 2 * h) "
-         "b = Bitmap.createScaledBitmap(b, b.width / 2, b.height / 2, true)",
-         "Bitmap.createScaledBitmap(b, w, h, true)",
-         "fun cropOffsets(w: Int, h: Int): Pair<Int, Int> = Pair((w - size) / 2, (h - size) / 2)",
-         "val src = 3 * (y * size + if (flip) size - 1 - x else x)",
-         "floats.put(((rgb[src + c].toInt() and 0xFF).toFloat() - mean[c]) / std[c])")
-    _pin(src["Trainer.kt"],
-         "private var good: Tensors = model.getWeights()",
-         "model.trainStep(x, sample.label, MODEL_SCHEDULE)",
-         "if (out.loss.isFinite()) { model.getWeights(candidate) if (allFinite(candidate)) { "
-         "candidate = good.also { good = candidate }",
-         "model.setWeights(good) rolledBack++",
-         "if (w.tensor.dtype != \"float32\") continue",
-         "const val MODEL_SCHEDULE = 0f")
-    _pin(src["TinyTlModel.kt"], "label.putInt(0, y)", "learningRate.putFloat(0, lr)",
-         "meta.signatures.getValue(Contract.SIGNATURE_GET_WEIGHTS).inputs.mapValues { tensorBuffer(it.value) }",
-         "require(tensors.size == meta.weights.size)", '"float32" -> b.getFloat(0).toLong()')
-    _pin(src["MainViewModel.kt"], "is WeightStore.Loaded.Ok -> try { m.setWeights(loaded.tensors)",
-         "pre.normalize(crop, false, x) m.infer(x)",
-         "prediction.probabilities.indices.sortedByDescending { prediction.probabilities[it] }.take(3)",
-         "if (unsaved) save(m, trainer.weights)")
-    _pin(src["WeightStore.kt"], 'private val MAGIC = "TTLW".toByteArray(Charsets.US_ASCII)',
-         "private const val VERSION = 1", "writeShort(bytes.size) write(bytes)", "val crc = CRC32()",
-         "if (crc.value != storedCrc) return Loaded.Rejected", "if (savedFor != fingerprint) {")
+    _pin(
+        src["Preprocessor.kt"],
+        "val short = Math.rint(size / cropFraction).toInt()",
+        "Pair(short, maxOf(short, Math.rint(height.toDouble() * short / width).toInt()))",
+        "Pair(maxOf(short, Math.rint(width.toDouble() * short / height).toInt()), short)",
+        "while (b.width >= 2 * w && b.height >= 2 * h) "
+        "b = Bitmap.createScaledBitmap(b, b.width / 2, b.height / 2, true)",
+        "Bitmap.createScaledBitmap(b, w, h, true)",
+        "fun cropOffsets(w: Int, h: Int): Pair<Int, Int> = Pair((w - size) / 2, (h - size) / 2)",
+        "val src = 3 * (y * size + if (flip) size - 1 - x else x)",
+        "floats.put(((rgb[src + c].toInt() and 0xFF).toFloat() - mean[c]) / std[c])",
+    )
+    _pin(
+        src["Trainer.kt"],
+        "private var good: Tensors = model.getWeights()",
+        "model.trainStep(x, sample.label, MODEL_SCHEDULE)",
+        "if (out.loss.isFinite()) { model.getWeights(candidate) if (allFinite(candidate)) { "
+        "candidate = good.also { good = candidate }",
+        "model.setWeights(good) rolledBack++",
+        'if (w.tensor.dtype != "float32") continue',
+        "const val MODEL_SCHEDULE = 0f",
+    )
+    _pin(
+        src["TinyTlModel.kt"],
+        "label.putInt(0, y)",
+        "learningRate.putFloat(0, lr)",
+        "meta.signatures.getValue(Contract.SIGNATURE_GET_WEIGHTS).inputs.mapValues { tensorBuffer(it.value) }",
+        "require(tensors.size == meta.weights.size)",
+        '"float32" -> b.getFloat(0).toLong()',
+    )
+    _pin(
+        src["MainViewModel.kt"],
+        "is WeightStore.Loaded.Ok -> try { m.setWeights(loaded.tensors)",
+        "pre.normalize(crop, false, x) m.infer(x)",
+        "prediction.probabilities.indices.sortedByDescending { prediction.probabilities[it] }.take(3)",
+        "if (unsaved) save(m, trainer.weights)",
+    )
+    _pin(
+        src["WeightStore.kt"],
+        'private val MAGIC = "TTLW".toByteArray(Charsets.US_ASCII)',
+        "private const val VERSION = 1",
+        "writeShort(bytes.size) write(bytes)",
+        "val crc = CRC32()",
+        "if (crc.value != storedCrc) return Loaded.Rejected",
+        "if (savedFor != fingerprint) {",
+    )
     ws = _lex(src["WeightStore.kt"])[0]
     chunks = _function_chunks(ws)
     layout = TTLW_HEADER + TTLW_TENSOR + TTLW_TRAILER
     assert re.findall(r"\bout\.(write\w*)\(", chunks["save"]) == [f[1] for f in layout], "WeightStore.save changed"
-    assert re.findall(r"\binp\.(read\w*)\(", chunks["read"]) == [READ_CALLS[f[1]] for f in layout], \
+    assert re.findall(r"\binp\.(read\w*)\(", chunks["read"]) == [READ_CALLS[f[1]] for f in layout], (
         "WeightStore.read changed"
+    )
 
 
 def _smooth_image(h, w, colour, seed):
@@ -707,8 +796,10 @@ def test_app_call_sequence_replayed_on_litert(exported, tmp_path):
     # Samples: one smooth picture per label in that label's colour, of different sizes; crops kept for the session.
     colours = {"red": (200, 60, 50), "green": (60, 190, 70), "blue": (50, 70, 200)}
     sizes = [(60, 48), (45, 70), (52, 52), (80, 50), (40, 40), (64, 90)]
-    samples = [(pre.load_crop(_smooth_image(h, w, colours[lab], seed=k)), LABELS.index(lab))
-               for k, (lab, (h, w)) in enumerate(zip(LABELS * 2, sizes))]
+    samples = [
+        (pre.load_crop(_smooth_image(h, w, colours[lab], seed=k)), LABELS.index(lab))
+        for k, (lab, (h, w)) in enumerate(zip(LABELS * 2, sizes))
+    ]
 
     def smoothed_ce(logits, y):  # the loss `train` reports: cross-entropy with model.json's label smoothing
         ls, k = meta["optimizer"]["label_smoothing"], meta["num_classes"]
@@ -753,21 +844,27 @@ def test_app_call_sequence_replayed_on_litert(exported, tmp_path):
     assert payload_len == payload_bytes and crc == zlib.crc32(data[-payload_bytes:])
     status, restored = read_ttlw(store, meta["fingerprint"], meta["weights"])
     assert status == "ok" and list(restored) == [w["name"] for w in meta["weights"]]
-    assert all(np.array_equal(restored[n], trainer.good[n]) and restored[n].dtype == trainer.good[n].dtype
-               for n in restored)
+    assert all(
+        np.array_equal(restored[n], trainer.good[n]) and restored[n].dtype == trainer.good[n].dtype for n in restored
+    )
 
     # Damaged or foreign files are rejected, as WeightStore.load does.
     flipped = bytearray(data)
     flipped[len(data) - payload_bytes // 2] ^= 0x10
-    for name, blob, why in [("flip", bytes(flipped), "CRC"), ("short", data[:-1], "truncated"),
-                            ("long", data + b"\0", "trailing")]:
+    for name, blob, why in [
+        ("flip", bytes(flipped), "CRC"),
+        ("short", data[:-1], "truncated"),
+        ("long", data + b"\0", "trailing"),
+    ]:
         (tmp_path / name).write_bytes(blob)
         status, reason = read_ttlw(tmp_path / name, meta["fingerprint"], meta["weights"])
         assert status == "rejected" and why in reason, (name, reason)
     assert read_ttlw(store, "0" * 64, meta["weights"])[0] == "rejected"
     write_ttlw(tmp_path / "foreign.ttlw", "f" * 64, meta["weights"], trainer.good)
-    assert read_ttlw(tmp_path / "foreign.ttlw", meta["fingerprint"], meta["weights"]) == \
-        ("rejected", "saved for another model")
+    assert read_ttlw(tmp_path / "foreign.ttlw", meta["fingerprint"], meta["weights"]) == (
+        "rejected",
+        "saved for another model",
+    )
 
     # Restart: a new interpreter restores the file with set_weights and classifies exactly as the trained one.
     fresh = AppModel(path, meta)

@@ -14,8 +14,10 @@ from tinytl_tf.supernet import space
 
 
 def test_registry_and_memory_model_import_no_tensorflow():
-    code = ("import sys, tinytl_tf.memory, tinytl_tf.backbones.registry; "
-            "sys.exit(int('tensorflow' in sys.modules or 'keras' in sys.modules))")
+    code = (
+        "import sys, tinytl_tf.memory, tinytl_tf.backbones.registry; "
+        "sys.exit(int('tensorflow' in sys.modules or 'keras' in sys.modules))"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -24,12 +26,18 @@ def fictional(monkeypatch):
     """A backbone that exists only as one registry entry: two MB blocks after a fixed first one, random weights."""
     from tinytl_tf.config import BlockConfig, ConvConfig, NetConfig
 
-    cfg = NetConfig(name="fictional", resolution=48, stem=ConvConfig(out=8, kernel=3, stride=2),
-                    blocks=(BlockConfig(3, 1, 8), BlockConfig(5, 2, 16, mid=48), BlockConfig(3, 1, 16, mid=48,
-                                                                                              shortcut=True)),
-                    num_classes=10)
-    monkeypatch.setitem(registry.BACKBONES, "fictional",
-                        registry.Backbone("a test-only net", lambda: cfg, lambda weights_dir: (cfg, None)))
+    cfg = NetConfig(
+        name="fictional",
+        resolution=48,
+        stem=ConvConfig(out=8, kernel=3, stride=2),
+        blocks=(BlockConfig(3, 1, 8), BlockConfig(5, 2, 16, mid=48), BlockConfig(3, 1, 16, mid=48, shortcut=True)),
+        num_classes=10,
+    )
+    monkeypatch.setitem(
+        registry.BACKBONES,
+        "fictional",
+        registry.Backbone("a test-only net", lambda: cfg, lambda weights_dir: (cfg, None)),
+    )
     return cfg
 
 

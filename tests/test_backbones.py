@@ -33,7 +33,9 @@ def test_mobilenet_v1_predicts_imagenet(shared_assets):
     try:
         weights = find_weights(shared_assets / "weights").parent
     except FileNotFoundError:
-        pytest.skip(f"mobilenet_v1_1.0_224_imagenet.npz is in neither {shared_assets / 'weights'} nor $TINYTL_WEIGHTS_DIR")
+        pytest.skip(
+            f"mobilenet_v1_1.0_224_imagenet.npz is in neither {shared_assets / 'weights'} nor $TINYTL_WEIGHTS_DIR"
+        )
     model = load_backbone("mobilenet-v1", weights_dir=weights)
     # index 0 is "background": ImageNet class i is logit i + 1
     assert set(imagenet_top(model, skimage.data.chelsea(), 3, offset=1)) == CATS

@@ -15,7 +15,16 @@ from tinytl_tf.train import load_trained
 
 pytestmark = pytest.mark.slow  # trains and evaluates through the CLI
 
-REQUIRED = ("method", "backbone", "resolution", "epochs", "trainable_params", "total_params", "train_accuracy", "test_accuracy")
+REQUIRED = (
+    "method",
+    "backbone",
+    "resolution",
+    "epochs",
+    "trainable_params",
+    "total_params",
+    "train_accuracy",
+    "test_accuracy",
+)
 
 
 @pytest.fixture
@@ -26,8 +35,24 @@ def data_dir(image_tree):
 
 
 def train_args(data, out, *extra):
-    return ["train", "--data", str(data), "--backbone", "mcunet-5fps", "--method", "tinytl-lb", "--resolution", "64",
-            "--epochs", "1", "--batch-size", "4", "--out", str(out), *extra]
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--backbone",
+        "mcunet-5fps",
+        "--method",
+        "tinytl-lb",
+        "--resolution",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_train_then_evaluate(data_dir, tmp_path, capsys):
@@ -37,7 +62,12 @@ def test_train_then_evaluate(data_dir, tmp_path, capsys):
     assert set(REQUIRED) <= set(metrics)
     model = load_trained(out / "model.keras")
     assert (metrics["trainable_params"], metrics["total_params"]) == count_params(model)
-    assert (metrics["method"], metrics["backbone"], metrics["resolution"], metrics["epochs"]) == ("tinytl-lb", "mcunet-5fps", 64, 1)
+    assert (metrics["method"], metrics["backbone"], metrics["resolution"], metrics["epochs"]) == (
+        "tinytl-lb",
+        "mcunet-5fps",
+        64,
+        1,
+    )
     assert model.net_config.labels == ("cat", "dog", "owl") and metrics["test_examples"] == 9
     capsys.readouterr()
 
@@ -52,11 +82,14 @@ def test_train_then_evaluate(data_dir, tmp_path, capsys):
     assert (out / "model.keras").read_bytes() == before
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--method", "tinytl-x"], METHODS[-1]),
-    (["--backbone", "resnet-50"], "mobilenet-v1"),
-    (["--resolution", "31"], "resolution"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--method", "tinytl-x"], METHODS[-1]),
+        (["--backbone", "resnet-50"], "mobilenet-v1"),
+        (["--resolution", "31"], "resolution"),
+    ],
+)
 def test_bad_names_exit_2_with_the_valid_choices(data_dir, tmp_path, capsys, extra, message):
     assert main(train_args(data_dir, tmp_path / "run", *extra)) == 2
     err = capsys.readouterr().err
@@ -76,8 +109,28 @@ def test_flat_folder_split_is_recorded_and_evaluate_scores_the_held_out_part(ima
     (out / "model.tflite").parent.mkdir()
     old_umask = os.umask(0o027)
     try:
-        assert main(["train", "--data", str(flat), "--method", "ft-last", "--resolution", "64", "--epochs", "2",
-                     "--batch-size", "4", "--val-fraction", "0.4", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(flat),
+                    "--method",
+                    "ft-last",
+                    "--resolution",
+                    "64",
+                    "--epochs",
+                    "2",
+                    "--batch-size",
+                    "4",
+                    "--val-fraction",
+                    "0.4",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     finally:
         os.umask(old_umask)
     captured = capsys.readouterr()
@@ -111,8 +164,29 @@ def test_flat_folder_split_is_recorded_and_evaluate_scores_the_held_out_part(ima
     (out / "model.tflite").write_bytes(b"exported from the old model")
     (out / "model.json").write_text("{}")
     (out / ".model.keras.abc123.keras").write_bytes(b"half a model")
-    assert main(["train", "--data", str(flat), "--method", "ft-last", "--resolution", "64", "--epochs", "1",
-                 "--batch-size", "4", "--out", str(out), "--overwrite", "--lr", "0.05"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(flat),
+                "--method",
+                "ft-last",
+                "--resolution",
+                "64",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--out",
+                str(out),
+                "--overwrite",
+                "--lr",
+                "0.05",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert not (out / "model.tflite").exists() and not (out / "model.json").exists()
     assert not (out / ".model.keras.abc123.keras").exists() and "interrupted save" in err

@@ -229,7 +229,10 @@ def test_test_pipeline_equals_imageio_exactly():
     split = imageio.scan_image_folder(default_data_dir())
     x, y = epoch(data.test)
     expected = np.stack(
-        [imageio.normalize(imageio.eval_transform(imageio.load_rgb(p), 64), (120, 110, 100), (60, 50, 40)) for p, _ in split.test]
+        [
+            imageio.normalize(imageio.eval_transform(imageio.load_rgb(p), 64), (120, 110, 100), (60, 50, 40))
+            for p, _ in split.test
+        ]
     )
     np.testing.assert_array_equal(x, expected)
     np.testing.assert_array_equal(y, [label for _, label in split.test])
@@ -328,7 +331,9 @@ def caltech_tars(tmp_path):
     for k, cls in enumerate(("BACKGROUND_Google", "cat", "dog")):
         (src / "101_ObjectCategories" / cls).mkdir(parents=True)
         for i in range(1, 5):
-            Image.fromarray(noise(40, 60, seed=10 * k + i)).save(src / "101_ObjectCategories" / cls / f"image_{i:04d}.jpg")
+            Image.fromarray(noise(40, 60, seed=10 * k + i)).save(
+                src / "101_ObjectCategories" / cls / f"image_{i:04d}.jpg"
+            )
             listing["test" if i == 4 else "train"].append(f"{cls}/image_{i:04d}.jpg")
     for split, names in listing.items():
         (src / f"{split}.txt").write_text("\n".join(names) + "\n")
@@ -378,7 +383,9 @@ def test_make_subset_downscales_a_seeded_draw(tmp_path, caltech_tars):
     assert (len(split.train), len(split.test)) == (4, 2)
     assert all(min(Image.open(p).size) == 20 for p, _ in split.train + split.test)
     again = caltech.make_subset(prepared, tmp_path / "sub2", classes=("cat", "dog"), n_train=2, n_test=1, short_side=20)
-    assert sorted(p.name for p in (again / "train" / "cat").iterdir()) == sorted(p.name for p in (out / "train" / "cat").iterdir())
+    assert sorted(p.name for p in (again / "train" / "cat").iterdir()) == sorted(
+        p.name for p in (out / "train" / "cat").iterdir()
+    )
     with pytest.raises(DataError, match="already holds"):
         caltech.make_subset(prepared, out, classes=("cat",), n_train=1, n_test=1)
 
@@ -407,7 +414,9 @@ def test_an_extreme_aspect_ratio_is_cropped_before_resizing(monkeypatch):
     """A 1 x 20000 strip: resizing it whole to a 146 px short side would allocate 146 x 2.9M pixels."""
     sizes = []
     resize = Image.Image.resize
-    monkeypatch.setattr(Image.Image, "resize", lambda self, size, *a, **k: sizes.append(size) or resize(self, size, *a, **k))
+    monkeypatch.setattr(
+        Image.Image, "resize", lambda self, size, *a, **k: sizes.append(size) or resize(self, size, *a, **k)
+    )
     strip = np.random.default_rng(0).integers(0, 255, (20000, 1, 3), dtype=np.uint8)
     out = imageio.eval_transform(strip, 128)
     assert out.shape == (128, 128, 3) and sizes == [(128, 128)]

@@ -35,8 +35,10 @@ def clone(model):
 
 def batches(resolution, n=STEPS, seed=3):
     rng = np.random.default_rng(seed)
-    return [(rng.standard_normal((1, resolution, resolution, 3)).astype(np.float32),
-             np.array([i % 3], np.int32)) for i in range(n)]
+    return [
+        (rng.standard_normal((1, resolution, resolution, 3)).astype(np.float32), np.array([i % 3], np.int32))
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("method,optimizer", [(m, "adam") for m in METHODS] + [("tinytl-lb", "sgd")])
@@ -56,8 +58,9 @@ def test_litert_training_equals_keras(backbone, tmp_path, method, optimizer):
 
     compile_model(reference, LR, TOTAL, 0.1)
     if optimizer == "sgd":
-        reference.compile(optimizer=keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(LR, TOTAL)),
-                          loss=reference.loss)
+        reference.compile(
+            optimizer=keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(LR, TOTAL)), loss=reference.loss
+        )
     for x, y in data:
         got = float(train(x=x, y=y, lr=np.float32(0))["loss"])
         want = reference.train_on_batch(x, y)
@@ -76,8 +79,9 @@ def test_litert_training_equals_keras(backbone, tmp_path, method, optimizer):
 
     fresh = Interpreter(model_path=str(path))
     fresh.get_signature_runner(contract.SIGNATURE_SET_WEIGHTS)(**weights)
-    np.testing.assert_array_equal(fresh.get_signature_runner(contract.SIGNATURE_INFER)(x=x0)["logits"],
-                                  infer(x=x0)["logits"])
+    np.testing.assert_array_equal(
+        fresh.get_signature_runner(contract.SIGNATURE_INFER)(x=x0)["logits"], infer(x=x0)["logits"]
+    )
     assert meta["method"] == method and meta["optimizer"]["name"] == optimizer
     assert not tflite_model.custom_ops(tflite_model.read(path.read_bytes()))
 
@@ -98,16 +102,21 @@ def test_model_json_describes_the_file(backbone, tmp_path):
     assert meta["signatures"]["train"]["inputs"]["y"] == {"shape": [1], "dtype": "int32"}
     assert meta["signatures"]["infer"]["outputs"]["probabilities"] == {"shape": [1, 3], "dtype": "float32"}
     names = {w["name"] for w in meta["weights"]}
-    assert names == set(meta["signatures"]["get_weights"]["outputs"]) == set(meta["signatures"]["set_weights"]["inputs"])
-    assert {weight_tensor_name(v.path) for v in model.trainable_weights} == {w["name"] for w in meta["weights"] if w["kind"] == "trainable"}
+    assert (
+        names == set(meta["signatures"]["get_weights"]["outputs"]) == set(meta["signatures"]["set_weights"]["inputs"])
+    )
+    assert {weight_tensor_name(v.path) for v in model.trainable_weights} == {
+        w["name"] for w in meta["weights"] if w["kind"] == "trainable"
+    }
 
 
 def test_flex_graph_is_refused():
     class NeedsFlex(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([1, 6, 6, 2]), tf.TensorSpec([1, 6, 6, 4])])
         def f(self, x, g):  # a weight gradient by plain autodiff: Conv2DBackpropFilter is not a builtin
-            return tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=[3, 3, 2, 4], out_backprop=g,
-                                                   strides=[1, 1, 1, 1], padding="SAME")
+            return tf.raw_ops.Conv2DBackpropFilter(
+                input=x, filter_sizes=[3, 3, 2, 4], out_backprop=g, strides=[1, 1, 1, 1], padding="SAME"
+            )
 
     m = NeedsFlex()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([m.f.get_concrete_function()], m)
@@ -143,9 +152,14 @@ def test_export_rejects_bad_output_name(backbone, tmp_path):
 def test_frozen_weights_are_stored_at_8_bits(tmp_path):
     """The default export keeps frozen kernels as int8 (forward and backward layouts alike) and still trains."""
     keras.utils.set_random_seed(0)
-    wide = NetConfig(name="wide", resolution=32, stem=ConvConfig(out=32, stride=2),
-                     blocks=(BlockConfig(3, 1, 64, mid=128), BlockConfig(3, 2, 64, mid=128, shortcut=False)),
-                     feature_mix=ConvConfig(out=128), num_classes=5)
+    wide = NetConfig(
+        name="wide",
+        resolution=32,
+        stem=ConvConfig(out=32, stride=2),
+        blocks=(BlockConfig(3, 1, 64, mid=128), BlockConfig(3, 2, 64, mid=128, shortcut=False)),
+        feature_mix=ConvConfig(out=128),
+        num_classes=5,
+    )
     model = prepare_transfer(build_model(wide), "tinytl-b", 3, dropout=0.0)
     big = {tuple(v.shape) for v in model.non_trainable_weights if np.prod(v.shape) >= 1024}
     files = {}
@@ -177,8 +191,23 @@ def test_export_command_sizes_the_schedule_and_reports_progress_on_stderr(backbo
     model = prepare_transfer(backbone, "tinytl-b", 3, labels=("ant", "bee", "cat"))
     model.save(tmp_path / "model.keras")
     main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "export" / "to_tflite.py"))["main"]
-    assert main(["--model", str(tmp_path / "model.keras"), "--out", str(tmp_path / "float.tflite"),
-                 "--frozen-bits", "32", "--epochs", "3", "--train-examples", "7"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(tmp_path / "model.keras"),
+                "--out",
+                str(tmp_path / "float.tflite"),
+                "--frozen-bits",
+                "32",
+                "--epochs",
+                "3",
+                "--train-examples",
+                "7",
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     assert json.loads(out)["method"] == "tinytl-b"  # stdout is exactly the result
     assert "export: converting to TFLite" in err and "schedule of 21 steps" in err
@@ -194,7 +223,9 @@ def test_variables_that_start_at_zero_have_no_constant_in_the_file(backbone, tmp
     data = path.read_bytes()
     assert "FILL" in meta["ops"]
     assert tflite_model.fill_zero_initial_values(data)[1] == 0  # no constant of zeros left for a variable
-    weights = Interpreter(model_path=str(path)).get_signature_runner(contract.SIGNATURE_GET_WEIGHTS)(unused=np.float32(0))
+    weights = Interpreter(model_path=str(path)).get_signature_runner(contract.SIGNATURE_GET_WEIGHTS)(
+        unused=np.float32(0)
+    )
     for w in meta["weights"]:
         if w["kind"] == "trainable":
             want = next(v.numpy() for v in model.trainable_weights if weight_tensor_name(v.path) == w["name"])

@@ -30,8 +30,9 @@ def test_symmetric_padding_grouped_and_depthwise():
     y = grouped(x)
     xp = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
     k = grouped.kernel.numpy()
-    expected = np.concatenate([tf.nn.conv2d(xp[..., :2], k[..., :3], 2, "VALID"),
-                               tf.nn.conv2d(xp[..., 2:], k[..., 3:], 2, "VALID")], axis=-1)
+    expected = np.concatenate(
+        [tf.nn.conv2d(xp[..., :2], k[..., :3], 2, "VALID"), tf.nn.conv2d(xp[..., 2:], k[..., 3:], 2, "VALID")], axis=-1
+    )
     np.testing.assert_allclose(y, expected, atol=1e-5)
     dw = FoldedConv2D(4, 3, 1, depthwise=True, use_scale=False, use_bias=False)
     np.testing.assert_allclose(dw(x), tf.nn.depthwise_conv2d(xp, dw.kernel, [1, 1, 1, 1], "VALID"), atol=1e-5)
@@ -67,13 +68,18 @@ def test_freeze_flags_are_weight_trainability():
     assert [w.name for w in norm.trainable_weights] == ["beta"]
 
 
-@pytest.mark.parametrize("layer", [
-    FoldedConv2D(8, 5, 2, groups=2, activation="relu", train_kernel=True, train_scale=True, train_bias=False),
-    GroupNorm(4, train_gamma=False, gamma_initializer="zeros"),
-    LiteResidual(16, 3, 2, groups=4, train_final_beta=False),
-    MBBlock(BlockConfig(5, 1, 8, mid=24, shortcut=True, lite=LiteConfig(3, 2)), "same", TrainableSet(main_bias=True)),
-    Classifier(7, dropout=0.3, train=False),
-])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        FoldedConv2D(8, 5, 2, groups=2, activation="relu", train_kernel=True, train_scale=True, train_bias=False),
+        GroupNorm(4, train_gamma=False, gamma_initializer="zeros"),
+        LiteResidual(16, 3, 2, groups=4, train_final_beta=False),
+        MBBlock(
+            BlockConfig(5, 1, 8, mid=24, shortcut=True, lite=LiteConfig(3, 2)), "same", TrainableSet(main_bias=True)
+        ),
+        Classifier(7, dropout=0.3, train=False),
+    ],
+)
 def test_config_round_trip(layer):
     config = layer.get_config()
     clone = type(layer).from_config(config)

@@ -39,8 +39,10 @@ TOLERANCE_MB = 0.1
 
 @pytest.fixture(scope="module")
 def proxyless_tables():
-    return {r: {row["method"]: row for row in method_table("proxylessnas-mobile", r, 8, num_classes=102)}
-            for r in RESOLUTIONS}
+    return {
+        r: {row["method"]: row for row in method_table("proxylessnas-mobile", r, 8, num_classes=102)}
+        for r in RESOLUTIONS
+    }
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -73,9 +75,14 @@ def test_rows_are_consistent(proxyless_tables):
 
 def _micro(trainable):
     """32 px: 3x3 s2 stem -> 8 ch (ReLU6), one depthwise block 8 -> 8 with an identity shortcut, 2 classes."""
-    return NetConfig(name="micro", resolution=32, stem=ConvConfig(out=8, kernel=3, stride=2),
-                     blocks=(BlockConfig(kernel=3, stride=1, out=8, shortcut=True),), num_classes=2,
-                     trainable=trainable)
+    return NetConfig(
+        name="micro",
+        resolution=32,
+        stem=ConvConfig(out=8, kernel=3, stride=2),
+        blocks=(BlockConfig(kernel=3, stride=1, out=8, shortcut=True),),
+        num_classes=2,
+        trainable=trainable,
+    )
 
 
 def test_rules_by_hand():
@@ -97,11 +104,19 @@ def test_rules_by_hand():
     assert report.activation_bytes == 3 * 24576
     assert report.total_bytes == report.params_bytes + report.activation_bytes
     kinds = [(leaf.kind, leaf.name) for leaf in leaves(full)]
-    assert kinds == [("conv", "stem/conv"), ("norm", "stem/norm"), ("relu6", "stem/relu6"),
-                     ("conv", "block_0/depthwise/conv"), ("norm", "block_0/depthwise/norm"),
-                     ("relu6", "block_0/depthwise/relu6"), ("conv", "block_0/project/conv"),
-                     ("norm", "block_0/project/norm"), ("add", "block_0/shortcut"), ("pool", "head/pool"),
-                     ("linear", "head/linear")]
+    assert kinds == [
+        ("conv", "stem/conv"),
+        ("norm", "stem/norm"),
+        ("relu6", "stem/relu6"),
+        ("conv", "block_0/depthwise/conv"),
+        ("norm", "block_0/depthwise/norm"),
+        ("relu6", "block_0/depthwise/relu6"),
+        ("conv", "block_0/project/conv"),
+        ("norm", "block_0/project/norm"),
+        ("add", "block_0/shortcut"),
+        ("pool", "head/pool"),
+        ("linear", "head/linear"),
+    ]
     head = leaves(full)[-1]
     assert (head.in_numel, head.out_numel, head.saved_bytes, head.tmp_bytes) == (8, 2, 32, 40)
 
@@ -214,12 +229,14 @@ def test_format_table_and_plot(tmp_path):
 
 def test_analytic_model_needs_no_tensorflow():
     """The super-net search calls it thousands of times: no TF import, no model construction."""
-    code = ("import sys; from tinytl_tf.memory import training_memory; from tinytl_tf.config import *; "
-            "cfg = NetConfig(name='m', resolution=64, stem=ConvConfig(out=8, kernel=3, stride=2), num_classes=2, "
-            "blocks=(BlockConfig(3, 1, 8), BlockConfig(5, 2, 16, mid=24, lite=LiteConfig(kernel=3))), "
-            "trainable=TrainableSet(main_bias=True, lite_kernel=True)); "
-            "assert training_memory(cfg, 8).total_bytes > 0; "
-            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'")
+    code = (
+        "import sys; from tinytl_tf.memory import training_memory; from tinytl_tf.config import *; "
+        "cfg = NetConfig(name='m', resolution=64, stem=ConvConfig(out=8, kernel=3, stride=2), num_classes=2, "
+        "blocks=(BlockConfig(3, 1, 8), BlockConfig(5, 2, 16, mid=24, lite=LiteConfig(kernel=3))), "
+        "trainable=TrainableSet(main_bias=True, lite_kernel=True)); "
+        "assert training_memory(cfg, 8).total_bytes > 0; "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 

@@ -21,8 +21,12 @@ from tinytl_tf.memory.analytic import method_table
 from tinytl_tf.memory.measure import MeasurementError, dynamic_memory, measure_tflite, probe_memory, static_memory
 
 OP = schema.BuiltinOperator
-F32, I32, BOOL, RESOURCE = (schema.TensorType.FLOAT32, schema.TensorType.INT32, schema.TensorType.BOOL,
-                            schema.TensorType.RESOURCE)
+F32, I32, BOOL, RESOURCE = (
+    schema.TensorType.FLOAT32,
+    schema.TensorType.INT32,
+    schema.TensorType.BOOL,
+    schema.TensorType.RESOURCE,
+)
 
 
 def _flatbuffer(subgraphs, buffers, signatures):
@@ -92,30 +96,54 @@ def hand_built_model():
     infer (subgraph 2) is a MUL by its own 25-float constant. Buffers: 1 = 4 floats shared by `w` and `w2`,
     2 = int32[2] axes, 3 = int32[1] shape, 4 = v's initial value, 5 = u's initial value, 6 = infer's constant."""
     act = [1, 8, 8, 4]  # 256 elements: 1024 B as float32, 256 B as bool
-    train_tensors = [("x", act, F32, 0), ("w", [4], F32, 1), ("w2", [4], F32, 1), ("h", [], RESOURCE, 0),
-                     ("r", [4], F32, 0), ("a", act, F32, 0), ("b", act, F32, 0), ("mask", act, BOOL, 0),
-                     ("c", act, F32, 0), ("d", act, F32, 0), ("axes", [2], I32, 2), ("s", [1, 4], F32, 0),
-                     ("shape", [1], I32, 3), ("n", [4], F32, 0)]
-    train_ops = [(OP.CALL_ONCE, [], [], _options("CallOnceOptions", initSubgraphIndex=1)),
-                 (OP.VAR_HANDLE, [], [3], _var_handle("v")),
-                 (OP.READ_VARIABLE, [3], [4], None),
-                 (OP.MUL, [0, 1], [5], None),  # x dies here
-                 (OP.RELU, [5], [6], None),
-                 (OP.GREATER, [5, 2], [7], None),  # a dies here; live: r a b mask = 16 + 1024 + 1024 + 256
-                 (OP.ADD, [6, 4], [8], None),  # r, b die; live: r b mask c = the same 2320 (the first op counts)
-                 (OP.SELECT_V2, [7, 8, 2], [9], None),
-                 (OP.MEAN, [9, 10], [11], None),
-                 (OP.RESHAPE, [11, 12], [13], None),
-                 (OP.ASSIGN_VARIABLE, [3, 13], [], None)]
+    train_tensors = [
+        ("x", act, F32, 0),
+        ("w", [4], F32, 1),
+        ("w2", [4], F32, 1),
+        ("h", [], RESOURCE, 0),
+        ("r", [4], F32, 0),
+        ("a", act, F32, 0),
+        ("b", act, F32, 0),
+        ("mask", act, BOOL, 0),
+        ("c", act, F32, 0),
+        ("d", act, F32, 0),
+        ("axes", [2], I32, 2),
+        ("s", [1, 4], F32, 0),
+        ("shape", [1], I32, 3),
+        ("n", [4], F32, 0),
+    ]
+    train_ops = [
+        (OP.CALL_ONCE, [], [], _options("CallOnceOptions", initSubgraphIndex=1)),
+        (OP.VAR_HANDLE, [], [3], _var_handle("v")),
+        (OP.READ_VARIABLE, [3], [4], None),
+        (OP.MUL, [0, 1], [5], None),  # x dies here
+        (OP.RELU, [5], [6], None),
+        (OP.GREATER, [5, 2], [7], None),  # a dies here; live: r a b mask = 16 + 1024 + 1024 + 256
+        (OP.ADD, [6, 4], [8], None),  # r, b die; live: r b mask c = the same 2320 (the first op counts)
+        (OP.SELECT_V2, [7, 8, 2], [9], None),
+        (OP.MEAN, [9, 10], [11], None),
+        (OP.RESHAPE, [11, 12], [13], None),
+        (OP.ASSIGN_VARIABLE, [3, 13], [], None),
+    ]
     init_tensors = [("hv", [], RESOURCE, 0), ("v0", [4], F32, 4), ("hu", [], RESOURCE, 0), ("u0", [8], F32, 5)]
-    init_ops = [(OP.VAR_HANDLE, [], [0], _var_handle("v")), (OP.ASSIGN_VARIABLE, [0, 1], [], None),
-                (OP.VAR_HANDLE, [], [2], _var_handle("u")), (OP.ASSIGN_VARIABLE, [2, 3], [], None)]
+    init_ops = [
+        (OP.VAR_HANDLE, [], [0], _var_handle("v")),
+        (OP.ASSIGN_VARIABLE, [0, 1], [], None),
+        (OP.VAR_HANDLE, [], [2], _var_handle("u")),
+        (OP.ASSIGN_VARIABLE, [2, 3], [], None),
+    ]
     infer_tensors = [("x", act, F32, 0), ("k", [25], F32, 6), ("y", act, F32, 0)]
     infer_ops = [(OP.MUL, [0, 1], [2], None)]
     buffers = [bytes(16), bytes(8), bytes(4), bytes(16), bytes(32), bytes(100)]
-    return _flatbuffer([("train", train_tensors, train_ops, [0], [11]), ("init", init_tensors, init_ops, [], []),
-                        ("infer", infer_tensors, infer_ops, [0], [2])], buffers,
-                       {"train": (0, [("x", 0)], [("s", 11)]), "infer": (2, [("x", 0)], [("y", 2)])})
+    return _flatbuffer(
+        [
+            ("train", train_tensors, train_ops, [0], [11]),
+            ("init", init_tensors, init_ops, [], []),
+            ("infer", infer_tensors, infer_ops, [0], [2]),
+        ],
+        buffers,
+        {"train": (0, [("x", 0)], [("s", 11)]), "infer": (2, [("x", 0)], [("y", 2)])},
+    )
 
 
 def test_static_peak_of_a_hand_built_graph(tmp_path):
@@ -124,7 +152,11 @@ def test_static_peak_of_a_hand_built_graph(tmp_path):
     assert train.peak_activation_bytes == 16 + 1024 + 1024 + 256
     assert train.peak_op == "5 GREATER"
     assert [(p.name, p.bytes, p.producer) for p in train.peak_tensors] == [
-        ("a", 1024, "3 MUL"), ("b", 1024, "4 RELU"), ("mask", 256, "5 GREATER"), ("r", 16, "2 READ_VARIABLE")]
+        ("a", 1024, "3 MUL"),
+        ("b", 1024, "4 RELU"),
+        ("mask", 256, "5 GREATER"),
+        ("r", 16, "2 READ_VARIABLE"),
+    ]
     assert train.peak_by_op == {"MUL": 1024, "RELU": 1024, "GREATER": 256, "READ_VARIABLE": 16}
     assert train.constant_bytes == 16 + 8 + 4 + 16 + 32  # w and w2 share one buffer; the init subgraph's count
     assert train.variable_bytes == 16 + 32  # v and u, both initialised by the CALL_ONCE subgraph
@@ -247,12 +279,19 @@ def test_a_killed_probe_is_an_error(ft_full):
 _find_spec = importlib.util.find_spec
 
 
-@pytest.mark.parametrize("target,name,value,message", [
-    (sys, "executable", "/nonexistent/python", "cannot start"),
-    (measure, "PROC_STATUS", "/nonexistent/status", "/proc"),
-    (importlib.util, "find_spec", lambda name, *a: None if name == "ai_edge_litert" else _find_spec(name, *a),
-     "pip install ai-edge-litert"),
-])
+@pytest.mark.parametrize(
+    "target,name,value,message",
+    [
+        (sys, "executable", "/nonexistent/python", "cannot start"),
+        (measure, "PROC_STATUS", "/nonexistent/status", "/proc"),
+        (
+            importlib.util,
+            "find_spec",
+            lambda name, *a: None if name == "ai_edge_litert" else _find_spec(name, *a),
+            "pip install ai-edge-litert",
+        ),
+    ],
+)
 @pytest.mark.slow
 def test_a_machine_that_cannot_measure_is_a_clear_error(ft_full, monkeypatch, target, name, value, message):
     monkeypatch.setattr(target, name, value)
@@ -272,8 +311,20 @@ def test_bad_measurement_requests(ft_full):
 
 @pytest.mark.slow
 def test_cli_measures_a_small_backbone(capsys):
-    args = ["memory", "--backbone", "mcunet-5fps", "--resolution", "48", "--batch-size", "1", "--methods", "ft-last",
-            "--no-lite-for-all", "--measure", "--json"]
+    args = [
+        "memory",
+        "--backbone",
+        "mcunet-5fps",
+        "--resolution",
+        "48",
+        "--batch-size",
+        "1",
+        "--methods",
+        "ft-last",
+        "--no-lite-for-all",
+        "--measure",
+        "--json",
+    ]
     assert main(args) == 0
     out, err = capsys.readouterr()
     (row,) = json.loads(out)
@@ -286,13 +337,16 @@ def test_cli_measures_a_small_backbone(capsys):
     assert "[1/1] ft-last: exporting" in err and "[1/1] ft-last: measuring" in err
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--methods", "ft-all"], "tinytl-lb"),
-    (["--backbone", "resnet-50"], "mobilenet-v1"),
-    (["--resolution", "31"], "resolution"),
-    (["--resolution", "32"], "cannot take 32 px"),
-    (["--timeout", "0"], "timeout"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--methods", "ft-all"], "tinytl-lb"),
+        (["--backbone", "resnet-50"], "mobilenet-v1"),
+        (["--resolution", "31"], "resolution"),
+        (["--resolution", "32"], "cannot take 32 px"),
+        (["--timeout", "0"], "timeout"),
+    ],
+)
 def test_cli_bad_input_exits_2(capsys, extra, message):
     assert main(["memory", "--backbone", "mcunet-5fps", "--measure", *extra]) == 2
     err = capsys.readouterr().err

@@ -71,7 +71,7 @@ def cli(capsys, *args):
 
 def checkpoint_weights(path):
     with np.load(path, allow_pickle=False) as z:
-        return {k[len(WEIGHT_PREFIX):]: z[k] for k in z.files if k.startswith(WEIGHT_PREFIX)}
+        return {k[len(WEIGHT_PREFIX) :]: z[k] for k in z.files if k.startswith(WEIGHT_PREFIX)}
 
 
 def checkpoint_meta(path):
@@ -96,8 +96,14 @@ codes = [main(["evaluate", "--model", m, "--data", d]),
 heavy = sorted(n for n in sys.modules if n.split(".")[0] in ("tensorflow", "keras", "tf_keras", "tensorflow_datasets"))
 print(json.dumps({{"codes": codes, "heavy": heavy}}))
 """
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert json.loads(lines[-1]) == {"codes": [0, 0, 0], "heavy": []}
@@ -111,9 +117,16 @@ def test_training_learns_and_evaluate_matches_the_interpreter(model_path, data, 
     ck = tmp_path / "ck.npz"
     code, before, _ = cli(capsys, "evaluate", "--model", model_path, "--data", data)
     assert code == 0
-    code, summary, err = cli(capsys, "train", "--model", model_path, "--data", data, "--epochs", EPOCHS, "--checkpoint", ck)
+    code, summary, err = cli(
+        capsys, "train", "--model", model_path, "--data", data, "--epochs", EPOCHS, "--checkpoint", ck
+    )
     assert code == 0, err
-    assert (summary["epochs"], summary["global_steps"], summary["skipped"], summary["rolled_back"]) == (EPOCHS, EPOCHS * TRAIN_STEPS, 1, 0)
+    assert (summary["epochs"], summary["global_steps"], summary["skipped"], summary["rolled_back"]) == (
+        EPOCHS,
+        EPOCHS * TRAIN_STEPS,
+        1,
+        0,
+    )
     assert summary["history"][-1]["loss"] < summary["history"][0]["loss"]
     assert f"epoch {EPOCHS}/{EPOCHS}  step {TRAIN_STEPS}/{TRAIN_STEPS}" in err  # the progress line
     code, after, _ = cli(capsys, "evaluate", "--model", model_path, "--data", data, "--checkpoint", ck)
@@ -148,7 +161,9 @@ def test_preprocessing_is_imageio_and_equals_the_desktop_pipeline(model_path, da
     seen = {"infer": [], "train": []}
     infer, train = DeviceModel.infer, DeviceModel.train
     monkeypatch.setattr(DeviceModel, "infer", lambda self, x: seen["infer"].append(x.copy()) or infer(self, x))
-    monkeypatch.setattr(DeviceModel, "train", lambda self, x, y, lr: seen["train"].append(x.copy()) or train(self, x, y, lr))
+    monkeypatch.setattr(
+        DeviceModel, "train", lambda self, x, y, lr: seen["train"].append(x.copy()) or train(self, x, y, lr)
+    )
     evaluate_folder(model_path, data)
     train_folder(model_path, data, 1, tmp_path / "ck.npz", seed=5)
 
@@ -165,7 +180,9 @@ def test_preprocessing_is_imageio_and_equals_the_desktop_pipeline(model_path, da
     assert len(seen["train"]) == len(order) == TRAIN_STEPS
     for i, got in enumerate(seen["train"]):
         image = imageio.load_rgb(split.train[order[i]][0])
-        np.testing.assert_array_equal(got, imageio.normalize(imageio.train_transform(image, 36, item_rng(5, 0, i)), mean, std)[None])
+        np.testing.assert_array_equal(
+            got, imageio.normalize(imageio.train_transform(image, 36, item_rng(5, 0, i)), mean, std)[None]
+        )
 
     from tinytl_tf.data import load_eval_folder  # the desktop tf.data pipeline (test side only)
 
@@ -180,7 +197,11 @@ def test_resume_equals_an_uninterrupted_run(model_path, data, tmp_path):
     first = train_folder(model_path, data, 1, resumed_ck, seed=3)
     second = train_folder(model_path, data, 2, resumed_ck, seed=3)
     straight = train_folder(model_path, data, 2, straight_ck, seed=3)
-    assert first["resumed"] is None and second["resumed"] == {"checkpoint": str(resumed_ck), "epoch": 1, "step_in_epoch": 0}
+    assert first["resumed"] is None and second["resumed"] == {
+        "checkpoint": str(resumed_ck),
+        "epoch": 1,
+        "step_in_epoch": 0,
+    }
     assert second["steps"] == TRAIN_STEPS and second["global_steps"] == straight["global_steps"] == 2 * TRAIN_STEPS
     assert_same_weights(checkpoint_weights(resumed_ck), checkpoint_weights(straight_ck))
     assert [h["loss"] for h in second["history"]] == pytest.approx([h["loss"] for h in straight["history"]], abs=1e-6)
@@ -192,10 +213,29 @@ def test_sigkill_while_writing_a_checkpoint_loses_nothing(model_path, data, tmp_
     ck = tmp_path / "ck.npz"
     temps = lambda: sorted(tmp_path.glob(".ck.npz.*.tmp"))  # noqa: E731
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tinytl_tf.ondevice", "train", "--model", str(model_path), "--data", str(data),
-         "--epochs", "2", "--checkpoint", str(ck), "--checkpoint-every", "1", "--seed", "3"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), PAUSE_ENV: "0.2"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "tinytl_tf.ondevice",
+            "train",
+            "--model",
+            str(model_path),
+            "--data",
+            str(data),
+            "--epochs",
+            "2",
+            "--checkpoint",
+            str(ck),
+            "--checkpoint-every",
+            "1",
+            "--seed",
+            "3",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), PAUSE_ENV: "0.2"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while not (ck.with_name("ck.npz.prev").exists() and temps()):  # a third write sits in its pause
@@ -231,7 +271,9 @@ def test_foreign_checkpoint_is_refused_and_untouched(model_path, data, tmp_path,
     before = foreign.read_bytes()
     for command in (("train", "--data", data, "--epochs", 2), ("evaluate", "--data", data)):
         code, _, err = cli(capsys, *command, "--model", model_path, "--checkpoint", foreign)
-        assert code == 2 and err.splitlines()[-1].startswith("error: checkpoint") and "belongs to another model" in err, err
+        assert (
+            code == 2 and err.splitlines()[-1].startswith("error: checkpoint") and "belongs to another model" in err
+        ), err
     left = sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock")  # lock files stay (see _exclusive)
     assert foreign.read_bytes() == before and left == ["ck.npz", "foreign.npz"]
 
@@ -262,8 +304,16 @@ def test_bad_inputs_are_rejected_before_any_change(model_path, data):
     before = model.get_weights()
     nan, inf = x.copy(), x.copy()
     nan[0, 3, 4, 1], inf[0, 0, 0, 0] = np.nan, np.inf
-    bad = [(x, 3, "outside"), (x, -1, "outside"), (x, np.array([0.5]), "integer"), (nan, 0, "NaN"), (inf, 0, "NaN"),
-           (x.astype(np.float64) * 1e300, 0, "NaN"), (x[:, :20], 0, "shape"), ((x * 128 + 128).astype(np.uint8), 0, "float32")]
+    bad = [
+        (x, 3, "outside"),
+        (x, -1, "outside"),
+        (x, np.array([0.5]), "integer"),
+        (nan, 0, "NaN"),
+        (inf, 0, "NaN"),
+        (x.astype(np.float64) * 1e300, 0, "NaN"),
+        (x[:, :20], 0, "shape"),
+        ((x * 128 + 128).astype(np.uint8), 0, "float32"),
+    ]
     for image, label, message in bad:
         with pytest.raises(InputError, match=message):
             trainer.train_step(image, label)
@@ -319,15 +369,29 @@ def _rename_probabilities(meta):
 NOT_OURS = {
     "no model.json": (lambda m, d: _copy_model(m, d, with_json=False), "has no model.json beside it"),
     "wrong format": (lambda m, d: _copy_model(m, d, lambda j: {**j, "format": "other/v9"}), "format 'other/v9'"),
-    "wrong fingerprint": (lambda m, d: _copy_model(m, d, lambda j: {**j, "fingerprint": "0" * 64}), "describes another file"),
-    "missing signature": (lambda m, d: _copy_model(m, d, lambda j: {**j, "signatures": {**j["signatures"], "finetune": j["signatures"]["train"]}}),
-                          "signature 'finetune' named in .* is missing from"),
-    "missing tensor": (lambda m, d: _copy_model(m, d, _rename_probabilities), "lacks the outputs \\['probabilities'\\]"),
+    "wrong fingerprint": (
+        lambda m, d: _copy_model(m, d, lambda j: {**j, "fingerprint": "0" * 64}),
+        "describes another file",
+    ),
+    "missing signature": (
+        lambda m, d: _copy_model(
+            m, d, lambda j: {**j, "signatures": {**j["signatures"], "finetune": j["signatures"]["train"]}}
+        ),
+        "signature 'finetune' named in .* is missing from",
+    ),
+    "missing tensor": (
+        lambda m, d: _copy_model(m, d, _rename_probabilities),
+        "lacks the outputs \\['probabilities'\\]",
+    ),
     "random bytes": (_random_bytes, "is not a TFLite model"),
-    "labels reordered": (lambda m, d: _copy_model(m, d, lambda j: {**j, "labels": j["labels"][::-1]}, reseal=False),
-                         "was changed after export"),
-    "normalization edited": (lambda m, d: _copy_model(m, d, lambda j: {**j, "input": {**j["input"], "mean": [0, 0, 0]}},
-                                                      reseal=False), "was changed after export"),
+    "labels reordered": (
+        lambda m, d: _copy_model(m, d, lambda j: {**j, "labels": j["labels"][::-1]}, reseal=False),
+        "was changed after export",
+    ),
+    "normalization edited": (
+        lambda m, d: _copy_model(m, d, lambda j: {**j, "input": {**j["input"], "mean": [0, 0, 0]}}, reseal=False),
+        "was changed after export",
+    ),
     "deeply nested": (lambda m, d: _nested(_copy_model(m, d)), "nested too deeply"),
 }
 
@@ -375,8 +439,10 @@ def test_checkpoint_files_that_are_not_checkpoints(model_path, data, tmp_path, c
         z.writestr("config.json", "{}")
         z.writestr("model.weights.h5", b"\0" * 64)
     pickled.write_bytes(pickle.dumps({"epoch": 1}))
-    for path, message in ((keras_file, "a model.keras, for one, is a trained model, not a checkpoint"),
-                          (pickled, "not an .npz archive")):
+    for path, message in (
+        (keras_file, "a model.keras, for one, is a trained model, not a checkpoint"),
+        (pickled, "not an .npz archive"),
+    ):
         before = path.read_bytes()
         for command in (("train", "--data", data, "--epochs", 1), ("evaluate", "--data", data)):
             code, _, err = cli(capsys, *command, "--model", model_path, "--checkpoint", path)
@@ -399,13 +465,16 @@ def test_checkpoint_state_of_the_wrong_type_is_one_line(model_path, data, tmp_pa
 
 
 def test_checkpoint_folder_is_created_lock_refuses_a_second_trainer_and_a_finished_run_says_so(
-        model_path, data, tmp_path, capsys):
+    model_path, data, tmp_path, capsys
+):
     import fcntl
 
     ck = tmp_path / "new" / "deeper" / "ck.npz"
     umask = os.umask(0o027)
     try:
-        code, summary, _ = cli(capsys, "train", "--model", model_path, "--data", data, "--epochs", 1, "--checkpoint", ck)
+        code, summary, _ = cli(
+            capsys, "train", "--model", model_path, "--data", data, "--epochs", 1, "--checkpoint", ck
+        )
     finally:
         os.umask(umask)
     assert code == 0 and ck.is_file() and summary["epochs"] == 1
@@ -424,8 +493,9 @@ def test_a_diverging_run_keeps_the_checkpoint_it_started_from(model_path, data, 
     ck = tmp_path / "ck.npz"
     train_folder(model_path, data, 2, ck)
     good, good_prev = ck.read_bytes(), Path(f"{ck}.prev").read_bytes()
-    code, _, err = cli(capsys, "train", "--model", model_path, "--data", data, "--epochs", 3, "--checkpoint", ck,
-                       "--lr", "1e6")
+    code, _, err = cli(
+        capsys, "train", "--model", model_path, "--data", data, "--epochs", 3, "--checkpoint", ck, "--lr", "1e6"
+    )
     assert code == 1 and "training got worse" in err and "was not replaced" in err, err
     assert ck.read_bytes() == good and Path(f"{ck}.prev").read_bytes() == good_prev
 

@@ -86,21 +86,26 @@ KINDS = ["g1", "g2", "dw"]  # groups 1, groups 2, depthwise
 
 
 # Convolutions: every stride/size/kernel/kind/batch combination with "same"-style pads, plus odd explicit pads.
-CONV_CASES = [
-    (stride, size, k, kind, batch, ((k // 2, k // 2), (k // 2, k // 2)))
-    for stride, size, k, kind, batch in itertools.product([1, 2], [7, 8, 9], [1, 3, 5, 7], KINDS, [1, 2])
-] + [
-    (2, 9, 3, kind, 2, ((0, 1), (1, 0))) for kind in KINDS
-] + [
-    (2, 8, 5, kind, 1, ((3, 0), (0, 2))) for kind in KINDS
-] + [
-    (2, 7, 1, kind, 2, ((1, 2), (2, 1))) for kind in KINDS  # pads wider than the kernel
-] + [
-    (2, 7, 7, kind, 1, ((0, 0), (0, 0))) for kind in KINDS  # one output pixel
-] + [
-    (2, size, k, kind, 1, ((k // 2, k // 2 - 1), (k // 2, k // 2 - 1)))  # even kernels: stride divides k
-    for size, k, kind in itertools.product([8, 9], [2, 4], KINDS)
-]
+CONV_CASES = (
+    [
+        (stride, size, k, kind, batch, ((k // 2, k // 2), (k // 2, k // 2)))
+        for stride, size, k, kind, batch in itertools.product([1, 2], [7, 8, 9], [1, 3, 5, 7], KINDS, [1, 2])
+    ]
+    + [(2, 9, 3, kind, 2, ((0, 1), (1, 0))) for kind in KINDS]
+    + [(2, 8, 5, kind, 1, ((3, 0), (0, 2))) for kind in KINDS]
+    + [
+        (2, 7, 1, kind, 2, ((1, 2), (2, 1)))
+        for kind in KINDS  # pads wider than the kernel
+    ]
+    + [
+        (2, 7, 7, kind, 1, ((0, 0), (0, 0)))
+        for kind in KINDS  # one output pixel
+    ]
+    + [
+        (2, size, k, kind, 1, ((k // 2, k // 2 - 1), (k // 2, k // 2 - 1)))  # even kernels: stride divides k
+        for size, k, kind in itertools.product([8, 9], [2, 4], KINDS)
+    ]
+)
 
 
 @pytest.mark.parametrize("stride,size,k,kind,batch,pads", CONV_CASES)
@@ -255,8 +260,15 @@ def test_group_norm_keeps_one_normalised_copy(gamma_grad):
 
 # Builtins only: convert a forward + backward chain through every op and run it in LiteRT.
 PARAMS = {
-    "k1": (3, 3, 3, 8), "s1": (8,), "b1": (8,), "k2": (3, 3, 8, 1), "k3": (3, 3, 4, 8),
-    "g3": (8,), "be3": (8,), "kd": (8, 5), "bd": (5,),
+    "k1": (3, 3, 3, 8),
+    "s1": (8,),
+    "b1": (8,),
+    "k2": (3, 3, 8, 1),
+    "k3": (3, 3, 4, 8),
+    "g3": (8,),
+    "be3": (8,),
+    "kd": (8, 5),
+    "bd": (5,),
 }
 BATCH, LABELS = 2, np.array([1, 3], np.int32)
 
@@ -309,7 +321,7 @@ def test_litert_builtins_only_training_graph(full):
     sg = tflite_model.read(data)[0]
     loss_at = next(i for i, op in enumerate(sg.ops) if op.name == "LOG_SOFTMAX")
     produced = {t for op in sg.ops[:loss_at] for t in op.outputs}
-    kept = {t for op in sg.ops[loss_at + 1:] for t in op.inputs if t in produced}
+    kept = {t for op in sg.ops[loss_at + 1 :] for t in op.inputs if t in produced}
     kept_types = {sg.tensors[t].dtype for t in kept}
     assert "uint8" in kept_types and not kept_types & {"bool", "int32"}, kept_types
     producer = {t: op for op in sg.ops[:loss_at] for t in op.outputs}

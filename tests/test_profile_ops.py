@@ -32,8 +32,9 @@ def model_path(tmp_path_factory):
 
     module = Tiny()
     path = tmp_path_factory.mktemp("model") / "tiny.tflite"
-    path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([module.run.get_concrete_function()],
-                                                                     module).convert())
+    path.write_bytes(
+        tf.lite.TFLiteConverter.from_concrete_functions([module.run.get_concrete_function()], module).convert()
+    )
     return path
 
 
@@ -48,7 +49,10 @@ def test_builtin_reports_every_graph_op_once_per_run(model_path):
     for i, op in enumerate(graph.ops):
         out = graph.tensors[op.outputs[0]]
         assert (ops[f"sg0/op{i}"]["type"], ops[f"sg0/op{i}"]["shape"], ops[f"sg0/op{i}"]["tensor"]) == (
-            op.name, list(out.shape), out.name)
+            op.name,
+            list(out.shape),
+            out.name,
+        )
     times = [row["ms"] for row in result["by_type"]] + [op["ms"] for op in result["ops"]]
     assert min(times) >= 0 and result["plain_run_ms"] > 0
     assert sum(row["ms"] for row in result["by_type"]) == pytest.approx(result["op_ms"])

@@ -10,9 +10,28 @@ from tinytl_tf.train import train_job
 pytestmark = pytest.mark.slow  # trains on real images
 
 # the first 20 classes (alphabetically) with >= 40 train and >= 15 test images that are not in the demo subset
-CLASSES = ("Faces", "brain", "buddha", "butterfly", "car_side", "chair", "cougar_face", "crab", "crayfish", "dalmatian",
-           "dolphin", "dragonfly", "electric_guitar", "elephant", "euphonium", "ewer", "ferry", "flamingo",
-           "grand_piano", "helicopter")
+CLASSES = (
+    "Faces",
+    "brain",
+    "buddha",
+    "butterfly",
+    "car_side",
+    "chair",
+    "cougar_face",
+    "crab",
+    "crayfish",
+    "dalmatian",
+    "dolphin",
+    "dragonfly",
+    "electric_guitar",
+    "elephant",
+    "euphonium",
+    "ewer",
+    "ferry",
+    "flamingo",
+    "grand_piano",
+    "helicopter",
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +51,17 @@ def test_tinytl_lb_beats_ft_last_on_caltech(caltech20, tmp_path):
     acc = {}
     for method, lr in (("ft-last", 1e-2), ("tinytl-lb", 3e-3)):
         keras.utils.set_random_seed(0)
-        _, metrics = train_job(caltech20, "mcunet-5fps", method, tmp_path / method, epochs=5, batch_size=8, lr=lr,
-                               verbose=0, load_data=load)
+        _, metrics = train_job(
+            caltech20,
+            "mcunet-5fps",
+            method,
+            tmp_path / method,
+            epochs=5,
+            batch_size=8,
+            lr=lr,
+            verbose=0,
+            load_data=load,
+        )
         assert metrics["test_examples"] == 20 * 15 and metrics["num_classes"] == 20
         acc[method] = metrics["test_accuracy"]
     assert acc["ft-last"] > 0.5  # far above chance (5%): the pretrained features transfer

@@ -30,6 +30,7 @@ def spec():
 
 # --- space -------------------------------------------------------------------------------------------------------
 
+
 def test_space_imports_no_tensorflow():
     code = "import sys, tinytl_tf.supernet.space; sys.exit(int('tensorflow' in sys.modules or 'keras' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
@@ -88,8 +89,10 @@ def test_encode_is_one_hot_and_ignores_dropped_blocks(spec):
     deep_stage = next(i for i, c in enumerate(spec.depth_choices) if len(c) > 1)
     shallow = dataclasses.replace(a, depths=tuple(2 if i == deep_stage else d for i, d in enumerate(a.depths)))
     dropped = spec.stages[deep_stage][2]
-    other_kernel = dataclasses.replace(shallow, lite_kernels=tuple(
-        (3 if k == 5 else 5) if p == dropped else k for p, k in enumerate(shallow.lite_kernels)))
+    other_kernel = dataclasses.replace(
+        shallow,
+        lite_kernels=tuple((3 if k == 5 else 5) if p == dropped else k for p, k in enumerate(shallow.lite_kernels)),
+    )
     full, cut = space.encode(spec, a), space.encode(spec, shallow)
     # one hot per kept gene: resolution + depths + 4 genes per kept slot
     assert full.sum() == 1 + len(spec.stages) + 4 * len(spec.slots)
@@ -117,20 +120,29 @@ def test_subnet_config_builds_the_chosen_blocks(spec):
     kept = space.active_slots(spec, a)
     for block, p in zip(cfg.blocks[1:], kept):
         s = spec.slots[p]
-        assert block == BlockConfig(kernel=3, stride=s.stride, out=s.out, mid=space.make_divisible(3 * s.in_channels),
-                                    shortcut=s.shortcut, lite=LiteConfig(kernel=3, groups=4))
+        assert block == BlockConfig(
+            kernel=3,
+            stride=s.stride,
+            out=s.out,
+            mid=space.make_divisible(3 * s.in_channels),
+            shortcut=s.shortcut,
+            lite=LiteConfig(kernel=3, groups=4),
+        )
     assert cfg.resolution == 96 and cfg.method == "tinytl-b" and not cfg.trainable.lite_kernel
 
 
-@pytest.mark.parametrize("change,field", [
-    ({"kernels": 4}, "subnet.config.kernels[0]"),
-    ({"depths": 5}, "subnet.config.depths[3]"),
-    ({"expands": 7}, "subnet.config.expands[0]"),
-    ({"lite_groups": 3}, "subnet.config.lite_groups[0]"),
-    ({"resolution": 100}, "subnet.config.resolution"),
-    ({"width": 1}, "unknown field(s) ['width']"),
-    ({"kernels": None}, "subnet.config.kernels"),
-])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"kernels": 4}, "subnet.config.kernels[0]"),
+        ({"depths": 5}, "subnet.config.depths[3]"),
+        ({"expands": 7}, "subnet.config.expands[0]"),
+        ({"lite_groups": 3}, "subnet.config.lite_groups[0]"),
+        ({"resolution": 100}, "subnet.config.resolution"),
+        ({"width": 1}, "unknown field(s) ['width']"),
+        ({"kernels": None}, "subnet.config.kernels"),
+    ],
+)
 def test_bad_arch_dicts_name_the_field(spec, change, field):
     d = space.backbone_arch(spec).to_dict()
     for key, value in change.items():
@@ -156,6 +168,7 @@ def test_arch_dict_round_trip(spec):
 
 # --- predictor ---------------------------------------------------------------------------------------------------
 
+
 def synthetic_objective(spec, seed=0):
     """A fixed monotone function of the encoding: a saturating weighted sum of random positive gene weights."""
     w = np.random.default_rng(seed).uniform(0.0, 1.0, space.encoding_length(spec))
@@ -170,8 +183,11 @@ def test_rank_correlations_against_hand_computed_values():
     from tinytl_tf.supernet.predictor import rank_correlations
 
     # b orders a exactly -> 1; reversed -> -1; one swapped pair of 4: Spearman 1 - 6*2/60 = 0.8, Kendall (5-1)/6
-    assert rank_correlations([1, 2, 3, 4], [10, 20, 30, 40]) == {"spearman": pytest.approx(1.0),
-                                                                 "kendall": pytest.approx(1.0), "pairs": 4}
+    assert rank_correlations([1, 2, 3, 4], [10, 20, 30, 40]) == {
+        "spearman": pytest.approx(1.0),
+        "kendall": pytest.approx(1.0),
+        "pairs": 4,
+    }
     assert rank_correlations([1, 2, 3, 4], [4, 3, 2, 1])["kendall"] == pytest.approx(-1.0)
     r = rank_correlations([1, 2, 3, 4], [1, 3, 2, 4])
     assert r["spearman"] == pytest.approx(0.8) and r["kendall"] == pytest.approx(4 / 6)
@@ -194,6 +210,7 @@ def test_predictor_learns_a_monotone_function_of_the_encoding(spec):
 
 # --- evolution ---------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def budget(spec):
     return round((space.min_memory_mb(spec) + space.memory_mb(spec, space.backbone_arch(spec))) / 2, 3)
@@ -212,7 +229,7 @@ def test_evolution_is_deterministic_respects_the_budget_and_improves(spec, budge
     # and better than as many random sub-nets within the budget as the search scored
     rng = np.random.default_rng(0)
     random_fitting = [a for a in (space.sample(spec, rng) for _ in range(400)) if space.memory_mb(spec, a) <= budget]
-    assert run.score >= max(objective(random_fitting[:16 * 6]))
+    assert run.score >= max(objective(random_fitting[: 16 * 6]))
 
 
 def test_interrupted_evolution_resumes_to_the_same_result(spec, budget, tmp_path):
@@ -251,10 +268,19 @@ def test_budget_below_the_smallest_subnet_names_it(spec):
 CLASSES = ("Faces_easy", "Leopards", "Motorbikes")
 # a small MB backbone with every kind of choice (kernels 3-7, expands 3/4/6, depths 2-3), so the end-to-end search
 # traces in seconds; the real backbones' spaces are tested above and their super-nets in test_supernet.py
-TINY_MB = NetConfig(name="tiny-mb", resolution=48, stem=ConvConfig(out=8, kernel=3, stride=2), num_classes=10,
-                    blocks=(BlockConfig(3, 1, 8), BlockConfig(7, 2, 16, mid=48),
-                            BlockConfig(5, 1, 16, mid=96, shortcut=True), BlockConfig(7, 1, 16, mid=96, shortcut=True),
-                            BlockConfig(3, 2, 24, mid=96)))
+TINY_MB = NetConfig(
+    name="tiny-mb",
+    resolution=48,
+    stem=ConvConfig(out=8, kernel=3, stride=2),
+    num_classes=10,
+    blocks=(
+        BlockConfig(3, 1, 8),
+        BlockConfig(7, 2, 16, mid=48),
+        BlockConfig(5, 1, 16, mid=96, shortcut=True),
+        BlockConfig(7, 1, 16, mid=96, shortcut=True),
+        BlockConfig(3, 2, 24, mid=96),
+    ),
+)
 TINY_RESOLUTIONS = (40, 48)
 
 
@@ -280,14 +306,39 @@ def searched(tmp_path_factory):
         for c in CLASSES:
             shutil.copytree(default_data_dir() / split / c, root / "data" / split / c)
     keras.utils.set_random_seed(0)
-    write_weights_file(root / "tiny-mb.npz", "tiny-mb", TINY_MB, {v.path: v.numpy() for v in build_model(TINY_MB).weights})
+    write_weights_file(
+        root / "tiny-mb.npz", "tiny-mb", TINY_MB, {v.path: v.numpy() for v in build_model(TINY_MB).weights}
+    )
     s = tiny_spec()
-    run = SimpleNamespace(data=root / "data", out=root / "out", backbone=root / "tiny-mb.npz",
-                          budget=round((space.min_memory_mb(s) + space.memory_mb(s, space.backbone_arch(s))) / 2, 3))
+    run = SimpleNamespace(
+        data=root / "data",
+        out=root / "out",
+        backbone=root / "tiny-mb.npz",
+        budget=round((space.min_memory_mb(s) + space.memory_mb(s, space.backbone_arch(s))) / 2, 3),
+    )
     run.args = lambda out=run.out, budget=run.budget, generations=2: [
-        "search", "--data", str(run.data), "--backbone", str(run.backbone), "--budget-mb", str(budget),
-        "--resolutions", *map(str, TINY_RESOLUTIONS), "--epochs", "1", "--pairs", "6", "--population", "8",
-        "--generations", str(generations), "--predictor-epochs", "10", "--out", str(out)]
+        "search",
+        "--data",
+        str(run.data),
+        "--backbone",
+        str(run.backbone),
+        "--budget-mb",
+        str(budget),
+        "--resolutions",
+        *map(str, TINY_RESOLUTIONS),
+        "--epochs",
+        "1",
+        "--pairs",
+        "6",
+        "--population",
+        "8",
+        "--generations",
+        str(generations),
+        "--predictor-epochs",
+        "10",
+        "--out",
+        str(out),
+    ]
     assert main(run.args()) == 0
     return run
 
@@ -335,13 +386,32 @@ def test_train_subnet_then_export(searched, tmp_path):
 
     sub = read_subnet(searched.out / "subnet.json")
     run = tmp_path / "run"
-    assert main(["train", "--subnet", str(searched.out / "subnet.json"), "--data", str(searched.data), "--epochs",
-                 "1", "--batch-size", "8", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--subnet",
+                str(searched.out / "subnet.json"),
+                "--data",
+                str(searched.data),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     model = load_trained(run / "model.keras")
     assert model.net_config == space.subnet_config(sub.spec, sub.arch, "tinytl-lb")
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["method"], metrics["resolution"], metrics["backbone"]) == (
-        "tinytl-lb", sub.arch.resolution, "tiny-mb-subnet")
+        "tinytl-lb",
+        sub.arch.resolution,
+        "tiny-mb-subnet",
+    )
     # it started from the fine-tuned super-net: its frozen weights are the extracted ones, bit for bit
     extracted = keras.saving.load_model(sub.supernet_path, compile=False).extract_subnet(sub.arch)
     frozen = {v.path: v.numpy() for v in extracted.non_trainable_weights}
@@ -366,21 +436,28 @@ def test_subnet_without_checkpoint_starts_from_the_pretrained_backbone(searched,
     fine_tuned = load_subnet(searched.out / "subnet.json")
 
     def backbone_weights(m):  # frozen weights and main biases (lite branches and the head are new, random)
-        return {v.path: v.numpy() for v in m.weights if not v.trainable or
-                (v.path.endswith("/bias") and "/lite/" not in v.path and not v.path.startswith("head/"))}
+        return {
+            v.path: v.numpy()
+            for v in m.weights
+            if not v.trainable
+            or (v.path.endswith("/bias") and "/lite/" not in v.path and not v.path.startswith("head/"))
+        }
 
     got, want, tuned = backbone_weights(model), backbone_weights(pretrained), backbone_weights(fine_tuned)
     assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in got)
     assert not all(np.array_equal(got[k], tuned[k]) for k in got)  # the search fine-tuned the main biases
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda d: d.update(extra=1), "unknown field(s) ['extra']"),
-    (lambda d: d["config"]["kernels"].__setitem__(0, 4), "subnet.config.kernels[0]: 4"),
-    (lambda d: d["config"]["depths"].__setitem__(0, 5), "subnet.config.depths[0]: 5"),
-    (lambda d: d.update(resolution=64), "subnet.resolution"),
-    (lambda d: d["config"].pop("expands"), "missing field(s) ['expands']"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda d: d.update(extra=1), "unknown field(s) ['extra']"),
+        (lambda d: d["config"]["kernels"].__setitem__(0, 4), "subnet.config.kernels[0]: 4"),
+        (lambda d: d["config"]["depths"].__setitem__(0, 5), "subnet.config.depths[0]: 5"),
+        (lambda d: d.update(resolution=64), "subnet.resolution"),
+        (lambda d: d["config"].pop("expands"), "missing field(s) ['expands']"),
+    ],
+)
 @pytest.mark.slow
 def test_hand_edited_subnet_json_exits_2_naming_the_field(searched, tmp_path, capsys, edit, message):
     from tinytl_tf.cli import main
@@ -388,8 +465,20 @@ def test_hand_edited_subnet_json_exits_2_naming_the_field(searched, tmp_path, ca
     d = json.loads((searched.out / "subnet.json").read_text())
     edit(d)
     (tmp_path / "subnet.json").write_text(json.dumps(d))
-    assert main(["train", "--subnet", str(tmp_path / "subnet.json"), "--data", str(searched.data), "--out",
-                 str(tmp_path / "run")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--subnet",
+                str(tmp_path / "subnet.json"),
+                "--data",
+                str(searched.data),
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and "Traceback" not in err
     assert not (tmp_path / "run" / "model.keras").exists()
@@ -414,8 +503,10 @@ def test_same_seed_repeats_the_search_exactly(searched, tmp_path):
     assert main(searched.args(out=tmp_path / "again")) == 0
     first, again = (json.loads((d / "subnet.json").read_text()) for d in (searched.out, tmp_path / "again"))
     assert again["config"] == first["config"] and again["holdout_accuracy"] == first["holdout_accuracy"]
-    assert (json.loads((tmp_path / "again" / "pairs.json").read_text())["pairs"]
-            == json.loads((searched.out / "pairs.json").read_text())["pairs"])
+    assert (
+        json.loads((tmp_path / "again" / "pairs.json").read_text())["pairs"]
+        == json.loads((searched.out / "pairs.json").read_text())["pairs"]
+    )
     assert again["search"]["reproducibility"] == {**first["search"]["reproducibility"], "seed": 0}
 
 

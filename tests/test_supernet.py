@@ -29,11 +29,24 @@ RESOLUTIONS = (32, 40, 48)
 
 def tiny_spec(resolutions=RESOLUTIONS, stages=2):
     """Elastic stages (depths {2, 3}), kernels up to 7, expands {3, 4, 6}, lite groups {2, 4}."""
-    blocks = (BlockConfig(3, 1, 8), BlockConfig(7, 2, 16, mid=48), BlockConfig(5, 1, 16, mid=96, shortcut=True),
-              BlockConfig(7, 1, 16, mid=96, shortcut=True), BlockConfig(3, 2, 24, mid=96),
-              BlockConfig(5, 1, 24, mid=144, shortcut=True), BlockConfig(7, 1, 24, mid=144, shortcut=True))
-    cfg = NetConfig(name="tiny-mb", resolution=40, stem=ConvConfig(out=8, kernel=3, stride=2),
-                    blocks=blocks[:1 + 3 * stages], feature_mix=ConvConfig(out=32), num_classes=5, dropout=0.2)
+    blocks = (
+        BlockConfig(3, 1, 8),
+        BlockConfig(7, 2, 16, mid=48),
+        BlockConfig(5, 1, 16, mid=96, shortcut=True),
+        BlockConfig(7, 1, 16, mid=96, shortcut=True),
+        BlockConfig(3, 2, 24, mid=96),
+        BlockConfig(5, 1, 24, mid=144, shortcut=True),
+        BlockConfig(7, 1, 24, mid=144, shortcut=True),
+    )
+    cfg = NetConfig(
+        name="tiny-mb",
+        resolution=40,
+        stem=ConvConfig(out=8, kernel=3, stride=2),
+        blocks=blocks[: 1 + 3 * stages],
+        feature_mix=ConvConfig(out=32),
+        num_classes=5,
+        dropout=0.2,
+    )
     return super_spec(cfg, "tiny-mb", resolutions)
 
 
@@ -88,14 +101,25 @@ def test_inputs_of_another_size_are_resized_to_the_active_resolution(tiny_net):
 
 def test_choices_change_the_function(tiny_net):
     """Each gene reaches the computation: flipping one changes the logits."""
-    base = Arch(resolution=40, depths=(3, 3), kernels=(7, 5, 7, 3, 5, 7), expands=(6, 6, 6, 6, 6, 6),
-                lite_groups=(2,) * 6, lite_kernels=(5,) * 6)
+    base = Arch(
+        resolution=40,
+        depths=(3, 3),
+        kernels=(7, 5, 7, 3, 5, 7),
+        expands=(6, 6, 6, 6, 6, 6),
+        lite_groups=(2,) * 6,
+        lite_kernels=(5,) * 6,
+    )
     x = np.random.default_rng(4).normal(size=(1, 40, 40, 3)).astype("float32")
     tiny_net.set_active(base)
     y = tiny_net(x).numpy()
-    for change in (dict(depths=(2, 3)), dict(kernels=(5, 5, 7, 3, 5, 7)), dict(kernels=(3, 5, 7, 3, 5, 7)),
-                   dict(expands=(3, 6, 6, 6, 6, 6)), dict(lite_groups=(4, 2, 2, 2, 2, 2)),
-                   dict(lite_kernels=(3, 5, 5, 5, 5, 5))):
+    for change in (
+        dict(depths=(2, 3)),
+        dict(kernels=(5, 5, 7, 3, 5, 7)),
+        dict(kernels=(3, 5, 7, 3, 5, 7)),
+        dict(expands=(3, 6, 6, 6, 6, 6)),
+        dict(lite_groups=(4, 2, 2, 2, 2, 2)),
+        dict(lite_kernels=(3, 5, 5, 5, 5, 5)),
+    ):
         tiny_net.set_active(Arch(**{**base.__dict__, **change}))
         assert np.abs(tiny_net(x).numpy() - y).max() > 1e-4, change
 
@@ -294,10 +318,17 @@ def test_keras_round_trip(tiny_net, tmp_path):
     np.testing.assert_array_equal(loaded(x).numpy(), tiny_net(x).numpy())  # the active sub-net is saved too
 
 
-@pytest.mark.parametrize("change, field", [
-    (dict(kernels=(4, 5, 7, 3, 5, 7)), "kernels[0]"), (dict(depths=(5, 3)), "depths[0]"),
-    (dict(expands=(6, 6, 6, 6, 6, 5)), "expands[5]"), (dict(lite_groups=(2, 3, 2, 2, 2, 2)), "lite_groups[1]"),
-    (dict(resolution=64), "resolution"), (dict(kernels=(7, 5)), "kernels")])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (dict(kernels=(4, 5, 7, 3, 5, 7)), "kernels[0]"),
+        (dict(depths=(5, 3)), "depths[0]"),
+        (dict(expands=(6, 6, 6, 6, 6, 5)), "expands[5]"),
+        (dict(lite_groups=(2, 3, 2, 2, 2, 2)), "lite_groups[1]"),
+        (dict(resolution=64), "resolution"),
+        (dict(kernels=(7, 5)), "kernels"),
+    ],
+)
 def test_bad_arch_names_the_field(tiny_net, change, field):
     arch = Arch(**{**backbone_arch(tiny_net.spec).__dict__, **change})
     with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
@@ -322,7 +353,11 @@ def test_changing_the_active_subnet_needs_no_retrace():
     forward = tf.function(lambda x: net(x))
     x = np.random.default_rng(16).normal(size=(1, 40, 40, 3)).astype("float32")
     full = Arch(32, (3,), (7, 5, 7), (6,) * 3, (2,) * 3, (5,) * 3)
-    archs = [full, Arch(**{**full.__dict__, "resolution": 40}), Arch(40, (2,), (3, 5, 7), (3, 4, 6), (4, 2, 2), (3, 5, 5))]
+    archs = [
+        full,
+        Arch(**{**full.__dict__, "resolution": 40}),
+        Arch(40, (2,), (3, 5, 7), (3, 4, 6), (4, 2, 2), (3, 5, 5)),
+    ]
     outputs = []
     for arch in archs:
         net.set_active(arch)
@@ -385,8 +420,11 @@ def official_state_dict(rng, tensor=np.asarray):
 def _reference_block(sd, prefix, x, kernel, mid, stride):
     """PyTorch semantics in numpy (NCHW, symmetric padding, eval BatchNorm eps 1e-3, ReLU6); a smaller kernel is
     once-for-all's `get_active_filter`: centre crop, then `F.linear(crop, matrix)` per step 7 -> 5 -> 3."""
+
     def batch_norm(y, name):
-        g, b, m, v = (sd[f"{name}.{k}"][:len(y)].astype(np.float64) for k in ("weight", "bias", "running_mean", "running_var"))
+        g, b, m, v = (
+            sd[f"{name}.{k}"][: len(y)].astype(np.float64) for k in ("weight", "bias", "running_mean", "running_var")
+        )
         return (y - m[:, None, None]) / np.sqrt(v[:, None, None] + 1e-3) * g[:, None, None] + b[:, None, None]
 
     w1 = sd[f"{prefix}.inverted_bottleneck.conv.conv.weight"][:mid, :, 0, 0]
@@ -395,7 +433,7 @@ def _reference_block(sd, prefix, x, kernel, mid, stride):
     for big, small in ((7, 5), (5, 3)):
         if kernel < big:
             s = (big - small) // 2
-            crop = k[:, s:s + small, s:s + small].reshape(mid, -1)
+            crop = k[:, s : s + small, s : s + small].reshape(mid, -1)
             k = (crop @ sd[f"{prefix}.depth_conv.conv.{big}to{small}_matrix"].T).reshape(mid, small, small)
     pad = kernel // 2
     yp = np.pad(y, ((0, 0), (pad, pad), (pad, pad)))
@@ -403,7 +441,7 @@ def _reference_block(sd, prefix, x, kernel, mid, stride):
     d = np.zeros((mid, size, size))
     for a in range(kernel):
         for b in range(kernel):
-            d += k[:, a, b, None, None] * yp[:, a:a + stride * size:stride, b:b + stride * size:stride]
+            d += k[:, a, b, None, None] * yp[:, a : a + stride * size : stride, b : b + stride * size : stride]
     d = np.clip(batch_norm(d, f"{prefix}.depth_conv.bn.bn"), 0, 6)
     w3 = sd[f"{prefix}.point_linear.conv.conv.weight"][:, :mid, 0, 0]
     return batch_norm(np.einsum("oi,ihw->ohw", w3, d), f"{prefix}.point_linear.bn.bn")
@@ -423,8 +461,16 @@ def _check_converted(path, sd):
         got = block(x.transpose(1, 2, 0)[None].astype("float32"), kernel=kernel, mid=mid, lite_kernel=5, lite_groups=2)
         expected = _reference_block(sd, "blocks.1.mobile_inverted_conv", x, kernel, mid, stride=2)
         np.testing.assert_allclose(got.numpy()[0].transpose(2, 0, 1), expected, atol=2e-4, rtol=1e-4)
-    sub = net.extract_subnet(Arch(resolution=160, depths=(2, 3, 4, 2, 3, 1), kernels=(3,) * 21, expands=(4,) * 21,
-                                  lite_groups=(2,) * 21, lite_kernels=(3,) * 21))
+    sub = net.extract_subnet(
+        Arch(
+            resolution=160,
+            depths=(2, 3, 4, 2, 3, 1),
+            kernels=(3,) * 21,
+            expands=(4,) * 21,
+            lite_groups=(2,) * 21,
+            lite_kernels=(3,) * 21,
+        )
+    )
     assert sub.net_config.input_mean == pytest.approx((123.675, 116.28, 103.53))
 
 
@@ -448,8 +494,11 @@ def test_convert_ofa_rejects_a_foreign_state_dict():
 
 
 def test_convert_ofa_checkpoint_file_with_torch(tmp_path):
-    torch = pytest.importorskip("torch", reason="torch (an optional extra) is not installed; the converter's "
-                                                "state-dict logic is tested without it above")
+    torch = pytest.importorskip(
+        "torch",
+        reason="torch (an optional extra) is not installed; the converter's "
+        "state-dict logic is tested without it above",
+    )
     sd = official_state_dict(np.random.default_rng(15), tensor=torch.from_numpy)
     ckpt, out = tmp_path / "ofa_proxyless_d234_e346_k357_w1.3", tmp_path / "ofa.npz"
     torch.save({"state_dict": sd}, ckpt)

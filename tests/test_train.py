@@ -96,8 +96,13 @@ def test_mirrored_strategy_on_two_logical_cpus():
         moved = float(np.abs(model.get_layer("block_5").depthwise.bias.numpy() - before).max())
         print("RESULT", replicas, type(model.distribute_strategy).__name__, moved, h.history["loss"][-1])
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": ROOT})
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
     line = [s for s in out.stdout.splitlines() if s.startswith("RESULT")]
     assert line, out.stderr[-2000:]
     _, replicas, strategy, moved, loss = line[0].split()
@@ -115,8 +120,19 @@ def test_a_seed_repeats_a_run_exactly_and_another_seed_differs(tmp_path):
         def load(resolution, mean, std, batch):
             return load_image_folder(default_data_dir(), resolution, mean, std, batch, seed=seed)
 
-        model, metrics = train_job(default_data_dir(), "mcunet-5fps", "tinytl-lb", tmp_path / name, resolution=48,
-                                   epochs=1, batch_size=8, lr=3e-3, verbose=0, load_data=load, seed=seed)
+        model, metrics = train_job(
+            default_data_dir(),
+            "mcunet-5fps",
+            "tinytl-lb",
+            tmp_path / name,
+            resolution=48,
+            epochs=1,
+            batch_size=8,
+            lr=3e-3,
+            verbose=0,
+            load_data=load,
+            seed=seed,
+        )
         return {k: v for k, v in metrics.items() if k != "train_seconds"}, {v.path: v.numpy() for v in model.weights}
 
     (m1, w1), (m2, w2), (m3, w3) = run(0, "a"), run(0, "b"), run(1, "c")

@@ -16,22 +16,35 @@ K = 10
 def expected_counts():
     """Count mcunet-5fps parameters from arch.json, independently of the builder."""
     arch = json.loads(str(np.load(WEIGHTS_DIR / FILES["mcunet-5fps"])["arch.json"]))
-    convs = [arch["first_conv"]] + [c for b in arch["blocks"] for c in (b["pointwise1"], b["depthwise"], b["pointwise2"]) if c]
+    convs = [arch["first_conv"]] + [
+        c for b in arch["blocks"] for c in (b["pointwise1"], b["depthwise"], b["pointwise2"]) if c
+    ]
     kernels = sum(c["out_channel"] * c["in_channel"] // c["groups"] * c["kernel_size"][0] ** 2 for c in convs)
     channels = sum(c["out_channel"] for c in convs)  # one bias (and one folded-norm scale) per output channel
     head = arch["classifier"]["in_channel"] * K + K
     lite, last_betas, size = 0, 0, arch["input_size"] // arch["first_conv"]["stride"]
     for i, b in enumerate(arch["blocks"]):
-        cin, cout = b["depthwise"]["in_channel"] if b["pointwise1"] is None else b["pointwise1"]["in_channel"], b["pointwise2"]["out_channel"]
+        cin, cout = (
+            b["depthwise"]["in_channel"] if b["pointwise1"] is None else b["pointwise1"]["in_channel"],
+            b["pointwise2"]["out_channel"],
+        )
         if i > 0:  # pool -> kxk conv (groups 2, cin -> cin) -> GN -> ReLU -> 1x1 (cin -> cout) -> GN
             k = 5 if size >= 5 else 3
             lite += k * k * cin * (cin // 2) + 2 * cin + cin * cout + 2 * cout
             last_betas += cout
         size //= b["depthwise"]["stride"]
-    return {
-        "ft-last": head, "ft-norm-last": head + 2 * channels, "ft-full": kernels + 2 * channels + head,
-        "tinytl-b": head + channels, "tinytl-l": head + lite, "tinytl-lb": head + channels + lite - last_betas,
-    }, kernels + 2 * channels + head, lite
+    return (
+        {
+            "ft-last": head,
+            "ft-norm-last": head + 2 * channels,
+            "ft-full": kernels + 2 * channels + head,
+            "tinytl-b": head + channels,
+            "tinytl-l": head + lite,
+            "tinytl-lb": head + channels + lite - last_betas,
+        },
+        kernels + 2 * channels + head,
+        lite,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +64,14 @@ def test_exact_trainable_parameter_count(backbone, method):
 
 # The TinyTL paper's figures: ProxylessNAS-Mobile, 102 classes, lite modules present for every method, 4 B per trainable and
 # 1 B per frozen parameter, MB = 1e6 B.
-PAPER_PARAM_MB = {"ft-full": 18.986, "ft-last": 5.139, "ft-norm-last": 5.264, "tinytl-b": 5.202,
-                  "tinytl-l": 10.588, "tinytl-lb": 10.634}
+PAPER_PARAM_MB = {
+    "ft-full": 18.986,
+    "ft-last": 5.139,
+    "ft-norm-last": 5.264,
+    "tinytl-b": 5.202,
+    "tinytl-l": 10.588,
+    "tinytl-lb": 10.634,
+}
 
 
 @pytest.mark.parametrize("method", METHODS)

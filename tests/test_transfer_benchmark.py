@@ -39,10 +39,18 @@ def tiny_backbone(monkeypatch):
     """Registers "tiny": a stem and two MB blocks (the second gets a lite residual), random weights."""
     from tinytl_tf import backbones
 
-    cfg = NetConfig(name="tiny", resolution=64, stem=ConvConfig(out=8, kernel=3, stride=2),
-                    blocks=(BlockConfig(3, 1, 8), BlockConfig(3, 2, 16, mid=16)), num_classes=3)
-    monkeypatch.setitem(backbones.BACKBONES, "tiny",
-                        backbones.Backbone("micro test net, random weights", lambda: cfg, lambda d: (cfg, None)))
+    cfg = NetConfig(
+        name="tiny",
+        resolution=64,
+        stem=ConvConfig(out=8, kernel=3, stride=2),
+        blocks=(BlockConfig(3, 1, 8), BlockConfig(3, 2, 16, mid=16)),
+        num_classes=3,
+    )
+    monkeypatch.setitem(
+        backbones.BACKBONES,
+        "tiny",
+        backbones.Backbone("micro test net, random weights", lambda: cfg, lambda d: (cfg, None)),
+    )
 
 
 def guard_test_split(monkeypatch, test_reads, holdout_loads):
@@ -80,8 +88,14 @@ def test_quick_mode(tmp_path, monkeypatch):
         guard_test_split(mp, test_reads, holdout_loads)
         assert bench.main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    quick = {"out": out, "argv": argv, "results": results, "runs": results["runs"], "test_reads": test_reads,
-             "holdout_loads": holdout_loads}
+    quick = {
+        "out": out,
+        "argv": argv,
+        "results": results,
+        "runs": results["runs"],
+        "test_reads": test_reads,
+        "holdout_loads": holdout_loads,
+    }
     check_every_run_is_recorded_with_finite_numbers(quick)
     check_learning_rate_is_chosen_on_the_holdout_only(quick)
     check_report_lists_every_run_with_its_command_and_time(quick)
@@ -92,8 +106,9 @@ def test_quick_mode(tmp_path, monkeypatch):
 
 
 def trials(runs, method):
-    return {r["lr"]: r["metrics"]["holdout_accuracy"] for r in runs.values()
-            if r["phase"] == "lr" and r["method"] == method}
+    return {
+        r["lr"]: r["metrics"]["holdout_accuracy"] for r in runs.values() if r["phase"] == "lr" and r["method"] == method
+    }
 
 
 def best_lr(runs, method):
@@ -105,8 +120,11 @@ def expected_keys(runs):
     lr_last, lr_lb = best_lr(runs, "ft-last"), best_lr(runs, "tinytl-lb")
     d, tail = "caltech10-quick/tiny", "48px/b8"
     keys = {f"lr/{d}/{m}/{tail}/s0/lr{lr:g}/e1" for m in QUICK_GRID for lr in trials(runs, m)}
-    keys |= {f"main/{d}/{m}/{tail}/s{s}/lr{lr:g}/e{EPOCHS}" for m, lr in (("ft-last", lr_last), ("tinytl-lb", lr_lb))
-             for s in (0, 1)}
+    keys |= {
+        f"main/{d}/{m}/{tail}/s{s}/lr{lr:g}/e{EPOCHS}"
+        for m, lr in (("ft-last", lr_last), ("tinytl-lb", lr_lb))
+        for s in (0, 1)
+    }
     keys |= {f"memory/{d}/{m}/48px/b1/s0/lr-/e0" for m in QUICK_GRID}
     keys |= {f"{phase}/{d}/tinytl-lb/48px/b1/s0/lr{lr_lb / 8:g}/e{EPOCHS}" for phase in ("batch", "device")}
     return keys
@@ -159,8 +177,11 @@ def check_report_lists_every_run_with_its_command_and_time(quick):
     for key, r in quick["runs"].items():
         row = [line for line in lines if f"`{key}`" in line]
         assert len(row) == 1 and f"| {r['seconds']} |" in row[0] and f"`{r['command']}`" in row[0], key
-    lb = [r["metrics"]["test_accuracy"] for r in quick["runs"].values()
-          if r["phase"] == "main" and r["method"] == "tinytl-lb"]
+    lb = [
+        r["metrics"]["test_accuracy"]
+        for r in quick["runs"].values()
+        if r["phase"] == "main" and r["method"] == "tinytl-lb"
+    ]
     assert f"{100 * sum(lb) / 2:.1f} ({100 * min(lb):.1f}-{100 * max(lb):.1f}, 2 seeds)" in text
     assert "Hardware: " in text and "| missing" not in text.split("## Runs")[0]
     assert "TinyTL-L+B - ft-last = " in text.split("## What this shows")[1]
@@ -236,27 +257,42 @@ def check_interrupted_run_resumes_from_its_last_epoch(quick, monkeypatch):
 def test_mistakes_exit_2_without_traceback(case, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TINYTL_ASSETS", raising=False)
     out = tmp_path / "out"
-    argv = {"no data": ["--data-root", str(tmp_path / "nowhere"), "--out", str(out), "--work", str(tmp_path / "w")],
-            "no data root": ["--out", str(out), "--work", str(tmp_path / "w")],
-            "corrupt results": ["--report", "--out", str(out)],
-            "quick without out": ["--quick"]}[case]
+    argv = {
+        "no data": ["--data-root", str(tmp_path / "nowhere"), "--out", str(out), "--work", str(tmp_path / "w")],
+        "no data root": ["--out", str(out), "--work", str(tmp_path / "w")],
+        "corrupt results": ["--report", "--out", str(out)],
+        "quick without out": ["--quick"],
+    }[case]
     if case == "corrupt results":
         out.mkdir()
         (out / "results.json").write_text("{not json")
     assert bench.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
-    assert {"no data": "nowhere", "no data root": "--data-root", "corrupt results": "results.json",
-            "quick without out": "--out"}[case] in err
+    assert {
+        "no data": "nowhere",
+        "no data root": "--data-root",
+        "corrupt results": "results.json",
+        "quick without out": "--out",
+    }[case] in err
     if case == "no data":
         assert not out.exists()
 
 
 def test_records_keep_no_machine_paths(tmp_path):
-    argv = ["--data-root", str(tmp_path / "data"), f"--out={ROOT / 'docs' / 'results'}", "--only", "lr", "--work",
-            "runs/x"]
-    assert (bench.portable_command("python benchmarks/transfer.py", argv) ==
-            "python benchmarks/transfer.py --data-root data --out=docs/results --only lr --work runs/x")
+    argv = [
+        "--data-root",
+        str(tmp_path / "data"),
+        f"--out={ROOT / 'docs' / 'results'}",
+        "--only",
+        "lr",
+        "--work",
+        "runs/x",
+    ]
+    assert (
+        bench.portable_command("python benchmarks/transfer.py", argv)
+        == "python benchmarks/transfer.py --data-root data --out=docs/results --only lr --work runs/x"
+    )
 
 
 def test_next_rate_walks_the_one_three_ten_sequence():

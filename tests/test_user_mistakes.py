@@ -33,8 +33,14 @@ sys.exit(code)
 
 def run(module, *argv, cwd=ROOT):
     env = {k: v for k, v in os.environ.items() if k != "TINYTL_DEBUG"}
-    done = subprocess.run([sys.executable, "-c", RUNNER, module, *map(str, argv)], cwd=cwd, capture_output=True,
-                          text=True, timeout=120, env={**env, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER, module, *map(str, argv)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "PYTHONPATH": str(ROOT)},
+    )
     *lines, tf_line = done.stderr.strip().splitlines() or [""]
     return done.returncode, lines, tf_line, done.stdout
 
@@ -74,7 +80,10 @@ MISTAKES = {
     "one class": (lambda w: train(w, data="one"), "only one class folder"),
     "negative lr": (lambda w: train(w, "--lr", "-1"), "argument --lr: must be a positive finite number"),
     "zero lr": (lambda w: train(w, "--lr", "0"), "argument --lr: must be a positive finite number"),
-    "val fraction 1.5": (lambda w: train(w, "--val-fraction", "1.5"), "argument --val-fraction: must be between 0 and 1"),
+    "val fraction 1.5": (
+        lambda w: train(w, "--val-fraction", "1.5"),
+        "argument --val-fraction: must be between 0 and 1",
+    ),
     "zero epochs": (lambda w: train(w, "--epochs", "0"), "argument --epochs: must be at least 1"),
     "batch size 0": (lambda w: train(w, "--batch-size", "0"), "argument --batch-size: must be at least 1"),
     "missing data": (lambda w: train(w, data="nowhere"), "does not exist"),
@@ -82,21 +91,55 @@ MISTAKES = {
     "odd resolution": (lambda w: train(w, "--resolution", "31"), "resolution"),
     "unrelated metrics.json in --out": (lambda w: train(w, out="run"), "metrics.json already exists; pass --overwrite"),
     "existing model.keras": (lambda w: train(w, out="done"), "model.keras already exists; pass --overwrite"),
-    "evaluate a missing model": (lambda w: ("tinytl_tf.cli", "evaluate", "--model", w / "none.keras", "--data", w / "flat"),
-                                 "no model file"),
+    "evaluate a missing model": (
+        lambda w: ("tinytl_tf.cli", "evaluate", "--model", w / "none.keras", "--data", w / "flat"),
+        "no model file",
+    ),
     "memory batch 0": (lambda w: ("tinytl_tf.cli", "memory", "--batch-size", "0"), "must be at least 1"),
-    "memory of a missing model": (lambda w: ("tinytl_tf.cli", "memory", "--model", w / "exp" / "none.tflite"),
-                                  "no model file"),
-    "memory of a file that is not a model": (lambda w: ("tinytl_tf.cli", "memory", "--model", w / "exp" / "model.tflite"),
-                                             "is not a TFLite model"),
-    "export over an existing pair": (lambda w: (ROOT / "export" / "to_tflite.py", "--model", w / "done" / "model.keras",
-                                                "--out", w / "exp" / "model.tflite"), "already exist; pass --overwrite"),
-    "export to a directory": (lambda w: (ROOT / "export" / "to_tflite.py", "--model", w / "done" / "model.keras",
-                                         "--out", w / "exp" / "dir.tflite"), "is a directory"),
-    "export with lr 0": (lambda w: (ROOT / "export" / "to_tflite.py", "--model", w / "done" / "model.keras",
-                                    "--out", w / "exp" / "new.tflite", "--lr", "0"), "must be a positive"),
-    "caltech prepare without tarballs": (lambda w: ("tinytl_tf.caltech", "prepare", w / "nowhere", w / "caltech"),
-                                         "no Caltech-101 tarballs"),
+    "memory of a missing model": (
+        lambda w: ("tinytl_tf.cli", "memory", "--model", w / "exp" / "none.tflite"),
+        "no model file",
+    ),
+    "memory of a file that is not a model": (
+        lambda w: ("tinytl_tf.cli", "memory", "--model", w / "exp" / "model.tflite"),
+        "is not a TFLite model",
+    ),
+    "export over an existing pair": (
+        lambda w: (
+            ROOT / "export" / "to_tflite.py",
+            "--model",
+            w / "done" / "model.keras",
+            "--out",
+            w / "exp" / "model.tflite",
+        ),
+        "already exist; pass --overwrite",
+    ),
+    "export to a directory": (
+        lambda w: (
+            ROOT / "export" / "to_tflite.py",
+            "--model",
+            w / "done" / "model.keras",
+            "--out",
+            w / "exp" / "dir.tflite",
+        ),
+        "is a directory",
+    ),
+    "export with lr 0": (
+        lambda w: (
+            ROOT / "export" / "to_tflite.py",
+            "--model",
+            w / "done" / "model.keras",
+            "--out",
+            w / "exp" / "new.tflite",
+            "--lr",
+            "0",
+        ),
+        "must be a positive",
+    ),
+    "caltech prepare without tarballs": (
+        lambda w: ("tinytl_tf.caltech", "prepare", w / "nowhere", w / "caltech"),
+        "no Caltech-101 tarballs",
+    ),
 }
 
 
@@ -113,16 +156,32 @@ def test_mistake_is_one_line_exit_2_nothing_changed_no_tensorflow(work, case):
 
 def test_export_without_a_step_count_asks_for_one(work):
     before = snapshot(work)
-    code, lines, tf_line, _ = run(ROOT / "export" / "to_tflite.py", "--model", work / "done" / "model.keras",
-                                  "--out", work / "done" / "model.tflite")
+    code, lines, tf_line, _ = run(
+        ROOT / "export" / "to_tflite.py",
+        "--model",
+        work / "done" / "model.keras",
+        "--out",
+        work / "done" / "model.tflite",
+    )
     assert code == 2 and len(lines) == 1 and "cannot tell how many steps the device will train" in lines[0], lines
     assert tf_line == "tensorflow not imported" and snapshot(work) == before
 
 
 def test_tensorflow_starts_quietly_unless_verbose():
-    script = "import sys; from tinytl_tf import cliargs; cliargs.quiet_tensorflow(sys.argv[1] == 'verbose'); " \
-             "import tensorflow as tf; print(int(tf.reduce_sum(tf.constant([1, 2]))))"
-    quiet, loud = (subprocess.run([sys.executable, "-c", script, mode], cwd=ROOT, capture_output=True, text=True,
-                                  timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)}) for mode in ("quiet", "verbose"))
+    script = (
+        "import sys; from tinytl_tf import cliargs; cliargs.quiet_tensorflow(sys.argv[1] == 'verbose'); "
+        "import tensorflow as tf; print(int(tf.reduce_sum(tf.constant([1, 2]))))"
+    )
+    quiet, loud = (
+        subprocess.run(
+            [sys.executable, "-c", script, mode],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for mode in ("quiet", "verbose")
+    )
     assert quiet.stdout == loud.stdout == "3\n"
     assert quiet.stderr == "" and loud.stderr != ""

@@ -39,7 +39,9 @@ def atomic_write(path, write):
 def remove_leftovers(path):
     """Delete the temporary files a killed `atomic_write(path, ...)` left beside `path`; returns their paths."""
     path = Path(path)
-    pattern = os.path.join(glob.escape(str(path.parent)), glob.escape(_temp_prefix(path)) + "*" + glob.escape(path.suffix))
+    pattern = os.path.join(
+        glob.escape(str(path.parent)), glob.escape(_temp_prefix(path)) + "*" + glob.escape(path.suffix)
+    )
     leftovers = sorted(glob.glob(pattern, include_hidden=True))
     for leftover in leftovers:
         os.remove(leftover)

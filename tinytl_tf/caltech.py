@@ -49,11 +49,15 @@ def prepare_caltech101(source, out_dir):
         for split in ("train", "test"):
             listing = root / f"{split}.txt"
             if not listing.is_file():
-                raise DataError(f"no {listing.name} in {source}; pass both Caltech-101 tarballs (the split files are in part 2)")
+                raise DataError(
+                    f"no {listing.name} in {source}; pass both Caltech-101 tarballs (the split files are in part 2)"
+                )
             names = [n for n in listing.read_text().split() if n.split("/")[0] != DROPPED_CLASS]
             missing = [n for n in names if not (root / "101_ObjectCategories" / n).is_file()]
             if missing:
-                raise DataError(f"{len(missing)} images listed in {listing.name} are missing (e.g. {missing[0]}); pass both tarballs")
+                raise DataError(
+                    f"{len(missing)} images listed in {listing.name} are missing (e.g. {missing[0]}); pass both tarballs"
+                )
             for n in names:
                 _link_or_copy(root / "101_ObjectCategories" / n, tree / split / n)
             counts[split] = len(names)
@@ -63,7 +67,9 @@ def prepare_caltech101(source, out_dir):
     return out
 
 
-def make_subset(prepared_dir, out_dir, classes=CALTECH10_CLASSES, n_train=30, n_test=10, short_side=112, quality=85, seed=0):
+def make_subset(
+    prepared_dir, out_dir, classes=CALTECH10_CLASSES, n_train=30, n_test=10, short_side=112, quality=85, seed=0
+):
     """A small copy of a prepared tree: `n_train` / `n_test` images per class drawn from its train/ and test/.
 
     Images are downscaled (Lanczos) so the shorter side is `short_side` (smaller ones are kept as they are) and
@@ -94,7 +100,9 @@ def _check_free(out, allowed=None):
     else:
         taken = [p.name for p in out.iterdir()] if out.is_dir() else []
     if taken:
-        raise DataError(f"{out} already holds {sorted(taken)} (not a complete prepared tree); delete it or pick another folder")
+        raise DataError(
+            f"{out} already holds {sorted(taken)} (not a complete prepared tree); delete it or pick another folder"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
 
 
@@ -108,8 +116,10 @@ def _caltech_root(source, scratch):
                 return candidate
         tars = sorted(source.glob("*.tar")) if source.is_dir() else [source]
     if not tars or not all(t.is_file() for t in tars):
-        raise DataError(f"no Caltech-101 tarballs or extracted folder at {source}; expected caltech101_part1.tar and "
-                        "caltech101_part2.tar (see the README's \"Data and weights\" for where they come from)")
+        raise DataError(
+            f"no Caltech-101 tarballs or extracted folder at {source}; expected caltech101_part1.tar and "
+            'caltech101_part2.tar (see the README\'s "Data and weights" for where they come from)'
+        )
     for t in tars:
         with tarfile.open(t) as archive:
             archive.extractall(scratch, filter="data")

@@ -24,8 +24,9 @@ def _data_loader(args):
     def load(resolution, mean, std, batch_size):
         if args.tfds:
             return data.load_tfds(args.tfds, args.data, resolution, mean, std, batch_size, seed=args.seed)
-        return data.load_image_folder(args.data, resolution, mean, std, batch_size, val_fraction=args.val_fraction,
-                                      seed=args.seed)
+        return data.load_image_folder(
+            args.data, resolution, mean, std, batch_size, val_fraction=args.val_fraction, seed=args.seed
+        )
 
     return load
 
@@ -39,10 +40,25 @@ def cmd_train(args):
 
         make_model = functools.partial(load_subnet, args.subnet, args.method, args.resolution, args.weights_dir)
     with cliargs.stdout_to_stderr():
-        _, metrics = train_job(args.data, args.backbone, args.method, args.out, args.resolution, args.epochs,
-                               args.batch_size, args.lr, args.label_smoothing, args.dropout, args.strategy,
-                               args.weights_dir, args.overwrite, verbose=1, load_data=_data_loader(args),
-                               make_model=make_model, seed=args.seed)
+        _, metrics = train_job(
+            args.data,
+            args.backbone,
+            args.method,
+            args.out,
+            args.resolution,
+            args.epochs,
+            args.batch_size,
+            args.lr,
+            args.label_smoothing,
+            args.dropout,
+            args.strategy,
+            args.weights_dir,
+            args.overwrite,
+            verbose=1,
+            load_data=_data_loader(args),
+            make_model=make_model,
+            seed=args.seed,
+        )
     print(json.dumps(cliargs.json_safe(metrics), indent=2, allow_nan=False))
 
 
@@ -50,10 +66,26 @@ def cmd_search(args):
     from tinytl_tf.supernet.search import search_job
 
     with cliargs.stdout_to_stderr():
-        subnet = search_job(args.data, args.backbone, args.budget_mb, args.out, args.resolutions, args.epochs,
-                            args.pairs, args.population, args.generations, args.seed, args.batch_size, args.lr,
-                            args.label_smoothing, args.dropout, args.strategy, args.weights_dir, args.val_fraction,
-                            args.predictor_epochs)
+        subnet = search_job(
+            args.data,
+            args.backbone,
+            args.budget_mb,
+            args.out,
+            args.resolutions,
+            args.epochs,
+            args.pairs,
+            args.population,
+            args.generations,
+            args.seed,
+            args.batch_size,
+            args.lr,
+            args.label_smoothing,
+            args.dropout,
+            args.strategy,
+            args.weights_dir,
+            args.val_fraction,
+            args.predictor_epochs,
+        )
     print(json.dumps({k: v for k, v in subnet.items() if k not in ("spec", "search")}, indent=2))
 
 
@@ -65,13 +97,26 @@ def cmd_evaluate(args):
     cfg = model.net_config
     only = None if args.all_images else held_out_files(args.model, args.data)
     if only is not None:
-        print(f"evaluate: scoring the {len(only)} images train held out of {args.data} "
-              f"({Path(args.model).parent / cliargs.SPLIT_FILE}); --all-images scores every image", file=sys.stderr)
-    images = data.load_eval_folder(args.data, cfg.resolution, cfg.input_mean, cfg.input_std, args.batch_size,
-                                   class_names=cfg.labels, only=only)
-    print(json.dumps({"accuracy": accuracy(model, images.test), "examples": images.num_test,
-                      "skipped_images": images.skipped, "model": str(args.model), "data": str(args.data),
-                      "held_out_only": only is not None}))
+        print(
+            f"evaluate: scoring the {len(only)} images train held out of {args.data} "
+            f"({Path(args.model).parent / cliargs.SPLIT_FILE}); --all-images scores every image",
+            file=sys.stderr,
+        )
+    images = data.load_eval_folder(
+        args.data, cfg.resolution, cfg.input_mean, cfg.input_std, args.batch_size, class_names=cfg.labels, only=only
+    )
+    print(
+        json.dumps(
+            {
+                "accuracy": accuracy(model, images.test),
+                "examples": images.num_test,
+                "skipped_images": images.skipped,
+                "model": str(args.model),
+                "data": str(args.data),
+                "held_out_only": only is not None,
+            }
+        )
+    )
 
 
 def cmd_memory(args):
@@ -79,8 +124,15 @@ def cmd_memory(args):
         return _measure_file(args)
     from tinytl_tf.memory import format_table, method_table, plot_breakdown
 
-    rows = method_table(args.backbone, args.resolution, args.batch_size, num_classes=args.num_classes,
-                        lite_for_all=not args.no_lite_for_all, frozen_bits=args.frozen_bits, methods=args.methods)
+    rows = method_table(
+        args.backbone,
+        args.resolution,
+        args.batch_size,
+        num_classes=args.num_classes,
+        lite_for_all=not args.no_lite_for_all,
+        frozen_bits=args.frozen_bits,
+        methods=args.methods,
+    )
     if args.measure:
         _add_measurements(args, rows)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
@@ -112,8 +164,16 @@ def _add_measurements(args, rows):
         print(f"[{index + 1}/{total}] {method}: {stage}...", file=sys.stderr, flush=True)
 
     try:
-        measured = measure_methods(args.backbone, args.resolution, args.num_classes, [r["method"] for r in rows],
-                                   not args.no_lite_for_all, args.weights_dir, timeout=args.timeout, progress=progress)
+        measured = measure_methods(
+            args.backbone,
+            args.resolution,
+            args.num_classes,
+            [r["method"] for r in rows],
+            not args.no_lite_for_all,
+            args.weights_dir,
+            timeout=args.timeout,
+            progress=progress,
+        )
     except MeasurementError as e:  # the LiteRT process could not run here: a setup problem, reported as such
         raise ChildProcessError(str(e)) from None
     for row, m in zip(rows, measured):
@@ -128,10 +188,15 @@ def cmd_demo(args):
 
 def _add_seed_option(p):
     """`--seed`, which `train`, `search` and `demo` share."""
-    p.add_argument("--seed", type=count(0), default=0, help="seed of every random draw: the split, shuffling, augmentation, "
-                   "head and lite-branch initialisation, dropout, sub-net sampling; ops run deterministically (measured "
-                   "at 0.93-0.97x the speed without, benchmarks/determinism.py), so the same command repeats exactly on one machine and TensorFlow "
-                   "version (default 0)")
+    p.add_argument(
+        "--seed",
+        type=count(0),
+        default=0,
+        help="seed of every random draw: the split, shuffling, augmentation, "
+        "head and lite-branch initialisation, dropout, sub-net sampling; ops run deterministically (measured "
+        "at 0.93-0.97x the speed without, benchmarks/determinism.py), so the same command repeats exactly on one machine and TensorFlow "
+        "version (default 0)",
+    )
 
 
 def _add_fit_options(p):
@@ -139,7 +204,12 @@ def _add_fit_options(p):
     p.add_argument("--batch-size", type=count(1), default=8, help="training batch size")
     p.add_argument("--label-smoothing", type=unit_interval, default=0.1, help="label smoothing of the loss")
     p.add_argument("--dropout", type=unit_interval, default=0.2, help="dropout before the new head")
-    p.add_argument("--strategy", default="none", choices=("none", "mirrored"), help="mirrored: tf.distribute across all local devices")
+    p.add_argument(
+        "--strategy",
+        default="none",
+        choices=("none", "mirrored"),
+        help="mirrored: tf.distribute across all local devices",
+    )
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -153,81 +223,181 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser():
-    p = cliargs.ArgumentParser(prog="tinytl", description="TinyTL: memory-efficient on-device transfer learning for Keras and LiteRT.",
-                                formatter_class=_Formatter)
+    p = cliargs.ArgumentParser(
+        prog="tinytl",
+        description="TinyTL: memory-efficient on-device transfer learning for Keras and LiteRT.",
+        formatter_class=_Formatter,
+    )
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++/absl log (also: TINYTL_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", formatter_class=_Formatter, help="fine-tune a pretrained backbone with a transfer method",
-                       description="Fine-tune a pretrained backbone on a class-per-folder image tree; writes OUT/model.keras and OUT/metrics.json.")
-    t.add_argument("--data", required=True, help="DIR/train/<class>/* + DIR/test/<class>/*, or DIR/<class>/* with --val-fraction; with --tfds, the tfds data_dir")
-    t.add_argument("--tfds", metavar="NAME", help="read the prepared tensorflow-datasets set NAME from --data (no download)")
-    t.add_argument("--val-fraction", type=fraction, default=0.2, help="held-out fraction of a flat DIR/<class>/* tree (recorded in OUT/split.json for evaluate)")
+    t = sub.add_parser(
+        "train",
+        formatter_class=_Formatter,
+        help="fine-tune a pretrained backbone with a transfer method",
+        description="Fine-tune a pretrained backbone on a class-per-folder image tree; writes OUT/model.keras and OUT/metrics.json.",
+    )
+    t.add_argument(
+        "--data",
+        required=True,
+        help="DIR/train/<class>/* + DIR/test/<class>/*, or DIR/<class>/* with --val-fraction; with --tfds, the tfds data_dir",
+    )
+    t.add_argument(
+        "--tfds", metavar="NAME", help="read the prepared tensorflow-datasets set NAME from --data (no download)"
+    )
+    t.add_argument(
+        "--val-fraction",
+        type=fraction,
+        default=0.2,
+        help="held-out fraction of a flat DIR/<class>/* tree (recorded in OUT/split.json for evaluate)",
+    )
     _add_seed_option(t)
     t.add_argument("--backbone", default="mcunet-5fps", help=f"one of: {', '.join(BACKBONES)} (default mcunet-5fps)")
     t.add_argument("--method", default="tinytl-lb", help=f"one of: {', '.join(METHODS)} (default tinytl-lb)")
     t.add_argument("--resolution", type=count(1), help="input size in pixels (default: the backbone's)")
     t.add_argument("--epochs", type=count(1), default=10, help="training epochs")
-    t.add_argument("--lr", type=positive_float, help="peak learning rate of Adam with cosine decay (default: the "
-                   f"method's: {', '.join(f'{m} {lr:g}' for m, lr in DEFAULT_LR.items())})")
+    t.add_argument(
+        "--lr",
+        type=positive_float,
+        help="peak learning rate of Adam with cosine decay (default: the "
+        f"method's: {', '.join(f'{m} {lr:g}' for m, lr in DEFAULT_LR.items())})",
+    )
     _add_fit_options(t)
     t.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (mobilenet-v1 only)")
     t.add_argument("--out", required=True, help="output folder")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing OUT/model.keras and metrics.json "
-                   "(and remove an OUT/model.tflite + model.json exported from the old model)")
-    t.add_argument("--subnet", metavar="SUBNET.json", help="train the sub-net found by `search` (its subnet.json) "
-                   "with the fine-tuned super-net's weights instead of --backbone; its resolution is the searched one")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing OUT/model.keras and metrics.json "
+        "(and remove an OUT/model.tflite + model.json exported from the old model)",
+    )
+    t.add_argument(
+        "--subnet",
+        metavar="SUBNET.json",
+        help="train the sub-net found by `search` (its subnet.json) "
+        "with the fine-tuned super-net's weights instead of --backbone; its resolution is the searched one",
+    )
     t.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("search", formatter_class=_Formatter, help="find the best sub-net of a super-net under a training-memory budget",
-                       description="Fine-tune an elastic super-net around a pretrained MB backbone on 80%% of the training images, measure random sub-nets on the other 20%%, fit an accuracy predictor and run an evolutionary search under a training-memory budget (analytic TinyTL-L+B memory at batch 1). Writes OUT/subnet.json and OUT/supernet.keras; an interrupted search resumes from OUT. Then: train --subnet OUT/subnet.json.")
-    s.add_argument("--data", required=True, help="DIR/train/<class>/* (+ DIR/test/, never read), or DIR/<class>/* with --val-fraction")
-    s.add_argument("--val-fraction", type=fraction, default=0.2, help="test fraction of a flat DIR/<class>/* tree, left out of the search")
-    s.add_argument("--backbone", default="mcunet-5fps", help="mcunet-5fps, proxyless-w0.3, mbv2-w0.35, or a .npz from export/convert_ofa.py (default mcunet-5fps)")
-    s.add_argument("--budget-mb", type=positive_float, required=True, help="training memory a sub-net may need (analytic TinyTL-L+B, batch 1, MB = 1e6 B)")
+    s = sub.add_parser(
+        "search",
+        formatter_class=_Formatter,
+        help="find the best sub-net of a super-net under a training-memory budget",
+        description="Fine-tune an elastic super-net around a pretrained MB backbone on 80%% of the training images, measure random sub-nets on the other 20%%, fit an accuracy predictor and run an evolutionary search under a training-memory budget (analytic TinyTL-L+B memory at batch 1). Writes OUT/subnet.json and OUT/supernet.keras; an interrupted search resumes from OUT. Then: train --subnet OUT/subnet.json.",
+    )
+    s.add_argument(
+        "--data",
+        required=True,
+        help="DIR/train/<class>/* (+ DIR/test/, never read), or DIR/<class>/* with --val-fraction",
+    )
+    s.add_argument(
+        "--val-fraction",
+        type=fraction,
+        default=0.2,
+        help="test fraction of a flat DIR/<class>/* tree, left out of the search",
+    )
+    s.add_argument(
+        "--backbone",
+        default="mcunet-5fps",
+        help="mcunet-5fps, proxyless-w0.3, mbv2-w0.35, or a .npz from export/convert_ofa.py (default mcunet-5fps)",
+    )
+    s.add_argument(
+        "--budget-mb",
+        type=positive_float,
+        required=True,
+        help="training memory a sub-net may need (analytic TinyTL-L+B, batch 1, MB = 1e6 B)",
+    )
     s.add_argument("--resolutions", type=count(1), nargs="+", help="input sizes to search (default 96 112 128 144 160)")
     s.add_argument("--epochs", type=count(1), default=5, help="super-net fine-tuning epochs (default 5)")
-    s.add_argument("--pairs", type=count(1), default=500, help="sub-nets measured for the accuracy predictor (default 500)")
+    s.add_argument(
+        "--pairs", type=count(1), default=500, help="sub-nets measured for the accuracy predictor (default 500)"
+    )
     s.add_argument("--population", type=count(1), default=100, help="evolutionary search population (default 100)")
     s.add_argument("--generations", type=count(1), default=100, help="evolutionary search generations (default 100)")
-    s.add_argument("--predictor-epochs", type=count(1), default=200, help="accuracy predictor training epochs (default 200)")
+    s.add_argument(
+        "--predictor-epochs", type=count(1), default=200, help="accuracy predictor training epochs (default 200)"
+    )
     _add_seed_option(s)
-    s.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate of the super-net fine-tuning (default 3e-3)")
+    s.add_argument(
+        "--lr", type=positive_float, default=3e-3, help="peak learning rate of the super-net fine-tuning (default 3e-3)"
+    )
     _add_fit_options(s)
     s.add_argument("--weights-dir", help="folder with backbone weights that are not vendored")
     s.add_argument("--out", required=True, help="output folder (resumed when it holds an unfinished search)")
     s.set_defaults(func=cmd_search)
 
-    e = sub.add_parser("evaluate", formatter_class=_Formatter, help="top-1 accuracy of a trained model", description="Print JSON with the top-1 accuracy of a model.keras on DIR/test, or on DIR: only the images train "
-                       "held out of DIR (--val-fraction) when the model's split.json lists them.")
+    e = sub.add_parser(
+        "evaluate",
+        formatter_class=_Formatter,
+        help="top-1 accuracy of a trained model",
+        description="Print JSON with the top-1 accuracy of a model.keras on DIR/test, or on DIR: only the images train "
+        "held out of DIR (--val-fraction) when the model's split.json lists them.",
+    )
     e.add_argument("--model", required=True, help="model.keras written by train")
-    e.add_argument("--data", required=True, help="DIR/test/<class>/* or DIR/<class>/*; class names must match the model's")
+    e.add_argument(
+        "--data", required=True, help="DIR/test/<class>/* or DIR/<class>/*; class names must match the model's"
+    )
     e.add_argument("--batch-size", type=count(1), default=32, help="evaluation batch size")
-    e.add_argument("--all-images", action="store_true", help="score every image of --data, even when the model's "
-                   "split.json lists the ones train held out of it (scored by default)")
+    e.add_argument(
+        "--all-images",
+        action="store_true",
+        help="score every image of --data, even when the model's "
+        "split.json lists the ones train held out of it (scored by default)",
+    )
     e.set_defaults(func=cmd_evaluate)
 
-    m = sub.add_parser("memory", formatter_class=_Formatter, help="analytic (and measured LiteRT) training memory of the six transfer methods",
-                       description="Print the analytic training memory (parameters + activations, MB = 1e6 B) of every transfer method on a backbone (TinyTL paper, Cai et al. 2020, Fig. 3 / Table 1); no model is built unless --measure exports each method's model and measures it with LiteRT. As in the paper, every method's network has lite residual branches by default (FT-Last's row then counts their frozen parameters, unlike `train --method ft-last`); --no-lite-for-all gives the networks `train` builds. The paper's table: --backbone proxylessnas-mobile --batch-size 8.")
-    m.add_argument("--backbone", default="mcunet-5fps", help=f"one of: {', '.join(BACKBONES)} (default mcunet-5fps, as train)")
+    m = sub.add_parser(
+        "memory",
+        formatter_class=_Formatter,
+        help="analytic (and measured LiteRT) training memory of the six transfer methods",
+        description="Print the analytic training memory (parameters + activations, MB = 1e6 B) of every transfer method on a backbone (TinyTL paper, Cai et al. 2020, Fig. 3 / Table 1); no model is built unless --measure exports each method's model and measures it with LiteRT. As in the paper, every method's network has lite residual branches by default (FT-Last's row then counts their frozen parameters, unlike `train --method ft-last`); --no-lite-for-all gives the networks `train` builds. The paper's table: --backbone proxylessnas-mobile --batch-size 8.",
+    )
+    m.add_argument(
+        "--backbone", default="mcunet-5fps", help=f"one of: {', '.join(BACKBONES)} (default mcunet-5fps, as train)"
+    )
     m.add_argument("--resolution", type=count(1), help="input size in pixels (default: the backbone's)")
     m.add_argument("--batch-size", type=count(1), default=8, help="training batch size (default 8, the paper's)")
     m.add_argument("--num-classes", type=count(2), default=102, help="classes of the new head (default 102, Flowers)")
-    m.add_argument("--frozen-bits", type=int, default=8, choices=(8, 16, 32), help="bits per frozen parameter (default 8)")
-    m.add_argument("--no-lite-for-all", action="store_true", help="lite residuals only on TinyTL-L/L+B, as `train` builds them (the paper gives every method them)")
+    m.add_argument(
+        "--frozen-bits", type=int, default=8, choices=(8, 16, 32), help="bits per frozen parameter (default 8)"
+    )
+    m.add_argument(
+        "--no-lite-for-all",
+        action="store_true",
+        help="lite residuals only on TinyTL-L/L+B, as `train` builds them (the paper gives every method them)",
+    )
     m.add_argument("--json", action="store_true", help="print the rows as JSON")
     m.add_argument("--plot", metavar="OUT.png", help="also write a bar chart of parameter vs activation memory")
-    m.add_argument("--methods", nargs="+", metavar="METHOD", help=f"only these methods (default all: {', '.join(METHODS)})")
-    m.add_argument("--measure", action="store_true", help="also export each method's model and measure it with LiteRT at batch 1 (static graph peak, process RSS of train and infer)")
+    m.add_argument(
+        "--methods", nargs="+", metavar="METHOD", help=f"only these methods (default all: {', '.join(METHODS)})"
+    )
+    m.add_argument(
+        "--measure",
+        action="store_true",
+        help="also export each method's model and measure it with LiteRT at batch 1 (static graph peak, process RSS of train and infer)",
+    )
     m.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (mobilenet-v1 with --measure)")
-    m.add_argument("--model", metavar="MODEL.tflite", help="measure this exported model instead (train and infer in LiteRT at its batch size: static graph peak, process RSS split into heap and file-backed pages); the method comes from MODEL.json beside it")
-    m.add_argument("--timeout", type=positive_float, default=300, help="seconds each LiteRT measurement process may run (default 300)")
+    m.add_argument(
+        "--model",
+        metavar="MODEL.tflite",
+        help="measure this exported model instead (train and infer in LiteRT at its batch size: static graph peak, process RSS split into heap and file-backed pages); the method comes from MODEL.json beside it",
+    )
+    m.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=300,
+        help="seconds each LiteRT measurement process may run (default 300)",
+    )
     m.set_defaults(func=cmd_memory)
 
-    d = sub.add_parser("demo", formatter_class=_Formatter, help="the main job on the embedded CIFAR-10 subset",
-                       description="Fine-tune mcunet-5fps on the embedded 10-class CIFAR-10 subset with FT-Last and "
-                       "TinyTL-L+B, print their accuracy beside their measured LiteRT training memory, then train the "
-                       "TinyTL-L+B model on with the LiteRT trainer at batch size 1.")
+    d = sub.add_parser(
+        "demo",
+        formatter_class=_Formatter,
+        help="the main job on the embedded CIFAR-10 subset",
+        description="Fine-tune mcunet-5fps on the embedded 10-class CIFAR-10 subset with FT-Last and "
+        "TinyTL-L+B, print their accuracy beside their measured LiteRT training memory, then train the "
+        "TinyTL-L+B model on with the LiteRT trainer at batch size 1.",
+    )
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     d.add_argument("--epochs", type=count(1), help="training epochs of each method (default: the demo's 15)")
     _add_seed_option(d)
@@ -254,16 +424,19 @@ def check_arguments(args):
             raise FileNotFoundError(f"no model file at {args.model}; pass a .tflite written by `export` or `train`")
         with open(args.model, "rb") as f:
             if f.read(8)[4:] != b"TFL3":
-                raise ValueError(f"{args.model} is not a TFLite model (no 'TFL3' identifier); pass a .tflite written "
-                                 "by `export` or `train`")
+                raise ValueError(
+                    f"{args.model} is not a TFLite model (no 'TFL3' identifier); pass a .tflite written "
+                    "by `export` or `train`"
+                )
         if args.measure or args.plot:
             raise ValueError("--model measures one exported file; --measure and --plot belong to the method table")
     if args.command == "evaluate":
         if not Path(args.model).is_file():
             raise FileNotFoundError(f"no model file at {args.model}; pass the model.keras written by `train --out`")
         if not Path(args.data).is_dir():
-            raise FileNotFoundError(f"data folder {args.data} does not exist; expected DIR/test/<class>/<images> or "
-                                    "DIR/<class>/<images>")
+            raise FileNotFoundError(
+                f"data folder {args.data} does not exist; expected DIR/test/<class>/<images> or DIR/<class>/<images>"
+            )
 
 
 def main(argv=None):

@@ -121,8 +121,9 @@ def check_export_target(out, overwrite=False):
             raise IsADirectoryError(f"{path} is a directory; pass a .tflite file name for --out")
     existing = [str(p) for p in (out, meta_path) if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{' and '.join(existing)} already exist; pass --overwrite to replace them or choose "
-                              "another --out")
+        raise FileExistsError(
+            f"{' and '.join(existing)} already exist; pass --overwrite to replace them or choose another --out"
+        )
     return out, meta_path
 
 
@@ -136,8 +137,10 @@ def check_output_dir(out, overwrite, create=True):
         raise NotADirectoryError(f"--out {out} is a file; pass a folder")
     existing = [name for name in TRAIN_OUTPUTS if (out / name).exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{out / existing[0]} already exists; pass --overwrite to replace "
-                              f"{', '.join(existing)} or choose another --out")
+        raise FileExistsError(
+            f"{out / existing[0]} already exists; pass --overwrite to replace "
+            f"{', '.join(existing)} or choose another --out"
+        )
     if not create:
         return out
     out.mkdir(parents=True, exist_ok=True)

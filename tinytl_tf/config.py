@@ -160,7 +160,11 @@ def _check(cond, where, msg):
 
 
 def _positive_int(value, where):
-    _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, where, f"must be a positive integer, got {value!r}")
+    _check(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        where,
+        f"must be a positive integer, got {value!r}",
+    )
 
 
 def _check_conv(c, where):
@@ -176,12 +180,20 @@ def validate(cfg):
     check_resolution(cfg.resolution)
     _check(cfg.padding in PADDINGS, "padding", f"must be one of {PADDINGS}, got {cfg.padding!r}")
     _positive_int(cfg.num_classes, "num_classes")
-    _check(isinstance(cfg.dropout, (int, float)) and 0 <= cfg.dropout < 1, "dropout", f"must be in [0, 1), got {cfg.dropout!r}")
+    _check(
+        isinstance(cfg.dropout, (int, float)) and 0 <= cfg.dropout < 1,
+        "dropout",
+        f"must be in [0, 1), got {cfg.dropout!r}",
+    )
     for key in ("input_mean", "input_std"):
         v = getattr(cfg, key)
         _check(len(v) == 3 and all(isinstance(a, (int, float)) for a in v), key, "must be 3 numbers")
     _check(all(s > 0 for s in cfg.input_std), "input_std", "must be positive")
-    _check(not cfg.labels or len(cfg.labels) == cfg.num_classes, "labels", f"has {len(cfg.labels)} names for {cfg.num_classes} classes")
+    _check(
+        not cfg.labels or len(cfg.labels) == cfg.num_classes,
+        "labels",
+        f"has {len(cfg.labels)} names for {cfg.num_classes} classes",
+    )
     _check(isinstance(cfg.stem, ConvConfig), "stem", "must be a conv config")
     _check_conv(cfg.stem, "stem")
     if cfg.feature_mix is not None:
@@ -212,7 +224,10 @@ def validate(cfg):
 
 def check_resolution(resolution):
     _check(
-        isinstance(resolution, int) and not isinstance(resolution, bool) and MIN_RESOLUTION <= resolution <= MAX_RESOLUTION and resolution % 2 == 0,
+        isinstance(resolution, int)
+        and not isinstance(resolution, bool)
+        and MIN_RESOLUTION <= resolution <= MAX_RESOLUTION
+        and resolution % 2 == 0,
         "resolution",
         f"must be an even integer from {MIN_RESOLUTION} to {MAX_RESOLUTION} pixels, got {resolution!r}",
     )
@@ -238,7 +253,9 @@ def with_lite_residual(cfg, lite=None, nominal_resolution=128):
     for i, b in enumerate(cfg.blocks):
         if i > 0 and b.lite is None:
             kernel = nominal_lite_kernel(size) if lite is None else lite.kernel
-            b = dataclasses.replace(b, lite=LiteConfig(kernel=kernel) if lite is None else dataclasses.replace(lite, kernel=kernel))
+            b = dataclasses.replace(
+                b, lite=LiteConfig(kernel=kernel) if lite is None else dataclasses.replace(lite, kernel=kernel)
+            )
         blocks.append(b)
         size = max(1, size // b.stride)
     return cfg.replace(blocks=tuple(blocks))

@@ -40,6 +40,7 @@ def model_json_path(tflite_path):
     root, _ = os.path.splitext(os.path.abspath(tflite_path))
     return root + METADATA_SUFFIX
 
+
 # A trainable tensor's name in `get_weights` / `set_weights` and in checkpoints: its Keras weight path with "/"
 # replaced by "__" (signature tensor names must be identifiers), e.g. "block_3/depthwise/bias" ->
 # "block_3__depthwise__bias". Adam slots append "__m" and "__v"; the optimizer step counter is "step".
@@ -70,8 +71,22 @@ def slot_tensor_name(weight_name, slot):
 #   "ops": [builtin op names in the model]
 # }
 #   "integrity": metadata_integrity(this dict)
-METADATA_KEYS = ("format", "fingerprint", "tflite", "backbone", "method", "num_classes", "labels", "batch_size",
-                 "input", "signatures", "weights", "optimizer", "ops", "integrity")
+METADATA_KEYS = (
+    "format",
+    "fingerprint",
+    "tflite",
+    "backbone",
+    "method",
+    "num_classes",
+    "labels",
+    "batch_size",
+    "input",
+    "signatures",
+    "weights",
+    "optimizer",
+    "ops",
+    "integrity",
+)
 # What the model's outputs mean besides its bytes: a label order, input size or normalization edited in the JSON
 # would train and predict garbage silently, so `integrity` hashes them together with the file's fingerprint.
 INTEGRITY_KEYS = ("fingerprint", "num_classes", "labels", "input")

@@ -29,7 +29,15 @@ from tinytl_tf import imageio
 from tinytl_tf.config import check_resolution
 from tinytl_tf.imageio import DataError
 
-__all__ = ["DataError", "ImageData", "default_data_dir", "demo_data_dir", "load_eval_folder", "load_image_folder", "load_tfds"]
+__all__ = [
+    "DataError",
+    "ImageData",
+    "default_data_dir",
+    "demo_data_dir",
+    "load_eval_folder",
+    "load_image_folder",
+    "load_tfds",
+]
 
 TFDS_SHUFFLE_BUFFER = 4096  # encoded images held for shuffling a tfds split (a folder shuffles all its paths)
 
@@ -96,7 +104,9 @@ def load_tfds(name, data_dir, resolution, mean, std, batch_size, seed=0):
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
-        raise DataError(f"tfds data set '{name}' is unknown and not found under data_dir={data_dir}; check the name") from None
+        raise DataError(
+            f"tfds data set '{name}' is unknown and not found under data_dir={data_dir}; check the name"
+        ) from None
     where = f"data_dir={data_dir}" if data_dir else "the default tfds data_dir"
     if not builder.is_prepared():
         raise DataError(
@@ -106,10 +116,14 @@ def load_tfds(name, data_dir, resolution, mean, std, batch_size, seed=0):
     info = builder.info
     keys = info.supervised_keys
     if not keys or not isinstance(info.features[keys[0]], tfds.features.Image):
-        raise DataError(f"tfds data set '{name}' has no (image, label) supervised keys (got {keys}); it is not an image classification set")
+        raise DataError(
+            f"tfds data set '{name}' has no (image, label) supervised keys (got {keys}); it is not an image classification set"
+        )
     test_split = next((s for s in ("test", "validation") if s in info.splits), None)
     if "train" not in info.splits or test_split is None:
-        raise DataError(f"tfds data set '{name}' needs a train and a test (or validation) split; it has {sorted(info.splits)}")
+        raise DataError(
+            f"tfds data set '{name}' needs a train and a test (or validation) split; it has {sorted(info.splits)}"
+        )
 
     def split(s):
         ds = builder.as_dataset(
@@ -160,7 +174,9 @@ class _Preprocess:
         """Reshuffled every epoch; each image's crop and flip draw from its own seed, so `seed` fixes the run."""
 
         def augment(source, item_seed):
-            return imageio.train_transform(self._read(source), self.resolution, np.random.default_rng(abs(int(item_seed))))
+            return imageio.train_transform(
+                self._read(source), self.resolution, np.random.default_rng(abs(int(item_seed)))
+            )
 
         ds = ds.shuffle(max(shuffle_buffer, 1), seed=seed, reshuffle_each_iteration=True)
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)

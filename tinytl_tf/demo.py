@@ -29,8 +29,11 @@ DEVICE_LR = 1e-4  # the on-device continuation: a small constant rate at batch 1
 def run_demo(out, epochs=None, batch_size=8, verbose=2, seed=0):
     """Runs the demo into `out`; `epochs` None means the demo's EPOCHS. Returns each method's metrics and memory."""
     out, data, epochs = Path(out), demo_data_dir(), epochs or EPOCHS
-    print(f"demo: {BACKBONE} at {RESOLUTION} px on the embedded CIFAR-10 subset (10 classes, 100 train / 30 test "
-          f"images each), seed {seed}", flush=True)
+    print(
+        f"demo: {BACKBONE} at {RESOLUTION} px on the embedded CIFAR-10 subset (10 classes, 100 train / 30 test "
+        f"images each), seed {seed}",
+        flush=True,
+    )
 
     def load(resolution, mean, std, batch):
         return load_image_folder(data, resolution, mean, std, batch, seed=seed)
@@ -38,27 +41,49 @@ def run_demo(out, epochs=None, batch_size=8, verbose=2, seed=0):
     rows = []
     for method in METHODS:
         lr = default_lr(method)
-        print(f"\n== {method}: {epochs} epochs, batch {batch_size}, Adam lr {lr:g} with cosine decay", file=sys.stderr,
-              flush=True)
+        print(
+            f"\n== {method}: {epochs} epochs, batch {batch_size}, Adam lr {lr:g} with cosine decay",
+            file=sys.stderr,
+            flush=True,
+        )
         with stdout_to_stderr():  # Keras' progress
-            model, metrics = train_job(data, BACKBONE, method, out / method, resolution=RESOLUTION, epochs=epochs,
-                                       batch_size=batch_size, lr=lr, overwrite=True, verbose=verbose, load_data=load,
-                                       seed=seed)
+            model, metrics = train_job(
+                data,
+                BACKBONE,
+                method,
+                out / method,
+                resolution=RESOLUTION,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                overwrite=True,
+                verbose=verbose,
+                load_data=load,
+                seed=seed,
+            )
         tflite = out / method / "model.tflite"
-        print(f"== {method}: export {tflite} (builtin ops only) and measure its LiteRT train step", file=sys.stderr,
-              flush=True)
+        print(
+            f"== {method}: export {tflite} (builtin ops only) and measure its LiteRT train step",
+            file=sys.stderr,
+            flush=True,
+        )
         export_model(model, tflite, "adam", lr=DEVICE_LR, total_steps=metrics["train_examples"], overwrite=True)
         rows.append({**metrics, **measure_tflite(tflite)})
 
-    print(f"\n{'method':<10} {'trainable params':>16} {'test accuracy':>14} {'LiteRT train step MB':>21} "
-          f"{'train s':>8}")
+    print(
+        f"\n{'method':<10} {'trainable params':>16} {'test accuracy':>14} {'LiteRT train step MB':>21} {'train s':>8}"
+    )
     for m in rows:
-        print(f"{m['method']:<10} {m['trainable_params']:>16,} {m['test_accuracy']:>14.1%} "
-              f"{m['measured_train_mb']:>21.2f} {m['train_seconds']:>8.0f}")
+        print(
+            f"{m['method']:<10} {m['trainable_params']:>16,} {m['test_accuracy']:>14.1%} "
+            f"{m['measured_train_mb']:>21.2f} {m['train_seconds']:>8.0f}"
+        )
     last, lb = rows
-    print(f"\nTinyTL-L+B - FT-Last: {100 * (lb['test_accuracy'] - last['test_accuracy']):+.1f} points of top-1 on "
-          f"{lb['test_examples']} test images, for {lb['measured_train_mb'] - last['measured_train_mb']:+.2f} MB of "
-          "training memory (batch 1, measured in LiteRT)")
+    print(
+        f"\nTinyTL-L+B - FT-Last: {100 * (lb['test_accuracy'] - last['test_accuracy']):+.1f} points of top-1 on "
+        f"{lb['test_examples']} test images, for {lb['measured_train_mb'] - last['measured_train_mb']:+.2f} MB of "
+        "training memory (batch 1, measured in LiteRT)"
+    )
     print(f"models and metrics: {out}/<method>/model.keras, metrics.json, model.tflite")
 
     tflite = out / "tinytl-lb" / "model.tflite"
@@ -69,7 +94,15 @@ def run_demo(out, epochs=None, batch_size=8, verbose=2, seed=0):
     before = evaluate_folder(tflite, data)["accuracy"]
     summary = train_folder(tflite, data, epochs=1, checkpoint=checkpoint, seed=seed, progress=sys.stderr)
     after = evaluate_folder(tflite, data, checkpoint)
-    print(json.dumps({"device_accuracy_before": before, "device_accuracy_after": after["accuracy"],
-                      "device_steps": summary["global_steps"], "device_steps_per_s": summary["steps_per_s"],
-                      "checkpoint": str(checkpoint)}))
+    print(
+        json.dumps(
+            {
+                "device_accuracy_before": before,
+                "device_accuracy_after": after["accuracy"],
+                "device_steps": summary["global_steps"],
+                "device_steps_per_s": summary["steps_per_s"],
+                "checkpoint": str(checkpoint),
+            }
+        )
+    )
     return rows

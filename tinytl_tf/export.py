@@ -66,11 +66,16 @@ class TrainingModule(tf.Module):
         self.groups = ([small] if small else []) + [[i] for i, n in enumerate(sizes) if n >= FLAT_MAX_ELEMENTS]
         self.group_sizes = [[sizes[i] for i in g] for g in self.groups]
         # a lone tensor's variable is the Keras variable itself: its layer's ops read it only when they run
-        self.group_variables = [self.keras_trainable[g[0]].value if len(g) == 1 else
-                                tf.Variable(self._flatten([self.keras_trainable[i].value for i in g]), name=f"trainable_{j}")
-                                for j, g in enumerate(self.groups)]
-        self.group_slots = [[tf.Variable(tf.zeros(v.shape), name=f"{s}_{j}") for s in contract.SLOT_SUFFIXES[optimizer]]
-                            for j, v in enumerate(self.group_variables)]
+        self.group_variables = [
+            self.keras_trainable[g[0]].value
+            if len(g) == 1
+            else tf.Variable(self._flatten([self.keras_trainable[i].value for i in g]), name=f"trainable_{j}")
+            for j, g in enumerate(self.groups)
+        ]
+        self.group_slots = [
+            [tf.Variable(tf.zeros(v.shape), name=f"{s}_{j}") for s in contract.SLOT_SUFFIXES[optimizer]]
+            for j, v in enumerate(self.group_variables)
+        ]
         self.step = tf.Variable(0.0, name=contract.STEP_TENSOR)
         r = model.net_config.resolution
         self.image_spec = tf.TensorSpec([1, r, r, 3], tf.float32, name=contract.INPUT_IMAGE)
@@ -168,8 +173,10 @@ class TrainingModule(tf.Module):
 
     def get_weights_step(self):
         values = list(self._unflatten(self.group_variables))
-        slots = [self._unflatten([s[k] for s in self.group_slots])
-                 for k in range(len(contract.SLOT_SUFFIXES[self.optimizer]))]
+        slots = [
+            self._unflatten([s[k] for s in self.group_slots])
+            for k in range(len(contract.SLOT_SUFFIXES[self.optimizer]))
+        ]
         for i in range(len(self.names)):
             values += [slot[i] for slot in slots]
         names = [n for n, _, _ in self.weight_tensors()]
@@ -189,18 +196,27 @@ class TrainingModule(tf.Module):
 
     def signatures(self):
         """Concrete functions keyed by signature name."""
-        train = tf.function(self.train_step, input_signature=[
-            self.image_spec, tf.TensorSpec([1], tf.int32, name=contract.INPUT_LABEL),
-            tf.TensorSpec([], tf.float32, name=contract.INPUT_LEARNING_RATE)])
+        train = tf.function(
+            self.train_step,
+            input_signature=[
+                self.image_spec,
+                tf.TensorSpec([1], tf.int32, name=contract.INPUT_LABEL),
+                tf.TensorSpec([], tf.float32, name=contract.INPUT_LEARNING_RATE),
+            ],
+        )
         infer = tf.function(self.infer_step, input_signature=[self.image_spec])
-        get = tf.function(lambda unused: self.get_weights_step(),
-                          input_signature=[tf.TensorSpec([], tf.float32, name=contract.INPUT_PLACEHOLDER)])
+        get = tf.function(
+            lambda unused: self.get_weights_step(),
+            input_signature=[tf.TensorSpec([], tf.float32, name=contract.INPUT_PLACEHOLDER)],
+        )
         specs = {name: tf.TensorSpec(shape, tf.float32, name=name) for name, shape, _ in self.weight_tensors()}
         setter = tf.function(lambda **kw: self.set_weights_step(**kw)).get_concrete_function(**specs)
-        return {contract.SIGNATURE_TRAIN: train.get_concrete_function(),
-                contract.SIGNATURE_INFER: infer.get_concrete_function(),
-                contract.SIGNATURE_GET_WEIGHTS: get.get_concrete_function(),
-                contract.SIGNATURE_SET_WEIGHTS: setter}
+        return {
+            contract.SIGNATURE_TRAIN: train.get_concrete_function(),
+            contract.SIGNATURE_INFER: infer.get_concrete_function(),
+            contract.SIGNATURE_GET_WEIGHTS: get.get_concrete_function(),
+            contract.SIGNATURE_SET_WEIGHTS: setter,
+        }
 
 
 def convert(module, allow_flex=False, frozen_bits=8):
@@ -224,7 +240,8 @@ def convert(module, allow_flex=False, frozen_bits=8):
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(sigs))
         converter.experimental_enable_resource_variables = True
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS] + (
-            [tf.lite.OpsSet.SELECT_TF_OPS] if allow_flex else [])
+            [tf.lite.OpsSet.SELECT_TF_OPS] if allow_flex else []
+        )
         if frozen_bits == 8:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         try:
@@ -238,8 +255,10 @@ def check_builtins_only(tflite_bytes):
     """Raise ExportError naming every Flex/custom op: such a model cannot run from Python or a lean app."""
     bad = tflite_model.custom_ops(tflite_model.read(tflite_bytes))
     if bad:
-        raise ExportError(f"the exported graph needs non-builtin ops {bad}: Flex (Select TF ops) cannot run with "
-                          f"ai-edge-litert from Python and adds ~8 MB to an Android app; every op must be a builtin")
+        raise ExportError(
+            f"the exported graph needs non-builtin ops {bad}: Flex (Select TF ops) cannot run with "
+            f"ai-edge-litert from Python and adds ~8 MB to an Android app; every op must be a builtin"
+        )
 
 
 def _spec_json(details):
@@ -251,8 +270,10 @@ def signature_json(interpreter):
     out = {}
     for key in interpreter.get_signature_list():
         runner = interpreter.get_signature_runner(key)
-        out[key] = {"inputs": {n: _spec_json(d) for n, d in runner.get_input_details().items()},
-                    "outputs": {n: _spec_json(d) for n, d in runner.get_output_details().items()}}
+        out[key] = {
+            "inputs": {n: _spec_json(d) for n, d in runner.get_input_details().items()},
+            "outputs": {n: _spec_json(d) for n, d in runner.get_output_details().items()},
+        }
     return out
 
 
@@ -270,13 +291,27 @@ def verify_infer(model, interpreter, n=3, seed=0, tolerance=1e-4):
         want = np.asarray(model(x, training=False))
         worst = max(worst, float(np.linalg.norm(got - want) / max(1.0, np.linalg.norm(want))))
     if not worst <= tolerance:
-        raise ExportError(f"LiteRT infer differs from Keras by {worst:.3g} (relative L2; allowed {tolerance:g}): "
-                          "the converted model is wrong")
+        raise ExportError(
+            f"LiteRT infer differs from Keras by {worst:.3g} (relative L2; allowed {tolerance:g}): "
+            "the converted model is wrong"
+        )
     return worst
 
 
-def export_model(model, out, optimizer="adam", lr=1e-3, total_steps=1000, label_smoothing=0.1, schedule="cosine",
-                 allow_flex=False, verify=True, frozen_bits=8, overwrite=False, progress=None):
+def export_model(
+    model,
+    out,
+    optimizer="adam",
+    lr=1e-3,
+    total_steps=1000,
+    label_smoothing=0.1,
+    schedule="cosine",
+    allow_flex=False,
+    verify=True,
+    frozen_bits=8,
+    overwrite=False,
+    progress=None,
+):
     """Write `out` (X.tflite) and its metadata X.json beside it; returns the metadata dict.
 
     An existing `out` or X.json is refused unless `overwrite`. `progress(stage)`, when given, is called before
@@ -298,16 +333,37 @@ def export_model(model, out, optimizer="adam", lr=1e-3, total_steps=1000, label_
         verify_infer(model, interpreter, tolerance=VERIFY_TOLERANCE[frozen_bits])
     cfg = model.net_config
     meta = {
-        "format": contract.METADATA_FORMAT, "fingerprint": hashlib.sha256(data).hexdigest(), "tflite": out.name,
-        "backbone": cfg.name, "method": cfg.method, "num_classes": cfg.num_classes, "frozen_bits": frozen_bits,
-        "labels": list(cfg.labels) or [str(i) for i in range(cfg.num_classes)], "batch_size": 1,
-        "input": {"height": cfg.resolution, "width": cfg.resolution, "channels": 3, "layout": "NHWC",
-                  "mean": list(cfg.input_mean), "std": list(cfg.input_std), "crop_fraction": contract.CROP_FRACTION,
-                  "resize": "bilinear"},
+        "format": contract.METADATA_FORMAT,
+        "fingerprint": hashlib.sha256(data).hexdigest(),
+        "tflite": out.name,
+        "backbone": cfg.name,
+        "method": cfg.method,
+        "num_classes": cfg.num_classes,
+        "frozen_bits": frozen_bits,
+        "labels": list(cfg.labels) or [str(i) for i in range(cfg.num_classes)],
+        "batch_size": 1,
+        "input": {
+            "height": cfg.resolution,
+            "width": cfg.resolution,
+            "channels": 3,
+            "layout": "NHWC",
+            "mean": list(cfg.input_mean),
+            "std": list(cfg.input_std),
+            "crop_fraction": contract.CROP_FRACTION,
+            "resize": "bilinear",
+        },
         "signatures": signature_json(interpreter),
-        "weights": [{"name": n, "shape": list(shape), "dtype": "float32", "kind": k} for n, shape, k in module.weight_tensors()],
-        "optimizer": {"name": optimizer, "lr": lr, "schedule": schedule, "total_steps": module.total_steps,
-                      "label_smoothing": label_smoothing, **(ADAM if optimizer == "adam" else {})},
+        "weights": [
+            {"name": n, "shape": list(shape), "dtype": "float32", "kind": k} for n, shape, k in module.weight_tensors()
+        ],
+        "optimizer": {
+            "name": optimizer,
+            "lr": lr,
+            "schedule": schedule,
+            "total_steps": module.total_steps,
+            "label_smoothing": label_smoothing,
+            **(ADAM if optimizer == "adam" else {}),
+        },
         "ops": tflite_model.op_names(tflite_model.read(data)),
     }
     meta["integrity"] = contract.metadata_integrity(meta)

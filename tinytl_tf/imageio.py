@@ -212,7 +212,9 @@ def scan_test_folder(root, class_names=(), only=None):
     `only`: keep just these paths (relative to `root`), e.g. the images a split held out of a flat tree."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist; expected DIR/test/<class>/<images> or DIR/<class>/<images>")
+        raise DataError(
+            f"data folder {root} does not exist; expected DIR/test/<class>/<images> or DIR/<class>/<images>"
+        )
     files = _class_files(root / "test" if (root / "test").is_dir() else root, min_classes=1)
     if only is not None:
         keep = {os.path.normpath(p) for p in only}
@@ -236,16 +238,23 @@ def _class_files(folder, min_classes=2):
     if not classes:
         raise DataError(f"{folder} has no class sub-folders; {LAYOUT_HELP}")
     if len(classes) < min_classes:
-        raise DataError(f"{folder} has only one class folder ({classes[0].name}); a classifier needs at least two "
-                        f"classes; {LAYOUT_HELP}")
+        raise DataError(
+            f"{folder} has only one class folder ({classes[0].name}); a classifier needs at least two "
+            f"classes; {LAYOUT_HELP}"
+        )
     files = {}
     for d in classes:
         files[d.name] = sorted(
-            p for p in d.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not any(s.startswith(".") for s in p.relative_to(d).parts)
+            p
+            for p in d.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS
+            and p.is_file()
+            and not any(s.startswith(".") for s in p.relative_to(d).parts)
         )
         if not files[d.name]:
-            raise DataError(f"class folder {d} has no images (looked for {', '.join(IMAGE_EXTENSIONS)}); add some or remove the folder")
+            raise DataError(
+                f"class folder {d} has no images (looked for {', '.join(IMAGE_EXTENSIONS)}); add some or remove the folder"
+            )
     return files
 
 
@@ -263,7 +272,9 @@ def _drop_unreadable(root, parts):
         errors = dict(zip(paths, pool.map(error, paths)))
     bad = [e for e in errors.values() if e]
     if len(bad) == len(paths):
-        raise DataError(f"none of the {len(paths)} image files under {root} could be read (e.g. {bad[0]}); check the files")
+        raise DataError(
+            f"none of the {len(paths)} image files under {root} could be read (e.g. {bad[0]}); check the files"
+        )
     if bad:
         log.warning("skipped %d unreadable image file(s) under %s, e.g. %s", len(bad), root, bad[0])
     kept = []

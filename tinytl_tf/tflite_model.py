@@ -63,12 +63,21 @@ def read(data):
     subgraphs = []
     for sg in model.subgraphs:
         tensors = tuple(
-            Tensor((t.name or b"").decode(), tuple(int(d) for d in (t.shape if t.shape is not None else ())),
-                   _TENSOR_TYPES.get(t.type, str(t.type)), _buffer_size(model, t.buffer, sizes))
-            for t in sg.tensors)
-        ops = tuple(Op(*codes[o.opcodeIndex], tuple(int(i) for i in _list(o.inputs)), tuple(int(i) for i in _list(o.outputs)))
-                    for o in sg.operators)
-        subgraphs.append(Subgraph((sg.name or b"").decode(), ops, tensors, tuple(_list(sg.inputs)), tuple(_list(sg.outputs))))
+            Tensor(
+                (t.name or b"").decode(),
+                tuple(int(d) for d in (t.shape if t.shape is not None else ())),
+                _TENSOR_TYPES.get(t.type, str(t.type)),
+                _buffer_size(model, t.buffer, sizes),
+            )
+            for t in sg.tensors
+        )
+        ops = tuple(
+            Op(*codes[o.opcodeIndex], tuple(int(i) for i in _list(o.inputs)), tuple(int(i) for i in _list(o.outputs)))
+            for o in sg.operators
+        )
+        subgraphs.append(
+            Subgraph((sg.name or b"").decode(), ops, tensors, tuple(_list(sg.inputs)), tuple(_list(sg.outputs)))
+        )
     return subgraphs
 
 
@@ -121,8 +130,11 @@ def links(data):
         sg = model.Subgraphs(s)
         tensors = [sg.Tensors(i) for i in range(sg.TensorsLength())]
         buffers.append(tuple(t.Buffer() for t in tensors))
-        unknown.append(frozenset(i for i, t in enumerate(tensors)
-                                 if t.ShapeSignatureLength() and (t.ShapeSignatureAsNumpy() < 0).any()))
+        unknown.append(
+            frozenset(
+                i for i, t in enumerate(tensors) if t.ShapeSignatureLength() and (t.ShapeSignatureAsNumpy() < 0).any()
+            )
+        )
         handles, calls = {}, []
         for o in range(sg.OperatorsLength()):
             op = sg.Operators(o)
@@ -157,7 +169,7 @@ class _AlignedBuffer:
             raw = np.asarray(b.data, np.uint8).tobytes()
             builder.StartVector(1, len(raw), BUFFER_ALIGNMENT)
             builder.head -= len(raw)
-            builder.Bytes[builder.head:builder.head + len(raw)] = raw
+            builder.Bytes[builder.head : builder.head + len(raw)] = raw
             data = builder.EndVector()
         schema.BufferStart(builder)
         if data is not None:
@@ -177,8 +189,12 @@ def fill_zero_initial_values(data):
     frees after the initializer runs. A buffer is removed only when no other subgraph uses it.
     """
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
-    inits = {op.builtinOptions.initSubgraphIndex for sg in model.subgraphs for op in (sg.operators or [])
-             if op.builtinOptionsType == schema.BuiltinOptions.CallOnceOptions}
+    inits = {
+        op.builtinOptions.initSubgraphIndex
+        for sg in model.subgraphs
+        for op in (sg.operators or [])
+        if op.builtinOptionsType == schema.BuiltinOptions.CallOnceOptions
+    }
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
     users = {}
     for s, sg in enumerate(model.subgraphs):
@@ -207,15 +223,24 @@ def fill_zero_initial_values(data):
     for s in sorted(inits):
         sg, ops = model.subgraphs[s], []
         for op in sg.operators or []:
-            value = sg.tensors[op.inputs[1]] if codes[op.opcodeIndex] == schema.BuiltinOperator.ASSIGN_VARIABLE else None
+            value = (
+                sg.tensors[op.inputs[1]] if codes[op.opcodeIndex] == schema.BuiltinOperator.ASSIGN_VARIABLE else None
+            )
             raw = None if value is None else model.buffers[value.buffer].data
-            if (value is not None and value.type == schema.TensorType.FLOAT32 and raw is not None
-                    and len(raw) >= MIN_FILL_BYTES and not np.asarray(raw).any()):
+            if (
+                value is not None
+                and value.type == schema.TensorType.FLOAT32
+                and raw is not None
+                and len(raw) >= MIN_FILL_BYTES
+                and not np.asarray(raw).any()
+            ):
                 fill = schema.OperatorT()
                 fill.opcodeIndex = fill_code()
                 name = value.name or b"initial_value"
-                fill.inputs = [constant(sg, name + b"/shape", np.asarray(value.shape, np.int32)),
-                               constant(sg, name + b"/zero", np.zeros((), np.float32))]
+                fill.inputs = [
+                    constant(sg, name + b"/shape", np.asarray(value.shape, np.int32)),
+                    constant(sg, name + b"/zero", np.zeros((), np.float32)),
+                ]
                 fill.outputs = [op.inputs[1]]
                 ops.append(fill)
                 emptied.add(value.buffer)

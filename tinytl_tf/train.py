@@ -38,8 +38,11 @@ def seed_everything(seed, deterministic=True):
     keras.utils.set_random_seed(seed)
     if deterministic:  # TensorFlow has no public switch back: it stays on for the rest of the process
         tf.config.experimental.enable_op_determinism()
-    return {"seed": seed, "op_determinism": bool(deterministic),
-            "seeded": ["python", "numpy", "tensorflow", "keras", "tf.data shuffle and augmentation"]}
+    return {
+        "seed": seed,
+        "op_determinism": bool(deterministic),
+        "seeded": ["python", "numpy", "tensorflow", "keras", "tf.data shuffle and augmentation"],
+    }
 
 
 @keras.saving.register_keras_serializable(package="tinytl_tf")
@@ -71,9 +74,11 @@ def distribution_scope(strategy):
 def compile_model(model, lr, total_steps, label_smoothing=0.1):
     """Adam (0.9, 0.999, 1e-8) with the learning rate decayed to 0 by a per-step cosine, no warm-up."""
     schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, total_steps), alpha=0.0)
-    model.compile(optimizer=keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-8),
-                  loss=SmoothedCrossEntropy(label_smoothing),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-8),
+        loss=SmoothedCrossEntropy(label_smoothing),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
     # built now, not inside the first traced step: creating the slots there makes tf.function trace it twice
     model.optimizer.build(model.trainable_variables)
     return model
@@ -123,9 +128,25 @@ def plot_history(history, path):
         plt.close(fig)
 
 
-def train_job(data, backbone, method, out, resolution=None, epochs=10, batch_size=8, lr=None, label_smoothing=0.1,
-              dropout=0.2, strategy="none", weights_dir=None, overwrite=False, verbose=1, load_data=None,
-              make_model=None, seed=0):
+def train_job(
+    data,
+    backbone,
+    method,
+    out,
+    resolution=None,
+    epochs=10,
+    batch_size=8,
+    lr=None,
+    label_smoothing=0.1,
+    dropout=0.2,
+    strategy="none",
+    weights_dir=None,
+    overwrite=False,
+    verbose=1,
+    load_data=None,
+    make_model=None,
+    seed=0,
+):
     """The `train` command: backbone -> transfer method -> fit -> OUT/model.keras + OUT/metrics.json.
 
     `load_data(resolution, mean, std, batch_size)` returns an ImageData; `data` names it in the metrics.
@@ -150,22 +171,39 @@ def train_job(data, backbone, method, out, resolution=None, epochs=10, batch_siz
         else:
             model, backbone, method = base, cfg.name, cfg.method
             if cfg.labels != tuple(images.class_names):
-                raise ValueError(f"the data's classes {list(images.class_names)} differ from the network's "
-                                 f"{list(cfg.labels)}; train it on the data it was searched on")
+                raise ValueError(
+                    f"the data's classes {list(images.class_names)} differ from the network's "
+                    f"{list(cfg.labels)}; train it on the data it was searched on"
+                )
         lr = default_lr(method) if lr is None else lr
         start = time.time()
         history = fit(model, images.train, epochs, lr, label_smoothing, verbose)
     seconds = time.time() - start
     trainable, total = count_params(model)
     metrics = {
-        "method": method, "backbone": backbone, "resolution": model.net_config.resolution, "epochs": epochs,
-        "batch_size": batch_size, "lr": lr, "label_smoothing": label_smoothing, "replicas": replicas,
-        "num_classes": len(images.class_names), "trainable_params": trainable, "total_params": total,
-        "train_accuracy": float(history.history["accuracy"][-1]), "test_accuracy": accuracy(model, images.test),
-        "train_examples": images.num_train, "test_examples": images.num_test, "skipped_images": images.skipped,
-        "train_seconds": round(seconds, 1), "data": str(data), "reproducibility": reproducibility,
-        "history": {"loss": [float(v) for v in history.history["loss"]],
-                    "accuracy": [float(v) for v in history.history["accuracy"]]},
+        "method": method,
+        "backbone": backbone,
+        "resolution": model.net_config.resolution,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "label_smoothing": label_smoothing,
+        "replicas": replicas,
+        "num_classes": len(images.class_names),
+        "trainable_params": trainable,
+        "total_params": total,
+        "train_accuracy": float(history.history["accuracy"][-1]),
+        "test_accuracy": accuracy(model, images.test),
+        "train_examples": images.num_train,
+        "test_examples": images.num_test,
+        "skipped_images": images.skipped,
+        "train_seconds": round(seconds, 1),
+        "data": str(data),
+        "reproducibility": reproducibility,
+        "history": {
+            "loss": [float(v) for v in history.history["loss"]],
+            "accuracy": [float(v) for v in history.history["accuracy"]],
+        },
     }
     for name in STALE_EXPORTS:
         if (out / name).exists():
@@ -176,8 +214,11 @@ def train_job(data, backbone, method, out, resolution=None, epochs=10, batch_siz
     atomic_write(out / "model.keras", model.save)
     metrics["model_sha256"] = _sha256(out / "model.keras")
     if images.held_out_files:
-        split = {"data": str(Path(data).resolve()), "model_sha256": metrics["model_sha256"],
-                 "test": [os.path.relpath(f, data) for f in images.held_out_files]}
+        split = {
+            "data": str(Path(data).resolve()),
+            "model_sha256": metrics["model_sha256"],
+            "test": [os.path.relpath(f, data) for f in images.held_out_files],
+        }
         atomic_write(out / SPLIT_FILE, lambda p: Path(p).write_text(json.dumps(split, indent=1)))
     elif (out / SPLIT_FILE).exists():
         os.remove(out / SPLIT_FILE)  # another run's split: this model's test images are a test/ folder
@@ -198,8 +239,10 @@ def held_out_files(model_path, data):
     if recorded != Path(data).resolve() or not isinstance(files, list):
         return None
     if split.get("model_sha256", _sha256(model_path)) != _sha256(model_path):
-        raise ValueError(f"{path} belongs to another model than {model_path} (a train run stopped between the two "
-                         "writes); train again, or pass --all-images to score every image")
+        raise ValueError(
+            f"{path} belongs to another model than {model_path} (a train run stopped between the two "
+            "writes); train again, or pass --all-images to score every image"
+        )
     return files
 
 

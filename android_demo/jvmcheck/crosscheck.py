@@ -51,8 +51,14 @@ for _ in range(count):
 payload_len, crc = take(">QI")
 payload = data[pos:]
 expected = [(w["name"], w["dtype"], w["shape"]) for w in meta["weights"]]
-ok = (magic == b"TTLW" and version == 1 and fingerprint == meta["fingerprint"] and len(payload) == payload_len
-      and zlib.crc32(payload) == crc and [h[:3] for h in header] == expected)
+ok = (
+    magic == b"TTLW"
+    and version == 1
+    and fingerprint == meta["fingerprint"]
+    and len(payload) == payload_len
+    and zlib.crc32(payload) == crc
+    and [h[:3] for h in header] == expected
+)
 offset, values = 0, {}
 for name, dtype, dims, nbytes in header:
     values[name] = np.frombuffer(payload[offset : offset + nbytes], np.dtype(dtype).newbyteorder("<")).reshape(dims)
@@ -64,7 +70,9 @@ report("weight file matches the documented format", ok, f"{header} {values}")
 size = meta["input"]["height"]
 rgb = np.frombuffer((work / "rgb.bin").read_bytes(), np.uint8).reshape(size, size, 3)
 x = (rgb.astype(np.float32) - np.float32(meta["input"]["mean"])) / np.float32(meta["input"]["std"])
-kotlin = {f: np.frombuffer((work / f).read_bytes(), "<f4").reshape(size, size, 3) for f in ("x_noflip.f32", "x_flip.f32")}
+kotlin = {
+    f: np.frombuffer((work / f).read_bytes(), "<f4").reshape(size, size, 3) for f in ("x_noflip.f32", "x_flip.f32")
+}
 report("normalize is bit-identical to numpy", np.array_equal(kotlin["x_noflip.f32"], x))
 report("flipped normalize is bit-identical to numpy [:, ::-1]", np.array_equal(kotlin["x_flip.f32"], x[:, ::-1]))
 

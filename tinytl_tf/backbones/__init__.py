@@ -32,5 +32,16 @@ def load_backbone(name, resolution=None, weights_dir=None):
     return model
 
 
-__all__ = ["BACKBONES", "Backbone", "TinyNet", "UnknownBackbone", "backbone_config", "build_model", "copy_weights",
-           "count_params", "get_backbone", "load_backbone", "load_weights_by_path"]
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "TinyNet",
+    "UnknownBackbone",
+    "backbone_config",
+    "build_model",
+    "copy_weights",
+    "count_params",
+    "get_backbone",
+    "load_backbone",
+    "load_weights_by_path",
+]

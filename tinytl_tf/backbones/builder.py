@@ -88,4 +88,3 @@ def count_params(model):
     """(trainable, total) parameter counts."""
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     return trainable, sum(int(np.prod(v.shape)) for v in model.weights)
-

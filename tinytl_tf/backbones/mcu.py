@@ -34,11 +34,22 @@ def load(name):
     blocks = []
     for spec in arch["blocks"]:
         dw, pw1 = spec["depthwise"], spec["pointwise1"]
-        blocks.append(BlockConfig(kernel=dw["kernel_size"][0], stride=dw["stride"], out=spec["pointwise2"]["out_channel"],
-                                  mid=None if pw1 is None else pw1["out_channel"], shortcut=bool(spec["residual"])))
-    cfg = NetConfig(name=name, resolution=int(arch["input_size"]),
-                    stem=ConvConfig(out=first["out_channel"], kernel=first["kernel_size"][0], stride=first["stride"]),
-                    blocks=tuple(blocks), num_classes=arch["classifier"]["out_channel"])
+        blocks.append(
+            BlockConfig(
+                kernel=dw["kernel_size"][0],
+                stride=dw["stride"],
+                out=spec["pointwise2"]["out_channel"],
+                mid=None if pw1 is None else pw1["out_channel"],
+                shortcut=bool(spec["residual"]),
+            )
+        )
+    cfg = NetConfig(
+        name=name,
+        resolution=int(arch["input_size"]),
+        stem=ConvConfig(out=first["out_channel"], kernel=first["kernel_size"][0], stride=first["stride"]),
+        blocks=tuple(blocks),
+        num_classes=arch["classifier"]["out_channel"],
+    )
 
     arrays = {}
 

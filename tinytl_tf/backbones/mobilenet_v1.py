@@ -19,8 +19,14 @@ BLOCKS = [(1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512)] + [(1, 512)
 
 def config():
     blocks = tuple(BlockConfig(kernel=3, stride=s, out=o, project_act="relu6") for s, o in BLOCKS)
-    return NetConfig(name="mobilenet-v1", resolution=224, stem=ConvConfig(out=32, kernel=3, stride=2),
-                     blocks=blocks, num_classes=1001, padding="same")
+    return NetConfig(
+        name="mobilenet-v1",
+        resolution=224,
+        stem=ConvConfig(out=32, kernel=3, stride=2),
+        blocks=blocks,
+        num_classes=1001,
+        padding="same",
+    )
 
 
 def find_weights(weights_dir=None):
@@ -30,7 +36,8 @@ def find_weights(weights_dir=None):
             return Path(d) / FILE
     raise FileNotFoundError(
         f"mobilenet-v1 needs its ImageNet weights {FILE}, which are not shipped with the package. "
-        f"Pass --weights-dir DIR (or set TINYTL_WEIGHTS_DIR) to the folder that holds it.")
+        f"Pass --weights-dir DIR (or set TINYTL_WEIGHTS_DIR) to the folder that holds it."
+    )
 
 
 def load(weights_dir=None):

@@ -22,18 +22,25 @@ class Backbone:
 
 
 def _mcu(name, title):
-    return Backbone(f"{title}, ImageNet 8-bit weights (vendored), 128 px", lambda: mcu.load(name)[0],
-                    lambda weights_dir: mcu.load(name))
+    return Backbone(
+        f"{title}, ImageNet 8-bit weights (vendored), 128 px",
+        lambda: mcu.load(name)[0],
+        lambda weights_dir: mcu.load(name),
+    )
 
 
 BACKBONES = {
     "mcunet-5fps": _mcu("mcunet-5fps", "MCUNet-5fps"),
     "proxyless-w0.3": _mcu("proxyless-w0.3", "ProxylessNAS-w0.3"),
     "mbv2-w0.35": _mcu("mbv2-w0.35", "MobileNetV2-w0.35"),
-    "mobilenet-v1": Backbone("MobileNetV1-1.0, ImageNet float weights (from --weights-dir), 224 px",
-                             mobilenet_v1.config, mobilenet_v1.load),
-    "proxylessnas-mobile": Backbone("ProxylessNAS-Mobile architecture, random weights (none offline), 224 px",
-                                    proxylessnas.config, proxylessnas.load),
+    "mobilenet-v1": Backbone(
+        "MobileNetV1-1.0, ImageNet float weights (from --weights-dir), 224 px", mobilenet_v1.config, mobilenet_v1.load
+    ),
+    "proxylessnas-mobile": Backbone(
+        "ProxylessNAS-Mobile architecture, random weights (none offline), 224 px",
+        proxylessnas.config,
+        proxylessnas.load,
+    ),
 }
 
 

@@ -55,9 +55,11 @@ def conv_pads(height, width, kernel, stride, padding):
         p = (kernel - 1) // 2
         return ((p, p), (p, p))
     if padding == "same":
+
         def split(size):
             out = -(-size // stride)
             total = max((out - 1) * stride + kernel - size, 0)
             return (total // 2, total - total // 2)
+
         return (split(height), split(width))
     raise ValueError(f"unknown padding {padding!r}; valid: 'symmetric', 'same'")

@@ -16,9 +16,23 @@ class FoldedConv2D(keras.layers.Layer):
     what lets TinyTL train biases only. The freeze flags are constructor arguments, so they survive `.keras`.
     """
 
-    def __init__(self, filters, kernel_size, strides=1, groups=1, depthwise=False, padding="symmetric",
-                 activation=None, use_scale=True, use_bias=True, train_kernel=False, train_scale=False,
-                 train_bias=True, kernel_initializer="he_normal", **kwargs):
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        groups=1,
+        depthwise=False,
+        padding="symmetric",
+        activation=None,
+        use_scale=True,
+        use_bias=True,
+        train_kernel=False,
+        train_scale=False,
+        train_bias=True,
+        kernel_initializer="he_normal",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.filters, self.kernel_size, self.strides = filters, kernel_size, strides
         self.groups, self.depthwise, self.padding, self.activation = groups, depthwise, padding, activation
@@ -35,11 +49,23 @@ class FoldedConv2D(keras.layers.Layer):
             shape = (k, k, cin, 1)
         else:
             if cin % self.groups or self.filters % self.groups:
-                raise ValueError(f"{self.name}: groups={self.groups} must divide {cin} input and {self.filters} output channels")
+                raise ValueError(
+                    f"{self.name}: groups={self.groups} must divide {cin} input and {self.filters} output channels"
+                )
             shape = (k, k, cin // self.groups, self.filters)
-        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=self.kernel_initializer, trainable=self.train_kernel)
-        self.scale = self.add_weight(name="scale", shape=(self.filters,), initializer="ones", trainable=self.train_scale) if self.use_scale else None
-        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros", trainable=self.train_bias) if self.use_bias else None
+        self.kernel = self.add_weight(
+            name="kernel", shape=shape, initializer=self.kernel_initializer, trainable=self.train_kernel
+        )
+        self.scale = (
+            self.add_weight(name="scale", shape=(self.filters,), initializer="ones", trainable=self.train_scale)
+            if self.use_scale
+            else None
+        )
+        self.bias = (
+            self.add_weight(name="bias", shape=(self.filters,), initializer="zeros", trainable=self.train_bias)
+            if self.use_bias
+            else None
+        )
 
     def call(self, x):
         pads = conv_pads(x.shape[1], x.shape[2], self.kernel_size, self.strides, self.padding)
@@ -65,9 +91,17 @@ class FoldedConv2D(keras.layers.Layer):
     def get_config(self):
         return {
             **super().get_config(),
-            "filters": self.filters, "kernel_size": self.kernel_size, "strides": self.strides,
-            "groups": self.groups, "depthwise": self.depthwise, "padding": self.padding,
-            "activation": self.activation, "use_scale": self.use_scale, "use_bias": self.use_bias,
-            "train_kernel": self.train_kernel, "train_scale": self.train_scale, "train_bias": self.train_bias,
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "groups": self.groups,
+            "depthwise": self.depthwise,
+            "padding": self.padding,
+            "activation": self.activation,
+            "use_scale": self.use_scale,
+            "use_bias": self.use_bias,
+            "train_kernel": self.train_kernel,
+            "train_scale": self.train_scale,
+            "train_bias": self.train_bias,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
         }

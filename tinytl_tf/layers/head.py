@@ -20,15 +20,21 @@ class Classifier(keras.layers.Layer):
     def build(self, input_shape):
         fan_in = input_shape[-1]
         limit = 1.0 / math.sqrt(fan_in)
-        self.kernel = self.add_weight(name="kernel", shape=(fan_in, self.num_classes),
-                                      initializer=keras.initializers.RandomUniform(-limit, limit), trainable=self.train)
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(fan_in, self.num_classes),
+            initializer=keras.initializers.RandomUniform(-limit, limit),
+            trainable=self.train,
+        )
         self.bias = self.add_weight(name="bias", shape=(self.num_classes,), initializer="zeros", trainable=self.train)
 
     def call(self, x, training=None):
         x = ops.global_avg_pool(x)
         if self.drop is not None:
             x = self.drop(x, training=training)
-        return ops.channel_affine(ops.dense(x, kernel_source(self.kernel), kernel_grad=self.train), None, value(self.bias))
+        return ops.channel_affine(
+            ops.dense(x, kernel_source(self.kernel), kernel_grad=self.train), None, value(self.bias)
+        )
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes)

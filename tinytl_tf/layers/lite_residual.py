@@ -15,8 +15,19 @@ class LiteResidual(keras.layers.Layer):
     a new branch adds exactly nothing until it trains (TinyTL, Sec. 3.2). ReLU (not ReLU6): 1-bit backward mask.
     """
 
-    def __init__(self, filters, kernel_size=5, strides=1, groups=2, channels_per_group=8, train_kernel=True,
-                 train_gamma=True, train_beta=True, train_final_beta=True, **kwargs):
+    def __init__(
+        self,
+        filters,
+        kernel_size=5,
+        strides=1,
+        groups=2,
+        channels_per_group=8,
+        train_kernel=True,
+        train_gamma=True,
+        train_beta=True,
+        train_final_beta=True,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.filters, self.kernel_size, self.strides = filters, kernel_size, strides
         self.groups, self.channels_per_group = groups, channels_per_group
@@ -25,12 +36,29 @@ class LiteResidual(keras.layers.Layer):
 
     def build(self, input_shape):
         cin = input_shape[-1]
-        self.conv1 = FoldedConv2D(cin, self.kernel_size, self.strides, groups=self.groups, use_scale=False,
-                                  use_bias=False, train_kernel=self.train_kernel, name="conv1")
-        self.norm1 = GroupNorm(self.channels_per_group, train_gamma=self.train_gamma, train_beta=self.train_beta, name="norm1")
-        self.conv2 = FoldedConv2D(self.filters, 1, use_scale=False, use_bias=False, train_kernel=self.train_kernel, name="conv2")
-        self.norm2 = GroupNorm(self.channels_per_group, train_gamma=self.train_gamma, train_beta=self.train_final_beta,
-                               gamma_initializer="zeros", name="norm2")
+        self.conv1 = FoldedConv2D(
+            cin,
+            self.kernel_size,
+            self.strides,
+            groups=self.groups,
+            use_scale=False,
+            use_bias=False,
+            train_kernel=self.train_kernel,
+            name="conv1",
+        )
+        self.norm1 = GroupNorm(
+            self.channels_per_group, train_gamma=self.train_gamma, train_beta=self.train_beta, name="norm1"
+        )
+        self.conv2 = FoldedConv2D(
+            self.filters, 1, use_scale=False, use_bias=False, train_kernel=self.train_kernel, name="conv2"
+        )
+        self.norm2 = GroupNorm(
+            self.channels_per_group,
+            train_gamma=self.train_gamma,
+            train_beta=self.train_final_beta,
+            gamma_initializer="zeros",
+            name="norm2",
+        )
         n, h, w, _ = input_shape
         pooled = (n, h // 2, w // 2, cin)
         self.conv1.build(pooled)
@@ -48,8 +76,13 @@ class LiteResidual(keras.layers.Layer):
     def get_config(self):
         return {
             **super().get_config(),
-            "filters": self.filters, "kernel_size": self.kernel_size, "strides": self.strides,
-            "groups": self.groups, "channels_per_group": self.channels_per_group,
-            "train_kernel": self.train_kernel, "train_gamma": self.train_gamma,
-            "train_beta": self.train_beta, "train_final_beta": self.train_final_beta,
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "groups": self.groups,
+            "channels_per_group": self.channels_per_group,
+            "train_kernel": self.train_kernel,
+            "train_gamma": self.train_gamma,
+            "train_beta": self.train_beta,
+            "train_final_beta": self.train_final_beta,
         }

@@ -33,15 +33,26 @@ class MBBlock(keras.layers.Layer):
             x_shape = self.expand.compute_output_shape(x_shape)
         else:
             self.expand = None
-        self.depthwise = FoldedConv2D(x_shape[-1], b.kernel, b.stride, depthwise=True, activation=b.act, name="depthwise", **flags)
+        self.depthwise = FoldedConv2D(
+            x_shape[-1], b.kernel, b.stride, depthwise=True, activation=b.act, name="depthwise", **flags
+        )
         self.depthwise.build(x_shape)
         x_shape = self.depthwise.compute_output_shape(x_shape)
         self.project = FoldedConv2D(b.out, 1, activation=b.project_act, name="project", **flags)
         self.project.build(x_shape)
         if b.lite is not None:
-            self.lite = LiteResidual(b.out, b.lite.kernel, b.stride, b.lite.groups, b.lite.channels_per_group,
-                                     train_kernel=t.lite_kernel, train_gamma=t.lite_gamma, train_beta=t.lite_beta,
-                                     train_final_beta=t.lite_final_beta, name="lite")
+            self.lite = LiteResidual(
+                b.out,
+                b.lite.kernel,
+                b.stride,
+                b.lite.groups,
+                b.lite.channels_per_group,
+                train_kernel=t.lite_kernel,
+                train_gamma=t.lite_gamma,
+                train_beta=t.lite_beta,
+                train_final_beta=t.lite_final_beta,
+                name="lite",
+            )
             self.lite.build(input_shape)
         else:
             self.lite = None
@@ -63,5 +74,9 @@ class MBBlock(keras.layers.Layer):
     def get_config(self):
         from dataclasses import asdict
 
-        return {**super().get_config(), "block": asdict(self.block), "padding": self.padding,
-                "trainable_set": asdict(self.trainable_set)}
+        return {
+            **super().get_config(),
+            "block": asdict(self.block),
+            "padding": self.padding,
+            "trainable_set": asdict(self.trainable_set),
+        }

@@ -30,7 +30,25 @@ from tinytl_tf.memory.measure import (
     static_memory,
 )
 
-__all__ = ["Leaf", "MeasurementError", "MemoryReport", "PeakTensor", "StaticMemory", "dynamic_memory", "format_table",
-           "leaves", "measure_methods", "measure_model", "measure_tflite", "method_config", "method_table",
-           "needs_backward", "param_counts", "peak_activation_bytes", "plot_breakdown", "probe_memory",
-           "static_memory", "training_memory"]
+__all__ = [
+    "Leaf",
+    "MeasurementError",
+    "MemoryReport",
+    "PeakTensor",
+    "StaticMemory",
+    "dynamic_memory",
+    "format_table",
+    "leaves",
+    "measure_methods",
+    "measure_model",
+    "measure_tflite",
+    "method_config",
+    "method_table",
+    "needs_backward",
+    "param_counts",
+    "peak_activation_bytes",
+    "plot_breakdown",
+    "probe_memory",
+    "static_memory",
+    "training_memory",
+]

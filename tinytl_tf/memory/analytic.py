@@ -84,8 +84,12 @@ class MemoryReport:
         return self.total_bytes / MB
 
     def to_dict(self):
-        return {**asdict(self), "params_mb": self.params_mb, "activations_mb": self.activations_mb,
-                "total_mb": self.total_mb}
+        return {
+            **asdict(self),
+            "params_mb": self.params_mb,
+            "activations_mb": self.activations_mb,
+            "total_mb": self.total_mb,
+        }
 
 
 def _ceil_div(a, b):
@@ -120,7 +124,11 @@ def leaves(cfg, batch=1):
 
     def conv(name, h_in, c_in, h_out, c_out, groups, train_kernel, residual):
         i, o = batch * h_in * h_in * c_in, batch * h_out * h_out * c_out
-        append(Leaf("conv", name, i, o, groups, BYTES * i if train_kernel else 0, BYTES * i + BYTES * o // groups, residual))
+        append(
+            Leaf(
+                "conv", name, i, o, groups, BYTES * i if train_kernel else 0, BYTES * i + BYTES * o // groups, residual
+            )
+        )
         return o
 
     def norm(name, numel, train_scale, residual):
@@ -171,7 +179,9 @@ def leaves(cfg, batch=1):
     if cfg.dropout:
         append(Leaf("dropout", "head/dropout", batch * c, batch * c, 1, 0, 0, 0))
     n = batch * cfg.num_classes
-    append(Leaf("linear", "head/linear", batch * c, n, 1, BYTES * batch * c if t.head else 0, BYTES * (batch * c + n), 0))
+    append(
+        Leaf("linear", "head/linear", batch * c, n, 1, BYTES * batch * c if t.head else 0, BYTES * (batch * c + n), 0)
+    )
     return out
 
 
@@ -205,9 +215,16 @@ def param_counts(cfg):
         folded(c, b.out, 1)
         if b.lite is not None:
             lite = b.lite
-            tensors.extend(((lite.kernel * lite.kernel * (c_in // lite.groups) * c_in, t.lite_kernel),
-                            (c_in, t.lite_gamma), (c_in, t.lite_beta),
-                            (c_in * b.out, t.lite_kernel), (b.out, t.lite_gamma), (b.out, t.lite_final_beta)))
+            tensors.extend(
+                (
+                    (lite.kernel * lite.kernel * (c_in // lite.groups) * c_in, t.lite_kernel),
+                    (c_in, t.lite_gamma),
+                    (c_in, t.lite_beta),
+                    (c_in * b.out, t.lite_kernel),
+                    (b.out, t.lite_gamma),
+                    (b.out, t.lite_final_beta),
+                )
+            )
     c = cfg.blocks[-1].out
     if cfg.feature_mix is not None:
         folded(c, cfg.feature_mix.out, cfg.feature_mix.kernel)
@@ -227,9 +244,16 @@ def training_memory(cfg, batch_size=1, frozen_bits=8):
     params = BYTES * trainable + frozen_bits / 8 * frozen
     peak = peak_activation_bytes(cfg)
     activations = batch_size * peak
-    return MemoryReport(params_bytes=params, activation_bytes=activations, total_bytes=params + activations,
-                        trainable_params=trainable, frozen_params=frozen, peak_bytes=peak, batch_size=batch_size,
-                        frozen_bits=frozen_bits)
+    return MemoryReport(
+        params_bytes=params,
+        activation_bytes=activations,
+        total_bytes=params + activations,
+        trainable_params=trainable,
+        frozen_params=frozen,
+        peak_bytes=peak,
+        batch_size=batch_size,
+        frozen_bits=frozen_bits,
+    )
 
 
 def method_config(backbone, method, resolution=None, num_classes=102, lite_residual=None, dropout=0.2):
@@ -240,7 +264,9 @@ def method_config(backbone, method, resolution=None, num_classes=102, lite_resid
     """
     from tinytl_tf.methods import method_config as transfer_config
 
-    return transfer_config(_config(backbone), method, num_classes, lite_residual, dropout=dropout, resolution=resolution)
+    return transfer_config(
+        _config(backbone), method, num_classes, lite_residual, dropout=dropout, resolution=resolution
+    )
 
 
 def _config(backbone):
@@ -254,12 +280,15 @@ def check_fits(cfg):
     the network cannot take although it passes `config.check_resolution`, e.g. mcunet-5fps at 32 px)."""
     empty = [leaf.name for leaf in leaves(cfg) if leaf.out_numel == 0]
     if empty:
-        raise ValueError(f"{cfg.name} cannot take {cfg.resolution} px: {empty[0]} would get an empty feature map; "
-                         f"use a larger resolution")
+        raise ValueError(
+            f"{cfg.name} cannot take {cfg.resolution} px: {empty[0]} would get an empty feature map; "
+            f"use a larger resolution"
+        )
 
 
-def method_table(backbone, resolution=None, batch_size=8, num_classes=102, lite_for_all=True, frozen_bits=8,
-                 methods=None):
+def method_table(
+    backbone, resolution=None, batch_size=8, num_classes=102, lite_for_all=True, frozen_bits=8, methods=None
+):
     """Training memory of every transfer method, as in the paper's comparison table (MB = 1e6 bytes).
 
     One dict per method: method, backbone, resolution, batch_size, params_mb, activations_mb, total_mb,
@@ -274,9 +303,19 @@ def method_table(backbone, resolution=None, batch_size=8, num_classes=102, lite_
         cfg = method_config(base, m, resolution, num_classes, lite_residual=True if lite_for_all else None)
         check_fits(cfg)
         r = training_memory(cfg, batch_size, frozen_bits)
-        rows.append({"method": m, "backbone": base.name, "resolution": cfg.resolution, "batch_size": batch_size,
-                     "params_mb": r.params_mb, "activations_mb": r.activations_mb, "total_mb": r.total_mb,
-                     "trainable_params": r.trainable_params, "frozen_params": r.frozen_params})
+        rows.append(
+            {
+                "method": m,
+                "backbone": base.name,
+                "resolution": cfg.resolution,
+                "batch_size": batch_size,
+                "params_mb": r.params_mb,
+                "activations_mb": r.activations_mb,
+                "total_mb": r.total_mb,
+                "trainable_params": r.trainable_params,
+                "frozen_params": r.frozen_params,
+            }
+        )
     return rows
 
 
@@ -289,8 +328,10 @@ def format_table(rows):
         lines.append(f"{r0['backbone']}, {r0['resolution']} px, batch {r0['batch_size']}")
     lines += [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['method']:<14}{r['params_mb']:>11.3f}{r['activations_mb']:>16.2f}{r['total_mb']:>10.2f}"
-                     f"{r['trainable_params']:>12,}")
+        lines.append(
+            f"{r['method']:<14}{r['params_mb']:>11.3f}{r['activations_mb']:>16.2f}{r['total_mb']:>10.2f}"
+            f"{r['trainable_params']:>12,}"
+        )
     return "\n".join(lines)
 
 

@@ -42,8 +42,22 @@ PROC_STATUS = "/proc/self/status"
 # +4.5 MB without), plus its own workspace. Apps can turn it off; without it the measurement shows the graph's
 # memory. benchmarks/memory.py reports both.
 DEFAULT_XNNPACK = False
-_ITEM_BYTES = {"float32": 4, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "float64": 8, "float16": 2,
-               "bfloat16": 2, "int16": 2, "uint16": 2, "int8": 1, "uint8": 1, "bool": 1, "complex64": 8}
+_ITEM_BYTES = {
+    "float32": 4,
+    "int32": 4,
+    "uint32": 4,
+    "int64": 8,
+    "uint64": 8,
+    "float64": 8,
+    "float16": 2,
+    "bfloat16": 2,
+    "int16": 2,
+    "uint16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
+    "complex64": 8,
+}
 # resource / variant / string tensors are handles or dynamically sized: they hold no planned bytes
 
 
@@ -145,31 +159,57 @@ def static_memory(tflite, signature=SIGNATURE_TRAIN, top=12):
     lifetimes = _lifetimes(sg)
     peak, at = _peak(sg, lifetimes)
     producers = {t: f"{i} {op.name}" for i, op in enumerate(sg.ops) for t in op.outputs}
-    alive = sorted((PeakTensor(sg.tensors[t].name, sg.tensors[t].shape, sg.tensors[t].dtype, _nbytes(sg.tensors[t]),
-                               producers.get(t, "input"))
-                    for t, (first, last) in lifetimes.items() if first <= at <= last), key=lambda p: -p.bytes)
+    alive = sorted(
+        (
+            PeakTensor(
+                sg.tensors[t].name,
+                sg.tensors[t].shape,
+                sg.tensors[t].dtype,
+                _nbytes(sg.tensors[t]),
+                producers.get(t, "input"),
+            )
+            for t, (first, last) in lifetimes.items()
+            if first <= at <= last
+        ),
+        key=lambda p: -p.bytes,
+    )
     by_op = {}
     for p in alive:
         kind = p.producer.split()[-1]
         by_op[kind] = by_op.get(kind, 0) + p.bytes
     reached = _reachable_subgraphs(links, index)
-    constants = {links.buffers[s][t]: tensor.buffer_bytes
-                 for s in reached for t, tensor in enumerate(subgraphs[s].tensors) if tensor.buffer_bytes}
+    constants = {
+        links.buffers[s][t]: tensor.buffer_bytes
+        for s in reached
+        for t, tensor in enumerate(subgraphs[s].tensors)
+        if tensor.buffer_bytes
+    }
     sizes = _variable_bytes(subgraphs, links)
     names = {name for s in reached for name in links.variables[s].values()}
-    return StaticMemory(signature=signature, peak_activation_bytes=peak, constant_bytes=sum(constants.values()),
-                        variable_bytes=sum(sizes.get(n, 0) for n in names), file_bytes=len(data),
-                        unknown_dims=len(links.unknown_dims[index]), peak_op=f"{at} {sg.ops[at].name}" if sg.ops else "",
-                        peak_tensors=tuple(alive[:top]), peak_by_op=dict(sorted(by_op.items(), key=lambda kv: -kv[1])))
+    return StaticMemory(
+        signature=signature,
+        peak_activation_bytes=peak,
+        constant_bytes=sum(constants.values()),
+        variable_bytes=sum(sizes.get(n, 0) for n in names),
+        file_bytes=len(data),
+        unknown_dims=len(links.unknown_dims[index]),
+        peak_op=f"{at} {sg.ops[at].name}" if sg.ops else "",
+        peak_tensors=tuple(alive[:top]),
+        peak_by_op=dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
+    )
 
 
 def _check_can_run():
     if not os.path.exists(PROC_STATUS):
-        raise MeasurementError("measuring memory needs Linux /proc/self/status (VmRSS, VmHWM), which this system "
-                               "lacks; run the measurement on Linux or use the analytic table without --measure")
+        raise MeasurementError(
+            "measuring memory needs Linux /proc/self/status (VmRSS, VmHWM), which this system "
+            "lacks; run the measurement on Linux or use the analytic table without --measure"
+        )
     if importlib.util.find_spec("ai_edge_litert") is None:
-        raise MeasurementError(f"ai_edge_litert is not installed for {sys.executable}; "
-                               f"install it (pip install ai-edge-litert==2.3.0) to measure LiteRT memory")
+        raise MeasurementError(
+            f"ai_edge_litert is not installed for {sys.executable}; "
+            f"install it (pip install ai-edge-litert==2.3.0) to measure LiteRT memory"
+        )
 
 
 def _check_run_args(steps, timeout, num_threads=1):
@@ -190,8 +230,15 @@ def probe_memory(tflite_path, signature=SIGNATURE_TRAIN, steps=3, timeout=300, n
     if head[4:8] != b"TFL3":
         raise tflite_model.NotATFLiteModel(f"{path} is not a TFLite flatbuffer (the file identifier 'TFL3' is missing)")
     _check_can_run()
-    cmd = [sys.executable, str(PROBE), str(path.resolve()), signature, str(steps), str(num_threads),
-           "xnnpack" if xnnpack else "builtin"]
+    cmd = [
+        sys.executable,
+        str(PROBE),
+        str(path.resolve()),
+        signature,
+        str(steps),
+        str(num_threads),
+        "xnnpack" if xnnpack else "builtin",
+    ]
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     except OSError as e:
@@ -199,8 +246,10 @@ def probe_memory(tflite_path, signature=SIGNATURE_TRAIN, steps=3, timeout=300, n
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise MeasurementError(f"measuring {signature!r} of {path.name} did not finish within {timeout} s and was "
-                               f"stopped; allow more time (--timeout) or measure a smaller model") from None
+        raise MeasurementError(
+            f"measuring {signature!r} of {path.name} did not finish within {timeout} s and was "
+            f"stopped; allow more time (--timeout) or measure a smaller model"
+        ) from None
     finally:
         if proc.poll() is None:  # timed out or interrupted: no process may outlive the call
             with contextlib.suppress(ProcessLookupError):
@@ -208,12 +257,15 @@ def probe_memory(tflite_path, signature=SIGNATURE_TRAIN, steps=3, timeout=300, n
             proc.communicate()
     if proc.returncode != 0:
         tail = "\n".join(err.strip().splitlines()[-5:])
-        raise MeasurementError(f"the LiteRT measurement process failed (exit {proc.returncode}) on {signature!r} of "
-                               f"{path}: {tail}")
+        raise MeasurementError(
+            f"the LiteRT measurement process failed (exit {proc.returncode}) on {signature!r} of {path}: {tail}"
+        )
     return json.loads(out.strip().splitlines()[-1])
 
 
-def dynamic_memory(tflite_path, signature=SIGNATURE_TRAIN, steps=3, timeout=300, num_threads=1, xnnpack=DEFAULT_XNNPACK):
+def dynamic_memory(
+    tflite_path, signature=SIGNATURE_TRAIN, steps=3, timeout=300, num_threads=1, xnnpack=DEFAULT_XNNPACK
+):
     """Bytes: peak RSS of a fresh process running `steps` calls of `signature`, minus its RSS after loading the
     model, not counting the model file's pages among the loaded (LiteRT faults all of some files in at load)."""
     return _peak_growth(probe_memory(tflite_path, signature, steps, timeout, num_threads, xnnpack))
@@ -239,10 +291,20 @@ def measure_tflite(path, steps=3, timeout=300, xnnpack=DEFAULT_XNNPACK):
     for signature in (SIGNATURE_TRAIN, SIGNATURE_INFER):
         points = probe_memory(path, signature, steps, timeout, xnnpack=xnnpack)
         anon, file_backed = _split(points)
-        row.update({f"measured_{signature}_mb": _peak_growth(points) / MB,
-                    f"measured_{signature}_anon_mb": anon / MB, f"measured_{signature}_file_mb": file_backed / MB})
-    return {**row, "static_peak_mb": static.peak_activation_bytes / MB, "constants_mb": static.constant_bytes / MB,
-            "variables_mb": static.variable_bytes / MB, "tflite_mb": static.file_bytes / MB}
+        row.update(
+            {
+                f"measured_{signature}_mb": _peak_growth(points) / MB,
+                f"measured_{signature}_anon_mb": anon / MB,
+                f"measured_{signature}_file_mb": file_backed / MB,
+            }
+        )
+    return {
+        **row,
+        "static_peak_mb": static.peak_activation_bytes / MB,
+        "constants_mb": static.constant_bytes / MB,
+        "variables_mb": static.variable_bytes / MB,
+        "tflite_mb": static.file_bytes / MB,
+    }
 
 
 def measure_file(path, steps=3, timeout=300, xnnpack=DEFAULT_XNNPACK):
@@ -291,15 +353,27 @@ def method_models(backbone, resolution=None, num_classes=102, methods=None, lite
         yield m, prepare_transfer(base, m, num_classes, lite_residual=True if lite_for_all else None)
 
 
-def measure_methods(backbone, resolution=None, num_classes=102, methods=None, lite_for_all=True, weights_dir=None,
-                    steps=3, timeout=300, xnnpack=DEFAULT_XNNPACK, progress=None):
+def measure_methods(
+    backbone,
+    resolution=None,
+    num_classes=102,
+    methods=None,
+    lite_for_all=True,
+    weights_dir=None,
+    steps=3,
+    timeout=300,
+    xnnpack=DEFAULT_XNNPACK,
+    progress=None,
+):
     """`measure_model` of every method's model (see `method_models`): a list of dicts with "method" first.
 
     `progress(method, index, total, stage)` is called as each one is exported and measured.
     """
     methods = list(methods or METHODS)
     rows = []
-    for i, (m, model) in enumerate(method_models(backbone, resolution, num_classes, methods, lite_for_all, weights_dir)):
+    for i, (m, model) in enumerate(
+        method_models(backbone, resolution, num_classes, methods, lite_for_all, weights_dir)
+    ):
         report = (lambda stage, m=m, i=i: progress(m, i, len(methods), stage)) if progress else None
         rows.append({"method": m, **measure_model(model, steps, timeout, xnnpack=xnnpack, progress=report)})
     return rows
@@ -310,13 +384,19 @@ def format_measured(rows, analytic_batch=1):
     title = "LiteRT, measured at batch 1 (the exported model trains one image per step)"
     if analytic_batch != 1:
         title += f"; the analytic figures above are for batch {analytic_batch}"
-    head = (f"{'method':<14}{'train MB':>10}{'(anon':>7}{'file)':>7}{'infer MB':>10}{'static peak':>13}"
-            f"{'variables':>11}{'constants':>11}{'tflite MB':>11}")
+    head = (
+        f"{'method':<14}{'train MB':>10}{'(anon':>7}{'file)':>7}{'infer MB':>10}{'static peak':>13}"
+        f"{'variables':>11}{'constants':>11}{'tflite MB':>11}"
+    )
     lines = [title, head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['method']:<14}{r['measured_train_mb']:>10.2f}{r['measured_train_anon_mb']:>7.2f}"
-                     f"{r['measured_train_file_mb']:>7.2f}{r['measured_infer_mb']:>10.2f}{r['static_peak_mb']:>13.2f}"
-                     f"{r['variables_mb']:>11.2f}{r['constants_mb']:>11.2f}{r['tflite_mb']:>11.2f}")
-    lines.append("train MB is the peak; anon (heap: arena, variables, scratch) and file (the model's mapped pages, "
-                 "runtime code) split it at the run's end")
+        lines.append(
+            f"{r['method']:<14}{r['measured_train_mb']:>10.2f}{r['measured_train_anon_mb']:>7.2f}"
+            f"{r['measured_train_file_mb']:>7.2f}{r['measured_infer_mb']:>10.2f}{r['static_peak_mb']:>13.2f}"
+            f"{r['variables_mb']:>11.2f}{r['constants_mb']:>11.2f}{r['tflite_mb']:>11.2f}"
+        )
+    lines.append(
+        "train MB is the peak; anon (heap: arena, variables, scratch) and file (the model's mapped pages, "
+        "runtime code) split it at the run's end"
+    )
     return "\n".join(lines)

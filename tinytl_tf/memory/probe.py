@@ -67,8 +67,9 @@ def random_inputs(runner, rng):
 
 def probe(path, signature, steps, num_threads, resolver):
     rss_start = status_bytes("VmRSS")["VmRSS"]
-    interpreter = Interpreter(model_path=path, num_threads=num_threads,
-                              experimental_op_resolver_type=RESOLVERS[resolver])
+    interpreter = Interpreter(
+        model_path=path, num_threads=num_threads, experimental_op_resolver_type=RESOLVERS[resolver]
+    )
     runner = interpreter.get_signature_runner(signature)
     inputs = random_inputs(runner, np.random.default_rng(0))  # before the baseline: numpy.random loads lazily
     loaded = status_bytes("VmRSS", "RssAnon", "RssFile")
@@ -76,9 +77,17 @@ def probe(path, signature, steps, num_threads, resolver):
     for _ in range(steps):
         runner(**inputs)
     end = status_bytes("VmRSS", "VmHWM", "RssAnon", "RssFile")
-    return {"rss_start": rss_start, "rss_loaded": loaded["VmRSS"], "anon_loaded": loaded["RssAnon"],
-            "file_loaded": loaded["RssFile"], "model_loaded": model_loaded, "hwm": end["VmHWM"], "rss_end": end["VmRSS"],
-            "anon_end": end["RssAnon"], "file_end": end["RssFile"]}
+    return {
+        "rss_start": rss_start,
+        "rss_loaded": loaded["VmRSS"],
+        "anon_loaded": loaded["RssAnon"],
+        "file_loaded": loaded["RssFile"],
+        "model_loaded": model_loaded,
+        "hwm": end["VmHWM"],
+        "rss_end": end["VmRSS"],
+        "anon_end": end["RssAnon"],
+        "file_end": end["RssFile"],
+    }
 
 
 if __name__ == "__main__":

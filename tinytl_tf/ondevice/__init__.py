@@ -17,5 +17,15 @@ from tinytl_tf.ondevice.folder_training import train_folder
 from tinytl_tf.ondevice.model import DeviceModel, ModelError
 from tinytl_tf.ondevice.trainer import InputError, StepResult, Trainer
 
-__all__ = ["CheckpointError", "CheckpointStore", "DeviceModel", "InputError", "ModelError", "StepResult", "Trainer",
-           "evaluate_folder", "predict_images", "train_folder"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointStore",
+    "DeviceModel",
+    "InputError",
+    "ModelError",
+    "StepResult",
+    "Trainer",
+    "evaluate_folder",
+    "predict_images",
+    "train_folder",
+]

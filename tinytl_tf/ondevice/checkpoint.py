@@ -103,8 +103,9 @@ class CheckpointStore:
             with os.fdopen(fd, "wb") as f:
                 os.fchmod(f.fileno(), file_mode())
                 meta = json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "state": state})
-                np.savez(f, **{META_KEY: np.array(meta)},
-                         **{WEIGHT_PREFIX + k: np.asarray(v) for k, v in weights.items()})
+                np.savez(
+                    f, **{META_KEY: np.array(meta)}, **{WEIGHT_PREFIX + k: np.asarray(v) for k, v in weights.items()}
+                )
                 f.flush()
                 os.fsync(f.fileno())
             pause = float(os.environ.get(PAUSE_ENV) or 0)
@@ -137,7 +138,7 @@ class CheckpointStore:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z[META_KEY][()]))
-                weights = {k[len(WEIGHT_PREFIX):]: z[k] for k in z.files if k.startswith(WEIGHT_PREFIX)}
+                weights = {k[len(WEIGHT_PREFIX) :]: z[k] for k in z.files if k.startswith(WEIGHT_PREFIX)}
         except Exception as e:  # zipfile, zlib, numpy and json each signal damaged bytes their own way
             raise _Corrupt(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("state"), dict):
@@ -145,7 +146,8 @@ class CheckpointStore:
         if meta.get("fingerprint") != self.fingerprint:
             raise CheckpointError(
                 f"checkpoint {path} belongs to another model (fingerprint {str(meta.get('fingerprint'))[:12]}..., "
-                f"this model's is {self.fingerprint[:12]}...); it was left untouched: pass another --checkpoint path")
+                f"this model's is {self.fingerprint[:12]}...); it was left untouched: pass another --checkpoint path"
+            )
         problem = self.model.weights_mismatch(weights)
         if problem:
             raise _Corrupt(f"checkpoint {path} is corrupt: {problem}")
@@ -167,8 +169,10 @@ class CheckpointStore:
         except (zipfile.BadZipFile, OSError, ValueError):
             return
         if f"{META_KEY}.npy" not in names:
-            raise CheckpointError(f"{path} is not a checkpoint (an archive without '{META_KEY}': a model.keras, for "
-                                  f"one, is a trained model, not a checkpoint); {leave}")
+            raise CheckpointError(
+                f"{path} is not a checkpoint (an archive without '{META_KEY}': a model.keras, for "
+                f"one, is a trained model, not a checkpoint); {leave}"
+            )
 
     def _temp_prefix(self):
         return f".{os.path.basename(self.path)}."

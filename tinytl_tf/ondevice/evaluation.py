@@ -41,8 +41,15 @@ def evaluate_folder(model_path, data, checkpoint=None):
         correct += int(np.argmax(p) == label)
         cross_entropy -= float(np.log(max(float(p[label]), np.finfo(np.float32).tiny)))
     n = len(split.test)
-    return {"accuracy": correct / n, "examples": n, "cross_entropy": cross_entropy / n, "skipped": split.skipped,
-            "model": str(model_path), "data": str(data), "checkpoint": source}
+    return {
+        "accuracy": correct / n,
+        "examples": n,
+        "cross_entropy": cross_entropy / n,
+        "skipped": split.skipped,
+        "model": str(model_path),
+        "data": str(data),
+        "checkpoint": source,
+    }
 
 
 def predict_images(model_path, images, checkpoint=None, top_k=3):
@@ -55,6 +62,7 @@ def predict_images(model_path, images, checkpoint=None, top_k=3):
     for path in images:
         p = trainer.predict(model.preprocessing.eval_tensor(imageio.load_rgb(path)))
         best = np.argsort(-p, kind="stable")[:top_k]
-        predictions.append({"image": str(path),
-                            "top": [{"label": model.labels[i], "probability": float(p[i])} for i in best]})
+        predictions.append(
+            {"image": str(path), "top": [{"label": model.labels[i], "probability": float(p[i])} for i in best]}
+        )
     return {"predictions": predictions, "model": str(model_path), "checkpoint": source}

@@ -86,8 +86,7 @@ class RunState:
         self.epoch_loss_sum = 0.0
 
 
-def train_folder(model_path, data, epochs, checkpoint, seed=0, lr=0.0, augment=True, checkpoint_every=0,
-                 progress=None):
+def train_folder(model_path, data, epochs, checkpoint, seed=0, lr=0.0, augment=True, checkpoint_every=0, progress=None):
     """Train until `epochs` epochs are complete, resuming from `checkpoint` if it exists; returns the summary.
 
     `data`: DIR/train/<class>/ (+ DIR/test/) or a flat DIR/<class>/ split by `seed` (imageio.scan_image_folder);
@@ -99,7 +98,9 @@ def train_folder(model_path, data, epochs, checkpoint, seed=0, lr=0.0, augment=T
     (`_Health`) raises TrainingDiverged instead of saving, so the checkpoint it started from stays.
     """
     if epochs < 1 or checkpoint_every < 0 or seed < 0:
-        raise ValueError(f"need epochs >= 1, checkpoint_every >= 0 and seed >= 0 (got {epochs}, {checkpoint_every}, {seed})")
+        raise ValueError(
+            f"need epochs >= 1, checkpoint_every >= 0 and seed >= 0 (got {epochs}, {checkpoint_every}, {seed})"
+        )
     model = DeviceModel(model_path)
     trainer = Trainer(model)
     store = CheckpointStore(checkpoint, model)
@@ -121,8 +122,10 @@ def _exclusive(checkpoint):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise CheckpointError(f"checkpoint {checkpoint} is in use by another training run (it holds "
-                                  f"{checkpoint}.lock); wait for it to finish or pass another --checkpoint") from None
+            raise CheckpointError(
+                f"checkpoint {checkpoint} is in use by another training run (it holds "
+                f"{checkpoint}.lock); wait for it to finish or pass another --checkpoint"
+            ) from None
         yield
 
 
@@ -137,8 +140,10 @@ def _train(model, trainer, store, data, epochs, seed, lr, augment, checkpoint_ev
         trainer.set_weights(saved.weights)
         resumed = {"checkpoint": saved.source, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch}
         if state.epoch >= epochs and progress is not None:
-            progress.write(f"checkpoint {saved.source} has already completed {state.epoch} epochs (--epochs "
-                           f"{epochs}): nothing to train; pass a larger --epochs to continue\n")
+            progress.write(
+                f"checkpoint {saved.source} has already completed {state.epoch} epochs (--epochs "
+                f"{epochs}): nothing to train; pass a larger --epochs to continue\n"
+            )
     store.remove_leftovers()
 
     n, meter, health = len(examples), _Progress(progress, epochs, len(examples)), _Health(state)
@@ -147,8 +152,9 @@ def _train(model, trainer, store, data, epochs, seed, lr, augment, checkpoint_ev
     def save():
         problem = health.problem(state)
         if problem:
-            raise TrainingDiverged(f"training got worse ({problem}), so {store.path} was not replaced; train again "
-                                   "with a smaller --lr")
+            raise TrainingDiverged(
+                f"training got worse ({problem}), so {store.path} was not replaced; train again with a smaller --lr"
+            )
         store.save(trainer.weights, asdict(state))
 
     for epoch in range(state.epoch, epochs):
@@ -156,8 +162,11 @@ def _train(model, trainer, store, data, epochs, seed, lr, augment, checkpoint_ev
         for i in range(state.step_in_epoch, n):
             path, label = examples[order[i]]
             image = imageio.load_rgb(path)
-            x = (model.preprocessing.train_tensor(image, item_rng(seed, epoch, i)) if augment
-                 else model.preprocessing.eval_tensor(image))
+            x = (
+                model.preprocessing.train_tensor(image, item_rng(seed, epoch, i))
+                if augment
+                else model.preprocessing.eval_tensor(image)
+            )
             result = trainer.train_step(x, label, lr)
             state.record(result, label)
             health.record(result)
@@ -170,10 +179,21 @@ def _train(model, trainer, store, data, epochs, seed, lr, augment, checkpoint_ev
         save()
     seconds = time.monotonic() - start
     last = state.history[-1] if state.history else {}
-    return {"epochs": state.epoch, "global_steps": state.global_steps, "train_examples": n, "skipped": split.skipped,
-            "rolled_back": state.rolled_back, "loss": last.get("loss"), "accuracy": last.get("accuracy"),
-            "history": state.history, "checkpoint": store.path, "resumed": resumed, "steps": steps,
-            "seconds": round(seconds, 3), "steps_per_s": round(steps / seconds, 2) if steps and seconds else None}
+    return {
+        "epochs": state.epoch,
+        "global_steps": state.global_steps,
+        "train_examples": n,
+        "skipped": split.skipped,
+        "rolled_back": state.rolled_back,
+        "loss": last.get("loss"),
+        "accuracy": last.get("accuracy"),
+        "history": state.history,
+        "checkpoint": store.path,
+        "resumed": resumed,
+        "steps": steps,
+        "seconds": round(seconds, 3),
+        "steps_per_s": round(steps / seconds, 2) if steps and seconds else None,
+    }
 
 
 def _examples(split, labels, data):
@@ -183,7 +203,8 @@ def _examples(split, labels, data):
         raise imageio.DataError(
             f"the class folders under {data} are not the model's labels {list(labels)}: folders that are no label "
             f"{sorted(folders - known)}, labels without a folder {sorted(known - folders)}; training needs one folder "
-            "per label")
+            "per label"
+        )
     return [(path, labels.index(split.class_names[i])) for path, i in split.train]
 
 
@@ -235,13 +256,20 @@ def _resumed_state(saved, fresh):
     for f in fields(RunState):
         value, wanted = getattr(state, f.name), _STATE_TYPES[f.type]
         if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
-            raise CheckpointError(f"checkpoint {saved.source} is malformed: its state field '{f.name}' is "
-                                  f"{type(value).__name__} {value!r}, not {wanted[-1].__name__}; pass another --checkpoint")
-    differences = [f"{key}: checkpoint {getattr(state, key)!r}, now {getattr(fresh, key)!r}"
-                   for key in ("seed", "augment", "train_examples", "data") if getattr(state, key) != getattr(fresh, key)]
+            raise CheckpointError(
+                f"checkpoint {saved.source} is malformed: its state field '{f.name}' is "
+                f"{type(value).__name__} {value!r}, not {wanted[-1].__name__}; pass another --checkpoint"
+            )
+    differences = [
+        f"{key}: checkpoint {getattr(state, key)!r}, now {getattr(fresh, key)!r}"
+        for key in ("seed", "augment", "train_examples", "data")
+        if getattr(state, key) != getattr(fresh, key)
+    ]
     if differences:
-        raise CheckpointError(f"checkpoint {saved.source} is of another run ({'; '.join(differences)}); resume with "
-                              "the same --seed, augmentation and training images, or pass a new --checkpoint")
+        raise CheckpointError(
+            f"checkpoint {saved.source} is of another run ({'; '.join(differences)}); resume with "
+            "the same --seed, augmentation and training images, or pass a new --checkpoint"
+        )
     return state
 
 
@@ -257,8 +285,10 @@ class _Progress:
             return
         self.last = now
         loss, accuracy = ("-" if v is None else f"{v:.4f}" for v in state.running())
-        line = (f"epoch {state.epoch + 1}/{self.epochs}  step {state.step_in_epoch}/{self.total}  loss {loss}  "
-                f"acc {accuracy}  {rate:.1f} steps/s  rolled back {state.rolled_back}")
+        line = (
+            f"epoch {state.epoch + 1}/{self.epochs}  step {state.step_in_epoch}/{self.total}  loss {loss}  "
+            f"acc {accuracy}  {rate:.1f} steps/s  rolled back {state.rolled_back}"
+        )
         self.stream.write("\r" + line.ljust(self.width))  # blanks the rest of a longer previous line
         self.width = len(line)
         self.stream.flush()

@@ -22,8 +22,10 @@ TFLITE_IDENTIFIER = b"TFL3"  # bytes 4..8 of every TFLite flatbuffer
 
 # The tensors this package calls, per signature: (inputs, outputs).
 REQUIRED_TENSORS = {
-    contract.SIGNATURE_TRAIN: ({contract.INPUT_IMAGE, contract.INPUT_LABEL, contract.INPUT_LEARNING_RATE},
-                               {contract.OUTPUT_LOSS, contract.OUTPUT_LOGITS}),
+    contract.SIGNATURE_TRAIN: (
+        {contract.INPUT_IMAGE, contract.INPUT_LABEL, contract.INPUT_LEARNING_RATE},
+        {contract.OUTPUT_LOSS, contract.OUTPUT_LOGITS},
+    ),
     contract.SIGNATURE_INFER: ({contract.INPUT_IMAGE}, {contract.OUTPUT_LOGITS, contract.OUTPUT_PROBABILITIES}),
     contract.SIGNATURE_GET_WEIGHTS: ({contract.INPUT_PLACEHOLDER}, {contract.STEP_TENSOR}),
     contract.SIGNATURE_SET_WEIGHTS: ({contract.STEP_TENSOR}, {contract.STEP_TENSOR}),
@@ -48,10 +50,12 @@ class DeviceModel:
         self.meta = _read_metadata(self.path)
         self.fingerprint = hashlib.sha256(data).hexdigest()
         if self.meta["fingerprint"] != self.fingerprint:
-            raise ModelError(f"{contract.model_json_path(self.path)} describes another file: its fingerprint is "
-                             f"{self.meta['fingerprint']!r} but {self.path} has sha256 {self.fingerprint}; "
-                             f"copy the {os.path.basename(contract.model_json_path(self.path))} exported with this "
-                             ".tflite next to it")
+            raise ModelError(
+                f"{contract.model_json_path(self.path)} describes another file: its fingerprint is "
+                f"{self.meta['fingerprint']!r} but {self.path} has sha256 {self.fingerprint}; "
+                f"copy the {os.path.basename(contract.model_json_path(self.path))} exported with this "
+                ".tflite next to it"
+            )
         try:
             self.interpreter = Interpreter(model_content=data)  # the bytes just hashed, not a second read
         except (ValueError, RuntimeError) as e:
@@ -60,20 +64,25 @@ class DeviceModel:
             _check_signatures(self.path, self.meta, self.interpreter)
             self.labels = tuple(self.meta["labels"])
             self.num_classes = int(self.meta["num_classes"])
-            self.image_shape = tuple(self.meta["signatures"][contract.SIGNATURE_TRAIN]["inputs"][contract.INPUT_IMAGE]["shape"])
+            self.image_shape = tuple(
+                self.meta["signatures"][contract.SIGNATURE_TRAIN]["inputs"][contract.INPUT_IMAGE]["shape"]
+            )
             self.weight_specs = {w["name"]: (tuple(w["shape"]), w["dtype"]) for w in self.meta["weights"]}
             self.preprocessing = _preprocessing(self.path, self.meta, self.image_shape)
         except (KeyError, TypeError, AttributeError) as e:  # a hand-edited model.json missing nested entries
             raise ModelError(f"{contract.model_json_path(self.path)} is malformed ({type(e).__name__}: {e})") from None
         if len(self.labels) != self.num_classes:
-            raise ModelError(f"{contract.model_json_path(self.path)} has {len(self.labels)} labels for "
-                             f"num_classes={self.num_classes}")
+            raise ModelError(
+                f"{contract.model_json_path(self.path)} has {len(self.labels)} labels for "
+                f"num_classes={self.num_classes}"
+            )
         self._runners = {key: self.interpreter.get_signature_runner(key) for key in REQUIRED_TENSORS}
 
     def train(self, x, y, lr):
         """One optimizer step on float32 x [1, S, S, 3], int32 y [1], float32 lr (<= 0: the in-model schedule)."""
-        out = self._runners[contract.SIGNATURE_TRAIN](**{contract.INPUT_IMAGE: x, contract.INPUT_LABEL: y,
-                                                         contract.INPUT_LEARNING_RATE: lr})
+        out = self._runners[contract.SIGNATURE_TRAIN](
+            **{contract.INPUT_IMAGE: x, contract.INPUT_LABEL: y, contract.INPUT_LEARNING_RATE: lr}
+        )
         return float(out[contract.OUTPUT_LOSS]), out[contract.OUTPUT_LOGITS]
 
     def infer(self, x):
@@ -106,16 +115,20 @@ def _read_tflite(path):
     except OSError as e:
         raise ModelError(f"cannot read model {path}: {e.strerror}") from None
     if data[4:8] != TFLITE_IDENTIFIER:
-        raise ModelError(f"{path} is not a TFLite model: the flatbuffer identifier {TFLITE_IDENTIFIER.decode()!r} "
-                         "is missing (expected a .tflite written by export/to_tflite.py)")
+        raise ModelError(
+            f"{path} is not a TFLite model: the flatbuffer identifier {TFLITE_IDENTIFIER.decode()!r} "
+            "is missing (expected a .tflite written by export/to_tflite.py)"
+        )
     return data
 
 
 def _read_metadata(tflite_path):
     path = contract.model_json_path(tflite_path)
     if not os.path.exists(path):
-        raise ModelError(f"{tflite_path} has no {os.path.basename(path)} beside it ({path}): it is not a model "
-                         "exported by tinytl_tf, or its metadata file was not copied with it")
+        raise ModelError(
+            f"{tflite_path} has no {os.path.basename(path)} beside it ({path}): it is not a model "
+            "exported by tinytl_tf, or its metadata file was not copied with it"
+        )
     try:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
@@ -134,8 +147,10 @@ def _read_metadata(tflite_path):
     except (TypeError, ValueError, KeyError):
         intact = False
     if not intact:
-        raise ModelError(f"{path} was changed after export: its labels, input size or normalization do not match its "
-                         "'integrity' hash; copy the file exported with the .tflite (or export again)")
+        raise ModelError(
+            f"{path} was changed after export: its labels, input size or normalization do not match its "
+            "'integrity' hash; copy the file exported with the .tflite (or export again)"
+        )
     return meta
 
 
@@ -157,21 +172,27 @@ def _check_signatures(tflite_path, meta, interpreter):
                 raise ModelError(f"{json_path}: signature '{key}' lacks the {side} {lacking}")
     for key, spec in described.items():
         if key not in present:
-            raise ModelError(f"signature '{key}' named in {json_path} is missing from {tflite_path} "
-                             f"(it has {sorted(present)})")
+            raise ModelError(
+                f"signature '{key}' named in {json_path} is missing from {tflite_path} (it has {sorted(present)})"
+            )
         runner = interpreter.get_signature_runner(key)
         for side, details in (("inputs", runner.get_input_details()), ("outputs", runner.get_output_details())):
             actual = {name: _spec(d) for name, d in details.items()}
             for name in sorted(set(spec[side]) | set(actual)):
                 if name not in actual:
-                    raise ModelError(f"tensor '{name}' ({side} of signature '{key}') named in {json_path} is "
-                                     f"missing from {tflite_path}")
+                    raise ModelError(
+                        f"tensor '{name}' ({side} of signature '{key}') named in {json_path} is "
+                        f"missing from {tflite_path}"
+                    )
                 if name not in spec[side]:
-                    raise ModelError(f"{tflite_path}: tensor '{name}' ({side} of signature '{key}') is not "
-                                     f"described in {json_path}")
+                    raise ModelError(
+                        f"{tflite_path}: tensor '{name}' ({side} of signature '{key}') is not described in {json_path}"
+                    )
                 if actual[name] != spec[side][name]:
-                    raise ModelError(f"tensor '{name}' ({side} of signature '{key}'): {json_path} says "
-                                     f"{spec[side][name]}, {tflite_path} has {actual[name]}")
+                    raise ModelError(
+                        f"tensor '{name}' ({side} of signature '{key}'): {json_path} says "
+                        f"{spec[side][name]}, {tflite_path} has {actual[name]}"
+                    )
     weights = {w["name"]: {"shape": w["shape"], "dtype": w["dtype"]} for w in meta["weights"]}
     for key, side in ((contract.SIGNATURE_GET_WEIGHTS, "outputs"), (contract.SIGNATURE_SET_WEIGHTS, "inputs")):
         if described[key][side] != weights:
@@ -186,6 +207,8 @@ def _preprocessing(tflite_path, meta, image_shape):
     if wrong:
         raise ModelError(f"{json_path}: input {wrong} is not the preprocessing this trainer implements ({expected})")
     if image_shape != (1, spec["height"], spec["width"], 3) or spec["height"] != spec["width"]:
-        raise ModelError(f"{json_path}: input {spec['height']}x{spec['width']} does not match the square image "
-                         f"tensor {list(image_shape)} of signature '{contract.SIGNATURE_TRAIN}'")
+        raise ModelError(
+            f"{json_path}: input {spec['height']}x{spec['width']} does not match the square image "
+            f"tensor {list(image_shape)} of signature '{contract.SIGNATURE_TRAIN}'"
+        )
     return Preprocessing(int(spec["height"]), tuple(spec["mean"]), tuple(spec["std"]))

@@ -77,8 +77,10 @@ class Trainer:
         x = np.asarray(x)
         shape = self.model.image_shape
         if x.dtype.kind != "f":
-            raise InputError(f"image tensor has dtype {x.dtype}; the model takes normalized float32 {list(shape)} "
-                             "(preprocess images with DeviceModel.preprocessing)")
+            raise InputError(
+                f"image tensor has dtype {x.dtype}; the model takes normalized float32 {list(shape)} "
+                "(preprocess images with DeviceModel.preprocessing)"
+            )
         if x.shape == shape[1:]:
             x = x[None]
         if x.shape != shape:
@@ -86,8 +88,10 @@ class Trainer:
         with np.errstate(over="ignore"):  # float64 beyond float32's range becomes Inf, rejected just below
             x = x.astype(np.float32)
         if not np.isfinite(x).all():
-            raise InputError(f"image tensor has {int(np.size(x) - np.isfinite(x).sum())} NaN/Inf values "
-                             "(after conversion to float32)")
+            raise InputError(
+                f"image tensor has {int(np.size(x) - np.isfinite(x).sum())} NaN/Inf values "
+                "(after conversion to float32)"
+            )
         return x
 
     def check_label(self, y):

@@ -80,9 +80,11 @@ def _kernel_reader(kernel, trainable):
     ordered the same way; a frozen tensor (a constant in the file, its flips folded there too) is used as it is.
     """
     if isinstance(kernel, tf.Variable):
+
         def read(after):
             with tf.control_dependencies([after]):
                 return tf.convert_to_tensor(kernel)
+
         return read
     kernel = tf.convert_to_tensor(kernel)
     if not trainable:
@@ -91,6 +93,7 @@ def _kernel_reader(kernel, trainable):
     def identity(after):
         with tf.control_dependencies([after]):
             return tf.identity(kernel)
+
     return identity
 
 

@@ -63,18 +63,26 @@ class ElasticDepthwise(FoldedConv2D):
         super().__init__(filters, kernel_size, strides, depthwise=True, **kwargs)
         self.kernel_choices = tuple(sorted(kernel_choices))
         if max(self.kernel_choices) != kernel_size:
-            raise ValueError(f"{self.name}: the stored kernel {kernel_size} must be the largest of {self.kernel_choices}")
+            raise ValueError(
+                f"{self.name}: the stored kernel {kernel_size} must be the largest of {self.kernel_choices}"
+            )
 
     def build(self, input_shape):
         super().build(input_shape)
         # per-channel mean of the input, set by `SuperNet.calibrate`
-        self.input_mean = self.add_weight(name="input_mean", shape=(self.filters,), initializer="zeros",
-                                          trainable=False)
+        self.input_mean = self.add_weight(
+            name="input_mean", shape=(self.filters,), initializer="zeros", trainable=False
+        )
         ks = self.kernel_choices
         self.transforms = {
-            (big, small): self.add_weight(name=f"transform_{big}to{small}", shape=(small * small, small * small),
-                                          initializer="identity", trainable=self.train_kernel)
-            for small, big in zip(ks, ks[1:])}
+            (big, small): self.add_weight(
+                name=f"transform_{big}to{small}",
+                shape=(small * small, small * small),
+                initializer="identity",
+                trainable=self.train_kernel,
+            )
+            for small, big in zip(ks, ks[1:])
+        }
 
     def kernel_for(self, size):
         """The transformed [size, size, C, 1] kernel of choice `size` (a Python int)."""
@@ -84,7 +92,7 @@ class ElasticDepthwise(FoldedConv2D):
             if big <= size:
                 break
             s = (big - small) // 2
-            flat = tf.reshape(tf.transpose(w[s:s + small, s:s + small, :, 0], [2, 0, 1]), [c, small * small])
+            flat = tf.reshape(tf.transpose(w[s : s + small, s : s + small, :, 0], [2, 0, 1]), [c, small * small])
             flat = tf.matmul(flat, value(matrix), transpose_b=True)
             w = tf.transpose(tf.reshape(flat, [c, small, small]), [1, 2, 0])[..., None]
         return w
@@ -114,7 +122,7 @@ def lite_kernel_for(stored, size, groups):
     (numpy): the centre `size` x `size` taps, and for groups 4 the block-diagonal half of each groups-2 group
     (output channel o of group-4 group o // (C / 4) reads the matching quarter of its groups-2 group's inputs)."""
     s = (stored.shape[0] - size) // 2
-    w = stored[s:s + size, s:s + size]
+    w = stored[s : s + size, s : s + size]
     if groups == LITE_STORED_GROUPS:
         return w
     ratio = groups // LITE_STORED_GROUPS
@@ -131,7 +139,7 @@ def _lite_masks(cin, groups_choices, kernel_choices):
     for size in kernel_choices:
         m = np.zeros((k, k, 1, 1), np.float32)
         s = (k - size) // 2
-        m[s:s + size, s:s + size] = 1
+        m[s : s + size, s : s + size] = 1
         spatial[size] = m
     local = cin // LITE_STORED_GROUPS
     grouped = {}
@@ -166,15 +174,24 @@ class ElasticLiteResidual(LiteResidual):
         mask = _select(self.kernel_choices, kernel_size, spatial) * _select(self.groups_choices, groups, grouped)
         y = ops.avg_pool_2x2(x)
         pads = conv_pads(y.shape[1], y.shape[2], LITE_STORED_KERNEL, self.strides, self.conv1.padding)
-        y = ops.conv2d(y, value(self.conv1.kernel) * mask, stride=self.strides, pads=pads, groups=LITE_STORED_GROUPS,
-                       kernel_grad=self.train_kernel)
+        y = ops.conv2d(
+            y,
+            value(self.conv1.kernel) * mask,
+            stride=self.strides,
+            pads=pads,
+            groups=LITE_STORED_GROUPS,
+            kernel_grad=self.train_kernel,
+        )
         y = ops.relu(self.norm1(y))
         y = self.norm2(self.conv2(y))
         return ops.resize_bilinear(y, size)
 
     def get_config(self):
-        config = {**super().get_config(), "groups_choices": list(self.groups_choices),
-                  "kernel_choices": list(self.kernel_choices)}
+        config = {
+            **super().get_config(),
+            "groups_choices": list(self.groups_choices),
+            "kernel_choices": list(self.kernel_choices),
+        }
         del config["kernel_size"], config["groups"]
         return config
 
@@ -202,16 +219,24 @@ class ElasticMBBlock(MBBlock):
         self.expand = FoldedConv2D(b.mid, 1, activation=b.act, name="expand", **flags)
         self.expand.build(input_shape)
         mid_shape = self.expand.compute_output_shape(input_shape)
-        self.depthwise = ElasticDepthwise(b.mid, b.kernel, self.kernel_choices, b.stride, activation=b.act,
-                                          name="depthwise", **flags)
+        self.depthwise = ElasticDepthwise(
+            b.mid, b.kernel, self.kernel_choices, b.stride, activation=b.act, name="depthwise", **flags
+        )
         self.depthwise.build(mid_shape)
         self.project = FoldedConv2D(b.out, 1, activation=b.project_act, name="project", **flags)
         self.project.build(self.depthwise.compute_output_shape(mid_shape))
         # per-channel mean of the depthwise output, set by `SuperNet.calibrate`
         self.mid_mean = self.add_weight(name="mid_mean", shape=(b.mid,), initializer="zeros", trainable=False)
-        self.lite = ElasticLiteResidual(b.out, b.stride, self.lite_groups_choices, train_kernel=t.lite_kernel,
-                                        train_gamma=t.lite_gamma, train_beta=t.lite_beta,
-                                        train_final_beta=t.lite_final_beta, name="lite")
+        self.lite = ElasticLiteResidual(
+            b.out,
+            b.stride,
+            self.lite_groups_choices,
+            train_kernel=t.lite_kernel,
+            train_gamma=t.lite_gamma,
+            train_beta=t.lite_beta,
+            train_final_beta=t.lite_final_beta,
+            name="lite",
+        )
         self.lite.build(input_shape)
 
     def call(self, x, kernel, mid, lite_kernel, lite_groups):
@@ -227,8 +252,17 @@ class ElasticMBBlock(MBBlock):
         same function, and a narrower sub-block keeps the most important channels. Returns the permutation."""
         e, d = self.expand, self.depthwise
         order = np.argsort(-np.sum(np.abs(_numpy(self.project.kernel)), axis=(0, 1, 3)), kind="stable")
-        for v, axis in ((e.kernel, 3), (e.scale, 0), (e.bias, 0), (d.kernel, 2), (d.scale, 0), (d.bias, 0),
-                        (d.input_mean, 0), (self.mid_mean, 0), (self.project.kernel, 2)):
+        for v, axis in (
+            (e.kernel, 3),
+            (e.scale, 0),
+            (e.bias, 0),
+            (d.kernel, 2),
+            (d.scale, 0),
+            (d.bias, 0),
+            (d.input_mean, 0),
+            (self.mid_mean, 0),
+            (self.project.kernel, 2),
+        ):
             v.assign(np.take(_numpy(v), order, axis=axis))
         return order
 
@@ -246,19 +280,30 @@ class ElasticMBBlock(MBBlock):
         project = _numpy(p.kernel)
         dropped = _numpy(self.mid_mean)[mid:] @ project[0, 0, mid:]
         depthwise = d.kernel_for(kernel)
-        weights = {"expand/kernel": _numpy(e.kernel)[..., :mid],
-                   "depthwise/kernel": _numpy(depthwise)[:, :, :mid],
-                   "depthwise/bias": _numpy(d.bias_for(depthwise))[:mid],
-                   "project/kernel": project[:, :, :mid], "project/scale": _numpy(p.scale),
-                   "project/bias": _numpy(p.bias) + _numpy(p.scale) * dropped,
-                   "lite/conv1/kernel": lite_kernel_for(_numpy(lite.conv1.kernel), lite_kernel, lite_groups),
-                   "lite/conv2/kernel": _numpy(lite.conv2.kernel)}
-        weights.update({"expand/scale": _numpy(e.scale)[:mid], "expand/bias": _numpy(e.bias)[:mid],
-                        "depthwise/scale": _numpy(d.scale)[:mid]})
+        weights = {
+            "expand/kernel": _numpy(e.kernel)[..., :mid],
+            "depthwise/kernel": _numpy(depthwise)[:, :, :mid],
+            "depthwise/bias": _numpy(d.bias_for(depthwise))[:mid],
+            "project/kernel": project[:, :, :mid],
+            "project/scale": _numpy(p.scale),
+            "project/bias": _numpy(p.bias) + _numpy(p.scale) * dropped,
+            "lite/conv1/kernel": lite_kernel_for(_numpy(lite.conv1.kernel), lite_kernel, lite_groups),
+            "lite/conv2/kernel": _numpy(lite.conv2.kernel),
+        }
+        weights.update(
+            {
+                "expand/scale": _numpy(e.scale)[:mid],
+                "expand/bias": _numpy(e.bias)[:mid],
+                "depthwise/scale": _numpy(d.scale)[:mid],
+            }
+        )
         for name, layer in (("norm1", lite.norm1), ("norm2", lite.norm2)):
             weights.update({f"lite/{name}/gamma": _numpy(layer.gamma), f"lite/{name}/beta": _numpy(layer.beta)})
         return weights
 
     def get_config(self):
-        return {**super().get_config(), "kernel_choices": list(self.kernel_choices),
-                "lite_groups_choices": list(self.lite_groups_choices)}
+        return {
+            **super().get_config(),
+            "kernel_choices": list(self.kernel_choices),
+            "lite_groups_choices": list(self.lite_groups_choices),
+        }

@@ -37,9 +37,11 @@ def check_budget(spec, budget_mb):
     """Raise BudgetTooSmall naming the smallest possible memory when no sub-net fits `budget_mb`."""
     smallest = space.min_memory_mb(spec)
     if not budget_mb >= smallest:
-        raise BudgetTooSmall(f"budget {budget_mb} MB is below the smallest sub-net of {spec.backbone}, which needs "
-                             f"{smallest:.3f} MB (analytic TinyTL-L+B training memory at batch 1); raise --budget-mb "
-                             f"to at least that or allow smaller --resolutions")
+        raise BudgetTooSmall(
+            f"budget {budget_mb} MB is below the smallest sub-net of {spec.backbone}, which needs "
+            f"{smallest:.3f} MB (analytic TinyTL-L+B training memory at batch 1); raise --budget-mb "
+            f"to at least that or allow smaller --resolutions"
+        )
     return smallest
 
 
@@ -63,8 +65,10 @@ def _draw_until_fits(fits, draw, what):
         arch = draw()
         if fits(arch):
             return arch
-    raise BudgetTooSmall(f"no {what} within {fits.budget_mb} MB in {MAX_DRAWS} draws; the budget leaves almost no "
-                         f"sub-net (smallest: {space.min_memory_mb(fits.spec):.3f} MB), raise --budget-mb")
+    raise BudgetTooSmall(
+        f"no {what} within {fits.budget_mb} MB in {MAX_DRAWS} draws; the budget leaves almost no "
+        f"sub-net (smallest: {space.min_memory_mb(fits.spec):.3f} MB), raise --budget-mb"
+    )
 
 
 def _next_population(spec, fits, parents, rng, size, n_mutated, mutate_prob):
@@ -78,8 +82,11 @@ def _next_population(spec, fits, parents, rng, size, n_mutated, mutate_prob):
         i, j = rng.choice(n_parents, size=2, replace=False)
         return space.crossover(spec, parents[int(i)], parents[int(j)], rng)
 
-    return (parents + [_draw_until_fits(fits, mutant, "mutated child") for _ in range(n_mutated)]
-            + [_draw_until_fits(fits, cross, "crossover child") for _ in range(size - n_parents - n_mutated)])
+    return (
+        parents
+        + [_draw_until_fits(fits, mutant, "mutated child") for _ in range(n_mutated)]
+        + [_draw_until_fits(fits, cross, "crossover child") for _ in range(size - n_parents - n_mutated)]
+    )
 
 
 def _save_state(path, state):
@@ -87,22 +94,44 @@ def _save_state(path, state):
 
 
 def _settings(spec, budget_mb, population, seed, parent_ratio, mutate_prob):
-    return {"backbone": spec.backbone, "resolutions": list(spec.resolutions), "budget_mb": budget_mb,
-            "population": population, "seed": seed, "parent_ratio": parent_ratio, "mutate_prob": mutate_prob}
+    return {
+        "backbone": spec.backbone,
+        "resolutions": list(spec.resolutions),
+        "budget_mb": budget_mb,
+        "population": population,
+        "seed": seed,
+        "parent_ratio": parent_ratio,
+        "mutate_prob": mutate_prob,
+    }
 
 
 def _load_state(path, settings, spec):
     state = json.loads(Path(path).read_text())
     if state.get("format") != STATE_FORMAT or state.get("settings") != settings:
-        raise ValueError(f"{path} holds a search with other settings ({state.get('settings')}); delete it to "
-                         f"start over or repeat the original settings")
+        raise ValueError(
+            f"{path} holds a search with other settings ({state.get('settings')}); delete it to "
+            f"start over or repeat the original settings"
+        )
     population = [space.arch_from_dict(spec, d, f"{path}: population") for d in state["population"]]
-    best = state["best"] and (space.arch_from_dict(spec, state["best"]["arch"], f"{path}: best"), state["best"]["score"])
+    best = state["best"] and (
+        space.arch_from_dict(spec, state["best"]["arch"], f"{path}: best"),
+        state["best"]["score"],
+    )
     return state["generation"], population, state["rng"], tuple(state["history"]), best
 
 
-def evolve(spec, score, budget_mb, population=100, generations=20, parent_ratio=0.25, mutate_prob=0.1, seed=0,
-           state_path=None, verbose=1):
+def evolve(
+    spec,
+    score,
+    budget_mb,
+    population=100,
+    generations=20,
+    parent_ratio=0.25,
+    mutate_prob=0.1,
+    seed=0,
+    state_path=None,
+    verbose=1,
+):
     """The best sub-net of `spec` within `budget_mb` by `score(list of Arch) -> array` (higher is better).
 
     With `state_path`, the state after each generation is written there atomically and a later call with the
@@ -120,7 +149,9 @@ def evolve(spec, score, budget_mb, population=100, generations=20, parent_ratio=
         pop = [_draw_until_fits(fits, lambda: space.sample(spec, rng), "random sub-net") for _ in range(population)]
     n_parents = max(2, int(round(population * parent_ratio)))
     n_mutated = (population - n_parents) // 2
-    bar = keras.utils.Progbar(generations, verbose=verbose, stateful_metrics=("best", "memory_mb"), unit_name="generation")
+    bar = keras.utils.Progbar(
+        generations, verbose=verbose, stateful_metrics=("best", "memory_mb"), unit_name="generation"
+    )
     bar.update(min(done, generations))
     for generation in range(done, generations):
         scores = np.asarray(score(pop), np.float64).reshape(-1)
@@ -131,9 +162,17 @@ def evolve(spec, score, budget_mb, population=100, generations=20, parent_ratio=
         history += (best[1],)
         pop = _next_population(spec, fits, parents, rng, population, n_mutated, mutate_prob)
         if state_path is not None:
-            _save_state(state_path, {"format": STATE_FORMAT, "settings": settings, "generation": generation + 1,
-                                     "population": [a.to_dict() for a in pop], "rng": rng.bit_generator.state,
-                                     "history": list(history),
-                                     "best": {"arch": best[0].to_dict(), "score": best[1]}})
+            _save_state(
+                state_path,
+                {
+                    "format": STATE_FORMAT,
+                    "settings": settings,
+                    "generation": generation + 1,
+                    "population": [a.to_dict() for a in pop],
+                    "rng": rng.bit_generator.state,
+                    "history": list(history),
+                    "best": {"arch": best[0].to_dict(), "score": best[1]},
+                },
+            )
         bar.update(generation + 1, values=[("best", best[1]), ("memory_mb", fits.memory_mb(best[0]))])
     return SearchResult(arch=best[0], score=best[1], memory_mb=fits.memory_mb(best[0]), history=history)

@@ -18,8 +18,10 @@ def build_predictor(input_dim, mean=0.0, std=1.0, hidden=HIDDEN_UNITS):
     `mean` and `std`: sub-net accuracies differ by a few points, too little for a raw squared error to rank."""
     layers = [keras.Input((input_dim,), name="encoding")]
     layers += [keras.layers.Dense(units, activation="relu", name=f"hidden_{i}") for i, units in enumerate(hidden)]
-    layers += [keras.layers.Dense(1, name="standardised"),
-               keras.layers.Rescaling(scale=float(std), offset=float(mean), name="accuracy")]
+    layers += [
+        keras.layers.Dense(1, name="standardised"),
+        keras.layers.Rescaling(scale=float(std), offset=float(mean), name="accuracy"),
+    ]
     return keras.Sequential(layers, name="accuracy_predictor")
 
 
@@ -75,5 +77,4 @@ def kendall(a, b):
 
 def rank_correlations(predicted, measured):
     """{"spearman", "kendall", "pairs"} of predicted against measured accuracies."""
-    return {"spearman": spearman(predicted, measured), "kendall": kendall(predicted, measured),
-            "pairs": len(measured)}
+    return {"spearman": spearman(predicted, measured), "kendall": kendall(predicted, measured), "pairs": len(measured)}

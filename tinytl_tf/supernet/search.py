@@ -37,10 +37,23 @@ PREDICTOR_TEST_FRACTION = 0.2  # of the pairs, never shown to the predictor
 SUBNET_FORMAT = "tinytl_tf/subnet-v1"
 PAIRS_FORMAT = "tinytl_tf/pairs-v1"
 SUPERNET_FILE, PAIRS_FILE, PREDICTOR_FILE, PREDICTOR_REPORT, EVOLUTION_FILE, SUBNET_FILE = (
-    "supernet.keras", "pairs.json", "predictor.keras", "predictor.json", "evolution.json", "subnet.json")
+    "supernet.keras",
+    "pairs.json",
+    "predictor.keras",
+    "predictor.json",
+    "evolution.json",
+    "subnet.json",
+)
 SUBNET_REQUIRED = ("format", "backbone", "config", "resolution", "spec", "supernet")
-SUBNET_OPTIONAL = ("predicted_accuracy", "holdout_accuracy", "memory_mb", "budget_mb", "backbone_arch", "predictor",
-                   "search")
+SUBNET_OPTIONAL = (
+    "predicted_accuracy",
+    "holdout_accuracy",
+    "memory_mb",
+    "budget_mb",
+    "backbone_arch",
+    "predictor",
+    "search",
+)
 
 
 def _write_json(path, obj):
@@ -53,8 +66,12 @@ def _backbone_base(backbone):
 
 
 def _check_counts(epochs, pairs, population, generations):
-    for name, v, low in (("epochs", epochs, 0), ("pairs", pairs, 5), ("population", population, 4),
-                         ("generations", generations, 1)):
+    for name, v, low in (
+        ("epochs", epochs, 0),
+        ("pairs", pairs, 5),
+        ("population", population, 4),
+        ("generations", generations, 1),
+    ):
         if not isinstance(v, int) or isinstance(v, bool) or v < low:
             raise ValueError(f"--{name} must be an integer >= {low}, got {v!r}")
 
@@ -66,11 +83,14 @@ def _supernet(out, backbone, base, images, resolutions, epochs, lr, label_smooth
         net = keras.saving.load_model(path, compile=False)
         spec = net.spec
         if (spec.base.blocks, spec.resolutions, spec.base.labels) != (base.blocks, resolutions, images.class_names):
-            raise ValueError(f"{path} is a super-net of another search ({spec.backbone}, {spec.resolutions} px, "
-                             f"{len(spec.base.labels)} classes); use another --out or delete it")
+            raise ValueError(
+                f"{path} is a super-net of another search ({spec.backbone}, {spec.resolutions} px, "
+                f"{len(spec.base.labels)} classes); use another --out or delete it"
+            )
         return net
-    net = SuperNet.from_backbone(backbone, len(images.class_names), images.class_names, resolutions, dropout,
-                                 weights_dir)
+    net = SuperNet.from_backbone(
+        backbone, len(images.class_names), images.class_names, resolutions, dropout, weights_dir
+    )
     net.calibrate(images.train)
     if epochs:
         net.set_random_sampling(True)
@@ -85,10 +105,12 @@ def _warn_at_chance(accuracy, num_classes):
     """Say so on stderr when the super-net's fine-tuning ended no better than guessing: every sub-net measured
     from it, and so the predictor and the winner, would then rest on noise."""
     if accuracy <= 1 / num_classes:
-        print(f"warning: super-net fine-tuning ended at {accuracy:.1%} training accuracy, at or below chance "
-              f"({1 / num_classes:.1%} for {num_classes} classes); the sub-net accuracies, the predictor and the "
-              f"searched sub-net built on it are not meaningful (more --epochs or another --lr may help)",
-              file=sys.stderr)
+        print(
+            f"warning: super-net fine-tuning ended at {accuracy:.1%} training accuracy, at or below chance "
+            f"({1 / num_classes:.1%} for {num_classes} classes); the sub-net accuracies, the predictor and the "
+            f"searched sub-net built on it are not meaningful (more --epochs or another --lr may help)",
+            file=sys.stderr,
+        )
 
 
 def holdout_accuracy(net, holdout, arch):
@@ -116,8 +138,9 @@ def _measure_pairs(out, net, holdout, n, seed, verbose):
     path, spec = out / PAIRS_FILE, net.spec
     done = json.loads(path.read_text()) if path.exists() else {"format": PAIRS_FORMAT, "seed": seed, "pairs": []}
     if done.get("format") != PAIRS_FORMAT or done.get("seed") != seed:
-        raise ValueError(f"{path} holds pairs of another search (seed {done.get('seed')}); use another --out or "
-                         f"delete it")
+        raise ValueError(
+            f"{path} holds pairs of another search (seed {done.get('seed')}); use another --out or delete it"
+        )
     archs = _pair_archs(spec, n, seed)
     bar = keras.utils.Progbar(len(archs), verbose=verbose, unit_name="sub-net")
     for i, arch in enumerate(archs):
@@ -125,7 +148,7 @@ def _measure_pairs(out, net, holdout, n, seed, verbose):
             done["pairs"].append({"config": arch.to_dict(), "accuracy": holdout_accuracy(net, holdout, arch)})
             _write_json(path, done)
         bar.update(i + 1)
-    return archs, np.array([p["accuracy"] for p in done["pairs"][:len(archs)]])
+    return archs, np.array([p["accuracy"] for p in done["pairs"][: len(archs)]])
 
 
 def _predictor(out, spec, archs, accuracies, seed, epochs):
@@ -140,17 +163,41 @@ def _predictor(out, spec, archs, accuracies, seed, epochs):
     test, train = order[:n_test], order[n_test:]
     model = fit_predictor([space.encode(spec, archs[i]) for i in train], accuracies[train], epochs=epochs, seed=seed)
     unseen = rank_correlations(predict_accuracy(model, spec, [archs[i] for i in test]), accuracies[test])
-    report = {"pairs": len(archs), "seed": seed, "train_pairs": len(train), "test_pairs": len(test),
-              "spearman": unseen["spearman"], "kendall": unseen["kendall"]}
+    report = {
+        "pairs": len(archs),
+        "seed": seed,
+        "train_pairs": len(train),
+        "test_pairs": len(test),
+        "spearman": unseen["spearman"],
+        "kendall": unseen["kendall"],
+    }
     atomic_write(model_path, model.save)
     _write_json(report_path, report)
     (out / EVOLUTION_FILE).unlink(missing_ok=True)  # a search scored by the previous predictor
     return model, report
 
 
-def search_job(data, backbone, budget_mb, out, resolutions=None, epochs=5, pairs=500, population=100,
-               generations=100, seed=0, batch_size=8, lr=3e-3, label_smoothing=0.1, dropout=0.2, strategy="none",
-               weights_dir=None, val_fraction=None, predictor_epochs=200, verbose=1):
+def search_job(
+    data,
+    backbone,
+    budget_mb,
+    out,
+    resolutions=None,
+    epochs=5,
+    pairs=500,
+    population=100,
+    generations=100,
+    seed=0,
+    batch_size=8,
+    lr=3e-3,
+    label_smoothing=0.1,
+    dropout=0.2,
+    strategy="none",
+    weights_dir=None,
+    val_fraction=None,
+    predictor_epochs=200,
+    verbose=1,
+):
     """Run (or resume) the search into folder `out`; returns the `subnet.json` content.
 
     `budget_mb`: the analytic TinyTL-L+B training memory at batch 1 a sub-net may need (MB = 1e6 B);
@@ -159,39 +206,74 @@ def search_job(data, backbone, budget_mb, out, resolutions=None, epochs=5, pairs
     resolutions = tuple(sorted(set(resolutions or DEFAULT_RESOLUTIONS)))
     base = _backbone_base(backbone)
     reproducibility = seed_everything(seed)
-    images = datasets.load_image_folder(data, max(resolutions), base.input_mean, base.input_std, batch_size,
-                                        val_fraction=val_fraction, seed=seed, holdout_fraction=HOLDOUT_FRACTION)
+    images = datasets.load_image_folder(
+        data,
+        max(resolutions),
+        base.input_mean,
+        base.input_std,
+        batch_size,
+        val_fraction=val_fraction,
+        seed=seed,
+        holdout_fraction=HOLDOUT_FRACTION,
+    )
     if not images.num_holdout:
         raise datasets.DataError(f"{data}: no training images left to hold out; every class needs at least 2")
     # the budget check needs only the space: fail before any training
-    check_budget(space.super_spec(base.replace(num_classes=len(images.class_names)), str(backbone), resolutions),
-                 budget_mb)
+    check_budget(
+        space.super_spec(base.replace(num_classes=len(images.class_names)), str(backbone), resolutions), budget_mb
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     scope, _ = distribution_scope(strategy)
     with scope:
-        net = _supernet(out, backbone, base, images, resolutions, epochs, lr, label_smoothing, dropout, weights_dir,
-                        verbose)
+        net = _supernet(
+            out, backbone, base, images, resolutions, epochs, lr, label_smoothing, dropout, weights_dir, verbose
+        )
         compile_model(net, lr, 1, label_smoothing)
     spec, holdout = net.spec, images.holdout.cache()
     archs, accuracies = _measure_pairs(out, net, holdout, pairs, seed, verbose)
     predictor, report = _predictor(out, spec, archs, accuracies, seed, predictor_epochs)
-    result = evolve(spec, lambda a: predict_accuracy(predictor, spec, a), budget_mb, population, generations,
-                    seed=seed, state_path=out / EVOLUTION_FILE, verbose=verbose)
+    result = evolve(
+        spec,
+        lambda a: predict_accuracy(predictor, spec, a),
+        budget_mb,
+        population,
+        generations,
+        seed=seed,
+        state_path=out / EVOLUTION_FILE,
+        verbose=verbose,
+    )
     reference = space.backbone_arch(spec)
     subnet = {
-        "format": SUBNET_FORMAT, "backbone": str(backbone), "config": result.arch.to_dict(),
-        "resolution": result.arch.resolution, "predicted_accuracy": result.score,
-        "holdout_accuracy": holdout_accuracy(net, holdout, result.arch), "memory_mb": result.memory_mb,
+        "format": SUBNET_FORMAT,
+        "backbone": str(backbone),
+        "config": result.arch.to_dict(),
+        "resolution": result.arch.resolution,
+        "predicted_accuracy": result.score,
+        "holdout_accuracy": holdout_accuracy(net, holdout, result.arch),
+        "memory_mb": result.memory_mb,
         "budget_mb": budget_mb,
-        "backbone_arch": {"config": reference.to_dict(), "memory_mb": space.memory_mb(spec, reference),
-                          "holdout_accuracy": holdout_accuracy(net, holdout, reference)},
-        "predictor": report, "supernet": SUPERNET_FILE,
-        "search": {"data": str(data), "epochs": epochs, "pairs": pairs, "population": population,
-                   "generations": generations, "seed": seed, "reproducibility": reproducibility,
-                   "batch_size": batch_size, "lr": lr,
-                   "train_examples": images.num_train, "holdout_examples": images.num_holdout,
-                   "best_per_generation": list(result.history)},
+        "backbone_arch": {
+            "config": reference.to_dict(),
+            "memory_mb": space.memory_mb(spec, reference),
+            "holdout_accuracy": holdout_accuracy(net, holdout, reference),
+        },
+        "predictor": report,
+        "supernet": SUPERNET_FILE,
+        "search": {
+            "data": str(data),
+            "epochs": epochs,
+            "pairs": pairs,
+            "population": population,
+            "generations": generations,
+            "seed": seed,
+            "reproducibility": reproducibility,
+            "batch_size": batch_size,
+            "lr": lr,
+            "train_examples": images.num_train,
+            "holdout_examples": images.num_holdout,
+            "best_per_generation": list(result.history),
+        },
         "spec": spec.to_dict(),
     }
     _write_json(out / SUBNET_FILE, subnet)
@@ -222,8 +304,10 @@ def read_subnet(path):
     unknown = sorted(set(d) - set(SUBNET_REQUIRED) - set(SUBNET_OPTIONAL))
     missing = [k for k in SUBNET_REQUIRED if k not in d]
     if unknown or missing:
-        raise ConfigError(f"subnet: unknown field(s) {unknown}, missing field(s) {missing}; valid fields: "
-                          f"{list(SUBNET_REQUIRED + SUBNET_OPTIONAL)}")
+        raise ConfigError(
+            f"subnet: unknown field(s) {unknown}, missing field(s) {missing}; valid fields: "
+            f"{list(SUBNET_REQUIRED + SUBNET_OPTIONAL)}"
+        )
     if d["format"] != SUBNET_FORMAT:
         raise ConfigError(f"subnet.format: expected {SUBNET_FORMAT!r}, got {d['format']!r}")
     if not isinstance(d["spec"], dict):
@@ -231,8 +315,9 @@ def read_subnet(path):
     spec = space.SuperSpec.from_dict(d["spec"])
     arch = space.arch_from_dict(spec, d["config"], "subnet.config")
     if d["resolution"] != arch.resolution:
-        raise ConfigError(f"subnet.resolution: {d['resolution']!r} differs from subnet.config.resolution "
-                          f"{arch.resolution}")
+        raise ConfigError(
+            f"subnet.resolution: {d['resolution']!r} differs from subnet.config.resolution {arch.resolution}"
+        )
     if not isinstance(d["supernet"], str):
         raise ConfigError("subnet.supernet: expected the path of the fine-tuned super-net")
     return Subnet(str(d["backbone"]), spec, arch, path.parent / d["supernet"])
@@ -247,17 +332,24 @@ def load_subnet(path, method="tinytl-lb", resolution=None, weights_dir=None, log
     pretrained backbone's when the checkpoint is gone, saying so through `log`)."""
     sub = read_subnet(path)
     if resolution is not None and resolution != sub.arch.resolution:
-        raise ValueError(f"--resolution {resolution} differs from the searched sub-net's {sub.arch.resolution} px "
-                         f"({path}); drop --resolution")
+        raise ValueError(
+            f"--resolution {resolution} differs from the searched sub-net's {sub.arch.resolution} px "
+            f"({path}); drop --resolution"
+        )
     if sub.supernet_path.is_file():
         net = keras.saving.load_model(sub.supernet_path, compile=False)
     else:
-        log(f"note: no fine-tuned super-net at {sub.supernet_path}; the sub-net starts from the pretrained "
-            f"{sub.backbone} weights instead")
+        log(
+            f"note: no fine-tuned super-net at {sub.supernet_path}; the sub-net starts from the pretrained "
+            f"{sub.backbone} weights instead"
+        )
         b = sub.spec.base
-        net = SuperNet.from_backbone(sub.backbone, b.num_classes, b.labels, sub.spec.resolutions, b.dropout,
-                                     weights_dir)
+        net = SuperNet.from_backbone(
+            sub.backbone, b.num_classes, b.labels, sub.spec.resolutions, b.dropout, weights_dir
+        )
     if net.spec != sub.spec:
-        raise ConfigError(f"subnet.spec: differs from the super-net's ({sub.supernet_path}); the file was edited "
-                          f"or belongs to another search")
+        raise ConfigError(
+            f"subnet.spec: differs from the super-net's ({sub.supernet_path}); the file was edited "
+            f"or belongs to another search"
+        )
     return net.extract_subnet(sub.arch, method)

@@ -78,19 +78,28 @@ class SuperSpec:
     resolutions: tuple
 
     def to_dict(self):
-        return {"backbone": self.backbone, "base": self.base.to_dict(),
-                "slots": [dataclasses.asdict(s) for s in self.slots], "stages": [list(s) for s in self.stages],
-                "depth_choices": [list(d) for d in self.depth_choices], "resolutions": list(self.resolutions)}
+        return {
+            "backbone": self.backbone,
+            "base": self.base.to_dict(),
+            "slots": [dataclasses.asdict(s) for s in self.slots],
+            "stages": [list(s) for s in self.stages],
+            "depth_choices": [list(d) for d in self.depth_choices],
+            "resolutions": list(self.resolutions),
+        }
 
     @classmethod
     def from_dict(cls, d):
         try:
-            return cls(backbone=d["backbone"], base=NetConfig.from_dict(d["base"]),
-                       slots=tuple(Slot(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
-                                   for s in d["slots"]),
-                       stages=tuple(tuple(s) for s in d["stages"]),
-                       depth_choices=tuple(tuple(c) for c in d["depth_choices"]),
-                       resolutions=tuple(d["resolutions"]))
+            return cls(
+                backbone=d["backbone"],
+                base=NetConfig.from_dict(d["base"]),
+                slots=tuple(
+                    Slot(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()}) for s in d["slots"]
+                ),
+                stages=tuple(tuple(s) for s in d["stages"]),
+                depth_choices=tuple(tuple(c) for c in d["depth_choices"]),
+                resolutions=tuple(d["resolutions"]),
+            )
         except (KeyError, TypeError, AttributeError) as e:
             raise ConfigError(f"super-net spec: malformed ({type(e).__name__}: {e})") from None
 
@@ -107,21 +116,40 @@ def super_spec(base_cfg, backbone, resolutions):
         if i == 0:
             continue
         if b.mid is None:
-            raise ConfigError(f"blocks[{i}]: has no expand conv; a super-net needs MB blocks after block 0 "
-                              f"(backbones mcunet-5fps, proxyless-w0.3, mbv2-w0.35)")
+            raise ConfigError(
+                f"blocks[{i}]: has no expand conv; a super-net needs MB blocks after block 0 "
+                f"(backbones mcunet-5fps, proxyless-w0.3, mbv2-w0.35)"
+            )
         if not b.shortcut or not stages:
             stages.append([])
         stages[-1].append(len(slots))
         expands = {e for e in EXPANDS if make_divisible(cin * e) <= b.mid} | {_ratio(b.mid, cin)}
-        slots.append(Slot(index=i, stage=len(stages) - 1, in_channels=cin, out=b.out, stride=b.stride,
-                          shortcut=b.shortcut, kernel=b.kernel, mid=b.mid,
-                          kernels=tuple(k for k in KERNELS if k <= b.kernel), expands=tuple(sorted(expands)),
-                          lite_groups=tuple(g for g in LITE_GROUPS if cin % g == 0)))
+        slots.append(
+            Slot(
+                index=i,
+                stage=len(stages) - 1,
+                in_channels=cin,
+                out=b.out,
+                stride=b.stride,
+                shortcut=b.shortcut,
+                kernel=b.kernel,
+                mid=b.mid,
+                kernels=tuple(k for k in KERNELS if k <= b.kernel),
+                expands=tuple(sorted(expands)),
+                lite_groups=tuple(g for g in LITE_GROUPS if cin % g == 0),
+            )
+        )
     if not slots:
         raise ConfigError("blocks: a super-net needs at least two blocks")
     depth_choices = tuple(tuple(d for d in DEPTHS if d <= len(s)) or (len(s),) for s in stages)
-    return SuperSpec(backbone=backbone, base=base_cfg, slots=tuple(slots), stages=tuple(tuple(s) for s in stages),
-                     depth_choices=depth_choices, resolutions=resolutions)
+    return SuperSpec(
+        backbone=backbone,
+        base=base_cfg,
+        slots=tuple(slots),
+        stages=tuple(tuple(s) for s in stages),
+        depth_choices=depth_choices,
+        resolutions=resolutions,
+    )
 
 
 @dataclass(frozen=True)
@@ -137,16 +165,21 @@ class Arch:
     lite_kernels: tuple  # per slot
 
     def to_dict(self):
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-                for f in dataclasses.fields(self)}
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)
+        }
 
 
 def gene_choices(spec):
     """Allowed values of every `Arch` field: the resolutions, else one tuple of choices per stage or slot."""
-    return {"resolution": spec.resolutions, "depths": spec.depth_choices,
-            "kernels": tuple(s.kernels for s in spec.slots), "expands": tuple(s.expands for s in spec.slots),
-            "lite_groups": tuple(s.lite_groups for s in spec.slots),
-            "lite_kernels": tuple(LITE_KERNELS for _ in spec.slots)}
+    return {
+        "resolution": spec.resolutions,
+        "depths": spec.depth_choices,
+        "kernels": tuple(s.kernels for s in spec.slots),
+        "expands": tuple(s.expands for s in spec.slots),
+        "lite_groups": tuple(s.lite_groups for s in spec.slots),
+        "lite_kernels": tuple(LITE_KERNELS for _ in spec.slots),
+    }
 
 
 def _fmt(values):
@@ -161,14 +194,17 @@ def validate_arch(spec, arch, where="arch"):
     """Raise ConfigError naming the first gene of `arch` that is outside `spec`'s space."""
     choices = gene_choices(spec)
     if not (_is_number(arch.resolution, False) and arch.resolution in spec.resolutions):
-        raise ConfigError(f"{where}.resolution: {arch.resolution!r} is not one of the super-net's resolutions "
-                          f"({_fmt(spec.resolutions)})")
+        raise ConfigError(
+            f"{where}.resolution: {arch.resolution!r} is not one of the super-net's resolutions "
+            f"({_fmt(spec.resolutions)})"
+        )
     for name in ("depths", *PER_SLOT_GENES):
         values, allowed = getattr(arch, name), choices[name]
         unit = "stages" if name == "depths" else "blocks after block 0"
         if not isinstance(values, (tuple, list)) or len(values) != len(allowed):
-            raise ConfigError(f"{where}.{name}: needs one value per super-net position ({len(allowed)} {unit}), "
-                              f"got {values!r}")
+            raise ConfigError(
+                f"{where}.{name}: needs one value per super-net position ({len(allowed)} {unit}), got {values!r}"
+            )
         for pos, (v, ok) in enumerate(zip(values, allowed)):
             if not (_is_number(v, name == "expands") and v in ok):
                 what = f"stage {pos}" if name == "depths" else f"block {spec.slots[pos].index}"
@@ -209,9 +245,14 @@ def backbone_arch(spec, lite_kernel=None, lite_groups=2):
     else:
         lite_kernels = (lite_kernel,) * len(spec.slots)
     resolution = min(spec.resolutions, key=lambda r: (abs(r - spec.base.resolution), r))
-    arch = Arch(resolution=resolution, depths=tuple(len(s) for s in spec.stages),
-                kernels=tuple(s.kernel for s in spec.slots), expands=tuple(s.ratio for s in spec.slots),
-                lite_groups=(lite_groups,) * len(spec.slots), lite_kernels=lite_kernels)
+    arch = Arch(
+        resolution=resolution,
+        depths=tuple(len(s) for s in spec.stages),
+        kernels=tuple(s.kernel for s in spec.slots),
+        expands=tuple(s.ratio for s in spec.slots),
+        lite_groups=(lite_groups,) * len(spec.slots),
+        lite_kernels=lite_kernels,
+    )
     validate_arch(spec, arch, "backbone_arch")
     return arch
 
@@ -220,9 +261,14 @@ def smallest_arch(spec):
     """The sub-net with the least training memory: memory never decreases with resolution, depth, kernel, expand
     or lite kernel, and never increases with lite groups (fewer lite weights, smaller per-group working set)."""
     c = gene_choices(spec)
-    return Arch(resolution=min(c["resolution"]), depths=tuple(map(min, c["depths"])),
-                kernels=tuple(map(min, c["kernels"])), expands=tuple(map(min, c["expands"])),
-                lite_groups=tuple(map(max, c["lite_groups"])), lite_kernels=tuple(map(min, c["lite_kernels"])))
+    return Arch(
+        resolution=min(c["resolution"]),
+        depths=tuple(map(min, c["depths"])),
+        kernels=tuple(map(min, c["kernels"])),
+        expands=tuple(map(min, c["expands"])),
+        lite_groups=tuple(map(max, c["lite_groups"])),
+        lite_kernels=tuple(map(min, c["lite_kernels"])),
+    )
 
 
 def subnet_config(spec, arch, method="tinytl-lb"):
@@ -234,18 +280,30 @@ def subnet_config(spec, arch, method="tinytl-lb"):
     blocks = [spec.base.blocks[0]]
     for p in active_slots(spec, arch):
         s = spec.slots[p]
-        blocks.append(dataclasses.replace(spec.base.blocks[s.index], kernel=arch.kernels[p],
-                                          mid=mid_channels(s, arch.expands[p]),
-                                          lite=LiteConfig(kernel=arch.lite_kernels[p], groups=arch.lite_groups[p])))
-    return spec.base.replace(name=f"{spec.backbone}-subnet", resolution=arch.resolution, blocks=tuple(blocks),
-                             trainable=TRAINABLE[method], method=method)
+        blocks.append(
+            dataclasses.replace(
+                spec.base.blocks[s.index],
+                kernel=arch.kernels[p],
+                mid=mid_channels(s, arch.expands[p]),
+                lite=LiteConfig(kernel=arch.lite_kernels[p], groups=arch.lite_groups[p]),
+            )
+        )
+    return spec.base.replace(
+        name=f"{spec.backbone}-subnet",
+        resolution=arch.resolution,
+        blocks=tuple(blocks),
+        trainable=TRAINABLE[method],
+        method=method,
+    )
 
 
 def sample(spec, rng):
     """A uniformly random sub-net (each gene independently); `rng` is a `numpy.random.Generator`."""
     c = gene_choices(spec)
-    return Arch(resolution=_pick(c["resolution"], rng),
-                **{name: tuple(_pick(ok, rng) for ok in c[name]) for name in ("depths", *PER_SLOT_GENES)})
+    return Arch(
+        resolution=_pick(c["resolution"], rng),
+        **{name: tuple(_pick(ok, rng) for ok in c[name]) for name in ("depths", *PER_SLOT_GENES)},
+    )
 
 
 def mutate(spec, arch, rng, prob=0.1):
@@ -255,19 +313,28 @@ def mutate(spec, arch, rng, prob=0.1):
     def gene(value, ok):
         return _pick(ok, rng) if rng.random() < prob else value
 
-    return Arch(resolution=gene(arch.resolution, c["resolution"]),
-                **{name: tuple(gene(v, ok) for v, ok in zip(getattr(arch, name), c[name]))
-                   for name in ("depths", *PER_SLOT_GENES)})
+    return Arch(
+        resolution=gene(arch.resolution, c["resolution"]),
+        **{
+            name: tuple(gene(v, ok) for v, ok in zip(getattr(arch, name), c[name]))
+            for name in ("depths", *PER_SLOT_GENES)
+        },
+    )
 
 
 def crossover(spec, a, b, rng):
     """A child taking every gene from parent `a` or `b` with equal probability."""
+
     def gene(x, y):
         return x if rng.random() < 0.5 else y
 
-    return Arch(resolution=gene(a.resolution, b.resolution),
-                **{name: tuple(gene(x, y) for x, y in zip(getattr(a, name), getattr(b, name)))
-                   for name in ("depths", *PER_SLOT_GENES)})
+    return Arch(
+        resolution=gene(a.resolution, b.resolution),
+        **{
+            name: tuple(gene(x, y) for x, y in zip(getattr(a, name), getattr(b, name)))
+            for name in ("depths", *PER_SLOT_GENES)
+        },
+    )
 
 
 def encoding_length(spec):

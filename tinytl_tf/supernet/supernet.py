@@ -74,22 +74,47 @@ class SuperNet(keras.Model):
         s, f = base.stem, base.feature_mix
         self.stem = built(FoldedConv2D(s.out, s.kernel, s.stride, activation=s.act, name="stem", **main))
         self.block_0 = built(MBBlock(base.blocks[0], base.padding, t, name="block_0"))
-        self.slot_blocks = [built(ElasticMBBlock(base.blocks[slot.index], slot.kernels, slot.lite_groups, base.padding,
-                                                 t, name=f"block_{slot.index}")) for slot in spec.slots]
-        self.feature_mix = None if f is None else built(
-            FoldedConv2D(f.out, f.kernel, f.stride, activation=f.act, name="feature_mix", **main))
+        self.slot_blocks = [
+            built(
+                ElasticMBBlock(
+                    base.blocks[slot.index], slot.kernels, slot.lite_groups, base.padding, t, name=f"block_{slot.index}"
+                )
+            )
+            for slot in spec.slots
+        ]
+        self.feature_mix = (
+            None
+            if f is None
+            else built(FoldedConv2D(f.out, f.kernel, f.stride, activation=f.act, name="feature_mix", **main))
+        )
         self.head = built(Classifier(base.num_classes, base.dropout, train=t.head, name="head"))
         # only_first_replica: under MirroredStrategy all replicas train the first replica's sampled sub-net
-        self._active = {name: self.add_weight(name=f"active_{name}", shape=_gene_shape(c), dtype="int32",
-                                              initializer="zeros", trainable=False, aggregation="only_first_replica")
-                        for name, c in _gene_choices(spec).items()}
-        self._sampling = self.add_weight(name="random_sampling", shape=(), dtype="int32", initializer="zeros",
-                                         trainable=False, aggregation="only_first_replica")
+        self._active = {
+            name: self.add_weight(
+                name=f"active_{name}",
+                shape=_gene_shape(c),
+                dtype="int32",
+                initializer="zeros",
+                trainable=False,
+                aggregation="only_first_replica",
+            )
+            for name, c in _gene_choices(spec).items()
+        }
+        self._sampling = self.add_weight(
+            name="random_sampling",
+            shape=(),
+            dtype="int32",
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
+        )
         self.set_active(backbone_arch(spec))
         self.built = True
 
     @classmethod
-    def from_backbone(cls, name, num_classes, labels=(), resolutions=DEFAULT_RESOLUTIONS, dropout=0.2, weights_dir=None):
+    def from_backbone(
+        cls, name, num_classes, labels=(), resolutions=DEFAULT_RESOLUTIONS, dropout=0.2, weights_dir=None
+    ):
         """The super-net around a named MB backbone (mcunet-5fps, proxyless-w0.3, mbv2-w0.35, or the random-weight
         proxylessnas-mobile) or a once-for-all checkpoint converted by `export/convert_ofa.py` (its `.npz` path).
 
@@ -101,8 +126,9 @@ class SuperNet(keras.Model):
         loss 6.0 for 10 classes).
         """
         backbone, cfg, arrays, presorted = _backbone_weights(name, weights_dir)
-        base = cfg.replace(num_classes=num_classes, labels=tuple(labels), dropout=dropout, trainable=TrainableSet(),
-                           method=None)
+        base = cfg.replace(
+            num_classes=num_classes, labels=tuple(labels), dropout=dropout, trainable=TrainableSet(), method=None
+        )
         net = cls(super_spec(base, backbone, resolutions))
         net.head.kernel.assign(np.zeros(net.head.kernel.shape, "float32"))
         if arrays is not None:
@@ -125,8 +151,13 @@ class SuperNet(keras.Model):
             for p, block in enumerate(self.slot_blocks):
                 for i, mean in enumerate(block.full_width_means(x)):
                     sums[p][i] += n * mean.numpy()
-                x = block(x, kernel=arch.kernels[p], mid=block.block.mid, lite_kernel=arch.lite_kernels[p],
-                          lite_groups=arch.lite_groups[p])
+                x = block(
+                    x,
+                    kernel=arch.kernels[p],
+                    mid=block.block.mid,
+                    lite_kernel=arch.lite_kernels[p],
+                    lite_groups=arch.lite_groups[p],
+                )
             count += n
         if not count:
             raise ValueError("calibrate: the dataset yielded no images")
@@ -151,8 +182,9 @@ class SuperNet(keras.Model):
         """Make `arch` (a `space.Arch`) the sub-net the super-net computes; ConfigError names a bad gene."""
         validate_arch(self.spec, arch)
         mids = [mid_channels(s, e) for s, e in zip(self.spec.slots, arch.expands)]
-        for name, values in zip(GENES, (arch.resolution, arch.depths, arch.kernels, mids, arch.lite_kernels,
-                                        arch.lite_groups)):
+        for name, values in zip(
+            GENES, (arch.resolution, arch.depths, arch.kernels, mids, arch.lite_kernels, arch.lite_groups)
+        ):
             self._active[name].assign(np.asarray(values, np.int32))
 
     def sample(self, rng):
@@ -178,15 +210,22 @@ class SuperNet(keras.Model):
         branches = [functools.partial(self._forward, images, r, genes, training) for r in self.spec.resolutions]
         if len(branches) == 1:
             return branches[0]()
-        index = tf.argmax(tf.cast(tf.equal(tf.constant(self.spec.resolutions, tf.int32), genes.resolution), tf.int32),
-                          output_type=tf.int32)
+        index = tf.argmax(
+            tf.cast(tf.equal(tf.constant(self.spec.resolutions, tf.int32), genes.resolution), tf.int32),
+            output_type=tf.int32,
+        )
         return tf.switch_case(index, branches)
 
     def _forward(self, images, resolution, genes, training):
         x = self.block_0(self.stem(_resized(images, resolution)))
         for p, (slot, block) in enumerate(zip(self.spec.slots, self.slot_blocks)):
-            run = functools.partial(block, kernel=genes.kernels[p], mid=genes.mids[p],
-                                    lite_kernel=genes.lite_kernels[p], lite_groups=genes.lite_groups[p])
+            run = functools.partial(
+                block,
+                kernel=genes.kernels[p],
+                mid=genes.mids[p],
+                lite_kernel=genes.lite_kernels[p],
+                lite_groups=genes.lite_groups[p],
+            )
             depth = self.spec.stages[slot.stage].index(p)
             # a block past its stage's depth passes x on (only shortcut blocks can be). A select, not tf.cond: a
             # cond traces about twice as slowly and measured no faster per step
@@ -206,7 +245,9 @@ class SuperNet(keras.Model):
         arrays = {v.path: v.numpy() for v in self.weights if v.path.split("/")[0] in STATIC_LAYERS}
         for j, p in enumerate(active_slots(self.spec, arch), start=1):
             mid = mid_channels(self.spec.slots[p], arch.expands[p])
-            weights = self.slot_blocks[p].static_weights(arch.kernels[p], mid, arch.lite_kernels[p], arch.lite_groups[p])
+            weights = self.slot_blocks[p].static_weights(
+                arch.kernels[p], mid, arch.lite_kernels[p], arch.lite_groups[p]
+            )
             arrays.update({f"block_{j}/{path}": a for path, a in weights.items()})
         return load_weights_by_path(model, arrays)
 
@@ -238,8 +279,14 @@ def _gene_choices(spec):
     """`space.gene_choices` as in-graph genes: expand ratios become the mid channel counts they select."""
     c = gene_choices(spec)
     mids = tuple(tuple(mid_channels(s, e) for e in s.expands) for s in spec.slots)
-    return {"resolution": c["resolution"], "depths": c["depths"], "kernels": c["kernels"], "mids": mids,
-            "lite_kernels": c["lite_kernels"], "lite_groups": c["lite_groups"]}
+    return {
+        "resolution": c["resolution"],
+        "depths": c["depths"],
+        "kernels": c["kernels"],
+        "mids": mids,
+        "lite_kernels": c["lite_kernels"],
+        "lite_groups": c["lite_groups"],
+    }
 
 
 def _sample_gene(choices):
@@ -288,5 +335,6 @@ def _backbone_weights(name, weights_dir):
         return name, cfg, arrays, False
     if str(name).endswith(".npz"):
         return read_weights_file(name)
-    raise UnknownBackbone(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}, or a .npz written by "
-                          f"export/convert_ofa.py")
+    raise UnknownBackbone(
+        f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}, or a .npz written by export/convert_ofa.py"
+    )
