@@ -747,8 +747,17 @@ def main_specs(results, plan):
                 for b in backbones
                 for s in (plan.seeds_of(d, m) if b == plan.backbone else (0,))
             ]
-    # every method's first run before any repeat: a study stopped early still compares all methods
-    return sorted(specs, key=lambda spec: (spec.backbone != plan.backbone, spec.seed))
+    # every method's first run before any repeat, the paper's claim (FT-Last, TinyTL-L+B, FT-Full) first: a study
+    # stopped early still tests it
+    first = ("ft-last", "tinytl-lb", "ft-full")
+    return sorted(
+        specs,
+        key=lambda spec: (
+            spec.backbone != plan.backbone,
+            spec.seed,
+            first.index(spec.method) if spec.method in first else len(first),
+        ),
+    )
 
 
 def memory_specs(plan):
