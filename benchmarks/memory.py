@@ -114,7 +114,9 @@ def run_backbone(name, args):
         f"{'train+X':>9}{'infer+X':>9}{'tflite':>8}{'budget':>8}{'export s':>9}"
     )
     print(
-        f"{head}\n{'MB; train/infer = RSS delta with builtin kernels, +X = with XNNPACK':>{len(head)}}\n{'-' * len(head)}"
+        f"{head}\n"
+        f"{'MB; train/infer = RSS delta with builtin kernels, +X = with XNNPACK':>{len(head)}}\n"
+        f"{'-' * len(head)}"
     )
     for method, model in method_models(name, args.resolution, args.classes, args.methods, weights_dir=args.weights_dir):
         a = analytic[method]

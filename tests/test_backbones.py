@@ -49,7 +49,8 @@ def test_mobilenet_v1_missing_weights_error(tmp_path, monkeypatch):
 
 
 def test_proxylessnas_mobile_has_the_papers_parameter_count():
-    # ProxylessNAS-Mobile as TinyTL uses it: 4,080,512 parameters with a 1000-class head (BatchNorm gamma/beta = folded scale/bias)
+    # ProxylessNAS-Mobile as TinyTL uses it: 4,080,512 parameters with a 1000-class head (BatchNorm gamma/beta =
+    # folded scale/bias)
     assert count_params(load_backbone("proxylessnas-mobile"))[1] == 4_080_512
 
 

@@ -295,7 +295,8 @@ def write_tfds(data_dir, name, images, labels, class_names):
             for img, label in zip(images, labels):
                 writer.write(features.serialize_example({"image": img, "label": label}))
     tfds.folder_dataset.write_metadata(
-        data_dir=folder, features=features, split_infos=None, filename_template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+        data_dir=folder, features=features, split_infos=None,
+        filename_template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
         check_data=True, supervised_keys=("image", "label"),
     )  # fmt: skip
 

@@ -62,8 +62,8 @@ def test_exact_trainable_parameter_count(backbone, method):
     assert model.net_config.method == method
 
 
-# The TinyTL paper's figures: ProxylessNAS-Mobile, 102 classes, lite modules present for every method, 4 B per trainable and
-# 1 B per frozen parameter, MB = 1e6 B.
+# The TinyTL paper's figures: ProxylessNAS-Mobile, 102 classes, lite modules present for every method, 4 B per
+# trainable and 1 B per frozen parameter, MB = 1e6 B.
 PAPER_PARAM_MB = {
     "ft-full": 18.986,
     "ft-last": 5.139,

@@ -56,7 +56,8 @@ def prepare_caltech101(source, out_dir):
             missing = [n for n in names if not (root / "101_ObjectCategories" / n).is_file()]
             if missing:
                 raise DataError(
-                    f"{len(missing)} images listed in {listing.name} are missing (e.g. {missing[0]}); pass both tarballs"
+                    f"{len(missing)} images listed in {listing.name} are missing (e.g. {missing[0]}); "
+                    "pass both tarballs"
                 )
             for n in names:
                 _link_or_copy(root / "101_ObjectCategories" / n, tree / split / n)

@@ -194,8 +194,8 @@ def _add_seed_option(p):
         default=0,
         help="seed of every random draw: the split, shuffling, augmentation, "
         "head and lite-branch initialisation, dropout, sub-net sampling; ops run deterministically (measured "
-        "at 0.93-0.97x the speed without, benchmarks/determinism.py), so the same command repeats exactly on one machine and TensorFlow "
-        "version (default 0)",
+        "at 0.93-0.97x the speed without, benchmarks/determinism.py), so the same command repeats exactly on one "
+        "machine and TensorFlow version (default 0)",
     )
 
 
@@ -235,12 +235,14 @@ def build_parser():
         "train",
         formatter_class=_Formatter,
         help="fine-tune a pretrained backbone with a transfer method",
-        description="Fine-tune a pretrained backbone on a class-per-folder image tree; writes OUT/model.keras and OUT/metrics.json.",
+        description="Fine-tune a pretrained backbone on a class-per-folder image tree; "
+        "writes OUT/model.keras and OUT/metrics.json.",
     )
     t.add_argument(
         "--data",
         required=True,
-        help="DIR/train/<class>/* + DIR/test/<class>/*, or DIR/<class>/* with --val-fraction; with --tfds, the tfds data_dir",
+        help="DIR/train/<class>/* + DIR/test/<class>/*, or DIR/<class>/* with --val-fraction; "
+        "with --tfds, the tfds data_dir",
     )
     t.add_argument(
         "--tfds", metavar="NAME", help="read the prepared tensorflow-datasets set NAME from --data (no download)"
@@ -283,7 +285,10 @@ def build_parser():
         "search",
         formatter_class=_Formatter,
         help="find the best sub-net of a super-net under a training-memory budget",
-        description="Fine-tune an elastic super-net around a pretrained MB backbone on 80%% of the training images, measure random sub-nets on the other 20%%, fit an accuracy predictor and run an evolutionary search under a training-memory budget (analytic TinyTL-L+B memory at batch 1). Writes OUT/subnet.json and OUT/supernet.keras; an interrupted search resumes from OUT. Then: train --subnet OUT/subnet.json.",
+        description="Fine-tune an elastic super-net around a pretrained MB backbone on 80%% of the training images, "
+        "measure random sub-nets on the other 20%%, fit an accuracy predictor and run an evolutionary search under a "
+        "training-memory budget (analytic TinyTL-L+B memory at batch 1). Writes OUT/subnet.json and "
+        "OUT/supernet.keras; an interrupted search resumes from OUT. Then: train --subnet OUT/subnet.json.",
     )
     s.add_argument(
         "--data",
@@ -350,7 +355,12 @@ def build_parser():
         "memory",
         formatter_class=_Formatter,
         help="analytic (and measured LiteRT) training memory of the six transfer methods",
-        description="Print the analytic training memory (parameters + activations, MB = 1e6 B) of every transfer method on a backbone (TinyTL paper, Cai et al. 2020, Fig. 3 / Table 1); no model is built unless --measure exports each method's model and measures it with LiteRT. As in the paper, every method's network has lite residual branches by default (FT-Last's row then counts their frozen parameters, unlike `train --method ft-last`); --no-lite-for-all gives the networks `train` builds. The paper's table: --backbone proxylessnas-mobile --batch-size 8.",
+        description="Print the analytic training memory (parameters + activations, MB = 1e6 B) of every transfer "
+        "method on a backbone (TinyTL paper, Cai et al. 2020, Fig. 3 / Table 1); no model is built unless --measure "
+        "exports each method's model and measures it with LiteRT. As in the paper, every method's network has lite "
+        "residual branches by default (FT-Last's row then counts their frozen parameters, unlike "
+        "`train --method ft-last`); --no-lite-for-all gives the networks `train` builds. The paper's table: "
+        "--backbone proxylessnas-mobile --batch-size 8.",
     )
     m.add_argument(
         "--backbone", default="mcunet-5fps", help=f"one of: {', '.join(BACKBONES)} (default mcunet-5fps, as train)"
@@ -374,13 +384,15 @@ def build_parser():
     m.add_argument(
         "--measure",
         action="store_true",
-        help="also export each method's model and measure it with LiteRT at batch 1 (static graph peak, process RSS of train and infer)",
+        help="also export each method's model and measure it with LiteRT at batch 1 "
+        "(static graph peak, process RSS of train and infer)",
     )
     m.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (mobilenet-v1 with --measure)")
     m.add_argument(
         "--model",
         metavar="MODEL.tflite",
-        help="measure this exported model instead (train and infer in LiteRT at its batch size: static graph peak, process RSS split into heap and file-backed pages); the method comes from MODEL.json beside it",
+        help="measure this exported model instead (train and infer in LiteRT at its batch size: static graph peak, "
+        "process RSS split into heap and file-backed pages); the method comes from MODEL.json beside it",
     )
     m.add_argument(
         "--timeout",

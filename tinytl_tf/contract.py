@@ -6,7 +6,8 @@ Every name here is written into `model.json` next to an exported `.tflite`; the 
 
 METHODS = ("ft-last", "ft-norm-last", "ft-full", "tinytl-b", "tinytl-l", "tinytl-lb")
 
-# Preprocessing (the TinyTL reference pipeline): train = random-resized crop + flip, test = resize shorter side to size/0.875 + crop.
+# Preprocessing (the TinyTL reference pipeline): train = random-resized crop + flip, test = resize shorter side to
+# size/0.875 + crop.
 CROP_FRACTION = 0.875
 RANDOM_CROP_SCALE = (0.22, 1.0)
 RANDOM_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)

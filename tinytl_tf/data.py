@@ -7,10 +7,12 @@
 
 Each returns an `ImageData`: batched `train` / `test` datasets of (float32 [B, R, R, 3], int32 [B]), `class_names`,
 `num_train`, `num_test` and `skipped` (unreadable images left out); `load_eval_folder` has no `train` (None).
-`default_data_dir()` is the embedded Caltech-10 subset (10 classes, 30 train + 10 test images each; see assets/caltech10/ATTRIBUTION.md).
+`default_data_dir()` is the embedded Caltech-10 subset (10 classes, 30 train + 10 test images each; see
+assets/caltech10/ATTRIBUTION.md).
 
-Preprocessing (the TinyTL reference pipeline): train = random-resized crop + horizontal flip, test = resize the shorter side to
-resolution / 0.875 + centre crop; then (p - mean) / std. Decoding and both transforms run the numpy/Pillow code of
+Preprocessing (the TinyTL reference pipeline): train = random-resized crop + horizontal flip, test = resize the
+shorter side to resolution / 0.875 + centre crop; then (p - mean) / std. Decoding and both transforms run the
+numpy/Pillow code of
 `tinytl_tf.imageio` inside the pipeline, so the desktop test pixels equal the on-device ones exactly. That is also
 why files are found by `imageio.scan_image_folder` rather than `keras.utils.image_dataset_from_directory` or
 `tfds.folder_dataset.ImageFolder`: those decode with TensorFlow (different pixels from Pillow's), fail mid-epoch on
@@ -110,14 +112,16 @@ def load_tfds(name, data_dir, resolution, mean, std, batch_size, seed=0):
     where = f"data_dir={data_dir}" if data_dir else "the default tfds data_dir"
     if not builder.is_prepared():
         raise DataError(
-            f"tfds data set '{name}' is not prepared in {where} and nothing is downloaded here; prepare it where there is "
-            f"network (`tfds build {name} --data_dir DIR`) and copy DIR over, or use an image folder"
+            f"tfds data set '{name}' is not prepared in {where} and nothing is downloaded here; "
+            f"prepare it where there is network (`tfds build {name} --data_dir DIR`) and copy DIR over, "
+            "or use an image folder"
         )
     info = builder.info
     keys = info.supervised_keys
     if not keys or not isinstance(info.features[keys[0]], tfds.features.Image):
         raise DataError(
-            f"tfds data set '{name}' has no (image, label) supervised keys (got {keys}); it is not an image classification set"
+            f"tfds data set '{name}' has no (image, label) supervised keys (got {keys}); "
+            "it is not an image classification set"
         )
     test_split = next((s for s in ("test", "validation") if s in info.splits), None)
     if "train" not in info.splits or test_split is None:

@@ -38,8 +38,9 @@ class TrainingModule(tf.Module):
     """The device program: the Keras model's forward, builtins-only backward and the optimizer, as tf.functions.
 
     Trainable tensors are stored in groups, each one variable (and one per optimizer slot): every tensor smaller
-    than `FLAT_MAX_ELEMENTS` shares one 1-D group, every larger tensor has its own variable of its own shape. One group for the ~100
-    biases of a bias-only network lets the optimizer run a dozen vector ops instead of a dozen per tensor (most of
+    than `FLAT_MAX_ELEMENTS` shares one 1-D group, every larger tensor has its own variable of its own shape. One
+    group for the ~100 biases of a bias-only network lets the optimizer run a dozen vector ops instead of a dozen per
+    tensor (most of
     the train step's ops); keeping large kernels apart bounds the optimizer's full-length temporaries by the
     largest kernel, and lets each kernel's update run as soon as its gradient exists (the slots are read only
     then, see `_apply`). The forward reads per-tensor

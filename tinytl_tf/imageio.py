@@ -174,7 +174,8 @@ def folder_layout(root):
     if set(train) != set(test):
         raise DataError(
             f"train/ and {held_out.name}/ under {root} have different class folders: "
-            f"only in train/: {sorted(set(train) - set(test))}, only in {held_out.name}/: {sorted(set(test) - set(train))}; "
+            f"only in train/: {sorted(set(train) - set(test))}, "
+            f"only in {held_out.name}/: {sorted(set(test) - set(train))}; "
             "both need the same class folders"
         )
     return [train, test]
@@ -253,7 +254,8 @@ def _class_files(folder, min_classes=2):
         )
         if not files[d.name]:
             raise DataError(
-                f"class folder {d} has no images (looked for {', '.join(IMAGE_EXTENSIONS)}); add some or remove the folder"
+                f"class folder {d} has no images (looked for {', '.join(IMAGE_EXTENSIONS)}); "
+                "add some or remove the folder"
             )
     return files
 
@@ -283,6 +285,7 @@ def _drop_unreadable(root, parts):
         for c, files in kept[-1].items():
             if not files:
                 raise DataError(
-                    f"class '{c}' under {root} has no readable image (all {len(part[c])} failed to load, e.g. {errors[part[c][0]]})"
+                    f"class '{c}' under {root} has no readable image "
+                    f"(all {len(part[c])} failed to load, e.g. {errors[part[c][0]]})"
                 )
     return kept, len(bad)

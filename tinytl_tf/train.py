@@ -1,5 +1,5 @@
-"""Desktop training with `model.fit` (the TinyTL paper's recipe): Adam, cosine decay per step, label smoothing, any batch
-size, optionally across local devices with `tf.distribute.MirroredStrategy`."""
+"""Desktop training with `model.fit` (the TinyTL paper's recipe): Adam, cosine decay per step, label smoothing, any
+batch size, optionally across local devices with `tf.distribute.MirroredStrategy`."""
 
 import contextlib
 import hashlib

@@ -1,7 +1,8 @@
 """`python -m tinytl_tf.ondevice {train,evaluate,predict}`: argument parsing and error reporting only.
 
 User mistakes (bad paths, foreign or corrupt files, wrong classes) print `error: ...` and exit with 2, never a
-traceback; $TINYTL_DEBUG re-raises them. A training run that diverged exits with 1, its checkpoint kept. Results are one JSON line on stdout; progress and warnings go to stderr.
+traceback; $TINYTL_DEBUG re-raises them. A training run that diverged exits with 1, its checkpoint kept. Results
+are one JSON line on stdout; progress and warnings go to stderr.
 """
 
 import argparse

@@ -22,5 +22,6 @@ class Preprocessing:
         return imageio.normalize(imageio.eval_transform(image, self.size), self.mean, self.std)[None]
 
     def train_tensor(self, image, rng):
-        """uint8 [H, W, 3] -> random-resized crop + flip drawn from the numpy Generator `rng`, normalize; batch of one."""
+        """uint8 [H, W, 3] -> random-resized crop + flip drawn from the numpy Generator `rng`, normalize; batch of
+        one."""
         return imageio.normalize(imageio.train_transform(image, self.size, rng), self.mean, self.std)[None]
