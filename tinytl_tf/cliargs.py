@@ -88,7 +88,7 @@ def quiet_tensorflow(verbose=False):
     initialised ignore every setting, so stderr's file descriptor points at /dev/null during the import itself."""
     if verbose or debug() or "tensorflow" in sys.modules:
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # also over a laxer inherited level: quiet means quiet
     sys.stderr.flush()
     saved = os.dup(2)
     try:
