@@ -60,7 +60,9 @@ def resize_bilinear(x, size):
             t = tf.matmul(aw_t, tf.reshape(t, [-1, wo, c]))  # [N*Hi, Wi, C]
             return tf.cast(tf.reshape(t, [-1, hi, wi, c]), dtype)
 
-        return tf.compat.v1.image.resize_bilinear(x, size, half_pixel_centers=True), grad
+        # the raw op: the same ResizeBilinear (a TFLite builtin) that tf.compat.v1's deprecated wrapper emits
+        y = tf.raw_ops.ResizeBilinear(images=x, size=tf.constant(size, tf.int32), half_pixel_centers=True)
+        return y, grad
 
     return op(x)
 
