@@ -910,9 +910,12 @@ class Report:
     def write(self):
         self.out.mkdir(parents=True, exist_ok=True)
         figures = {d: self.out / f"curves_{d}.png" for d in self.plan.datasets}
-        for d, path in figures.items():
-            self.plot_curves(d, path)
-        links = {k: os.path.relpath(v, self.doc.parent) for k, v in figures.items()}
+        for d, path in figures.items():  # a data set with no finished run has no curve to plot
+            if any(self.main_runs(d, m) for m in self.plan.methods):
+                self.plot_curves(d, path)
+            else:
+                path.unlink(missing_ok=True)
+        links = {k: os.path.relpath(v, self.doc.parent) if v.exists() else None for k, v in figures.items()}
         text = "\n".join(self.document(links)) + "\n"
         self.doc.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.doc, lambda p: Path(p).write_text(text))
@@ -1025,7 +1028,7 @@ class Report:
             ],
             rows,
         )
-        lines += ["", f"![test accuracy per epoch, {ds.title}]({link})", ""]
+        lines += ["", f"![test accuracy per epoch, {ds.title}]({link})" if link else "No curves yet.", ""]
         lines += self.lr_table(d)
         return lines
 
@@ -1151,11 +1154,12 @@ class Report:
                     ax.axhline(ds.paper[m], color=colours[m], lw=0.6, ls=":")
             ax.set_xlabel("epoch")
             ax.set_ylabel("test top-1 (%)")
+            short = ds.title.split(" (")[0]
             ax.set_title(
-                f"{ds.title}: {p.backbone} @ {p.resolution} px (dotted: the paper's final top-1, "
+                f"{short}: {p.backbone} @ {p.resolution} px (dotted: the paper's final top-1, "
                 "ProxylessNAS-Mobile @ 224 px)"
                 if ds.paper
-                else f"{ds.title}: {p.backbone}",
+                else f"{short}: {p.backbone}",
                 fontsize=8,
             )
             ax.grid(alpha=0.3)
