@@ -151,8 +151,8 @@ def _measure_file(args):
     print(f"measuring {args.model}: train and infer, each in a fresh LiteRT process...", file=sys.stderr, flush=True)
     try:
         row = measure_file(args.model, timeout=args.timeout)
-    except MeasurementError as e:
-        raise OSError(str(e)) from None
+    except MeasurementError as e:  # the LiteRT process could not run here, as in `_add_measurements`
+        raise ChildProcessError(str(e)) from None
     print(json.dumps(row, indent=2) if args.json else format_measured([row]))
 
 

@@ -238,7 +238,7 @@ def held_out_files(model_path, data):
         return None
     if recorded != Path(data).resolve() or not isinstance(files, list):
         return None
-    if split.get("model_sha256", _sha256(model_path)) != _sha256(model_path):
+    if "model_sha256" in split and split["model_sha256"] != _sha256(model_path):  # older splits name no model
         raise ValueError(
             f"{path} belongs to another model than {model_path} (a train run stopped between the two "
             "writes); train again, or pass --all-images to score every image"

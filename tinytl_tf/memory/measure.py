@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tinytl_tf import tflite_model
-from tinytl_tf.contract import METHODS, SIGNATURE_INFER, SIGNATURE_TRAIN
+from tinytl_tf.contract import METHODS, SIGNATURE_INFER, SIGNATURE_TRAIN, model_json_path
 from tinytl_tf.memory.analytic import MB, check_fits, method_config
 
 PROBE = Path(__file__).with_name("probe.py")
@@ -311,7 +311,7 @@ def measure_file(path, steps=3, timeout=300, xnnpack=DEFAULT_XNNPACK):
     """`measure_tflite` of a user's exported file as a method row: "method" from its metadata X.json when it is
     beside X.tflite (else the file's name), then the figures."""
     path = Path(path)
-    meta = path.with_suffix(".json")
+    meta = Path(model_json_path(path))
     try:
         method = json.loads(meta.read_text()).get("method") if meta.is_file() else None
     except (ValueError, AttributeError):
