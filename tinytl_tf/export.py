@@ -7,6 +7,7 @@ TFLite builtin ops are allowed (Flex cannot run from Python and adds ~8 MB to an
 `tinytl_tf.ops` make possible. `X.json` beside `X.tflite` describes all of it for the device side.
 """
 
+import contextlib
 import hashlib
 import json
 import math
@@ -22,6 +23,7 @@ from tinytl_tf.atomic import atomic_write
 from tinytl_tf.cliargs import check_export_target
 from tinytl_tf.contract import slot_tensor_name, weight_tensor_name
 from tinytl_tf.layers.common import kernels_read_when_needed
+from tinytl_tf.ops.conv import frozen_kernels_int8
 
 OPTIMIZERS = ("sgd", "adam")
 FROZEN_BITS = (8, 32)
@@ -236,7 +238,8 @@ def convert(module, allow_flex=False, frozen_bits=8):
     if frozen_bits not in FROZEN_BITS:
         raise ValueError(f"frozen_bits must be one of {FROZEN_BITS}, got {frozen_bits!r}")
     with tempfile.TemporaryDirectory() as tmp:
-        sigs = module.signatures()
+        with frozen_kernels_int8() if frozen_bits == 8 else contextlib.nullcontext():
+            sigs = module.signatures()
         tf.saved_model.save(module, tmp, signatures=sigs)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(sigs))
         converter.experimental_enable_resource_variables = True

@@ -179,9 +179,10 @@ class _AlignedBuffer:
         return schema.BufferEnd(builder)
 
 
-def fill_zero_initial_values(data):
+def fill_zero_initial_values(data, nonzero=False):
     """(new bytes, bytes of constants removed): every variable whose initial value is a float32 constant of zeros
-    (optimizer slots, and anything else that starts at zero) starts from a FILL op in its initializer instead.
+    (optimizer slots, and anything else that starts at zero) starts from a FILL op in its initializer instead;
+    with `nonzero`, every float32 initial value does (the device then loads the real ones with `set_weights`).
 
     The converter turns each variable's value at conversion time into a full-size constant that the CALL_ONCE
     initializer subgraph assigns once; for Adam's two slots per trainable that is a file of zeros that, once
@@ -232,7 +233,7 @@ def fill_zero_initial_values(data):
                 and value.type == schema.TensorType.FLOAT32
                 and raw is not None
                 and len(raw) >= MIN_FILL_BYTES
-                and not np.asarray(raw).any()
+                and (nonzero or not np.asarray(raw).any())
             ):
                 fill = schema.OperatorT()
                 fill.opcodeIndex = fill_code()

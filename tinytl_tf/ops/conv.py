@@ -8,7 +8,28 @@ batch inside a conv, so a graph that trains kernels converts only with a static 
 care.
 """
 
+import contextlib
+import contextvars
+
 import tensorflow as tf
+
+_FROZEN_INT8 = contextvars.ContextVar("tinytl_frozen_kernels_int8", default=False)
+
+
+@contextlib.contextmanager
+def frozen_kernels_int8():
+    """While tracing the device program with 8-bit frozen weights: each frozen conv kernel is one int8 constant with
+    per-output-channel scales, which the forward and the input gradient each dequantize when they run.
+
+    The converter's dynamic-range quantization would store every frozen kernel twice (the forward layout, and the
+    flipped / transposed one of the input gradient, which it folds into a constant of its own) and keep both
+    resident; here only one layer's float kernel exists at a time, in the arena.
+    """
+    token = _FROZEN_INT8.set(True)
+    try:
+        yield
+    finally:
+        _FROZEN_INT8.reset(token)
 
 
 def _pad(x, pads):
@@ -69,7 +90,32 @@ def _input_grad(dy, x_hw, k, stride, pads, channels, correlate):
     return _pad(dxp, ((-pt, -(stride * m_h - padded[0]) - pb), (-pl, -(stride * m_w - padded[1]) - pr)))
 
 
-def _kernel_reader(kernel, trainable):
+def _int8_reader(kernel, depthwise):
+    """`read(after)` of a frozen kernel stored as int8: rows of TFLite's own layout ([Cout, k*k*Cin] for a conv,
+    [k*k, C] for a depthwise conv, so the converter adds no transpose of its own), symmetric per output channel.
+
+    The rows are fetched by a GATHER whose indices add a zero computed from `after`: the converter can then neither
+    fold the read into a second constant, nor run it before `after` exists, nor share one dequantized copy between
+    the forward and the backward (a control dependency allows all three)."""
+    k = tf.convert_to_tensor(kernel)
+    shape = k.shape.as_list()
+    rows = tf.reshape(k, [-1, shape[2]]) if depthwise else tf.reshape(tf.transpose(k, [3, 0, 1, 2]), [shape[3], -1])
+    scale = tf.reduce_max(tf.abs(rows), axis=0 if depthwise else 1, keepdims=True) / 127.0
+    scale = tf.where(scale > 0.0, scale, 1.0)
+    q = tf.cast(tf.round(rows / scale), tf.int8)  # folded into the one int8 constant
+
+    def read(after):
+        first = tf.reshape(tf.slice(after, [0] * after.shape.rank, [1] * after.shape.rank), [])
+        zero = tf.minimum(tf.cast(tf.math.is_nan(first), tf.int32), 0)
+        value = tf.cast(tf.gather(q, tf.range(q.shape[0]) + zero), tf.float32) * scale
+        if depthwise:
+            return tf.reshape(value, shape)
+        return tf.transpose(tf.reshape(value, [shape[3]] + shape[:3]), [1, 2, 3, 0])
+
+    return read
+
+
+def _kernel_reader(kernel, trainable, layout=None):
     """`read(after)`: the kernel's value, reached only once tensor `after` (the layer's input, or its output
     gradient) exists.
 
@@ -77,7 +123,9 @@ def _kernel_reader(kernel, trainable):
     transpose of a trainable kernel, at the very start of the train step, and those copies stay alive until the
     backward. So a variable (a trainable kernel of the device program, see `layers.common.kernel_source`) is read
     when needed, once for the forward and again for the input gradient; a trainable tensor passes an identity
-    ordered the same way; a frozen tensor (a constant in the file, its flips folded there too) is used as it is.
+    ordered the same way; a frozen tensor is used as it is (a constant in the file, its flips folded there too), or
+    within `frozen_kernels_int8` a conv's (`layout` "conv" or "depthwise") is dequantized from its one int8 copy each
+    time (`_int8_reader`; a frozen dense kernel, the head of no method here, is left to the converter).
     """
     if isinstance(kernel, tf.Variable):
 
@@ -86,6 +134,8 @@ def _kernel_reader(kernel, trainable):
                 return tf.convert_to_tensor(kernel)
 
         return read
+    if not trainable and layout and _FROZEN_INT8.get():
+        return _int8_reader(kernel, layout == "depthwise")
     kernel = tf.convert_to_tensor(kernel)
     if not trainable:
         return lambda after: kernel
@@ -156,7 +206,7 @@ def conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), groups=1, kernel_grad=
     (TFLite's CONV_2D has no reliable grouped form). Backward: dx by `_input_grad` with the spatially flipped,
     in/out-swapped kernel; dK (only if `kernel_grad`) is `_kernel_grad` per group.
     """
-    x, read = tf.convert_to_tensor(x), _kernel_reader(kernel, kernel_grad)
+    x, read = tf.convert_to_tensor(x), _kernel_reader(kernel, kernel_grad, "conv")
     k = kernel.shape[0]
     x_pads = _kernel_grad_pads(x.shape[1:3], k, stride, pads)
 
@@ -190,7 +240,7 @@ def depthwise_conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), kernel_grad=
     stride) and sums over N. TF's CPU kernel has no dilation, so tf.nn.depthwise_conv2d wraps it in
     SpaceToBatchND/BatchToSpaceND, which the converter folds back into DEPTHWISE_CONV_2D's dilation.
     """
-    x, read = tf.convert_to_tensor(x), _kernel_reader(kernel, kernel_grad)
+    x, read = tf.convert_to_tensor(x), _kernel_reader(kernel, kernel_grad, "depthwise")
     k, c = kernel.shape[0], kernel.shape[2]
     x_pads = _crop_for_kernel_grad(x.shape[1:3], k, stride, pads)
 
