@@ -22,12 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def measure(path, resolution, repeats, warmup=3, seed=0, xnnpack=True):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from ai_edge_litert.interpreter import OpResolverType
 
     from tinytl_tf import contract
+    from tinytl_tf.initial_values import open_interpreter
 
     resolver = {} if xnnpack else {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-    interpreter = Interpreter(model_path=str(path), num_threads=1, **resolver)
+    interpreter = open_interpreter(path, num_threads=1, **resolver)
     train = interpreter.get_signature_runner(contract.SIGNATURE_TRAIN)
     infer = interpreter.get_signature_runner(contract.SIGNATURE_INFER)
     rng = np.random.default_rng(seed)

@@ -14,6 +14,7 @@ from tinytl_tf.backbones import TinyNet, build_model
 from tinytl_tf.config import BlockConfig, ConvConfig, NetConfig
 from tinytl_tf.contract import METHODS, weight_tensor_name
 from tinytl_tf.export import ExportError, check_builtins_only, export_model
+from tinytl_tf.initial_values import open_interpreter
 from tinytl_tf.train import compile_model
 from tinytl_tf.transfer import prepare_transfer
 
@@ -49,7 +50,7 @@ def test_litert_training_equals_keras(backbone, tmp_path, method, optimizer):
     path = tmp_path / "model.tflite"
     meta = export_model(model, path, optimizer, LR, TOTAL, label_smoothing=0.1, frozen_bits=32)
 
-    interpreter = Interpreter(model_path=str(path))
+    interpreter = open_interpreter(path)
     train = interpreter.get_signature_runner(contract.SIGNATURE_TRAIN)
     infer = interpreter.get_signature_runner(contract.SIGNATURE_INFER)
     data = batches(model.net_config.resolution)
@@ -174,7 +175,7 @@ def test_frozen_weights_are_stored_at_8_bits(tmp_path):
     # every big kernel lost at least 3 of its 4 bytes per element in at least one layout
     assert files[32].stat().st_size - files[8].stat().st_size >= 3 * sum(int(np.prod(s)) for s in big)
 
-    interpreter = Interpreter(model_path=str(files[8]))
+    interpreter = open_interpreter(files[8])
     x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype(np.float32)
     want = model(x).numpy()
     got = interpreter.get_signature_runner("infer")(x=x)["logits"]
@@ -214,21 +215,29 @@ def test_export_command_sizes_the_schedule_and_reports_progress_on_stderr(backbo
     assert json.loads((tmp_path / "float.json").read_text())["optimizer"]["total_steps"] == 21
 
 
-def test_variables_that_start_at_zero_have_no_constant_in_the_file(backbone, tmp_path):
-    """Adam's slots start from a FILL in the initializer, not from constants of zeros that stay resident; the
-    trainables still start from the Keras values."""
+def test_variables_start_at_zero_and_the_initial_values_load_beside_the_model(backbone, tmp_path):
+    """No variable's initial value is a constant in the file (FILLs in the initializer); the trainables' values are
+    in X.init.npz, `load` assigns them one group at a time, and its arena holds a few groups' worth at most."""
+    from tinytl_tf import initial_values
+    from tinytl_tf.memory.measure import static_memory
+
     model = prepare_transfer(backbone, "tinytl-lb", 3, dropout=0.0)
     path = tmp_path / "model.tflite"
     meta = export_model(model, path, "adam", 1e-3, 10, frozen_bits=32)
     data = path.read_bytes()
     assert "FILL" in meta["ops"]
-    assert tflite_model.fill_zero_initial_values(data)[1] == 0  # no constant of zeros left for a variable
-    weights = Interpreter(model_path=str(path)).get_signature_runner(contract.SIGNATURE_GET_WEIGHTS)(
-        unused=np.float32(0)
-    )
+    assert tflite_model.fill_zero_initial_values(data, nonzero=True)[1] == 0  # no float initial value left
+    assert (tmp_path / meta["initial_values"]["file"]).exists()
+    bare = Interpreter(model_path=str(path)).get_signature_runner(contract.SIGNATURE_GET_WEIGHTS)(unused=np.float32(0))
+    weights = open_interpreter(path).get_signature_runner(contract.SIGNATURE_GET_WEIGHTS)(unused=np.float32(0))
+    keras_values = {weight_tensor_name(v.path): v.numpy() for v in model.trainable_weights}
     for w in meta["weights"]:
         if w["kind"] == "trainable":
-            want = next(v.numpy() for v in model.trainable_weights if weight_tensor_name(v.path) == w["name"])
-            np.testing.assert_array_equal(weights[w["name"]], want, err_msg=w["name"])
+            np.testing.assert_array_equal(weights[w["name"]], keras_values[w["name"]], err_msg=w["name"])
         else:
             assert not np.any(weights[w["name"]]), w["name"]
+    assert not any(np.any(bare[n]) for n in keras_values if bare[n].size >= 256)  # unloaded: zeros
+    group_bytes = 4 * meta["initial_values"]["length"]
+    assert static_memory(path, contract.SIGNATURE_LOAD).peak_activation_bytes <= 4 * group_bytes
+    with pytest.raises(initial_values.InitialValuesError, match="another model"):
+        initial_values.read(tmp_path / meta["initial_values"]["file"], meta["initial_values"], "0" * 64)

@@ -108,18 +108,20 @@ def stdout_to_stderr():
 
 
 def check_export_target(out, overwrite=False):
-    """Refuse, before minutes of converting, an `out` that is no `.tflite` file name, or whose `.tflite` or metadata
-    file exists when `overwrite` is False; returns (tflite path, metadata path)."""
+    """Refuse, before minutes of converting, an `out` that is no `.tflite` file name, or whose `.tflite`, metadata
+    or initial-values file exists when `overwrite` is False; returns (tflite path, metadata path)."""
+    from tinytl_tf import initial_values
     from tinytl_tf.contract import model_json_path
 
     out = Path(out)
     meta_path = Path(model_json_path(out))
     if out.suffix != ".tflite":
         raise ValueError(f"--out must name a .tflite file, got {out}")
-    for path in (out, meta_path):
+    files = (out, meta_path, Path(initial_values.path_for(out)))
+    for path in files:
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a directory; pass a .tflite file name for --out")
-    existing = [str(p) for p in (out, meta_path) if p.exists()]
+    existing = [str(p) for p in files if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(
             f"{' and '.join(existing)} already exist; pass --overwrite to replace them or choose another --out"

@@ -17,6 +17,10 @@ SIGNATURE_TRAIN = "train"
 SIGNATURE_INFER = "infer"
 SIGNATURE_GET_WEIGHTS = "get_weights"
 SIGNATURE_SET_WEIGHTS = "set_weights"
+# load(values, group): one variable group's initial value (see `initial_values`); run for every group at start
+SIGNATURE_LOAD = "load"
+INPUT_LOAD_VALUES = "values"
+INPUT_LOAD_GROUP = "group"
 INPUT_IMAGE = "x"
 INPUT_LABEL = "y"
 INPUT_LEARNING_RATE = "lr"
@@ -31,7 +35,7 @@ OUTPUT_PROBABILITIES = "probabilities"
 MODEL_FILE = "model.tflite"
 METADATA_SUFFIX = ".json"
 METADATA_FILE = "model.json"
-METADATA_FORMAT = "tinytl_tf/model-v1"
+METADATA_FORMAT = "tinytl_tf/model-v2"  # v2: variables start at zero; the initial values are X.init.npz
 
 
 def model_json_path(tflite_path):
@@ -69,7 +73,9 @@ def slot_tensor_name(weight_name, slot):
 #   "weights": [{"name": str, "shape": [...], "dtype": "float32", "kind": "trainable"|"slot"|"step"}],
 #   "optimizer": {"name": "sgd"|"adam", "lr": float, "schedule": "cosine"|"constant", "total_steps": int,
 #                 "beta_1": float, "beta_2": float, "epsilon": float, "label_smoothing": float},
-#   "ops": [builtin op names in the model]
+#   "ops": [builtin op names in the model],
+#   "initial_values": {"file": "X.init.npz", "sha256": str, "length": int,   # the trainables' values to load at
+#                      "groups": [[tensor names], ...]}                      # start, one group per `load` call
 # }
 #   "integrity": metadata_integrity(this dict)
 METADATA_KEYS = (
@@ -86,11 +92,12 @@ METADATA_KEYS = (
     "weights",
     "optimizer",
     "ops",
+    "initial_values",
     "integrity",
 )
 # What the model's outputs mean besides its bytes: a label order, input size or normalization edited in the JSON
 # would train and predict garbage silently, so `integrity` hashes them together with the file's fingerprint.
-INTEGRITY_KEYS = ("fingerprint", "num_classes", "labels", "input")
+INTEGRITY_KEYS = ("fingerprint", "num_classes", "labels", "input", "initial_values")
 
 
 def metadata_integrity(meta):

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tinytl_tf import contract, ops, tflite_model
+from tinytl_tf import contract, initial_values, ops, tflite_model
 from tinytl_tf.atomic import atomic_write
 from tinytl_tf.cliargs import check_export_target
 from tinytl_tf.contract import slot_tensor_name, weight_tensor_name
@@ -197,6 +197,26 @@ class TrainingModule(tf.Module):
         self.step.assign(tensors[contract.STEP_TENSOR])
         return {contract.STEP_TENSOR: tf.identity(self.step)}
 
+    def group_names(self):
+        """The tensor names of each variable group, in `load`'s group order."""
+        return [[self.names[i] for i in g] for g in self.groups]
+
+    def load_length(self):
+        """Length of `load`'s `values`: the largest group."""
+        return max(sum(sizes) for sizes in self.group_sizes)
+
+    def load_step(self, values, group):
+        """Assign `values` (zero-padded) to group `group`'s variable. Each group is read, selected and assigned only
+        after the previous one is assigned, so the arena holds one group's temporaries, not a copy of them all."""
+        previous = []
+        for j, var in enumerate(self.group_variables):
+            with tf.control_dependencies(previous):
+                size = sum(self.group_sizes[j])
+                new = tf.reshape(values[:size], var.shape)
+                previous = [var.assign(tf.where(tf.equal(group, j), new, var.read_value()), read_value=False)]
+        with tf.control_dependencies(previous):
+            return {contract.INPUT_LOAD_GROUP: tf.identity(group)}
+
     def signatures(self):
         """Concrete functions keyed by signature name."""
         train = tf.function(
@@ -214,11 +234,19 @@ class TrainingModule(tf.Module):
         )
         specs = {name: tf.TensorSpec(shape, tf.float32, name=name) for name, shape, _ in self.weight_tensors()}
         setter = tf.function(lambda **kw: self.set_weights_step(**kw)).get_concrete_function(**specs)
+        load = tf.function(
+            self.load_step,
+            input_signature=[
+                tf.TensorSpec([self.load_length()], tf.float32, name=contract.INPUT_LOAD_VALUES),
+                tf.TensorSpec([], tf.int32, name=contract.INPUT_LOAD_GROUP),
+            ],
+        )
         return {
             contract.SIGNATURE_TRAIN: train.get_concrete_function(),
             contract.SIGNATURE_INFER: infer.get_concrete_function(),
             contract.SIGNATURE_GET_WEIGHTS: get.get_concrete_function(),
             contract.SIGNATURE_SET_WEIGHTS: setter,
+            contract.SIGNATURE_LOAD: load.get_concrete_function(),
         }
 
 
@@ -232,8 +260,9 @@ def convert(module, allow_flex=False, frozen_bits=8):
     constants and matches Keras to ~1e-6. tensorflow-model-optimization cannot do this: 0.8.1 rejects Keras 3
     models, and its fake-quant training would not change what the file stores.
 
-    Variables that start at zero (optimizer slots, the step counter) are then initialised by FILL, not by a
-    constant of zeros in the file (`tflite_model.fill_zero_initial_values`).
+    Every float variable then starts at zero from a FILL, not from a constant in the file
+    (`tflite_model.fill_zero_initial_values`): the trainables' initial values go beside the model and are loaded
+    with the `load` signature (`tinytl_tf.initial_values`).
     """
     if frozen_bits not in FROZEN_BITS:
         raise ValueError(f"frozen_bits must be one of {FROZEN_BITS}, got {frozen_bits!r}")
@@ -252,7 +281,7 @@ def convert(module, allow_flex=False, frozen_bits=8):
             data = converter.convert()
         except Exception as e:  # the converter reports unsupported ops in a long ConverterError
             raise ExportError(f"TFLite conversion with builtin ops only failed: {str(e)[-2000:]}") from None
-    return tflite_model.fill_zero_initial_values(data)[0]
+    return tflite_model.fill_zero_initial_values(data, nonzero=True)[0]
 
 
 def check_builtins_only(tflite_bytes):
@@ -316,7 +345,8 @@ def export_model(
     overwrite=False,
     progress=None,
 ):
-    """Write `out` (X.tflite) and its metadata X.json beside it; returns the metadata dict.
+    """Write `out` (X.tflite), its metadata X.json and the trainables' initial values X.init.npz beside it;
+    returns the metadata dict.
 
     An existing `out` or X.json is refused unless `overwrite`. `progress(stage)`, when given, is called before
     each slow stage (converting, checking, writing).
@@ -331,14 +361,25 @@ def export_model(
     data = convert(module, allow_flex, frozen_bits)
     if not allow_flex:
         check_builtins_only(data)
+    fingerprint = hashlib.sha256(data).hexdigest()
+    initial = {n: v.numpy() for n, v in zip(module.names, module.keras_trainable)}
+    initial_bytes = initial_values.encode(fingerprint, initial)
+    init_path = Path(initial_values.path_for(out))
+    spec = {
+        "file": init_path.name,
+        "sha256": hashlib.sha256(initial_bytes).hexdigest(),
+        "length": module.load_length(),
+        "groups": module.group_names(),
+    }
     interpreter = Interpreter(model_content=data)
+    initial_values.load(interpreter, spec, initial)
     if verify:
         progress("checking LiteRT infer against Keras")
         verify_infer(model, interpreter, tolerance=VERIFY_TOLERANCE[frozen_bits])
     cfg = model.net_config
     meta = {
         "format": contract.METADATA_FORMAT,
-        "fingerprint": hashlib.sha256(data).hexdigest(),
+        "fingerprint": fingerprint,
         "tflite": out.name,
         "backbone": cfg.name,
         "method": cfg.method,
@@ -369,9 +410,11 @@ def export_model(
             **(ADAM if optimizer == "adam" else {}),
         },
         "ops": tflite_model.op_names(tflite_model.read(data)),
+        "initial_values": spec,
     }
     meta["integrity"] = contract.metadata_integrity(meta)
-    progress(f"writing {out} and {meta_path.name}")
+    progress(f"writing {out}, {init_path.name} and {meta_path.name}")
     atomic_write(out, lambda p: Path(p).write_bytes(data))
+    atomic_write(init_path, lambda p: Path(p).write_bytes(initial_bytes))
     atomic_write(meta_path, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
     return meta

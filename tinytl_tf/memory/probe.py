@@ -2,8 +2,11 @@
 
     python probe.py MODEL.tflite SIGNATURE STEPS NUM_THREADS {xnnpack,builtin}
 
-Started by `tinytl_tf.memory.measure` in a fresh process, by path, so that nothing but ai_edge_litert and numpy is
-imported: the process's memory is then the runtime's. Memory points, from /proc/self/status (bytes):
+Started by `tinytl_tf.memory.measure` in a fresh process, by path, so that nothing but ai_edge_litert, numpy and the
+TF-free `tinytl_tf.initial_values` is imported: the process's memory is then the runtime's. A model exported with
+its metadata X.json and initial values X.init.npz beside it first loads them with its `load` signature, as a device
+does (the variables start at zero in the file); that is part of the measured growth. Memory points, from
+/proc/self/status (bytes):
 - `rss_start`: after the imports;
 - `rss_loaded`: after `Interpreter(model_path=...)`, `get_signature_runner` and making the inputs. The model file
   is memory-mapped and only the pages read while loading (its tables) are resident; no tensor is allocated yet:
@@ -20,10 +23,14 @@ RssFile) split the points into heap and file-backed pages.
 """
 
 import json
+import os
 import sys
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tinytl_tf import initial_values  # noqa: E402  (the project root is on the path only now)
 
 RESOLVERS = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
 
@@ -74,6 +81,7 @@ def probe(path, signature, steps, num_threads, resolver):
     inputs = random_inputs(runner, np.random.default_rng(0))  # before the baseline: numpy.random loads lazily
     loaded = status_bytes("VmRSS", "RssAnon", "RssFile")
     model_loaded = resident_bytes(path)
+    initial_values.load_beside(interpreter, path)
     for _ in range(steps):
         runner(**inputs)
     end = status_bytes("VmRSS", "VmHWM", "RssAnon", "RssFile")

@@ -5,7 +5,9 @@ The metadata of `X.tflite` is `X.json` beside it (`model.json` for `model.tflite
 A device must not train a model it misunderstands: a wrong label order or input size would silently train garbage.
 So `DeviceModel` refuses, naming what is missing or different, a file that is not a TFLite flatbuffer, has no
 `model.json` beside it, has one of another format or for other bytes (sha256 `fingerprint`), or lacks a signature
-or tensor that `model.json` names (or has one with another shape/dtype).
+or tensor that `model.json` names (or has one with another shape/dtype), or whose initial values (`X.init.npz`,
+see `tinytl_tf.initial_values`) are missing or not the ones exported with it. The variables start at zero in the
+file; opening a model loads the initial values into them.
 """
 
 import hashlib
@@ -15,7 +17,7 @@ import os
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from tinytl_tf import contract
+from tinytl_tf import contract, initial_values
 from tinytl_tf.ondevice.preprocessing import Preprocessing
 
 TFLITE_IDENTIFIER = b"TFL3"  # bytes 4..8 of every TFLite flatbuffer
@@ -29,6 +31,7 @@ REQUIRED_TENSORS = {
     contract.SIGNATURE_INFER: ({contract.INPUT_IMAGE}, {contract.OUTPUT_LOGITS, contract.OUTPUT_PROBABILITIES}),
     contract.SIGNATURE_GET_WEIGHTS: ({contract.INPUT_PLACEHOLDER}, {contract.STEP_TENSOR}),
     contract.SIGNATURE_SET_WEIGHTS: ({contract.STEP_TENSOR}, {contract.STEP_TENSOR}),
+    contract.SIGNATURE_LOAD: ({contract.INPUT_LOAD_VALUES, contract.INPUT_LOAD_GROUP}, {contract.INPUT_LOAD_GROUP}),
 }
 
 
@@ -77,6 +80,18 @@ class DeviceModel:
                 f"num_classes={self.num_classes}"
             )
         self._runners = {key: self.interpreter.get_signature_runner(key) for key in REQUIRED_TENSORS}
+        spec = self.meta["initial_values"]
+        try:
+            values = initial_values.read(
+                os.path.join(os.path.dirname(os.path.abspath(self.path)), os.path.basename(spec["file"])),
+                spec,
+                self.fingerprint,
+            )
+            initial_values.load(self.interpreter, spec, values)
+        except initial_values.InitialValuesError as e:
+            raise ModelError(str(e)) from None
+        except (KeyError, TypeError) as e:
+            raise ModelError(f"{contract.model_json_path(self.path)}: malformed 'initial_values' ({e})") from None
 
     def train(self, x, y, lr):
         """One optimizer step on float32 x [1, S, S, 3], int32 y [1], float32 lr (<= 0: the in-model schedule)."""
