@@ -290,6 +290,11 @@ def _spec(t):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the app does not load the initial values beside the model (model-v2) yet, so it still reads model-v1 "
+    "and refuses newer exports by their format",
+)
 def test_app_names_and_tensors_match_export(exported):
     from ai_edge_litert.interpreter import Interpreter
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinytl_tf import contract, imageio
+from tinytl_tf import contract, imageio, initial_values
 from tinytl_tf.ondevice import DeviceModel, InputError, Trainer, evaluate_folder, train_folder
 from tinytl_tf.ondevice.checkpoint import META_KEY, PAUSE_ENV, WEIGHT_PREFIX
 from tinytl_tf.ondevice.cli import main
@@ -112,7 +112,6 @@ print(json.dumps({{"codes": codes, "heavy": heavy}}))
 
 
 def test_training_learns_and_evaluate_matches_the_interpreter(model_path, data, tmp_path, capsys):
-    from ai_edge_litert.interpreter import Interpreter
 
     ck = tmp_path / "ck.npz"
     code, before, _ = cli(capsys, "evaluate", "--model", model_path, "--data", data)
@@ -133,7 +132,7 @@ def test_training_learns_and_evaluate_matches_the_interpreter(model_path, data, 
     assert code == 0 and after["examples"] == before["examples"] == 3 * TEST_PER_CLASS
 
     # the same numbers straight from the interpreter with the checkpoint's weights
-    interpreter = Interpreter(model_path=str(model_path))
+    interpreter = initial_values.open_interpreter(model_path)
     initial = interpreter.get_signature_runner("get_weights")(unused=np.float32(0))
     trained = checkpoint_weights(ck)
     assert any(not np.array_equal(initial[k], trained[k]) for k in initial)
@@ -340,11 +339,13 @@ def test_non_finite_loss_is_rolled_back_and_counted(model_path, data, tmp_path):
     assert not (tmp_path / "ck.npz").exists()
 
 
-def _copy_model(model_path, folder, edit=None, with_json=True, reseal=True):
+def _copy_model(model_path, folder, edit=None, with_json=True, reseal=True, with_init=True):
     """The model in `folder`, its metadata changed by `edit`; `reseal`: with the integrity hash recomputed, as
-    another export's metadata would have it."""
+    another export's metadata would have it; `with_init`: its initial values copied too."""
     folder.mkdir()
     shutil.copy(model_path, folder / "model.tflite")
+    if with_init:
+        shutil.copy(initial_values.path_for(model_path), initial_values.path_for(folder / "model.tflite"))
     if with_json:
         meta = json.loads(Path(contract.model_json_path(model_path)).read_text())
         if edit:
@@ -393,7 +394,20 @@ NOT_OURS = {
         "was changed after export",
     ),
     "deeply nested": (lambda m, d: _nested(_copy_model(m, d)), "nested too deeply"),
+    "initial values missing": (
+        lambda m, d: _copy_model(m, d, with_init=False),
+        "initial values .*model.init.npz are missing",
+    ),
+    "initial values of another export": (lambda m, d: _damage_init(_copy_model(m, d)), "is not the initial-values"),
 }
+
+
+def _damage_init(path):
+    init = Path(initial_values.path_for(path))
+    data = bytearray(init.read_bytes())
+    data[-100] ^= 1
+    init.write_bytes(bytes(data))
+    return path
 
 
 def _nested(path):

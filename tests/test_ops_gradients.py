@@ -351,3 +351,42 @@ def test_inference_graph_computes_no_mask(fn):
     data = tf.lite.TFLiteConverter.from_concrete_functions([step.get_concrete_function()], tf.Module()).convert()
     names = {op.name for op in tflite_model.read(data)[0].ops}
     assert not names & {"GREATER", "LESS", "EQUAL", "CAST", "FULLY_CONNECTED"}, names
+
+
+def _dequantized(kernel, axis):
+    """Symmetric per-channel int8 along `axis` and back, as the export stores a frozen kernel."""
+    other = tuple(a for a in range(kernel.ndim) if a != axis)
+    scale = np.abs(kernel).max(axis=other, keepdims=True).astype(np.float32) / np.float32(127)
+    return (np.round(kernel / scale).clip(-127, 127) * scale).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "depthwise,k,stride,groups", [(False, 1, 1, 1), (False, 3, 2, 2), (True, 3, 1, 1), (True, 5, 2, 1)]
+)
+def test_int8_frozen_kernel_gradient_is_autodiff_of_its_dequantized_value(depthwise, k, stride, groups):
+    """Within `frozen_kernels_int8` a frozen kernel is read from its int8 copy: the forward and the input gradient
+    equal autodiff of the reference op with the dequantized kernel."""
+    from tinytl_tf.ops.conv import frozen_kernels_int8
+
+    c = 8
+    x = tf.constant(RNG.standard_normal((2, 9, 9, c)), tf.float32)
+    shape = (k, k, c, 1) if depthwise else (k, k, c // groups, 12)
+    kernel = RNG.standard_normal(shape).astype(np.float32)
+    pads = ((k // 2, k // 2), (k // 2, k // 2))
+    deq = tf.constant(_dequantized(kernel, 2 if depthwise else 3))
+    with frozen_kernels_int8(), tf.GradientTape() as tape:
+        tape.watch(x)
+        if depthwise:
+            y = ops.depthwise_conv2d(x, tf.constant(kernel), stride=stride, pads=pads, kernel_grad=False)
+        else:
+            y = ops.conv2d(x, tf.constant(kernel), stride=stride, pads=pads, groups=groups, kernel_grad=False)
+        w = tf.constant(RNG.standard_normal(y.shape), tf.float32)
+        loss = tf.reduce_sum(y * w)
+    dx = tape.gradient(loss, x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        want = ref_depthwise(x, deq, stride, pads) if depthwise else ref_conv2d(x, deq, stride, pads, groups)
+        ref_loss = tf.reduce_sum(want * w)
+    assert rel_err(y, want) < 1e-5
+    assert rel_err(dx, tape.gradient(ref_loss, x)) < 1e-5
+    assert rel_err(deq, kernel) > 1e-4  # the kernel really went through int8
