@@ -364,8 +364,8 @@ def _dequantized(kernel, axis):
     "depthwise,k,stride,groups", [(False, 1, 1, 1), (False, 3, 2, 2), (True, 3, 1, 1), (True, 5, 2, 1)]
 )
 def test_int8_frozen_kernel_gradient_is_autodiff_of_its_dequantized_value(depthwise, k, stride, groups):
-    """Within `frozen_kernels_int8` a frozen kernel is read from its int8 copy: the forward and the input gradient
-    equal autodiff of the reference op with the dequantized kernel."""
+    """Within `frozen_kernels_int8` the input gradient of a frozen kernel reads its int8 copy: it equals autodiff of
+    the reference op with the dequantized kernel (the forward keeps the float constant the converter quantizes)."""
     from tinytl_tf.ops.conv import frozen_kernels_int8
 
     c = 8
@@ -383,10 +383,10 @@ def test_int8_frozen_kernel_gradient_is_autodiff_of_its_dequantized_value(depthw
         w = tf.constant(RNG.standard_normal(y.shape), tf.float32)
         loss = tf.reduce_sum(y * w)
     dx = tape.gradient(loss, x)
+    ref = functools.partial(ref_depthwise) if depthwise else functools.partial(ref_conv2d, groups=groups)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        want = ref_depthwise(x, deq, stride, pads) if depthwise else ref_conv2d(x, deq, stride, pads, groups)
-        ref_loss = tf.reduce_sum(want * w)
-    assert rel_err(y, want) < 1e-5
+        ref_loss = tf.reduce_sum(ref(x, deq, stride, pads) * w)
+    assert rel_err(y, ref(x, tf.constant(kernel), stride, pads)) < 1e-5
     assert rel_err(dx, tape.gradient(ref_loss, x)) < 1e-5
     assert rel_err(deq, kernel) > 1e-4  # the kernel really went through int8

@@ -254,11 +254,11 @@ def convert(module, allow_flex=False, frozen_bits=8):
     """SavedModel -> TFLite bytes with resource variables; builtins only unless `allow_flex`.
 
     `frozen_bits=8`: the converter's dynamic-range quantization stores every large constant conv / dense kernel
-    (the frozen weights, and the flipped copies their input gradients use) as int8 with per-channel scales, and
-    runs those ops as hybrid int8 kernels; trainable tensors are variables and stay float32. Outputs then differ
-    from float Keras by about 1% (activations are quantized on the fly). `frozen_bits=32` keeps float32
-    constants and matches Keras to ~1e-6. tensorflow-model-optimization cannot do this: 0.8.1 rejects Keras 3
-    models, and its fake-quant training would not change what the file stores.
+    as int8 with per-channel scales, and runs those ops as hybrid int8 kernels; the input gradients dequantize the
+    same int8 bytes (`ops.conv.frozen_kernels_int8`), stored once; trainable tensors are variables and stay
+    float32. Outputs then differ from float Keras by about 1% (activations are quantized on the fly).
+    `frozen_bits=32` keeps float32 constants and matches Keras to ~1e-6. tensorflow-model-optimization cannot do
+    this: 0.8.1 rejects Keras 3 models, and its fake-quant training would not change what the file stores.
 
     Every float variable then starts at zero from a FILL, not from a constant in the file
     (`tflite_model.fill_zero_initial_values`): the trainables' initial values go beside the model and are loaded
@@ -281,6 +281,7 @@ def convert(module, allow_flex=False, frozen_bits=8):
             data = converter.convert()
         except Exception as e:  # the converter reports unsupported ops in a long ConverterError
             raise ExportError(f"TFLite conversion with builtin ops only failed: {str(e)[-2000:]}") from None
+    data = tflite_model.share_identical_buffers(data)[0]  # the int8 frozen kernels' second (gradient) constants
     return tflite_model.fill_zero_initial_values(data, nonzero=True)[0]
 
 

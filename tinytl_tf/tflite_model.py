@@ -1,5 +1,5 @@
 """Read a `.tflite` flatbuffer without TensorFlow: operator names, custom (Flex) ops, tensors and buffers; and
-one rewrite the exporter applies (`fill_zero_initial_values`).
+the rewrites the exporter applies (`fill_zero_initial_values`, `share_identical_buffers`).
 
 Used by the exporter's builtins-only check and rewrite, the memory measurement and the device side's model
 validation.
@@ -179,6 +179,36 @@ class _AlignedBuffer:
         return schema.BufferEnd(builder)
 
 
+def _pack(model, size_hint):
+    model.buffers = [_AlignedBuffer(b) for b in model.buffers]
+    builder = flatbuffers.Builder(size_hint + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def share_identical_buffers(data, min_bytes=MIN_FILL_BYTES):
+    """(new bytes, bytes saved): tensors whose constant data are byte for byte equal (at least `min_bytes`) all
+    read the first such buffer; the others' data are dropped. The export's int8 frozen kernels have one constant
+    for the forward (the converter's) and one for the input gradient with the same bytes (`ops.conv`)."""
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    first, remap, saved = {}, {}, 0
+    for i, b in enumerate(model.buffers):
+        if b.data is None or len(b.data) < min_bytes:
+            continue
+        key = np.asarray(b.data, np.uint8).tobytes()
+        if key in first:
+            remap[i], saved = first[key], saved + len(b.data)
+            b.data = None
+        else:
+            first[key] = i
+    if not remap:
+        return data, 0
+    for sg in model.subgraphs:
+        for t in sg.tensors or []:
+            t.buffer = remap.get(t.buffer, t.buffer)
+    return _pack(model, len(data)), saved
+
+
 def fill_zero_initial_values(data, nonzero=False):
     """(new bytes, bytes of constants removed): every variable whose initial value is a float32 constant of zeros
     (optimizer slots, and anything else that starts at zero) starts from a FILL op in its initializer instead;
@@ -253,7 +283,4 @@ def fill_zero_initial_values(data, nonzero=False):
         if users[b] <= inits and not any(t.buffer == b for s in users[b] for t in model.subgraphs[s].tensors):
             saved += len(model.buffers[b].data)
             model.buffers[b].data = None
-    model.buffers = [_AlignedBuffer(b) for b in model.buffers]
-    builder = flatbuffers.Builder(len(data) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output()), saved
+    return _pack(model, len(data)), saved

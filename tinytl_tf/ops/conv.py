@@ -18,12 +18,13 @@ _FROZEN_INT8 = contextvars.ContextVar("tinytl_frozen_kernels_int8", default=Fals
 
 @contextlib.contextmanager
 def frozen_kernels_int8():
-    """While tracing the device program with 8-bit frozen weights: each frozen conv kernel is one int8 constant with
-    per-output-channel scales, which the forward and the input gradient each dequantize when they run.
+    """While tracing the device program with 8-bit frozen weights: the input gradient of a frozen conv reads the
+    int8 copy the forward uses, dequantized when it runs, instead of a flipped / transposed constant of its own.
 
-    The converter's dynamic-range quantization would store every frozen kernel twice (the forward layout, and the
-    flipped / transposed one of the input gradient, which it folds into a constant of its own) and keep both
-    resident; here only one layer's float kernel exists at a time, in the arena.
+    The converter's dynamic-range quantization stores the forward's kernel as int8 with per-output-channel scales
+    (and runs a hybrid conv on it). Left alone it would also fold the gradient's layout into a second int8
+    constant, resident beside the first. Here the gradient dequantizes `_int8_reader`'s constant, which has the
+    same bytes as the forward's, and `tflite_model.share_identical_buffers` stores the two as one.
     """
     token = _FROZEN_INT8.set(True)
     try:
@@ -91,12 +92,13 @@ def _input_grad(dy, x_hw, k, stride, pads, channels, correlate):
 
 
 def _int8_reader(kernel, depthwise):
-    """`read(after)` of a frozen kernel stored as int8: rows of TFLite's own layout ([Cout, k*k*Cin] for a conv,
-    [k*k, C] for a depthwise conv, so the converter adds no transpose of its own), symmetric per output channel.
+    """`read(after, gradient)` of a frozen kernel: the forward gets the float constant (quantized by the converter);
+    the gradient dequantizes an int8 constant quantized like the converter's (symmetric per output channel, rows of
+    TFLite's layout: [Cout, k*k*Cin] for a conv, [k*k, C] for a depthwise one), so its bytes equal the forward's.
 
     The rows are fetched by a GATHER whose indices add a zero computed from `after`: the converter can then neither
-    fold the read into a second constant, nor run it before `after` exists, nor share one dequantized copy between
-    the forward and the backward (a control dependency allows all three)."""
+    fold the read into a constant of the gradient's layout nor run it before `after` exists (a control dependency
+    does not stop either)."""
     k = tf.convert_to_tensor(kernel)
     shape = k.shape.as_list()
     rows = tf.reshape(k, [-1, shape[2]]) if depthwise else tf.reshape(tf.transpose(k, [3, 0, 1, 2]), [shape[3], -1])
@@ -104,7 +106,9 @@ def _int8_reader(kernel, depthwise):
     scale = tf.where(scale > 0.0, scale, 1.0)
     q = tf.cast(tf.round(rows / scale), tf.int8)  # folded into the one int8 constant
 
-    def read(after):
+    def read(after, gradient=False):
+        if not gradient:
+            return k
         first = tf.reshape(tf.slice(after, [0] * after.shape.rank, [1] * after.shape.rank), [])
         zero = tf.minimum(tf.cast(tf.math.is_nan(first), tf.int32), 0)
         value = tf.cast(tf.gather(q, tf.range(q.shape[0]) + zero), tf.float32) * scale
@@ -116,20 +120,20 @@ def _int8_reader(kernel, depthwise):
 
 
 def _kernel_reader(kernel, trainable, layout=None):
-    """`read(after)`: the kernel's value, reached only once tensor `after` (the layer's input, or its output
-    gradient) exists.
+    """`read(after, gradient=False)`: the kernel's value, reached only once tensor `after` (the layer's input, or its
+    output gradient for the input gradient's read, `gradient=True`) exists.
 
     In the device program the converter otherwise schedules every READ_VARIABLE, and every split, flip and
     transpose of a trainable kernel, at the very start of the train step, and those copies stay alive until the
     backward. So a variable (a trainable kernel of the device program, see `layers.common.kernel_source`) is read
     when needed, once for the forward and again for the input gradient; a trainable tensor passes an identity
-    ordered the same way; a frozen tensor is used as it is (a constant in the file, its flips folded there too), or
-    within `frozen_kernels_int8` a conv's (`layout` "conv" or "depthwise") is dequantized from its one int8 copy each
-    time (`_int8_reader`; a frozen dense kernel, the head of no method here, is left to the converter).
+    ordered the same way; a frozen tensor is used as it is (a constant in the file, its flips folded there too),
+    except that within `frozen_kernels_int8` a conv's (`layout` "conv" or "depthwise") input gradient dequantizes
+    the forward's int8 copy (`_int8_reader`; a frozen dense kernel, the head of no method here, is left as it is).
     """
     if isinstance(kernel, tf.Variable):
 
-        def read(after):
+        def read(after, gradient=False):
             with tf.control_dependencies([after]):
                 return tf.convert_to_tensor(kernel)
 
@@ -138,9 +142,9 @@ def _kernel_reader(kernel, trainable, layout=None):
         return _int8_reader(kernel, layout == "depthwise")
     kernel = tf.convert_to_tensor(kernel)
     if not trainable:
-        return lambda after: kernel
+        return lambda after, gradient=False: kernel
 
-    def identity(after):
+    def identity(after, gradient=False):
         with tf.control_dependencies([after]):
             return tf.identity(kernel)
 
@@ -215,7 +219,7 @@ def conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), groups=1, kernel_grad=
         x_saved = x if kernel_grad else None
 
         def grad(dy):
-            kernels = _groups(read(dy), groups)
+            kernels = _groups(read(dy, gradient=True), groups)
 
             def correlate(t, rows, cols):
                 return _conv(t, [tf.transpose(_flipped_taps(kk, rows, cols, dy), [0, 1, 3, 2]) for kk in kernels])
@@ -249,7 +253,7 @@ def depthwise_conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), kernel_grad=
         x_saved = x if kernel_grad else None
 
         def grad(dy):
-            kk = read(dy)
+            kk = read(dy, gradient=True)
 
             def correlate(t, rows, cols):
                 return tf.nn.depthwise_conv2d(t, _flipped_taps(kk, rows, cols, dy), [1, 1, 1, 1], "VALID")
