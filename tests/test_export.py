@@ -164,7 +164,7 @@ def test_frozen_weights_are_stored_at_8_bits(tmp_path):
     )
     model = prepare_transfer(build_model(wide), "tinytl-b", 3, dropout=0.0)
     kernels = [v for v in model.non_trainable_weights if v.path.endswith("kernel")]
-    big = {tuple(v.shape) for v in kernels if np.prod(v.shape) >= 1024}
+    big = [tuple(v.shape) for v in kernels if np.prod(v.shape) >= 1024]
     files = {}
     for bits in (8, 32):
         files[bits] = tmp_path / f"m{bits}.tflite"
@@ -175,8 +175,8 @@ def test_frozen_weights_are_stored_at_8_bits(tmp_path):
     constants = [t for t in constants.values() if t.buffer_bytes]
     float_shapes = {tuple(sorted(t.shape)) for t in constants if t.dtype == "float32"}
     assert not {tuple(sorted(s)) for s in big} & float_shapes  # no float copy of a big frozen kernel, in any layout
-    # each frozen kernel's bytes once: the int8 constants are exactly one byte per frozen kernel element
-    assert sum(t.buffer_bytes for t in constants if t.dtype == "int8") == sum(int(np.prod(v.shape)) for v in kernels)
+    # each big frozen kernel's bytes once: the int8 constants are exactly one byte per element
+    assert sum(t.buffer_bytes for t in constants if t.dtype == "int8") == sum(int(np.prod(s)) for s in big)
     assert files[32].stat().st_size - files[8].stat().st_size >= 3 * sum(int(np.prod(s)) for s in big)
 
     interpreter = open_interpreter(files[8])

@@ -14,6 +14,7 @@ import contextvars
 import tensorflow as tf
 
 _FROZEN_INT8 = contextvars.ContextVar("tinytl_frozen_kernels_int8", default=False)
+QUANTIZE_MIN_ELEMENTS = 1024  # the converter's dynamic-range quantization leaves smaller constants in float
 
 
 @contextlib.contextmanager
@@ -96,15 +97,19 @@ def _int8_reader(kernel, depthwise):
     the gradient dequantizes an int8 constant quantized like the converter's (symmetric per output channel, rows of
     TFLite's layout: [Cout, k*k*Cin] for a conv, [k*k, C] for a depthwise one), so its bytes equal the forward's.
 
-    The rows are fetched by a GATHER whose indices add a zero computed from `after`: the converter can then neither
-    fold the read into a constant of the gradient's layout nor run it before `after` exists (a control dependency
-    does not stop either)."""
+    A kernel the converter leaves in float (fewer than QUANTIZE_MIN_ELEMENTS) is read as float rows, again the
+    forward constant's bytes. The rows are fetched by a GATHER whose indices add a zero computed from `after`: the
+    converter can then neither fold the read into a constant of the gradient's layout nor run it before `after`
+    exists (a control dependency does not stop either)."""
     k = tf.convert_to_tensor(kernel)
     shape = k.shape.as_list()
     rows = tf.reshape(k, [-1, shape[2]]) if depthwise else tf.reshape(tf.transpose(k, [3, 0, 1, 2]), [shape[3], -1])
-    scale = tf.reduce_max(tf.abs(rows), axis=0 if depthwise else 1, keepdims=True) / 127.0
-    scale = tf.where(scale > 0.0, scale, 1.0)
-    q = tf.cast(tf.round(rows / scale), tf.int8)  # folded into the one int8 constant
+    if k.shape.num_elements() < QUANTIZE_MIN_ELEMENTS:
+        q, scale = rows, 1.0
+    else:
+        scale = tf.reduce_max(tf.abs(rows), axis=0 if depthwise else 1, keepdims=True) / 127.0
+        scale = tf.where(scale > 0.0, scale, 1.0)
+        q = tf.cast(tf.round(rows / scale), tf.int8)  # folded into an int8 constant
 
     def read(after, gradient=False):
         if not gradient:
