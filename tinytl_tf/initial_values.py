@@ -57,8 +57,8 @@ def file_sha256(path):
 
 
 def read(path, spec, fingerprint):
-    """{name: array} from `path`, checked against X.json's `initial_values` entry `spec` and the model's
-    `fingerprint`: the file's sha256, format, model and every group tensor present."""
+    """{name: array} (read on access) from `path`, checked against X.json's `initial_values` entry `spec` and the
+    model's `fingerprint`: the file's sha256, format, model and every group tensor present."""
     if not os.path.exists(path):
         raise InitialValuesError(
             f"the model's initial values {path} are missing: copy the {os.path.basename(path)} exported with the "
@@ -70,17 +70,26 @@ def read(path, spec, fingerprint):
             "metadata's); copy the one exported with the .tflite next to it"
         )
     try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z[META_KEY][()]))
-            weights = {k[len(WEIGHT_PREFIX) :]: z[k] for k in z.files if k.startswith(WEIGHT_PREFIX)}
+        z = np.load(path, allow_pickle=False)
+        meta = json.loads(str(z[META_KEY][()]))
     except Exception as e:  # zipfile, numpy and json each signal damaged bytes their own way
         raise InitialValuesError(f"{path} is unreadable ({type(e).__name__}: {e})") from None
     if meta.get("format") != FORMAT or meta.get("fingerprint") != fingerprint:
         raise InitialValuesError(f"{path} holds the initial values of another model (or another format)")
-    missing = [n for group in spec["groups"] for n in group if n not in weights]
+    missing = [n for group in spec["groups"] for n in group if WEIGHT_PREFIX + n not in z.files]
     if missing:
         raise InitialValuesError(f"{path} lacks the tensors {missing[:5]}")
-    return weights
+    return _Tensors(z)
+
+
+class _Tensors:
+    """{name: array} read from the archive on access, so loading holds one group's values at a time."""
+
+    def __init__(self, archive):
+        self.archive = archive
+
+    def __getitem__(self, name):
+        return self.archive[WEIGHT_PREFIX + name]
 
 
 def group_values(spec, weights):
