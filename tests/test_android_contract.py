@@ -757,6 +757,11 @@ def _smooth_image(h, w, colour, seed):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the app does not load the initial values beside the model (model-v2) yet: replayed on a v2 export, "
+    "its trainables start at zero",
+)
 def test_app_call_sequence_replayed_on_litert(exported, tmp_path):
     path, meta = exported
     src = _kotlin_sources()
