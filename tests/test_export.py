@@ -127,13 +127,14 @@ def test_flex_graph_is_refused():
 
 
 def test_two_exports_share_a_folder_and_none_is_overwritten(backbone, tmp_path):
-    """X.json describes X.tflite: a second export beside the first leaves it usable; the same name is refused."""
+    """X.json and X.init.npz belong to X.tflite: a second export beside the first leaves it usable; the same name is
+    refused."""
     from tinytl_tf.ondevice import DeviceModel
 
     model = prepare_transfer(backbone, "tinytl-b", 3, labels=("ant", "bee", "cat"))
     export_model(model, tmp_path / "model.tflite", "adam", 1e-3, 100)
     first = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    assert sorted(first) == ["model.json", "model.tflite"]
+    assert sorted(first) == ["model.init.npz", "model.json", "model.tflite"]
     export_model(model, tmp_path / "float.tflite", "adam", 1e-3, 100, frozen_bits=32)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in first} == first
     assert DeviceModel(tmp_path / "model.tflite").meta["frozen_bits"] == 8

@@ -271,7 +271,7 @@ def build_parser():
         "--overwrite",
         action="store_true",
         help="replace an existing OUT/model.keras and metrics.json "
-        "(and remove an OUT/model.tflite + model.json exported from the old model)",
+        "(and remove an OUT/model.tflite + model.json + model.init.npz exported from the old model)",
     )
     t.add_argument(
         "--subnet",

@@ -21,7 +21,7 @@ from tinytl_tf.methods import default_lr
 from tinytl_tf.transfer import check_method, prepare_transfer
 
 STRATEGIES = ("none", "mirrored")
-STALE_EXPORTS = ("model.tflite", "model.json")  # exported from a model.keras that --overwrite replaces
+STALE_EXPORTS = ("model.tflite", "model.json", "model.init.npz")  # exported from a model.keras --overwrite replaces
 
 
 def seed_everything(seed, deterministic=True):
@@ -153,7 +153,8 @@ def train_job(
     `make_model()`, when given, returns the network to train in place of `backbone` + `method`: one that already
     has its head, labels and trainable set (a searched sub-net, `train --subnet`); its config names it.
     `lr` None: the method's default (`methods.DEFAULT_LR`). A flat folder's held-out images are listed in
-    OUT/split.json for `evaluate`; `overwrite` also removes a model.tflite / model.json exported from the old model.
+    OUT/split.json for `evaluate`; `overwrite` also removes a model.tflite / model.json / model.init.npz exported
+    from the old model.
     `seed`: see `seed_everything`; `load_data` should draw its split and shuffling from the same seed.
     """
     check_method(method)
