@@ -100,7 +100,7 @@ def print_static(method, static, top):
 
 def run_backbone(name, args):
     from tinytl_tf.memory import method_table
-    from tinytl_tf.memory.measure import method_models
+    from tinytl_tf.jobs.memory import method_models
 
     analytic = {r["method"]: r for r in method_table(name, args.resolution, 1, args.classes, methods=args.methods)}
     rows, statics = [], {}
