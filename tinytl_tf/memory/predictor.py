@@ -13,7 +13,8 @@ this module encodes its storage rules, one named term each, so a change to the e
   `QUANTIZE_MIN_ELEMENTS` elements stay float32), `FROZEN_KERNEL_COPIES` times when its input gradient runs (the
   forward layout and the flipped / transposed one, split per stride phase, that the input gradient reads); frozen
   biases, folded scales and GroupNorm parameters in float32; the ReLU mask table and the resize adjoints' matrices.
-- `tables`: the flatbuffer's own tables (tensors, ops, per-channel quantization scales, names), per op of the graph.
+- `tables`: the flatbuffer's own tables (tensors, ops, per-channel quantization scales, names) and the ops' small
+  shape and padding constants, per op of the graph.
 - `arena`: the peak of live tensors of the `train` step, simulated at layer level with the engine's lifetimes:
   what each op keeps for its backward (`ops/`: a conv's input when its kernel trains, a folded norm's input when
   its scale trains, a GroupNorm's normalised input, a packed 1-bit ReLU mask), each layer's working tensors
@@ -55,6 +56,9 @@ SCRATCH_BYTES_BASE = 2_000_000
 # `benchmarks/memory.py --runtime-base` measures it (0.004 MB: one page of the model; the interpreter's own
 # allocations happen while loading, before the baseline).
 RUNTIME_BASE_BYTES = 4_096
+# Full-size temporaries of one trainable tensor's update alive at once (gradient, the values read, the new
+# moments), read off the exported graphs' peaks.
+UPDATE_TEMPORARIES = {"sgd": 3, "adam": 5}
 MASK_TABLE_BYTES = 256 * 8 + 8 * F32  # the ReLU mask's unpacking table (bool) and packing vector (float)
 
 
@@ -100,6 +104,7 @@ class _Walk:
     def __init__(self, cfg, optimizer, frozen_bits):
         self.cfg, self.t = cfg, cfg.trainable
         self.state = OPTIMIZER_STATE_BYTES[optimizer]
+        self.optimizer = optimizer
         self.frozen_bits = frozen_bits
         self.constants = 0
         self.quant_params = 0
@@ -135,6 +140,21 @@ class _Walk:
                         self._kernel_const(th * tw * (cin if depthwise else per_tap), chans, FROZEN_KERNEL_COPIES - 1)
 
     # -- the arena ---------------------------------------------------------------------------------------------
+    def _pads(self, h, k, stride):
+        """The forward's zero padding (before, after) along one axis (`layers.common.conv_pads`)."""
+        if self.cfg.padding == "symmetric":
+            return (k - 1) // 2, (k - 1) // 2
+        total = max((_ceil_div(h, stride) - 1) * stride + k - h, 0)
+        return total // 2, total - total // 2
+
+    def _kernel_grad_input(self, h, k, stride, depthwise):
+        """Rows (= columns) of the input a trainable kernel's gradient reads: the forward keeps x padded or cropped
+        to them (`ops.conv`: the converter moves that pad, and the transpose beside it, into the forward)."""
+        p0, p1 = self._pads(h, k, stride)
+        padded = h + p0 + p1
+        rows = padded - (padded - k) % stride if depthwise else stride * ((padded - k) // stride + _ceil_div(k, stride))
+        return rows * rows
+
     def _at(self, working, held=0):
         self.peak = max(self.peak, self.saved + held + working)
 
@@ -150,7 +170,7 @@ class _Walk:
         split = 2 * x if groups > 1 and not depthwise else 0  # SPLIT's parts, then CONCATENATION's output
         self._at(x + padded + y + split + (F32 * params if train_kernel else 0), held)
         self.ops += 2 + (groups if groups > 1 and not depthwise else 0) + (1 if padded else 0)
-        keep = x if train_kernel else 0
+        keep = F32 * self._kernel_grad_input(h, k, stride, depthwise) * cin if train_kernel else 0
         self.saved += keep
         recorded = needs_dx or train_kernel
         if recorded:
@@ -160,7 +180,7 @@ class _Walk:
                 phases = x if stride > 1 else 0
                 work = y + (dy_pad + x + phases if dx else 0)
                 if train:
-                    work += keep + F32 * params * (2 + (2 if self.state else 0))  # read, gradient, update temps
+                    work += F32 * params * UPDATE_TEMPORARIES[self.optimizer]
                 return work, keep
 
             self.backward.append(back)
