@@ -50,7 +50,9 @@ QUANT_PARAM_BYTES = 24
 # file size minus constant buffers minus quantization parameters, over the ops the walk below counts.
 TABLE_BYTES_PER_OP = 300
 TABLE_BYTES_BASE = 0
-# Kernel scratch and first-step code pages: measured residual of exported models (see the module docstring).
+# Kernels' temporaries (quantized inputs, accumulators, im2col) are arena tensors of their op's lifetime.
+KERNEL_TEMPORARIES = True
+# Runtime code and kernel state a first training step pages in beyond the trivial model's (measured residual).
 SCRATCH_BYTES_BASE = 2_000_000
 # RSS growth of loading and running a trivial model (one variable, one multiply-add) in the measurement probe:
 # `benchmarks/memory.py --runtime-base` measures it (0.004 MB: one page of the model; the interpreter's own
@@ -111,6 +113,7 @@ class _Walk:
         self.ops = 0
         self.saved = 0  # kept for the backward so far
         self.peak = 0
+        self.peak_scratch = 0  # the peak with the kernels' temporaries
         self.backward = []  # closures, run in reverse: each returns (working bytes, saved bytes it releases)
         self.grad = False  # does the tensor flowing now depend on a trainable tensor upstream?
 
@@ -155,8 +158,22 @@ class _Walk:
         rows = padded - (padded - k) % stride if depthwise else stride * ((padded - k) // stride + _ceil_div(k, stride))
         return rows * rows
 
-    def _at(self, working, held=0):
+    def _at(self, working, held=0, temporaries=0):
+        """Live bytes while an op runs: what is kept for the backward, `held`, the op's `working` tensors; its
+        kernel's own `temporaries` (in the arena too, but not in the graph) count toward the scratch term."""
         self.peak = max(self.peak, self.saved + held + working)
+        self.peak_scratch = max(self.peak_scratch, self.saved + held + working + temporaries)
+
+    def _conv_temporaries(self, n_in, n_out, k, stride, cin, ho, kernel_elements, hybrid, groups=1):
+        """Bytes a LiteRT conv kernel allocates besides its tensors: with an int8 (hybrid) kernel the quantized
+        input, the int32 accumulators and an int8 im2col; with a float kernel a float im2col. Grouped convs run
+        one group at a time."""
+        im2col = k * k * (cin // groups) * ho * ho if (k > 1 or stride > 1) else 0
+        if not KERNEL_TEMPORARIES:
+            return 0
+        if hybrid and kernel_elements >= QUANTIZE_MIN_ELEMENTS and self.frozen_bits == 8:
+            return (n_in + 4 * n_out) // groups + im2col
+        return F32 * im2col
 
     def conv(self, h, cin, cout, k, stride, groups, depthwise, train_kernel, held, pads_explicit):
         """A conv of `FoldedConv2D` / the lite branch; returns the output size."""
@@ -168,7 +185,13 @@ class _Walk:
             self._frozen_kernel(k, cin, cout, groups, depthwise, stride, needs_dx)
         padded = F32 * (h + k - 1) ** 2 * cin if (pads_explicit and k > 1) else 0
         split = 2 * x if groups > 1 and not depthwise else 0  # SPLIT's parts, then CONCATENATION's output
-        self._at(x + padded + y + split + (F32 * params if train_kernel else 0), held)
+        n_in, n_out = h * h * cin, ho * ho * cout
+        per_group = params if depthwise else params // groups
+        if depthwise:
+            temps = n_in if not train_kernel and params >= QUANTIZE_MIN_ELEMENTS and self.frozen_bits == 8 else 0
+        else:
+            temps = self._conv_temporaries(n_in, n_out, k, stride, cin, ho, per_group, not train_kernel, groups)
+        self._at(x + padded + y + split + (F32 * params if train_kernel else 0), held, temps)
         self.ops += 2 + (groups if groups > 1 and not depthwise else 0) + (1 if padded else 0)
         keep = F32 * self._kernel_grad_input(h, k, stride, depthwise) * cin if train_kernel else 0
         self.saved += keep
@@ -179,9 +202,17 @@ class _Walk:
                 dy_pad = F32 * (ho + k - 1) ** 2 * (cout if not depthwise else cin) if k > 1 else 0
                 phases = x if stride > 1 else 0
                 work = y + (dy_pad + x + phases if dx else 0)
+                temps = 0
+                if dx and not depthwise:  # the input gradient: a conv of the padded dy, one stride phase at a time
+                    kq, hq = _ceil_div(k, stride), _ceil_div(h, stride)
+                    temps = self._conv_temporaries(
+                        (hq + kq - 1) ** 2 * cout, hq * hq * cin, kq, 1, cout, hq, per_group // stride**2, not train
+                    )
                 if train:
                     work += F32 * params * UPDATE_TEMPORARIES[self.optimizer]
-                return work, keep
+                    if not depthwise:  # the kernel gradient: a conv over the kept input, patches of dy's size
+                        temps = max(temps, F32 * (cin // groups) * k * k * ho * ho if KERNEL_TEMPORARIES else 0)
+                return work, keep, temps
 
             self.backward.append(back)
             self.ops += (4 + (3 * stride * stride if stride > 1 else 0) if needs_dx else 0) + (
@@ -204,7 +235,7 @@ class _Walk:
         keep = y if train_scale else 0
         self.saved += keep
         if self.grad or train_scale or train_bias:
-            self.backward.append(lambda y=y, keep=keep: (3 * y, keep))
+            self.backward.append(lambda y=y, keep=keep: (3 * y, keep, 0))
         self.grad = self.grad or train_scale or train_bias
 
     def activation(self, numel, held):
@@ -216,7 +247,7 @@ class _Walk:
         self._at(2 * y + 2 * numel, held)  # output, float staging copy of the mask, two bool comparisons
         self.saved += mask
         self.ops += 7
-        self.backward.append(lambda y=y, mask=mask, numel=numel: (2 * y + numel + 8 * numel // 8, mask))
+        self.backward.append(lambda y=y, mask=mask, numel=numel: (2 * y + 2 * numel, mask, 0))
 
     def group_norm(self, numel, channels, cpg, train_gamma, train_beta, held):
         if not train_gamma:
@@ -230,7 +261,7 @@ class _Walk:
         keep = y if grad else 0  # x-hat
         self.saved += keep
         if grad:
-            self.backward.append(lambda y=y, keep=keep: (5 * y, keep))
+            self.backward.append(lambda y=y, keep=keep: (5 * y, keep, 0))
             self.ops += 14
         self.grad = grad
 
@@ -292,19 +323,16 @@ class _Walk:
             c = f.out
         n = cfg.num_classes
         self._at(F32 * (h * h * c + c))
-        head_params = c * n + n
         if t.head:
             self.saved += F32 * c
             # the head's update runs first in the backward: gradient, reads and optimizer temporaries
             self._at(F32 * (c * n) * (3 + (3 if self.state else 0)))
         self.ops += 12 + (10 if self.state else 3)
         # backward, last layer first
-        dy = F32 * h * h * c
         for back in reversed(self.backward):
-            work, release = back()
-            self.peak = max(self.peak, self.saved + work)
+            work, release, temps = back()
+            self._at(work, 0, temps)
             self.saved -= release
-        del dy, head_params
         return self.peak
 
 
@@ -326,7 +354,7 @@ def predict_train(cfg, optimizer="adam", frozen_bits=8):
         frozen_constants=walk.constants + (MASK_TABLE_BYTES if walk.backward else 0),
         tables=TABLE_BYTES_BASE + TABLE_BYTES_PER_OP * walk.ops + walk.quant_params,
         arena=arena,
-        scratch=SCRATCH_BYTES_BASE,
+        scratch=SCRATCH_BYTES_BASE + walk.peak_scratch - arena,
         runtime_base=RUNTIME_BASE_BYTES,
         optimizer=optimizer,
         frozen_bits=frozen_bits,
