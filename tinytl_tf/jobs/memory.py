@@ -114,5 +114,8 @@ def measure_methods(
             export_for_measuring(model, path, optimizer, frozen_bits)
             del model
             gc.collect()
+            for done in futures:  # a measurement that failed stops the job before the next export
+                if done.done() and done.exception() is not None:
+                    raise done.exception()
             futures.append(pool.submit(measure, m, i, path))
         return [f.result() for f in futures]
