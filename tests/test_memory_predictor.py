@@ -123,3 +123,45 @@ def test_storage_terms_equal_a_real_exports(exported):
     assert p.initial_values + p.frozen_constants == pytest.approx(static.constant_bytes, rel=0.08)
     assert p.file_bytes == pytest.approx(static.file_bytes, rel=0.15)
     assert p.arena == pytest.approx(static.peak_activation_bytes, rel=0.15)
+
+
+def _memory_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))  # the script imports its sibling transfer.py
+    try:
+        spec = importlib.util.spec_from_file_location("memory_benchmark", root / "benchmarks" / "memory.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    return module
+
+
+def test_benchmark_rewrites_only_the_readmes_memory_table(tmp_path):
+    bench = _memory_benchmark()
+    row = {"method": "tinytl-lb", "train_builtin_mb": 11.84, "analytic_mb": 2.52, "predicted_train_mb": 11.2}
+    report = {
+        "runs": {
+            "mcunet-5fps@128 adam": {
+                "network": "mcunet-5fps",
+                "resolution": 128,
+                "optimizer": "adam",
+                "classes": 102,
+                "commit": "0123456789abcdef",
+                "rows": [row],
+            }
+        }
+    }
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{bench.README_BEGIN}\nold table\n{bench.README_END}\nafter\n")
+    bench.rewrite_readme(readme, report)
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old table" not in text
+    assert "| mcunet-5fps@128, adam | 11.8 (2.5 / 11.2) |" in text and "01234567" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="memory-table"):
+        bench.rewrite_readme(readme, report)
+    assert readme.read_text() == "no markers\n"
