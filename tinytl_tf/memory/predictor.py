@@ -21,8 +21,9 @@ this module encodes its storage rules, one named term each, so a change to the e
   (input, zero-padded copy, output, the mask's float staging copy; in the backward the output gradient, its
   padded copy and stride phases, the input gradient, the weight gradient and the optimizer's temporaries), and
   the block input held for an identity shortcut or a lite branch.
-- `scratch`: kernel working buffers the graph does not show (im2col of a conv, the hybrid int8 kernels' quantized
-  input), and the runtime code a first step pages in.
+- `scratch`: what the runtime adds beyond the graph's tensors: the code a first step pages in, the interpreter's
+  records per op, kernel scratch (im2col, the hybrid int8 kernels' quantized inputs) and the arena's packing. The
+  only term not derived from the engine's rules: three constants measured on exported models (see below).
 - `runtime_base`: what loading and running a trivial model adds to a process (`RUNTIME_BASE_BYTES`).
 
 The sum is the dynamic figure of `tinytl_tf.memory.measure` (peak RSS of a fresh LiteRT process over its RSS after
@@ -33,7 +34,7 @@ milliseconds per config): the super-net search calls `predict_train_mb` for ever
 from dataclasses import asdict, dataclass
 
 from tinytl_tf.config import NetConfig, norm_groups
-from tinytl_tf.memory.analytic import MB, method_config, param_counts
+from tinytl_tf.memory.analytic import MB, leaves, method_config, param_counts
 
 F32 = 4
 # Bytes of optimizer state per trainable parameter: SGD none, Adam two float32 moments.
@@ -44,16 +45,21 @@ INITIAL_VALUES_RESIDENT = True
 FROZEN_KERNEL_COPIES = 2
 # The converter's dynamic-range quantization leaves constants smaller than this float32 (its default threshold).
 QUANTIZE_MIN_ELEMENTS = 1024
-# Per quantized tensor and output channel: a float32 scale and an int64 zero point in the flatbuffer's tables.
+# Quantization parameters (scales, zero points) per quantized tensor and output channel in the flatbuffer's tables,
+# measured on exported models.
 QUANT_PARAM_BYTES = 24
-# Flatbuffer tables per op of the graph (tensor and op records, shapes, names), measured on exported models:
-# file size minus constant buffers minus quantization parameters, over the ops the walk below counts.
+# Flatbuffer tables per op of the graph (tensor and op records, shapes, names, the ops' small constants), measured
+# on exported models: file size minus constant buffers minus quantization parameters, over the ops the walk counts.
 TABLE_BYTES_PER_OP = 300
-TABLE_BYTES_BASE = 0
-# Kernels' temporaries (quantized inputs, accumulators, im2col) are arena tensors of their op's lifetime.
-KERNEL_TEMPORARIES = True
-# Runtime code and kernel state a first training step pages in beyond the trivial model's (measured residual).
-SCRATCH_BYTES_BASE = 2_000_000
+# What the runtime adds beyond the graph's tensors, measured as the residual of exported models (measured minus
+# file, variables and the graph's static peak over all six methods: mcunet-5fps@128 with Adam, from
+# `python -m tinytl_tf memory --measure`, and ProxylessNAS-Mobile@224 with Adam and SGD, `benchmarks/memory.py`
+# as docs/memory.json and docs/memory_sgd.json record it): a fixed part (the runtime code a first step pages in,
+# about 0.45 MB of it file-backed, and the interpreter's state), a part per op (node and tensor records, kernel
+# state), and, when a backward runs, a part per byte of forward activations (kernel scratch, the arena's packing).
+RUNTIME_FIXED_BYTES = 1_050_000
+RUNTIME_BYTES_PER_OP = 670
+BACKWARD_SCRATCH_FRACTION = 0.031
 # RSS growth of loading and running a trivial model (one variable, one multiply-add) in the measurement probe:
 # `benchmarks/memory.py --runtime-base` measures it (0.004 MB: one page of the model; the interpreter's own
 # allocations happen while loading, before the baseline).
@@ -113,7 +119,6 @@ class _Walk:
         self.ops = 0
         self.saved = 0  # kept for the backward so far
         self.peak = 0
-        self.peak_scratch = 0  # the peak with the kernels' temporaries
         self.backward = []  # closures, run in reverse: each returns (working bytes, saved bytes it releases)
         self.grad = False  # does the tensor flowing now depend on a trainable tensor upstream?
 
@@ -158,22 +163,9 @@ class _Walk:
         rows = padded - (padded - k) % stride if depthwise else stride * ((padded - k) // stride + _ceil_div(k, stride))
         return rows * rows
 
-    def _at(self, working, held=0, temporaries=0):
-        """Live bytes while an op runs: what is kept for the backward, `held`, the op's `working` tensors; its
-        kernel's own `temporaries` (in the arena too, but not in the graph) count toward the scratch term."""
+    def _at(self, working, held=0):
+        """Live bytes while an op runs: what is kept for the backward, `held`, and the op's `working` tensors."""
         self.peak = max(self.peak, self.saved + held + working)
-        self.peak_scratch = max(self.peak_scratch, self.saved + held + working + temporaries)
-
-    def _conv_temporaries(self, n_in, n_out, k, stride, cin, ho, kernel_elements, hybrid, groups=1):
-        """Bytes a LiteRT conv kernel allocates besides its tensors: with an int8 (hybrid) kernel the quantized
-        input, the int32 accumulators and an int8 im2col; with a float kernel a float im2col. Grouped convs run
-        one group at a time."""
-        im2col = k * k * (cin // groups) * ho * ho if (k > 1 or stride > 1) else 0
-        if not KERNEL_TEMPORARIES:
-            return 0
-        if hybrid and kernel_elements >= QUANTIZE_MIN_ELEMENTS and self.frozen_bits == 8:
-            return (n_in + 4 * n_out) // groups + im2col
-        return F32 * im2col
 
     def conv(self, h, cin, cout, k, stride, groups, depthwise, train_kernel, held, pads_explicit):
         """A conv of `FoldedConv2D` / the lite branch; returns the output size."""
@@ -185,34 +177,20 @@ class _Walk:
             self._frozen_kernel(k, cin, cout, groups, depthwise, stride, needs_dx)
         padded = F32 * (h + k - 1) ** 2 * cin if (pads_explicit and k > 1) else 0
         split = 2 * x if groups > 1 and not depthwise else 0  # SPLIT's parts, then CONCATENATION's output
-        n_in, n_out = h * h * cin, ho * ho * cout
-        per_group = params if depthwise else params // groups
-        if depthwise:
-            temps = n_in if not train_kernel and params >= QUANTIZE_MIN_ELEMENTS and self.frozen_bits == 8 else 0
-        else:
-            temps = self._conv_temporaries(n_in, n_out, k, stride, cin, ho, per_group, not train_kernel, groups)
-        self._at(x + padded + y + split + (F32 * params if train_kernel else 0), held, temps)
+        self._at(x + padded + y + split + (F32 * params if train_kernel else 0), held)
         self.ops += 2 + (groups if groups > 1 and not depthwise else 0) + (1 if padded else 0)
         keep = F32 * self._kernel_grad_input(h, k, stride, depthwise) * cin if train_kernel else 0
         self.saved += keep
         recorded = needs_dx or train_kernel
         if recorded:
 
-            def back(x=x, y=y, k=k, stride=stride, params=params, keep=keep, train=train_kernel, dx=needs_dx):
+            def back(x=x, y=y, params=params, keep=keep, train=train_kernel, dx=needs_dx):
                 dy_pad = F32 * (ho + k - 1) ** 2 * (cout if not depthwise else cin) if k > 1 else 0
                 phases = x if stride > 1 else 0
                 work = y + (dy_pad + x + phases if dx else 0)
-                temps = 0
-                if dx and not depthwise:  # the input gradient: a conv of the padded dy, one stride phase at a time
-                    kq, hq = _ceil_div(k, stride), _ceil_div(h, stride)
-                    temps = self._conv_temporaries(
-                        (hq + kq - 1) ** 2 * cout, hq * hq * cin, kq, 1, cout, hq, per_group // stride**2, not train
-                    )
                 if train:
                     work += F32 * params * UPDATE_TEMPORARIES[self.optimizer]
-                    if not depthwise:  # the kernel gradient: a conv over the kept input, patches of dy's size
-                        temps = max(temps, F32 * (cin // groups) * k * k * ho * ho if KERNEL_TEMPORARIES else 0)
-                return work, keep, temps
+                return work, keep
 
             self.backward.append(back)
             self.ops += (4 + (3 * stride * stride if stride > 1 else 0) if needs_dx else 0) + (
@@ -235,7 +213,7 @@ class _Walk:
         keep = y if train_scale else 0
         self.saved += keep
         if self.grad or train_scale or train_bias:
-            self.backward.append(lambda y=y, keep=keep: (3 * y, keep, 0))
+            self.backward.append(lambda y=y, keep=keep: (3 * y, keep))
         self.grad = self.grad or train_scale or train_bias
 
     def activation(self, numel, held):
@@ -247,7 +225,7 @@ class _Walk:
         self._at(2 * y + 2 * numel, held)  # output, float staging copy of the mask, two bool comparisons
         self.saved += mask
         self.ops += 7
-        self.backward.append(lambda y=y, mask=mask, numel=numel: (2 * y + 2 * numel, mask, 0))
+        self.backward.append(lambda y=y, mask=mask, numel=numel: (2 * y + 2 * numel, mask))
 
     def group_norm(self, numel, channels, cpg, train_gamma, train_beta, held):
         if not train_gamma:
@@ -261,7 +239,7 @@ class _Walk:
         keep = y if grad else 0  # x-hat
         self.saved += keep
         if grad:
-            self.backward.append(lambda y=y, keep=keep: (5 * y, keep, 0))
+            self.backward.append(lambda y=y, keep=keep: (5 * y, keep))
             self.ops += 14
         self.grad = grad
 
@@ -330,8 +308,8 @@ class _Walk:
         self.ops += 12 + (10 if self.state else 3)
         # backward, last layer first
         for back in reversed(self.backward):
-            work, release, temps = back()
-            self._at(work, 0, temps)
+            work, release = back()
+            self._at(work)
             self.saved -= release
         return self.peak
 
@@ -348,13 +326,16 @@ def predict_train(cfg, optimizer="adam", frozen_bits=8):
     trainable, _ = param_counts(cfg)
     walk = _Walk(cfg, optimizer, frozen_bits)
     arena = walk.run()
+    forward_activations = F32 * sum(leaf.out_numel for leaf in leaves(cfg))
     return Prediction(
         variables=F32 * trainable + OPTIMIZER_STATE_BYTES[optimizer] * trainable + F32,
         initial_values=F32 * trainable if INITIAL_VALUES_RESIDENT else 0,
         frozen_constants=walk.constants + (MASK_TABLE_BYTES if walk.backward else 0),
-        tables=TABLE_BYTES_BASE + TABLE_BYTES_PER_OP * walk.ops + walk.quant_params,
+        tables=TABLE_BYTES_PER_OP * walk.ops + walk.quant_params,
         arena=arena,
-        scratch=SCRATCH_BYTES_BASE + walk.peak_scratch - arena,
+        scratch=RUNTIME_FIXED_BYTES
+        + RUNTIME_BYTES_PER_OP * walk.ops
+        + (round(BACKWARD_SCRATCH_FRACTION * forward_activations) if walk.backward else 0),
         runtime_base=RUNTIME_BASE_BYTES,
         optimizer=optimizer,
         frozen_bits=frozen_bits,
