@@ -5,11 +5,17 @@ measurements of a given `.tflite`); this module owns the harness that builds and
 the memory room never imports Keras, TensorFlow or the exporter.
 
 Exports made only to be measured skip the export's LiteRT-against-Keras check (it proves the numbers, which memory
-does not depend on), and each method's measuring processes run while the next method exports.
+does not depend on). `measure_methods` exports each method in a fresh process (`python -m tinytl_tf.jobs.memory`):
+TensorFlow keeps much of what one conversion allocates until the process ends, so one process exporting six
+methods grew to about 5 GB; a process per export bounds the peak by the largest single export, and the job's own
+process never imports TensorFlow. Each method's measuring processes run while the next method exports.
 """
 
 import concurrent.futures
-import gc
+import json
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -85,9 +91,9 @@ def measure_methods(
 ):
     """`measure_tflite` of every method's exported model (see `method_models`): a list of dicts, "method" first.
 
-    One export per method; its two measuring processes (train, infer) run in a worker thread while the next
-    method exports, and the file goes once they are done. `progress(method, index, total, stage)` is called as
-    each one is exported and measured.
+    One export per method, each in its own process; the method's two measuring processes (train, infer) run in
+    a worker thread while the next method exports, and the file goes once they are done.
+    `progress(method, index, total, stage)` is called as each one is exported and measured.
     """
     methods = list(methods or METHODS)
     check_run_args(steps, timeout)
@@ -106,16 +112,61 @@ def measure_methods(
             finally:
                 path.unlink(missing_ok=True)
 
-        for i, (m, model) in enumerate(
-            method_models(backbone, resolution, num_classes, methods, lite_for_all, weights_dir)
-        ):
+        for i, m in enumerate(method_configs(backbone, resolution, num_classes, methods, lite_for_all)):
             report(m, i, len(methods), "exporting")
             path = Path(tmp) / f"{m}.tflite"
-            export_for_measuring(model, path, optimizer, frozen_bits)
-            del model
-            gc.collect()
+            _export_in_subprocess(
+                dict(
+                    backbone=backbone,
+                    resolution=resolution,
+                    num_classes=num_classes,
+                    method=m,
+                    lite_for_all=lite_for_all,
+                    weights_dir=weights_dir,
+                    optimizer=optimizer,
+                    frozen_bits=frozen_bits,
+                    out=str(path),
+                )
+            )
             for done in futures:  # a measurement that failed stops the job before the next export
                 if done.done() and done.exception() is not None:
                     raise done.exception()
             futures.append(pool.submit(measure, m, i, path))
         return [f.result() for f in futures]
+
+
+def _export_in_subprocess(request):
+    """Run `_export_one(request)` in a fresh Python process; its user errors come back as one-line ValueErrors."""
+    package_root = str(Path(__file__).resolve().parents[2])  # found whatever the working directory
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinytl_tf.jobs.memory", json.dumps(request)], capture_output=True, text=True, env=env
+    )
+    if proc.returncode == 2 and proc.stderr.startswith("error: "):
+        raise ValueError(proc.stderr.strip().splitlines()[-1].removeprefix("error: "))
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"exporting {request['method']} to measure it failed (exit {proc.returncode}): {tail}")
+
+
+def _export_one(request):
+    """Build `request`'s method network on its backbone and export it for measuring (the child process's work)."""
+    from tinytl_tf.backbones import load_backbone
+    from tinytl_tf.transfer import prepare_transfer
+
+    r = request
+    base = load_backbone(r["backbone"], r["resolution"], r["weights_dir"])
+    lite = True if r["lite_for_all"] else None
+    model = prepare_transfer(base, r["method"], r["num_classes"], lite_residual=lite)
+    export_for_measuring(model, r["out"], r["optimizer"], r["frozen_bits"])
+
+
+if __name__ == "__main__":
+    from tinytl_tf.cliargs import quiet_tensorflow
+
+    quiet_tensorflow()
+    try:
+        _export_one(json.loads(sys.argv[1]))
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
