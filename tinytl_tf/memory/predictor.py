@@ -28,12 +28,12 @@ this module encodes its storage rules, one named term each, so a change to the e
 
 The sum is the dynamic figure of `tinytl_tf.memory.measure` (peak RSS of a fresh LiteRT process over its RSS after
 loading, the model file's pages counted), with the builtin kernels at batch 1. Pure Python and fast (a few
-milliseconds per config): the super-net search calls `predict_train_mb` for every candidate.
+milliseconds per config), so a super-net search can call `predict_train_mb` for every candidate.
 """
 
 from dataclasses import asdict, dataclass
 
-from tinytl_tf.config import NetConfig, norm_groups
+from tinytl_tf.config import NetConfig
 from tinytl_tf.memory.analytic import MB, leaves, method_config, param_counts
 
 F32 = 4
@@ -235,7 +235,7 @@ class _Walk:
         self.ops += 7
         self.backward.append(lambda y=y, mask=mask, numel=numel: (2 * y + 2 * numel, mask))
 
-    def group_norm(self, numel, channels, cpg, train_gamma, train_beta, held):
+    def group_norm(self, numel, channels, train_gamma, train_beta, held):
         if not train_gamma:
             self.constants += F32 * channels
         if not train_beta:
@@ -269,16 +269,15 @@ class _Walk:
         self._at(F32 * (h_in * h_in + hp * hp) * c_in, held)
         self.ops += 1
         hl = self.conv(hp, c_in, c_in, lite.kernel, b.stride, lite.groups, False, t.lite_kernel, held, True)
-        self.group_norm(hl * hl * c_in, c_in, lite.channels_per_group, t.lite_gamma, t.lite_beta, held)
+        self.group_norm(hl * hl * c_in, c_in, t.lite_gamma, t.lite_beta, held)
         self.activation(hl * hl * c_in, held)
         self.conv(hl, c_in, c_out, 1, 1, 1, False, t.lite_kernel, held, False)
-        self.group_norm(hl * hl * c_out, c_out, lite.channels_per_group, t.lite_gamma, t.lite_final_beta, held)
+        self.group_norm(hl * hl * c_out, c_out, t.lite_gamma, t.lite_final_beta, held)
         if self.grad:
             self.constants += F32 * (ho * hl) * 2  # the resize adjoint's two interpolation matrices
         self._at(F32 * (hl * hl + 2 * ho * ho) * c_out, held)
         self.ops += 2
         self.grad = self.grad or outer
-        norm_groups(c_in, lite.channels_per_group)  # validates the branch as the builder does
 
     def run(self):
         cfg, t = self.cfg, self.t
