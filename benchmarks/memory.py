@@ -1,92 +1,88 @@
-"""Training memory per transfer method: analytic (TinyTL, Cai et al. 2020, Sec. 3.1) vs measured LiteRT, at batch 1.
+"""Training memory per transfer method: analytic (TinyTL, Cai et al. 2020, Sec. 3.1), predicted and measured LiteRT,
+at batch 1.
 
-    python benchmarks/memory.py [--backbones mobilenet-v1 proxylessnas-mobile] [--resolution 224] [--classes 102]
-                                [--methods ...] [--optimizer adam|sgd] [--steps 3] [--timeout 900]
-                                [--out docs/memory.json] [--verbose]
+    python benchmarks/memory.py [--networks proxylessnas-mobile@224 mcunet-5fps@128] [--optimizers adam sgd]
+                                [--classes 102] [--methods ...] [--steps 3] [--timeout 900] [--out docs/memory.json]
+                                [--readme README.md] [--verbose]
+    python benchmarks/memory.py --predictor [--networks ...] [--optimizers adam sgd]
+    python benchmarks/memory.py --runtime-base
 
-Per backbone and method (every method gets the lite residual branches, as in the paper's table, so each model is
-the network its analytic row describes): export the on-device training model, then report
-- analytic: parameters + activations at batch 1 (MB = 1e6 B);
-- static: the `train` graph's peak of live tensors, its constants and its variables (trainables and, with Adam,
-  two slots each: the analytic model counts no optimizer state, so `--optimizer sgd` is its like-for-like engine);
+Default mode, per network, optimizer and method (every method gets the lite residual branches, as in the paper's
+table, so each model is the network its analytic row describes): export the on-device training model (without
+the export's LiteRT-against-Keras check, which memory does not depend on), then report
+- analytic: parameters + activations at batch 1 (MB = 1e6 B); predicted: `tinytl_tf.memory.predict_train`;
+- static: the `train` graph's peak of live tensors, its constants and its variables;
 - dynamic: peak RSS of a fresh LiteRT process running 3 `train` (or `infer`) steps minus its RSS after loading,
   with the builtin kernels (the CLI's default) and with the XNNPACK delegate;
-- the `.tflite` size and its budget: 1 B per frozen parameter + 4 B per trainable parameter and optimizer slot.
-Then three targets: measured TinyTL-L+B train memory >= 6.5x lower than FT-Full's, within 1.5x of its
-analytic figure, `.tflite` <= 1.3x its budget. `--verbose` prints the largest tensors alive at each static peak.
-A benchmark, not a test: it takes tens of minutes (each export is one to three minutes on 2 cores). Each backbone's
-entry (with the commit it ran at) replaces the one in `--out`; the other backbones' entries stay.
+- the `.tflite` size.
+Each run's entry (keyed "network optimizer", with the commit it ran at) replaces the one in `--out`; the others
+stay. `--readme` rewrites the table between the README's `memory-table` markers from what `--out` records.
+
+`--predictor`: predicted against measured `train` (builtin kernels) for every method on each network and
+optimizer (default: the four networks below, SGD and Adam: 48 cells), written to `--out`'s "predictor" entry with
+each cell's error and how many are within 10%. `--runtime-base`: the RSS growth of loading and running a trivial
+model, the predictor's `RUNTIME_BASE_BYTES`.
+
+A benchmark, not a test: each export takes from seconds to minutes; ProxylessNAS-Mobile's FT-Full export needs
+about 5 GB.
 """
 
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from transfer import git_commit, portable_command  # noqa: E402  (the sibling benchmark script)
 
-TARGET_RATIO, TARGET_VS_ANALYTIC, TARGET_FILE = 6.5, 1.5, 1.3
+PREDICTOR_NETWORKS = ("mcunet-5fps@128", "proxyless-w0.3@128", "mbv2-w0.35@128", "proxylessnas-mobile@224")
 MODES = {"builtin": False, "xnnpack": True}
+WITHIN = 0.10  # the predictor's target: |predicted / measured - 1| at most this
+README_BEGIN, README_END = "<!-- memory-table: begin -->", "<!-- memory-table: end -->"
 
 
-def measure_one(model, frozen_params, steps, timeout, optimizer):
-    """Everything the table reports about one exported model (MB), plus its static peak for --verbose."""
-    from tinytl_tf.contract import SIGNATURE_INFER, SIGNATURE_TRAIN, model_json_path
-    from tinytl_tf.export import export_model
+def network(text):
+    """'name@resolution' -> (name, resolution)."""
+    name, _, res = text.partition("@")
+    if not res.isdigit():
+        raise argparse.ArgumentTypeError(f"expected NAME@RESOLUTION such as mcunet-5fps@128, got {text!r}")
+    return name, int(res)
+
+
+def exported(net, classes, methods, optimizer, tmp):
+    """(method, its NetConfig, path of its exported model) per method, exported one at a time into `tmp`."""
+    from tinytl_tf.jobs.memory import export_for_measuring, method_models
+
+    name, res = net
+    for method, model in method_models(name, res, classes, methods):
+        path = Path(tmp) / f"{method}.tflite"
+        t0 = time.time()
+        export_for_measuring(model, path, optimizer)
+        yield method, model.net_config, path, time.time() - t0
+        path.unlink()
+
+
+def measure_one(path, steps, timeout):
+    """Everything the default table reports about one exported model (MB), plus its static peak for --verbose."""
+    from tinytl_tf.contract import SIGNATURE_INFER, SIGNATURE_TRAIN
     from tinytl_tf.memory.analytic import MB
     from tinytl_tf.memory.measure import dynamic_memory, static_memory
 
-    with tempfile.TemporaryDirectory(prefix="tinytl-bench-") as tmp:
-        path = Path(tmp) / "model.tflite"
-        t0 = time.time()
-        export_model(model, path, optimizer=optimizer)
-        row = {"export_s": time.time() - t0}
-        static = static_memory(path)
-        weights = json.loads(Path(model_json_path(path)).read_text())["weights"]
-        stored = sum(int(np.prod(w["shape"])) for w in weights if w["kind"] in ("trainable", "slot"))
-        row.update(
-            static_peak_mb=static.peak_activation_bytes / MB,
-            variables_mb=static.variable_bytes / MB,
-            constants_mb=static.constant_bytes / MB,
-            tflite_mb=static.file_bytes / MB,
-            tflite_budget_mb=(frozen_params + 4 * stored) / MB,
-        )
-        for mode, xnnpack in MODES.items():
-            for signature in (SIGNATURE_TRAIN, SIGNATURE_INFER):
-                row[f"{signature}_{mode}_mb"] = dynamic_memory(path, signature, steps, timeout, xnnpack=xnnpack) / MB
+    static = static_memory(path)
+    row = {
+        "static_peak_mb": static.peak_activation_bytes / MB,
+        "variables_mb": static.variable_bytes / MB,
+        "constants_mb": static.constant_bytes / MB,
+        "tflite_mb": static.file_bytes / MB,
+    }
+    for mode, xnnpack in MODES.items():
+        for signature in (SIGNATURE_TRAIN, SIGNATURE_INFER):
+            row[f"{signature}_{mode}_mb"] = dynamic_memory(path, signature, steps, timeout, xnnpack=xnnpack) / MB
     return row, static
-
-
-def targets(rows):
-    """The three targets from TinyTL-L+B's and FT-Full's rows (None where a method was not measured)."""
-    by = {r["method"]: r for r in rows}
-    lb, full = by.get("tinytl-lb"), by.get("ft-full")
-    out = {}
-    if lb and full:
-        for mode in MODES:
-            ratio = full[f"train_{mode}_mb"] / lb[f"train_{mode}_mb"]
-            out[f"ft_full_over_lb_{mode}"] = {
-                "value": ratio,
-                "target": f">= {TARGET_RATIO}",
-                "met": ratio >= TARGET_RATIO,
-            }
-    if lb:
-        for mode in MODES:
-            ratio = lb[f"train_{mode}_mb"] / lb["analytic_mb"]
-            out[f"lb_over_analytic_{mode}"] = {
-                "value": ratio,
-                "target": f"<= {TARGET_VS_ANALYTIC}",
-                "met": ratio <= TARGET_VS_ANALYTIC,
-            }
-        ratio = lb["tflite_mb"] / lb["tflite_budget_mb"]
-        out["lb_tflite_over_budget"] = {"value": ratio, "target": f"<= {TARGET_FILE}", "met": ratio <= TARGET_FILE}
-    return out
 
 
 def print_static(method, static, top):
@@ -98,50 +94,43 @@ def print_static(method, static, top):
         print(f"      {p.bytes / 1e6:8.3f} MB  {p.dtype:<8}{str(list(p.shape)):<22}{p.producer:<24}{p.name[:70]}")
 
 
-def run_backbone(name, args):
-    from tinytl_tf.memory import method_table
-    from tinytl_tf.memory.measure import method_models
+def run_network(net, optimizer, args):
+    from tinytl_tf.memory import method_table, predict_train
 
-    analytic = {r["method"]: r for r in method_table(name, args.resolution, 1, args.classes, methods=args.methods)}
+    name, res = net
+    analytic = {r["method"]: r for r in method_table(name, res, 1, args.classes, methods=args.methods)}
     rows, statics = [], {}
-    print(
-        f"\n{name} @{args.resolution}px, batch 1, {args.classes} classes, {args.optimizer}, lite residuals on every "
-        f"method",
-        flush=True,
-    )
+    print(f"\n{name} @{res}px, batch 1, {args.classes} classes, {optimizer}, lite branches on every method", flush=True)
     head = (
-        f"{'method':<13}{'analytic':>9}{'static':>8}{'vars':>8}{'consts':>8}{'train':>8}{'infer':>8}"
-        f"{'train+X':>9}{'infer+X':>9}{'tflite':>8}{'budget':>8}{'export s':>9}"
+        f"{'method':<13}{'analytic':>9}{'predict':>9}{'train':>8}{'infer':>8}{'train+X':>9}{'infer+X':>9}"
+        f"{'static':>8}{'vars':>8}{'consts':>8}{'tflite':>8}{'export s':>9}"
     )
-    print(
-        f"{head}\n"
-        f"{'MB; train/infer = RSS delta with builtin kernels, +X = with XNNPACK':>{len(head)}}\n"
-        f"{'-' * len(head)}"
-    )
-    for method, model in method_models(name, args.resolution, args.classes, args.methods, weights_dir=args.weights_dir):
-        a = analytic[method]
-        row, static = measure_one(model, a["frozen_params"], args.steps, args.timeout, args.optimizer)
-        row = {
-            "method": method,
-            "analytic_mb": a["total_mb"],
-            "analytic_params_mb": a["params_mb"],
-            "analytic_activations_mb": a["activations_mb"],
-            "trainable_params": a["trainable_params"],
-            "frozen_params": a["frozen_params"],
-            **row,
-        }
-        rows.append(row)
-        statics[method] = static
-        print(
-            f"{method:<13}{row['analytic_mb']:>9.2f}{row['static_peak_mb']:>8.2f}{row['variables_mb']:>8.2f}"
-            f"{row['constants_mb']:>8.2f}{row['train_builtin_mb']:>8.2f}{row['infer_builtin_mb']:>8.2f}"
-            f"{row['train_xnnpack_mb']:>9.2f}{row['infer_xnnpack_mb']:>9.2f}{row['tflite_mb']:>8.2f}"
-            f"{row['tflite_budget_mb']:>8.2f}{row['export_s']:>9.0f}",
-            flush=True,
-        )
-    goals = targets(rows)
-    for key, t in goals.items():
-        print(f"  target {key}: {t['value']:.2f} (want {t['target']}) {'met' if t['met'] else 'MISSED'}")
+    note = "MB; train/infer = RSS growth, builtin kernels; +X = with XNNPACK"
+    print(f"{head}\n{note:>{len(head)}}\n{'-' * len(head)}")
+    with tempfile.TemporaryDirectory(prefix="tinytl-bench-") as tmp:
+        for method, cfg, path, seconds in exported(net, args.classes, args.methods, optimizer, tmp):
+            a = analytic[method]
+            measured, static = measure_one(path, args.steps, args.timeout)
+            row = {
+                "method": method,
+                "analytic_mb": a["total_mb"],
+                "analytic_params_mb": a["params_mb"],
+                "analytic_activations_mb": a["activations_mb"],
+                "predicted_train_mb": predict_train(cfg, optimizer).total_mb,
+                "trainable_params": a["trainable_params"],
+                "frozen_params": a["frozen_params"],
+                "export_s": seconds,
+                **measured,
+            }
+            rows.append(row)
+            statics[method] = static
+            print(
+                f"{method:<13}{row['analytic_mb']:>9.2f}{row['predicted_train_mb']:>9.2f}{row['train_builtin_mb']:>8.2f}"
+                f"{row['infer_builtin_mb']:>8.2f}{row['train_xnnpack_mb']:>9.2f}{row['infer_xnnpack_mb']:>9.2f}"
+                f"{row['static_peak_mb']:>8.2f}{row['variables_mb']:>8.2f}{row['constants_mb']:>8.2f}"
+                f"{row['tflite_mb']:>8.2f}{row['export_s']:>9.0f}",
+                flush=True,
+            )
     if args.verbose:
         print("largest tensors alive at the static peak of `train`:")
         for method, static in statics.items():
@@ -149,26 +138,136 @@ def run_backbone(name, args):
     return {
         "command": portable_command("python benchmarks/memory.py", args.argv),
         "commit": git_commit(),
-        "optimizer": args.optimizer,
-        "resolution": args.resolution,
+        "network": name,
+        "resolution": res,
+        "optimizer": optimizer,
         "classes": args.classes,
+        "steps": args.steps,
         "rows": rows,
-        "targets": goals,
         "peak_by_op_mb": {m: {k: v / 1e6 for k, v in s.peak_by_op.items()} for m, s in statics.items()},
     }
 
 
+def run_predictor(args):
+    """Predicted vs measured `train` (builtin kernels) per network, optimizer and method."""
+    from tinytl_tf.memory import predict_train
+    from tinytl_tf.memory.analytic import MB
+    from tinytl_tf.memory.measure import dynamic_memory
+
+    cells = []
+    print(f"{'network':<26}{'optimizer':<10}{'method':<14}{'predicted':>10}{'measured':>10}{'error':>8}", flush=True)
+    for net in args.networks:
+        for optimizer in args.optimizers:
+            with tempfile.TemporaryDirectory(prefix="tinytl-bench-") as tmp:
+                for method, cfg, path, _ in exported(net, args.classes, args.methods, optimizer, tmp):
+                    measured = dynamic_memory(path, "train", args.steps, args.timeout) / MB
+                    predicted = predict_train(cfg, optimizer).total_mb
+                    cell = {
+                        "network": f"{net[0]}@{net[1]}",
+                        "optimizer": optimizer,
+                        "method": method,
+                        "predicted_train_mb": predicted,
+                        "measured_train_mb": measured,
+                        "error": predicted / measured - 1,
+                    }
+                    cells.append(cell)
+                    print(
+                        f"{cell['network']:<26}{optimizer:<10}{method:<14}{predicted:>10.2f}{measured:>10.2f}"
+                        f"{100 * cell['error']:>+7.1f}%",
+                        flush=True,
+                    )
+    within = sum(abs(c["error"]) <= WITHIN for c in cells)
+    print(f"within {100 * WITHIN:.0f}%: {within} of {len(cells)} cells")
+    return {
+        "command": portable_command("python benchmarks/memory.py", args.argv),
+        "commit": git_commit(),
+        "classes": args.classes,
+        "steps": args.steps,
+        "within": WITHIN,
+        "cells_within": within,
+        "cells": cells,
+    }
+
+
+def runtime_base(steps, timeout):
+    """RSS growth (bytes, as `dynamic_memory` counts it) of a trivial model: one variable, one multiply-add."""
+    import tensorflow as tf
+
+    from tinytl_tf.memory.measure import dynamic_memory
+
+    class Trivial(tf.Module):
+        def __init__(self):
+            self.v = tf.Variable(tf.zeros([8]))
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 8], tf.float32, name="x")])
+        def train(self, x):
+            self.v.assign(self.v + tf.reduce_sum(x, 0))
+            return {"y": x * 2.0}
+
+    module = Trivial()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.train.get_concrete_function()], module)
+    converter.experimental_enable_resource_variables = True
+    with tempfile.TemporaryDirectory(prefix="tinytl-bench-") as tmp:
+        path = Path(tmp) / "trivial.tflite"
+        path.write_bytes(converter.convert())
+        return [dynamic_memory(path, "serving_default", steps, timeout) for _ in range(3)]
+
+
+def readme_table(report):
+    """Markdown table of the recorded runs: per network and optimizer, each method's measured train step (MB) with
+    the analytic total and the prediction in brackets."""
+    runs = report.get("runs", {})
+    if not runs:
+        return "(no runs recorded)"
+    methods = list(dict.fromkeys(r["method"] for e in runs.values() for r in e["rows"]))
+    lines = [
+        "| network, optimizer | " + " | ".join(methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
+    for e in runs.values():
+        by = {r["method"]: r for r in e["rows"]}
+        cells = [
+            f"{by[m]['train_builtin_mb']:.1f} ({by[m]['analytic_mb']:.1f} / {by[m]['predicted_train_mb']:.1f})"
+            if m in by
+            else ""
+            for m in methods
+        ]
+        lines.append(f"| {e['network']}@{e['resolution']}, {e['optimizer']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "Each cell: measured LiteRT train step, MB (analytic total / predicted); batch 1, builtin kernels, "
+        f"{next(iter(runs.values()))['classes']} classes, lite branches on every method. Commits: "
+        + ", ".join(sorted({e["commit"][:8] for e in runs.values()}))
+        + "."
+    )
+    return "\n".join(lines)
+
+
+def rewrite_readme(path, report):
+    from tinytl_tf.atomic import atomic_write
+
+    text = Path(path).read_text()
+    pattern = re.compile(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"error: {path} has no {README_BEGIN} ... {README_END} block to rewrite")
+    new = pattern.sub(lambda m: f"{README_BEGIN}\n{readme_table(report)}\n{README_END}", text)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(new))
+
+
 def main(argv=None):
+    from tinytl_tf.export import OPTIMIZERS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbones", nargs="+", default=["mobilenet-v1", "proxylessnas-mobile"])
-    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--networks", nargs="+", type=network, help="NAME@RESOLUTION (default: see the modes)")
+    p.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
     p.add_argument("--classes", type=int, default=102)
     p.add_argument("--methods", nargs="+", default=None)
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="the exported optimizer (default adam)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--timeout", type=float, default=900)
-    p.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (default: $TINYTL_WEIGHTS_DIR)")
     p.add_argument("--out", default="docs/memory.json")
+    p.add_argument("--readme", help="rewrite the table between this README's memory-table markers")
+    p.add_argument("--predictor", action="store_true", help="predicted vs measured train memory (see above)")
+    p.add_argument("--runtime-base", action="store_true", help="measure the RSS growth of a trivial model")
     p.add_argument("--verbose", action="store_true", help="print the largest tensors alive at each static peak")
     p.add_argument("--top", type=int, default=8, help="tensors per method with --verbose (default 8)")
     args = p.parse_args(argv)
@@ -176,15 +275,33 @@ def main(argv=None):
 
     from tinytl_tf.atomic import atomic_write
 
+    if args.runtime_base:
+        growth = runtime_base(args.steps, args.timeout)
+        print("RSS growth of a trivial model, bytes: " + ", ".join(str(g) for g in growth))
+        return
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.exists() else {}
-    if report.get("batch_size") != 1 or not isinstance(report.get("backbones"), dict):
-        report = {"batch_size": 1, "backbones": {}}
+    report.setdefault("batch_size", 1)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for name in args.backbones:
-        report["backbones"][name] = {**run_backbone(name, args), "steps": args.steps}
+
+    def save():
         atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+
+    if args.predictor:
+        args.networks = args.networks or [network(n) for n in PREDICTOR_NETWORKS]
+        report["predictor"] = run_predictor(args)
+        save()
+    else:
+        args.networks = args.networks or [("proxylessnas-mobile", 224), ("mcunet-5fps", 128)]
+        runs = report.setdefault("runs", {})
+        for net in args.networks:
+            for optimizer in args.optimizers:
+                runs[f"{net[0]}@{net[1]} {optimizer}"] = run_network(net, optimizer, args)
+                save()
     print(f"\nwrote {out}")
+    if args.readme:
+        rewrite_readme(args.readme, report)
+        print(f"rewrote the memory table in {args.readme}")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def result_row(model, metrics, measure):
         "train_seconds": metrics["train_seconds"],
     }
     if measure:
-        from tinytl_tf.memory.measure import measure_model
+        from tinytl_tf.jobs.memory import measure_model
 
         row["measured"] = measure_model(model)
     return row

@@ -631,7 +631,7 @@ def train_run(spec, data, state, label_smoothing, lr_phase=False):
 
 def measure_run(spec, data):
     """LiteRT memory of the network `spec` trains, exported with its method's trainable set (batch 1)."""
-    from tinytl_tf.memory.measure import measure_model
+    from tinytl_tf.jobs.memory import measure_model
 
     base, _ = pretrained(spec)
     model = transfer_model(base, spec, folder_split(data.tree).class_names)

@@ -9,7 +9,7 @@ import pytest
 
 from tinytl_tf import cli
 from tinytl_tf.backbones import registry
-from tinytl_tf.memory import method_table
+from tinytl_tf.memory import method_table, predicted_table
 from tinytl_tf.supernet import space
 
 
@@ -48,7 +48,11 @@ def test_one_registry_entry_adds_a_backbone(fictional, capsys):
     assert cli.main(["memory", "--backbone", "fictional", "--json", "--methods", "tinytl-lb"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["backbone"], r["method"]) for r in rows] == [("fictional", "tinytl-lb")]
-    assert rows == method_table("fictional", methods=["tinytl-lb"])
+    (predicted,) = predicted_table("fictional", methods=["tinytl-lb"])
+    assert rows == [
+        {**r, "predicted_train_mb": predicted.total_mb, "optimizer": "adam"}
+        for r in method_table("fictional", methods=["tinytl-lb"])
+    ]
     spec = space.super_spec(fictional, "fictional", (32, 48))
     assert space.memory_mb(spec, space.backbone_arch(spec)) > 0
 

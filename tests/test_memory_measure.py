@@ -345,6 +345,7 @@ def test_cli_measures_a_small_backbone(capsys):
         (["--resolution", "31"], "resolution"),
         (["--resolution", "32"], "cannot take 32 px"),
         (["--timeout", "0"], "timeout"),
+        (["--frozen-bits", "16"], "8 or 32"),
     ],
 )
 def test_cli_bad_input_exits_2(capsys, extra, message):

@@ -122,7 +122,7 @@ def cmd_evaluate(args):
 def cmd_memory(args):
     if args.model:
         return _measure_file(args)
-    from tinytl_tf.memory import format_table, method_table, plot_breakdown
+    from tinytl_tf.memory import format_table, method_table, plot_breakdown, predicted_table
 
     rows = method_table(
         args.backbone,
@@ -133,6 +133,19 @@ def cmd_memory(args):
         frozen_bits=args.frozen_bits,
         methods=args.methods,
     )
+    # the engine stores frozen kernels in 8 or 32 bits; 16 is the analytic model's alone
+    engine_bits = args.frozen_bits if args.frozen_bits in (8, 32) else None
+    predicted = predicted_table(
+        args.backbone,
+        args.resolution,
+        args.num_classes,
+        [r["method"] for r in rows],
+        lite_for_all=not args.no_lite_for_all,
+        optimizer=args.optimizer,
+        frozen_bits=engine_bits or 8,
+    )
+    for row, p in zip(rows, predicted):
+        row.update(predicted_train_mb=p.total_mb if engine_bits else None, optimizer=args.optimizer)
     if args.measure:
         _add_measurements(args, rows)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
@@ -158,7 +171,8 @@ def _measure_file(args):
 
 def _add_measurements(args, rows):
     """Export each method's model and add its LiteRT figures (batch 1) to its row; progress goes to stderr."""
-    from tinytl_tf.memory.measure import MeasurementError, measure_methods
+    from tinytl_tf.jobs.memory import measure_methods
+    from tinytl_tf.memory.measure import MeasurementError
 
     def progress(method, index, total, stage):
         print(f"[{index + 1}/{total}] {method}: {stage}...", file=sys.stderr, flush=True)
@@ -173,6 +187,8 @@ def _add_measurements(args, rows):
             args.weights_dir,
             timeout=args.timeout,
             progress=progress,
+            optimizer=args.optimizer,
+            frozen_bits=args.frozen_bits,
         )
     except MeasurementError as e:  # the LiteRT process could not run here: a setup problem, reported as such
         raise ChildProcessError(str(e)) from None
@@ -376,8 +392,18 @@ def build_parser():
         action="store_true",
         help="lite residuals only on TinyTL-L/L+B, as `train` builds them (the paper gives every method them)",
     )
+    m.add_argument(
+        "--optimizer",
+        choices=("adam", "sgd"),
+        default="adam",
+        help="the exported model's optimizer, for the predicted and measured figures (default adam, as export)",
+    )
     m.add_argument("--json", action="store_true", help="print the rows as JSON")
-    m.add_argument("--plot", metavar="OUT.png", help="also write a bar chart of parameter vs activation memory")
+    m.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        help="also write a bar chart: parameter vs activation memory, with --measure the measured LiteRT figures",
+    )
     m.add_argument(
         "--methods", nargs="+", metavar="METHOD", help=f"only these methods (default all: {', '.join(METHODS)})"
     )
@@ -431,6 +457,8 @@ def check_arguments(args):
             raise ValueError(f"unknown transfer method {args.method!r}; valid: {', '.join(METHODS)}")
         if args.subnet is None:
             get_backbone(args.backbone)
+    if args.command == "memory" and args.measure and args.frozen_bits == 16:
+        raise ValueError("--measure exports frozen kernels in 8 or 32 bits; pass --frozen-bits 8 or 32")
     if args.command == "memory" and args.model:
         if not Path(args.model).is_file():
             raise FileNotFoundError(f"no model file at {args.model}; pass a .tflite written by `export` or `train`")

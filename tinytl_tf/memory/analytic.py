@@ -320,23 +320,34 @@ def method_table(
 
 
 def format_table(rows):
-    """A plain-text table of `method_table` rows."""
+    """A plain-text table of `method_table` rows; with `predicted_train_mb` / `measured_train_mb` in the rows (the
+    `memory` command adds them) a column each: the engine's LiteRT training step at batch 1."""
+    engine = [
+        (k, t) for k, t in (("predicted_train_mb", "predicted"), ("measured_train_mb", "measured")) if k in rows[0]
+    ]
     head = f"{'method':<14}{'params MB':>11}{'activations MB':>16}{'total MB':>10}{'trainable':>12}"
+    head += "".join(f"{t:>11}" for _, t in engine)
     lines = []
     if rows:
         r0 = rows[0]
-        lines.append(f"{r0['backbone']}, {r0['resolution']} px, batch {r0['batch_size']}")
+        title = f"{r0['backbone']}, {r0['resolution']} px, batch {r0['batch_size']}"
+        if engine:
+            title += f"; predicted/measured: LiteRT train step, batch 1, {r0.get('optimizer', 'adam')}"
+        lines.append(title)
     lines += [head, "-" * len(head)]
     for r in rows:
-        lines.append(
+        line = (
             f"{r['method']:<14}{r['params_mb']:>11.3f}{r['activations_mb']:>16.2f}{r['total_mb']:>10.2f}"
             f"{r['trainable_params']:>12,}"
         )
+        line += "".join(f"{r[k]:>11.2f}" if r.get(k) is not None else f"{'-':>11}" for k, _ in engine)
+        lines.append(line)
     return "\n".join(lines)
 
 
 def plot_breakdown(rows, path):
-    """Write a PNG bar chart of parameter vs activation memory per method (stacked, MB), like the paper's Fig. 1."""
+    """Write a PNG bar chart of parameter vs activation memory per method (stacked, MB), like the paper's Fig. 1;
+    rows with `measured_train_mb` get a measured bar beside (LiteRT, batch 1)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -350,16 +361,25 @@ def plot_breakdown(rows, path):
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     try:
         x = range(len(rows))
-        ax.bar(x, params, label="parameters", color="#4c72b0")
-        ax.bar(x, acts, bottom=params, label="activations", color="#dd8452")
-        for i, r in enumerate(rows):
+        measured = all("measured_train_mb" in r for r in rows)
+        width, shift = (0.4, 0.2) if measured else (0.8, 0.0)
+        left = [i - shift for i in x]
+        ax.bar(left, params, width, label="parameters (analytic)", color="#4c72b0")
+        ax.bar(left, acts, width, bottom=params, label="activations (analytic)", color="#dd8452")
+        for i, r in zip(left, rows):
             ax.text(i, r["total_mb"], f"{r['total_mb']:.1f}", ha="center", va="bottom", fontsize=8)
+        if measured:
+            right = [i + shift for i in x]
+            values = [r["measured_train_mb"] for r in rows]
+            ax.bar(right, values, width, label="measured (LiteRT, batch 1)", color="#55a868")
+            for i, v in zip(right, values):
+                ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(list(x))
         ax.set_xticklabels(names, rotation=20, ha="right")
         ax.set_ylabel("training memory (MB)")
         r0 = rows[0]
         ax.set_title(f"{r0['backbone']}, {r0['resolution']} px, batch {r0['batch_size']}")
-        ax.set_ylim(0, max(r["total_mb"] for r in rows) * 1.12)
+        ax.set_ylim(0, max(max(r["total_mb"], r.get("measured_train_mb") or 0) for r in rows) * 1.12)
         ax.legend()
         fig.tight_layout()
         fig.savefig(path, format="png")

@@ -27,13 +27,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tinytl_tf import tflite_model
-from tinytl_tf.contract import METHODS, SIGNATURE_INFER, SIGNATURE_TRAIN, model_json_path
-from tinytl_tf.memory.analytic import MB, check_fits, method_config
+from tinytl_tf.contract import SIGNATURE_INFER, SIGNATURE_TRAIN, model_json_path
+from tinytl_tf.memory.analytic import MB
 
 PROBE = Path(__file__).with_name("probe.py")
 PROC_STATUS = "/proc/self/status"
@@ -199,7 +198,8 @@ def static_memory(tflite, signature=SIGNATURE_TRAIN, top=12):
     )
 
 
-def _check_can_run():
+def check_can_measure():
+    """A MeasurementError saying what to install or where to run, when this machine cannot run the probe."""
     if not os.path.exists(PROC_STATUS):
         raise MeasurementError(
             "measuring memory needs Linux /proc/self/status (VmRSS, VmHWM), which this system "
@@ -212,7 +212,8 @@ def _check_can_run():
         )
 
 
-def _check_run_args(steps, timeout, num_threads=1):
+def check_run_args(steps, timeout, num_threads=1):
+    """A ValueError for a bad step count, timeout or thread count, before any process starts."""
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if not isinstance(timeout, (int, float)) or not timeout > 0:
@@ -223,13 +224,13 @@ def _check_run_args(steps, timeout, num_threads=1):
 
 def probe_memory(tflite_path, signature=SIGNATURE_TRAIN, steps=3, timeout=300, num_threads=1, xnnpack=DEFAULT_XNNPACK):
     """The memory points of a fresh process running `steps` calls of `signature` (dict of bytes, see probe.py)."""
-    _check_run_args(steps, timeout, num_threads)
+    check_run_args(steps, timeout, num_threads)
     path = Path(tflite_path)
     with open(path, "rb") as f:  # a missing file is the caller's OSError, before any subprocess
         head = f.read(8)
     if head[4:8] != b"TFL3":
         raise tflite_model.NotATFLiteModel(f"{path} is not a TFLite flatbuffer (the file identifier 'TFL3' is missing)")
-    _check_can_run()
+    check_can_measure()
     cmd = [
         sys.executable,
         str(PROBE),
@@ -317,66 +318,6 @@ def measure_file(path, steps=3, timeout=300, xnnpack=DEFAULT_XNNPACK):
     except (ValueError, AttributeError):
         method = None
     return {"method": method or path.name, "model": str(path), **measure_tflite(path, steps, timeout, xnnpack)}
-
-
-def measure_model(model, steps=3, timeout=300, workdir=None, xnnpack=DEFAULT_XNNPACK, progress=None):
-    """`measure_tflite` of a Keras TinyTL model, exported first (`tinytl_tf.export.export_model`) into a temporary
-    folder under `workdir`. `progress(stage)` is called with "exporting" and "measuring"."""
-    from tinytl_tf.export import export_model
-
-    _check_run_args(steps, timeout)
-    _check_can_run()  # before minutes of exporting
-    with tempfile.TemporaryDirectory(dir=workdir, prefix="tinytl-measure-") as tmp:
-        path = Path(tmp) / "model.tflite"
-        if progress:
-            progress("exporting")
-        export_model(model, path)
-        if progress:
-            progress("measuring")
-        return measure_tflite(path, steps, timeout, xnnpack)
-
-
-def method_models(backbone, resolution=None, num_classes=102, methods=None, lite_for_all=True, weights_dir=None):
-    """(method, Keras model) per transfer method on one loaded backbone (pretrained weights where they exist).
-
-    `lite_for_all` gives every method the lite residual branches, as the paper's memory table (and
-    `tinytl_tf.memory.method_table`) does, so each model is the network its analytic row describes.
-    """
-    methods = list(methods or METHODS)
-    for m in methods:
-        check_fits(method_config(backbone, m, resolution, num_classes, lite_residual=True if lite_for_all else None))
-    from tinytl_tf.backbones import load_backbone
-    from tinytl_tf.transfer import prepare_transfer
-
-    base = load_backbone(backbone, resolution, weights_dir)
-    for m in methods:
-        yield m, prepare_transfer(base, m, num_classes, lite_residual=True if lite_for_all else None)
-
-
-def measure_methods(
-    backbone,
-    resolution=None,
-    num_classes=102,
-    methods=None,
-    lite_for_all=True,
-    weights_dir=None,
-    steps=3,
-    timeout=300,
-    xnnpack=DEFAULT_XNNPACK,
-    progress=None,
-):
-    """`measure_model` of every method's model (see `method_models`): a list of dicts with "method" first.
-
-    `progress(method, index, total, stage)` is called as each one is exported and measured.
-    """
-    methods = list(methods or METHODS)
-    rows = []
-    for i, (m, model) in enumerate(
-        method_models(backbone, resolution, num_classes, methods, lite_for_all, weights_dir)
-    ):
-        report = (lambda stage, m=m, i=i: progress(m, i, len(methods), stage)) if progress else None
-        rows.append({"method": m, **measure_model(model, steps, timeout, xnnpack=xnnpack, progress=report)})
-    return rows
 
 
 def format_measured(rows, analytic_batch=1):
