@@ -275,9 +275,9 @@ class ElasticMBBlock(MBBlock):
         d = self.depthwise(e, kernel_size=self.block.kernel)
         return tf.reduce_mean(e, [0, 1, 2]), tf.reduce_mean(d, [0, 1, 2])
 
-    def static_weights(self, kernel, mid, lite_kernel, lite_groups, lite=1):
+    def static_weights(self, kernel, mid, lite_kernel, lite_groups, with_lite=True):
         """{path relative to the block: array} of the plain `MBBlock` of this sub-block (see `BlockConfig`), no
-        lite branch when `lite` is 0; the mean compensation is folded into the depthwise and projection biases."""
+        lite branch unless `with_lite`; the mean compensation is folded into the depthwise and projection biases."""
         e, d, p, lite = self.expand, self.depthwise, self.project, self.lite
         project = _numpy(p.kernel)
         dropped = _numpy(self.mid_mean)[mid:] @ project[0, 0, mid:]
@@ -301,7 +301,7 @@ class ElasticMBBlock(MBBlock):
         )
         for name, layer in (("norm1", lite.norm1), ("norm2", lite.norm2)):
             weights.update({f"lite/{name}/gamma": _numpy(layer.gamma), f"lite/{name}/beta": _numpy(layer.beta)})
-        return weights if lite else {k: v for k, v in weights.items() if not k.startswith("lite/")}
+        return weights if with_lite else {k: v for k, v in weights.items() if not k.startswith("lite/")}
 
     def get_config(self):
         return {

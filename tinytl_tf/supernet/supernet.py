@@ -258,7 +258,7 @@ class SuperNet(keras.Model):
         for j, p in enumerate(active_slots(self.spec, arch), start=1):
             mid = mid_channels(self.spec.slots[p], arch.expands[p])
             weights = self.slot_blocks[p].static_weights(
-                arch.kernels[p], mid, arch.lite_kernels[p], arch.lite_groups[p], lite=arch.lites[p]
+                arch.kernels[p], mid, arch.lite_kernels[p], arch.lite_groups[p], with_lite=bool(arch.lites[p])
             )
             arrays.update({f"block_{j}/{path}": a for path, a in weights.items()})
         return load_weights_by_path(model, arrays)
