@@ -605,3 +605,34 @@ def test_fine_tuning_at_chance_warns_on_stderr(capsys):
         _warn_at_chance(accuracy, 10)
         err = capsys.readouterr().err
         assert err.startswith("warning:") and err.count("\n") == 1 and "10.0% for 10 classes" in err
+
+
+def test_winner_not_predicted_to_beat_the_fixed_baseline_warns(spec, capsys):
+    from tinytl_tf.supernet.search import _report_comparison
+
+    winner = space.smallest_arch(spec)
+    baseline = {"backbone": "mcunet-5fps", "config": {}, "resolution": 128, "predicted_accuracy": 0.8}
+    baseline["holdout_accuracy"] = 0.7
+    baseline["predicted_memory_mb"] = 5.0
+    _report_comparison(winner, 0.75, 0.72, 1.0, baseline, 5.0)
+    err = capsys.readouterr().err
+    assert "fixed baseline: mcunet-5fps TinyTL-L+B at 128 px; predicted accuracy 80.0%" in err
+    assert "warning: the searched sub-net is not predicted to beat the fixed baseline (75.0% against 80.0%)" in err
+    _report_comparison(winner, 0.85, 0.72, 1.0, baseline, 5.0)
+    assert "warning" not in capsys.readouterr().err
+    _report_comparison(winner, 0.85, 0.65, 1.0, baseline, 5.0)
+    assert "measures below it on the held-out images (65.0% against 70.0%)" in capsys.readouterr().err
+
+
+def test_predictor_ranking_worse_than_a_baseline_says_what_the_search_optimises():
+    from tinytl_tf.supernet.search import _ranking_note
+
+    rankers = {
+        "predictor": {"spearman": 0.2, "kendall": 0.1},
+        "predicted_memory": {"spearman": 0.6, "kendall": 0.45},
+        "resolution": {"spearman": None, "kendall": None},
+    }
+    note = _ranking_note({"rankers": rankers, "objective": "predicted_memory", "test_pairs": 20})
+    assert "predictor Spearman 0.200 / Kendall 0.100" in note and "resolution undefined" in note
+    assert "ranks worse than predicted_memory alone, so the search maximises predicted_memory" in note
+    assert "ranks worse" not in _ranking_note({"rankers": rankers, "objective": "predictor", "test_pairs": 20})

@@ -94,7 +94,7 @@ def cmd_search(args):
             elastic_width=args.elastic_width or None,
             measure=not args.no_measure,
         )
-    print(json.dumps({k: v for k, v in subnet.items() if k not in ("spec", "search", "predictor")}, indent=2))
+    print(json.dumps({k: v for k, v in subnet.items() if k not in ("spec", "search")}, indent=2))
 
 
 def cmd_evaluate(args):
