@@ -636,3 +636,22 @@ def test_predictor_ranking_worse_than_a_baseline_says_what_the_search_optimises(
     assert "predictor Spearman 0.200 / Kendall 0.100" in note and "resolution undefined" in note
     assert "ranks worse than predicted_memory alone, so the search maximises predicted_memory" in note
     assert "ranks worse" not in _ranking_note({"rankers": rankers, "objective": "predictor", "test_pairs": 20})
+
+
+def test_evolution_starts_from_the_given_subnets(spec):
+    from tinytl_tf.supernet.evolution import evolve
+
+    budget = space.memory_mb(spec, space.backbone_arch(spec))  # the backbone at 128 px
+    fixed = space.fixed_baseline(spec, budget)
+    assert fixed.resolution == 128
+
+    def only_the_baseline_scores(archs):  # the search must keep what it was seeded with
+        return np.array([1.0 if a == fixed else 0.0 for a in archs])
+
+    run = evolve(
+        spec, only_the_baseline_scores, budget, population=8, generations=2, seed=1, verbose=0, initial=(fixed,)
+    )
+    assert run.arch == fixed and run.score == 1.0
+    over = dataclasses.replace(space.backbone_arch(spec), resolution=max(spec.resolutions))
+    assert space.memory_mb(spec, over) > budget  # an over-budget seed is left out
+    assert evolve(spec, only_the_baseline_scores, budget, population=8, generations=1, verbose=0, initial=(over,))

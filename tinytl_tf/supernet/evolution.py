@@ -133,24 +133,32 @@ def evolve(
     seed=0,
     state_path=None,
     verbose=1,
+    initial=(),
 ):
     """The best sub-net of `spec` (a SuperSpec or a JointSpace of several) within `budget_mb` by
     `score(list of Arch) -> array` (higher is better).
 
     With `state_path`, the state after each generation is written there atomically and a later call with the
-    same settings resumes from it (asking for more `generations` continues the search)."""
+    same settings resumes from it (asking for more `generations` continues the search). `initial`: sub-nets
+    the first population starts with (the fixed baseline, so the winner is never predicted below it)."""
     joint = space.JointSpace(spec) if isinstance(spec, space.SuperSpec) else spec
     check_budget(joint, budget_mb)
     if population < 4 or generations < 1:
         raise ValueError(f"the search needs population >= 4 and generations >= 1 (got {population}, {generations})")
+    initial = [a for a in initial if joint.memory_mb(a) <= budget_mb][:population]
     settings = _settings(joint, budget_mb, population, seed, parent_ratio, mutate_prob)
+    if initial:
+        settings["initial"] = [a.to_dict() for a in initial]
     fits = _Fits(joint, budget_mb)
     rng = np.random.default_rng(seed)
     if state_path is not None and Path(state_path).exists():
         done, pop, rng.bit_generator.state, history, best = _load_state(state_path, settings, joint)
     else:
         done, history, best = 0, (), None
-        pop = [_draw_until_fits(fits, lambda: joint.sample(rng), "random sub-net") for _ in range(population)]
+        pop = initial + [
+            _draw_until_fits(fits, lambda: joint.sample(rng), "random sub-net")
+            for _ in range(population - len(initial))
+        ]
     n_parents = max(2, int(round(population * parent_ratio)))
     n_mutated = (population - n_parents) // 2
     bar = keras.utils.Progbar(

@@ -7,7 +7,8 @@
     3. fit the accuracy predictor on most pairs; its rank correlation on the rest against two baselines (the
        predicted memory alone, the resolution alone); the search optimises whichever ranks best
                                                             -> OUT/predictor.keras, OUT/predictor.json
-    4. evolve the best sub-net under the memory budget      -> OUT/evolution.json
+    4. evolve the best sub-net under the memory budget, from a population that starts with the fixed baseline
+       (so the winner is never predicted below it)          -> OUT/evolution.json
     5. the winner next to the fixed baseline (the default backbone with TinyTL-L+B at the largest resolution within
        the budget), both measured on the 20%; a warning when the winner is not predicted to beat it
     6. the winner exported and its LiteRT train step measured (unless turned off); a warning when it is over the
@@ -361,6 +362,8 @@ def search_job(
         predictor, report = _predictor(out, joint, archs, accuracies, seed, predictor_epochs)
     _progress(_ranking_note(report))
     objective = _objective(report, predictor, joint)
+    reference = DEFAULT_BACKBONE if DEFAULT_BACKBONE in joint.specs else joint.backbones[0]
+    fixed = space.fixed_baseline(joint.specs[reference], budget_mb)
     with phases("evolution", f"{generations} generations of {population} under {budget_mb} MB"):
         result = evolve(
             joint,
@@ -371,6 +374,7 @@ def search_job(
             seed=seed,
             state_path=out / EVOLUTION_FILE,
             verbose=verbose,
+            initial=() if fixed is None else (fixed,),
         )
     winner = result.arch
 
@@ -378,7 +382,7 @@ def search_job(
         return holdout_accuracy(nets[arch.backbone], holdouts[arch.backbone], arch)
 
     with phases("compare", "measuring the winner and the fixed baseline on the held-out images"):
-        baseline = _baseline(joint, budget_mb, predictor, measured)
+        baseline = _baseline(joint, reference, fixed, predictor, measured)
         winner_holdout = measured(winner)
     predicted = float(predict_accuracy(predictor, joint, [winner])[0])
     _report_comparison(winner, predicted, winner_holdout, result.memory_mb, baseline, budget_mb)
@@ -423,11 +427,9 @@ def search_job(
     return subnet
 
 
-def _baseline(joint, budget_mb, predictor, measured):
-    """The fixed baseline (`space.fixed_baseline` of the default backbone, else the first) as a subnet.json entry;
-    None for its arch when it fits the budget at none of the resolutions."""
-    backbone = DEFAULT_BACKBONE if DEFAULT_BACKBONE in joint.specs else joint.backbones[0]
-    arch = space.fixed_baseline(joint.specs[backbone], budget_mb)
+def _baseline(joint, backbone, arch, predictor, measured):
+    """The fixed baseline `arch` (`space.fixed_baseline` of the default backbone, else the first; None when it fits
+    the budget at none of the resolutions) as a subnet.json entry."""
     if arch is None:
         return {"backbone": backbone, "config": None, "note": f"{backbone} fits the budget at no searched resolution"}
     return {
