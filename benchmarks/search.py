@@ -18,13 +18,16 @@ data set's classes, and B2 = 60% of B1. Per data set and budget:
   memory   the fixed baseline exported and its LiteRT train step measured at batch 1 (the searched sub-net's is
            the search's own measurement of the same architecture)
 
-The compute plan (2 CPU cores), from the quick run's rates scaled to the image counts; about 11 hours in all:
-  CIFAR-10 (4,000 + 1,000 held-out images): super-nets 3 x 5 epochs ~35 min, 500 pairs ~60 min, predictor and
-    evolution ~5 min per budget; training 2 x 2 x 20 epochs of 5,000 images ~2 h; measurements ~10 min.  (~3.7 h)
-  Stanford Cars (about 5,200 + 1,300): ~45 + 75 + 10 min of search, ~2.5 h of training.                  (~4.7 h)
-  Caltech-101 (about 2,450 + 600): ~20 + 35 + 10 min of search (about 65 min: over an hour unless the pair
-    count drops), ~1.2 h of training.                                                                    (~2.5 h)
-The search budget and the training rate come from one function each, so the study needs no tuning run.
+The compute plan (2 shared CPU cores), from rates measured on the embedded data: super-net fine-tuning ~80 ms per
+image and epoch for the three backbones together at 64-96 px, ~200 ms at 96-160 px (scaled by pixels); measuring a
+sub-net ~14 ms per held-out image at 96-160 px; tracing a super-net at five resolutions ~7 min for training and again
+for evaluation per backbone; TinyTL-L+B training ~60 images/s at 128 px. About 20 hours in all:
+  CIFAR-10 (4,000 + 1,000 held-out images): super-nets ~70 min + ~40 min of tracing, 500 pairs ~2 h, predictor,
+    evolution and the winners' measurements ~15 min; training 2 models x 2 budgets x 20 epochs ~1.9 h.   (~5.7 h)
+  Stanford Cars (~5,200 + 1,300): ~90 + 40 min, pairs ~2.5 h, ~15 min; training ~2.4 h.                   (~7.3 h)
+  Caltech-101 (~4,900 + 1,200): ~80 + 40 min, pairs ~2.4 h, ~15 min; training ~2.3 h.                    (~7.0 h)
+The Caltech-101 search alone is then ~4.5 hours, far over an hour: the pairs and the super-net epochs dominate;
+fewer pairs (--pairs in `search`), fewer super-net epochs and fewer resolutions (each one is traced) are the levers.
 
 Every step is keyed (`search/<data>/<budget>`, `train/<data>/<budget>/<model>`, `memory/...`) and recorded in
 OUT/results.json atomically as soon as it finishes; running the script again skips finished steps, and an
