@@ -130,15 +130,26 @@ def budgets_mb(class_names):
     return {name: round(reference * fraction, 3) for name, fraction in BUDGETS}
 
 
+SHARED_PHASES = ("supernet/", "pairs/", "predictor")
+
+
 def _share_search(first, folder):
-    """A budget's search folder that reuses the data set's first one's super-nets, pairs and predictor."""
+    """A budget's search folder that reuses the data set's first one's super-nets, pairs and predictor (and their
+    wall times; the budget's own phases are timed afresh)."""
+    from tinytl_tf.supernet.search import PHASES_FILE
+
     folder.mkdir(parents=True, exist_ok=True)
     for item in first.iterdir():
         target = folder / item.name
-        if item.is_dir() and not target.exists():
+        if target.exists():
+            continue
+        if item.is_dir():
             target.symlink_to(os.path.relpath(item, folder))
-        elif item.name.startswith(("predictor.", "phases.")) and not target.exists():
+        elif item.name.startswith("predictor."):
             target.write_bytes(item.read_bytes())
+        elif item.name == PHASES_FILE:
+            shared = {k: v for k, v in json.loads(item.read_text()).items() if k.startswith(SHARED_PHASES)}
+            target.write_text(json.dumps(shared, indent=2))
 
 
 def search_step(plan, tree, folder, budget):
