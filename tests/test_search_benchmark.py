@@ -29,7 +29,8 @@ def test_budgets_are_the_reference_networks_predicted_memory_and_60_percent():
 
     budgets = bench.budgets_mb([f"c{i}" for i in range(10)])
     reference = predicted_memory_mb(method_config(backbone_config("mcunet-5fps"), "tinytl-lb", 10, resolution=128))
-    assert budgets == {"B1": round(reference, 3), "B2": round(0.6 * reference, 3)}
+    assert budgets["B1"] - 0.001 < reference <= budgets["B1"]  # the reference fits its own budget
+    assert budgets["B2"] - 0.001 < 0.6 * reference <= budgets["B2"]
     assert bench.budgets_mb([f"c{i}" for i in range(102)])["B1"] > budgets["B1"]  # a larger head
 
 
