@@ -1,174 +1,449 @@
-"""Feature-extractor adaptation vs the fixed backbone at the same training-memory budget.
+"""Feature-extractor adaptation against the fixed backbone at the same memory budget: the study behind docs/SEARCH.md.
 
-    python benchmarks/search.py --data DIR --budget-mb 2.0 [--backbone mcunet-5fps]
-        [--resolutions 96 112 128 144 160] [--search-epochs 5 --pairs 500 --population 100 --generations 100]
-        [--epochs 3 --batch-size 8 --lr 3e-3] [--no-measure] [--work runs/bench_search] [--out docs/search.json]
+    python benchmarks/search.py --data-root DIR [--datasets NAME ...] [--work runs/search-study]
+    python benchmarks/search.py --report                   # regenerate docs/SEARCH.md from docs/search/results.json
+    python benchmarks/search.py --quick --out DIR          # the whole study in miniature on the embedded caltech10
 
-1. `search` on the training images (super-net fine-tuning on 80%, sub-nets measured on the other 20%, predictor,
-   evolution under the budget), then `train --subnet`: the searched sub-net fine-tuned with TinyTL-L+B on the
-   whole training split.
-2. The fixed pretrained backbone with TinyTL-L+B at the largest of the same resolutions that fits the budget.
-Both report test accuracy, analytic training memory (TinyTL-L+B, batch 1) and, unless --no-measure, the LiteRT
-figures of the exported model (`tinytl_tf.memory.measure`); plus the predictor's rank correlation on unseen
-pairs. Every phase resumes from --work. Prepare the data first (SOURCE holds the Caltech-101 tar files):
-`python -m tinytl_tf.caltech prepare SOURCE DIR`.
+The data sets are cut as the accuracy study cuts them (benchmarks/transfer.py; DIR holds the same archives):
+CIFAR-10's first 500 training images per class and its full test split, Stanford Cars' fixed 80/20 split of the
+official training half, Caltech-101's official split. Per data set, two budgets: B1, the predicted train-step memory
+(`tinytl_tf.supernet.space.predicted_memory_mb`: batch 1, Adam) of mcunet-5fps with TinyTL-L+B at 128 px for the
+data set's classes, and B2 = 60% of B1. Per data set and budget:
+  search   `search` over every backbone with pretrained MB weights at 96-160 px (5 super-net epochs, 500 pairs,
+           population 100 x 100 generations); the super-nets, pairs and predictor are shared by the two budgets
+           of a data set, the evolution, the comparison and the winner's LiteRT measurement are per budget
+  train    the searched sub-net and the fixed baseline (mcunet-5fps TinyTL-L+B at the largest searched resolution
+           within the budget; none when it fits at none) fine-tuned with TinyTL-L+B on the whole training split
+           with the same epochs (20), batch (8) and learning rate (train's TinyTL-L+B default); test top-1
+  memory   the fixed baseline exported and its LiteRT train step measured at batch 1 (the searched sub-net's is
+           the search's own measurement of the same architecture)
+
+The compute plan (2 shared CPU cores), from rates measured on the embedded data: super-net fine-tuning ~80 ms per
+image and epoch for the three backbones together at 64-96 px, ~200 ms at 96-160 px (scaled by pixels); measuring a
+sub-net ~14 ms per held-out image at 96-160 px; tracing a super-net at five resolutions ~7 min for training and again
+for evaluation per backbone; TinyTL-L+B training ~60 images/s at 128 px. About 20 hours in all:
+  CIFAR-10 (4,000 + 1,000 held-out images): super-nets ~70 min + ~40 min of tracing, 500 pairs ~2 h, predictor,
+    evolution and the winners' measurements ~15 min; training 2 models x 2 budgets x 20 epochs ~1.9 h.   (~5.7 h)
+  Stanford Cars (~5,200 + 1,300): ~90 + 40 min, pairs ~2.5 h, ~15 min; training ~2.4 h.                   (~7.3 h)
+  Caltech-101 (~4,900 + 1,200): ~80 + 40 min, pairs ~2.4 h, ~15 min; training ~2.3 h.                    (~7.0 h)
+The Caltech-101 search alone is then ~4.5 hours, far over an hour: the pairs and the super-net epochs dominate;
+fewer pairs (--pairs in `search`), fewer super-net epochs and fewer resolutions (each one is traced) are the levers.
+
+Every step is keyed (`search/<data>/<budget>`, `train/<data>/<budget>/<model>`, `memory/...`) and recorded in
+OUT/results.json atomically as soon as it finishes; running the script again skips finished steps, and an
+interrupted search resumes inside its own folder under WORK. The report is regenerated after every step and by
+--report; a step that is not in the JSON shows as not run, never as a number. No absolute path is recorded.
 """
 
 import argparse
+import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from transfer import portable_path  # noqa: E402  (the sibling benchmark script)
+ROOT = Path(__file__).resolve().parents[1]
+for folder in (ROOT, ROOT / "benchmarks"):
+    if str(folder) not in sys.path:  # run as a script from a checkout; transfer.py is the sibling study
+        sys.path.insert(0, str(folder))
+
+import transfer as study  # noqa: E402
+
+from tinytl_tf.atomic import atomic_write  # noqa: E402
+
+SCRIPT = "python benchmarks/search.py"
+FORMAT = "tinytl_tf/search-results-v1"
+DEFAULT_OUT = ROOT / "docs" / "search"
+DEFAULT_DOC = ROOT / "docs" / "SEARCH.md"
+DEFAULT_WORK = ROOT / "runs" / "search-study"
+REFERENCE = ("mcunet-5fps", 128)  # the budget's reference network: backbone, resolution
+BUDGETS = (("B1", 1.0), ("B2", 0.6))  # name, fraction of the reference's predicted memory
+QUICK_NAME = "caltech10"
 
 
-def fixed_backbone_resolution(backbone, num_classes, resolutions, budget_mb):
-    """The largest of `resolutions` at which the backbone's TinyTL-L+B memory (batch 1) fits the budget."""
-    from tinytl_tf.memory import method_config, training_memory
-
-    fitting = [
-        r
-        for r in resolutions
-        if training_memory(method_config(backbone, "tinytl-lb", r, num_classes)).total_mb <= budget_mb
-    ]
-    if not fitting:
-        raise ValueError(
-            f"the fixed {backbone} fits {budget_mb} MB at none of {list(resolutions)} px; raise the "
-            f"budget or add smaller resolutions"
-        )
-    return max(fitting)
-
-
-def trained(run, data, train, model_dir, **kwargs):
-    """`train_job` into `model_dir`, or its metrics when that run already finished."""
-    metrics = Path(model_dir) / "metrics.json"
-    if metrics.exists():
-        from tinytl_tf.train import load_trained
-
-        return load_trained(Path(model_dir) / "model.keras"), json.loads(metrics.read_text())
-    return train(data, out=model_dir, verbose=run.verbose, **kwargs)
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    datasets: tuple = tuple(study.DATASETS)
+    resolutions: tuple = (96, 112, 128, 144, 160)
+    search_epochs: int = 5
+    search_lr: float = 3e-3
+    pairs: int = 500
+    population: int = 100
+    generations: int = 100
+    predictor_epochs: int = 200
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float | None = None  # None: train's TinyTL-L+B default, for both models
+    quick: bool = False
 
 
-def result_row(model, metrics, measure):
-    from tinytl_tf.memory import training_memory
+QUICK_PLAN = Plan(
+    datasets=(QUICK_NAME,),
+    resolutions=(64, 96),
+    search_epochs=2,
+    pairs=30,
+    population=12,
+    generations=5,
+    predictor_epochs=50,
+    epochs=2,
+    quick=True,
+)
 
-    cfg = model.net_config
-    row = {
-        "test_accuracy": metrics["test_accuracy"],
-        "resolution": cfg.resolution,
-        "blocks": len(cfg.blocks),
-        "analytic_memory_mb": training_memory(cfg).total_mb,
-        "trainable_params": metrics["trainable_params"],
-        "total_params": metrics["total_params"],
-        "train_seconds": metrics["train_seconds"],
+
+class Records:
+    """OUT/results.json: finished steps by key, each rewritten atomically as soon as it finishes."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.runs = {}
+        if self.path.exists():
+            data = json.loads(self.path.read_text())
+            if data.get("format") != FORMAT:
+                raise ValueError(f"{self.path} is not a results file of benchmarks/search.py; pass another --out")
+            self.runs = data["runs"]
+
+    def get(self, key):
+        return self.runs.get(key)
+
+    def add(self, key, record):
+        self.runs[key] = record
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"format": FORMAT, "runs": self.runs}, indent=1)
+        atomic_write(self.path, lambda p: Path(p).write_text(text))
+
+
+def _progress(message):
+    print(f"[search study] {message}", file=sys.stderr, flush=True)
+
+
+def budgets_mb(class_names):
+    """{budget name: MB}: the reference network's predicted train-step memory for these classes, and 60% of it."""
+    from tinytl_tf.backbones import backbone_config
+    from tinytl_tf.methods import method_config
+    from tinytl_tf.supernet.space import predicted_memory_mb
+
+    backbone, resolution = REFERENCE
+    cfg = method_config(backbone_config(backbone), "tinytl-lb", len(class_names), resolution=resolution)
+    reference = predicted_memory_mb(cfg)
+    # rounded up to the kB: B1 must admit the reference network itself
+    return {name: math.ceil(reference * fraction * 1000) / 1000 for name, fraction in BUDGETS}
+
+
+SHARED_PHASES = ("supernet/", "pairs/", "predictor")
+
+
+def _share_search(first, folder):
+    """A budget's search folder that reuses the data set's first one's super-nets, pairs and predictor (and their
+    wall times; the budget's own phases are timed afresh)."""
+    from tinytl_tf.supernet.search import PHASES_FILE
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in first.iterdir():
+        target = folder / item.name
+        if target.exists():
+            continue
+        if item.is_dir():
+            target.symlink_to(os.path.relpath(item, folder))
+        elif item.name.startswith("predictor."):
+            target.write_bytes(item.read_bytes())
+        elif item.name == PHASES_FILE:
+            shared = {k: v for k, v in json.loads(item.read_text()).items() if k.startswith(SHARED_PHASES)}
+            target.write_text(json.dumps(shared, indent=2))
+
+
+def search_step(plan, tree, folder, budget):
+    from tinytl_tf.supernet.search import SUBNET_FILE, search_job
+
+    subnet = search_job(
+        tree,
+        None,
+        budget,
+        folder,
+        plan.resolutions,
+        plan.search_epochs,
+        plan.pairs,
+        plan.population,
+        plan.generations,
+        batch_size=plan.batch_size,
+        lr=plan.search_lr,
+        predictor_epochs=plan.predictor_epochs,
+        verbose=study.keras_verbosity(),
+    )
+    keep = ("backbone", "config", "resolution", "predicted_accuracy", "holdout_accuracy", "predicted_memory_mb")
+    return {
+        **{k: subnet[k] for k in keep},
+        **{k: subnet[k] for k in ("budget_mb", "measured", "baseline", "objective", "predictor", "phase_seconds")},
+        "search": {k: v for k, v in subnet["search"].items() if k != "data"},
+        "subnet_file": os.path.relpath(folder / SUBNET_FILE, folder.parents[1]),
     }
-    if measure:
-        from tinytl_tf.jobs.memory import measure_model
 
-        row["measured"] = measure_model(model)
-    return row
+
+def train_step(plan, tree, out, **model):
+    from tinytl_tf.data import load_image_folder
+    from tinytl_tf.train import train_job
+
+    def load_data(resolution, mean, std, batch_size):
+        return load_image_folder(tree, resolution, mean, std, batch_size, seed=0)
+
+    _, metrics = train_job(
+        tree,
+        method="tinytl-lb",
+        out=out,
+        epochs=plan.epochs,
+        batch_size=plan.batch_size,
+        lr=plan.lr,
+        load_data=load_data,
+        overwrite=True,
+        verbose=study.keras_verbosity(),
+        **model,
+    )
+    keep = ("backbone", "resolution", "epochs", "lr", "test_accuracy", "train_accuracy", "test_examples")
+    return {**{k: metrics[k] for k in keep}, "train_seconds": metrics["train_seconds"]}
+
+
+def measure_step(model_file):
+    from tinytl_tf.jobs.memory import measure_model
+    from tinytl_tf.train import load_trained
+
+    row = measure_model(load_trained(model_file), progress=lambda stage: _progress(f"  {stage}"))
+    return {k: v for k, v in row.items() if k.startswith(("measured_train", "static"))}
+
+
+def run_dataset(records, plan, name, tree, work, context):
+    """Every step of one data set, each skipped when recorded."""
+    from tinytl_tf.data import load_image_folder
+    from tinytl_tf.supernet.search import load_subnet
+
+    classes = load_image_folder(tree, 32, (0.0,) * 3, (1.0,) * 3, 1, seed=0).class_names
+    first = None
+    for budget_name, budget in budgets_mb(classes).items():
+        folder = work / "search" / name / budget_name
+        models = work / "train" / name / budget_name
+        if first is None:
+            first = folder
+        else:
+            _share_search(first, folder)
+        key = f"{name}/{budget_name}"
+        record = functools.partial(_record, records, context=context, budget=budget)
+        record(f"search/{key}", functools.partial(search_step, plan, tree, folder, budget))
+        subnet = functools.partial(load_subnet, folder / "subnet.json")
+        record(
+            f"train/{key}/searched",
+            functools.partial(train_step, plan, tree, models / "searched", backbone=None, make_model=subnet),
+        )
+        baseline = records.get(f"search/{key}")["baseline"]
+        if baseline["config"] is None:
+            continue
+        fixed = dict(backbone=baseline["backbone"], resolution=baseline["resolution"])
+        record(f"train/{key}/baseline", functools.partial(train_step, plan, tree, models / "baseline", **fixed))
+        record(f"memory/{key}/baseline", functools.partial(measure_step, models / "baseline" / "model.keras"))
+
+
+def _record(records, key, compute, context, **extra):
+    """`compute()` recorded under `key` with the run's context, unless already recorded."""
+    if records.get(key) is not None:
+        _progress(f"{key}: recorded, skipped")
+        return
+    _progress(f"{key}: running")
+    start = time.time()
+    result = compute()
+    records.add(key, {**result, **extra, "wall_seconds": round(time.time() - start, 1), **context})
+    _progress(f"{key}: done in {time.time() - start:.0f} s")
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _pct(x):
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def _mb(x):
+    return "—" if x is None else f"{x:.2f}"
+
+
+def _arch_text(config):
+    lites = sum(config["lites"])
+    return (
+        f"{config['backbone']} {config['resolution']} px, depths {'-'.join(map(str, config['depths']))}, "
+        f"{lites}/{len(config['lites'])} lite branches"
+    )
+
+
+def _rank_text(r):
+    return "—" if r["spearman"] is None else f"{r['spearman']:.2f} / {r['kendall']:.2f}"
+
+
+def report(records, plan, doc):
+    """docs/SEARCH.md from the records (numbers only from recorded steps)."""
+    title = "the embedded caltech10 (quick mode)" if plan.quick else "CIFAR-10, Stanford Cars and Caltech-101"
+    lines = [
+        "# Feature-extractor adaptation under a memory budget",
+        "",
+        f"The search (`python -m tinytl_tf search`) against the fixed backbone on {title}, generated by "
+        f"`{SCRIPT}` from its recorded runs; a dash is a step not run yet."
+        + ("" if records.runs else " No run is recorded yet (the compute plan is in the script's docstring)."),
+        "",
+        "**Search space.** The pretrained extractor (every backbone with pretrained MB weights: mcunet-5fps, "
+        "proxyless-w0.3, mbv2-w0.35), the input resolution, elastic depth (trailing blocks of a stage skipped) and "
+        "per block the lite residual branch (present or not, kernel 3 or 5, groups 2 or 4). Kernel sizes and "
+        "expand ratios stay the backbone's: cropping kernels and dropping channels destroys the features of "
+        "weights not trained as a once-for-all super-net (`search --elastic-width` turns them on).",
+        "",
+        "**Budget.** B1 is the predicted train-step memory of mcunet-5fps with TinyTL-L+B at 128 px (batch 1, Adam: "
+        "the analytic model of the paper's Sec. 3.1 plus the optimizer's two slots per trainable parameter), B2 is "
+        "60% of it. Both models are constrained by the prediction and then measured: *measured* is the memory a "
+        "fresh LiteRT process grows by over its train steps (`python -m tinytl_tf memory --model`).",
+        "",
+        "| data set | budget MB | baseline | top-1 % | pred. / meas. MB | searched sub-net | top-1 % | "
+        "pred. / meas. MB | Δ top-1 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    names = plan.datasets
+    for name in names:
+        for budget_name, _ in BUDGETS:
+            s = records.get(f"search/{name}/{budget_name}")
+            if s is None:
+                lines.append(f"| {name} | {budget_name} | — | — | — | — | — | — | — |")
+                continue
+            b, tb = s["baseline"], records.get(f"train/{name}/{budget_name}/baseline")
+            ts, mb = (
+                records.get(f"train/{name}/{budget_name}/searched"),
+                records.get(f"memory/{name}/{budget_name}/baseline"),
+            )
+            base_text = "fits at no resolution" if b["config"] is None else f"mcunet-5fps {b['resolution']} px"
+            base_acc = None if tb is None else tb["test_accuracy"]
+            base_mem = (
+                "—"
+                if b["config"] is None
+                else f"{_mb(b['predicted_memory_mb'])} / {_mb(mb and mb['measured_train_mb'])}"
+            )
+            searched_acc = None if ts is None else ts["test_accuracy"]
+            measured = s["measured"] and s["measured"]["measured_train_mb"]
+            delta = "—" if None in (base_acc, searched_acc) else f"{100 * (searched_acc - base_acc):+.1f}"
+            lines.append(
+                f"| {name} | {budget_name} {s['budget_mb']:.2f} | {base_text} | {_pct(base_acc)} | {base_mem} | "
+                f"{_arch_text(s['config'])} | {_pct(searched_acc)} | {_mb(s['predicted_memory_mb'])} / "
+                f"{_mb(measured)} | {delta} |"
+            )
+    lines += [
+        "",
+        "**Accuracy predictor** (rank correlation with the measured held-out accuracy on pairs it never saw, "
+        "Spearman / Kendall; the search optimises the best of the three rankers):",
+        "",
+        "| data set | pairs (train/test) | predictor | predicted memory alone | resolution alone | the search "
+        "optimised |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        s = records.get(f"search/{name}/B1")
+        if s is None:
+            continue
+        p = s["predictor"]
+        r = p["rankers"]
+        lines.append(
+            f"| {name} | {p['train_pairs']}/{p['test_pairs']} | {_rank_text(r['predictor'])} | "
+            f"{_rank_text(r['predicted_memory'])} | {_rank_text(r['resolution'])} | {s['objective']} |"
+        )
+    lines += ["", "**Search wall time** per phase (s; super-nets, pairs and predictor are shared by both budgets):", ""]
+    for name in names:
+        for budget_name, _ in BUDGETS:
+            s = records.get(f"search/{name}/{budget_name}")
+            if s is not None:
+                phases = ", ".join(f"{k} {v:.0f}" for k, v in s["phase_seconds"].items())
+                total = sum(s["phase_seconds"].values())
+                lines.append(f"- {name} {budget_name}: {phases} (total {total / 60:.1f} min)")
+    any_run = next(iter(records.runs.values()), None)
+    lines += [
+        "",
+        "**Recipe.** Both models of a row train with TinyTL-L+B on the whole training split for "
+        f"{plan.epochs} epochs at batch {plan.batch_size} with the same learning rate (train's TinyTL-L+B "
+        "default); the sub-net starts from its fine-tuned super-net's weights, the baseline "
+        "from the pretrained backbone. The search never reads the test split: it fine-tunes the super-nets on 80% "
+        "of the training split and measures sub-nets on the other 20%.",
+        "",
+        "**Once-for-all weights.** `export/convert_ofa.py` converts the official once-for-all checkpoint into a "
+        "super-net whose kernels and widths are elastic. It has been run only on state dicts with the official "
+        "parameter names built in its tests, not on the released checkpoint (which needs a download and PyTorch), "
+        "so no result here uses kernel or width elasticity.",
+        "",
+        "**Commands and provenance.**",
+        "",
+    ]
+    commands = sorted({r["command"] for r in records.runs.values()})
+    lines += [f"    {c}" for c in commands] or ["    (no runs recorded)"]
+    if any_run:
+        lines += ["", f"Commit {any_run['commit']}; {any_run['hardware']}."]
+    doc = Path(doc)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(doc, lambda p: Path(p).write_text("\n".join(lines) + "\n"))
+    return doc
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", help="folder with the data sets' archives or unpacked folders ($TINYTL_ASSETS/data)")
+    p.add_argument("--datasets", nargs="+", choices=tuple(study.DATASETS), help="default: all three")
+    p.add_argument("--work", help=f"working folder (default {DEFAULT_WORK.relative_to(ROOT)}; quick: OUT/work)")
+    p.add_argument("--out", help=f"results folder (default {DEFAULT_OUT.relative_to(ROOT)})")
+    p.add_argument("--doc", help="report file (default docs/SEARCH.md; with --out: OUT/SEARCH.md)")
+    p.add_argument("--report", action="store_true", help="only regenerate the report from the recorded runs")
+    p.add_argument("--quick", action="store_true", help="every step in miniature on the embedded caltech10")
+    return p
+
+
+def run(args, argv):
+    if args.quick and not args.out:
+        raise ValueError("--quick writes its miniature results into a folder of your choice: pass --out DIR")
+    plan = QUICK_PLAN if args.quick else Plan(datasets=tuple(args.datasets or study.DATASETS))
+    out = Path(args.out) if args.out else DEFAULT_OUT
+    doc = Path(args.doc) if args.doc else (out / "SEARCH.md" if args.out else DEFAULT_DOC)
+    records = Records(out / "results.json")
+    if args.report:
+        print(f"wrote {report(records, plan, doc)}")
+        return
+    work = Path(args.work) if args.work else (out / "work" if args.quick else DEFAULT_WORK)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.quick:
+        from tinytl_tf.data import default_data_dir
+
+        trees = {QUICK_NAME: default_data_dir()}
+    else:
+        root = study.data_root(args)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data root {root} does not exist; pass --data-root DIR with the archives")
+        trees = {d: study.prepare_dataset(study.DATASETS[d], root, work).tree for d in plan.datasets}
+    context = {
+        "command": study.portable_command(SCRIPT, argv),
+        "commit": study.git_commit(),
+        "hardware": study.hardware(),
+    }
+    try:
+        for name, tree in trees.items():
+            run_dataset(records, plan, name, tree, work, context)
+            report(records, plan, doc)
+    finally:
+        print(f"wrote {report(records, plan, doc)}", flush=True)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="DIR/train/<class>/ + DIR/test/<class>/")
-    p.add_argument("--backbone", default="mcunet-5fps")
-    p.add_argument("--budget-mb", type=float, required=True, help="analytic TinyTL-L+B training memory at batch 1")
-    p.add_argument("--resolutions", type=int, nargs="+", default=[96, 112, 128, 144, 160])
-    p.add_argument("--search-epochs", type=int, default=5, help="super-net fine-tuning epochs")
-    p.add_argument("--pairs", type=int, default=500)
-    p.add_argument("--population", type=int, default=100)
-    p.add_argument("--generations", type=int, default=100)
-    p.add_argument("--predictor-epochs", type=int, default=200)
-    p.add_argument("--epochs", type=int, default=3, help="TinyTL-L+B epochs of both final models")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (super-net and both final models)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-measure", action="store_true", help="skip the LiteRT memory measurement of both models")
-    p.add_argument("--work", default="runs/bench_search", help="folder for the search and both runs (resumable)")
-    p.add_argument("--out", default="docs/search.json")
-    p.add_argument("--quiet", dest="verbose", action="store_const", const=0, default=1)
-    run = p.parse_args(argv)
-
-    from tinytl_tf.atomic import atomic_write
-    from tinytl_tf.data import load_image_folder
-    from tinytl_tf.supernet.search import load_subnet, search_job
-    from tinytl_tf.train import train_job
-
-    work = Path(run.work)
-    start = time.time()
-    subnet = search_job(
-        run.data,
-        run.backbone,
-        run.budget_mb,
-        work / "search",
-        run.resolutions,
-        run.search_epochs,
-        run.pairs,
-        run.population,
-        run.generations,
-        run.seed,
-        run.batch_size,
-        run.lr,
-        predictor_epochs=run.predictor_epochs,
-        verbose=run.verbose,
-    )
-    search_seconds = time.time() - start
-
-    def load_data(resolution, mean, std, batch_size):
-        return load_image_folder(run.data, resolution, mean, std, batch_size, seed=run.seed)
-
-    train = functools.partial(
-        train_job,
-        backbone=run.backbone,
-        method="tinytl-lb",
-        epochs=run.epochs,
-        batch_size=run.batch_size,
-        lr=run.lr,
-        load_data=load_data,
-        overwrite=True,
-    )
-    searched = trained(
-        run,
-        run.data,
-        train,
-        work / "searched",
-        make_model=functools.partial(load_subnet, work / "search" / "subnet.json"),
-    )
-    resolution = fixed_backbone_resolution(
-        run.backbone, len(subnet["spec"]["base"]["labels"]), run.resolutions, run.budget_mb
-    )
-    fixed = trained(run, run.data, train, work / "fixed", resolution=resolution)
-    result = {
-        "budget_mb": run.budget_mb,
-        "backbone": run.backbone,
-        "data": portable_path(run.data),
-        "searched": {
-            **result_row(*searched, not run.no_measure),
-            "config": subnet["config"],
-            "predicted_holdout_accuracy": subnet["predicted_accuracy"],
-            "supernet_holdout_accuracy": subnet["holdout_accuracy"],
-        },
-        "fixed_backbone": {
-            **result_row(*fixed, not run.no_measure),
-            "note": "largest searched resolution whose TinyTL-L+B memory fits the budget",
-        },
-        "predictor": subnet["predictor"],
-        "settings": {
-            **{k: v for k, v in vars(run).items() if k not in ("out", "verbose")},
-            "data": portable_path(run.data),
-            "work": portable_path(run.work),
-        },
-        "search_seconds": round(search_seconds, 1),
-    }
-    Path(run.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(run.out, lambda path: Path(path).write_text(json.dumps(result, indent=2)))
-    print(json.dumps(result, indent=2))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        run(args, argv)
+    except (ValueError, OSError) as e:
+        if os.environ.get("TINYTL_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,23 +9,85 @@ import numpy as np
 import pytest
 
 from tinytl_tf.backbones import backbone_config
-from tinytl_tf.config import BlockConfig, ConfigError, ConvConfig, LiteConfig, NetConfig
-from tinytl_tf.memory import training_memory
-from tinytl_tf.methods import method_config
+from tinytl_tf.config import BlockConfig, ConfigError, ConvConfig, NetConfig
+from tinytl_tf.memory import predict_train_mb, training_memory
+from tinytl_tf.methods import TRAINABLE, method_config
 from tinytl_tf.supernet import space
 
 MB_BACKBONES = ("mcunet-5fps", "proxyless-w0.3", "mbv2-w0.35")
 RESOLUTIONS = (96, 128, 160)
 
 
-def make_spec(backbone="mcunet-5fps", resolutions=RESOLUTIONS, num_classes=10):
+def make_spec(backbone="mcunet-5fps", resolutions=RESOLUTIONS, num_classes=10, elastic_width=True):
     base = backbone_config(backbone).replace(num_classes=num_classes, dropout=0.2)
-    return space.super_spec(base, backbone, resolutions)
+    return space.super_spec(base, backbone, resolutions, elastic_width)
 
 
 @pytest.fixture(scope="module")
 def spec():
+    """The space with kernel and expand elasticity too (the one weights trained for it get), to test every gene."""
     return make_spec()
+
+
+def test_default_space_keeps_every_pretrained_kernel_and_width():
+    s = make_spec(elastic_width=False)
+    assert all((sl.kernels, sl.expands) == ((sl.kernel,), (sl.ratio,)) for sl in s.slots)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        cfg = space.subnet_config(s, space.sample(s, rng))
+        kept = {(b.kernel, b.mid, b.out) for b in cfg.blocks}
+        assert kept <= {(b.kernel, b.mid, b.out) for b in backbone_config("mcunet-5fps").blocks}
+
+
+def test_searchable_backbones_come_from_the_registry():
+    from tinytl_tf.backbones.registry import BACKBONES
+
+    names = space.searchable_backbones()
+    assert set(MB_BACKBONES) <= set(names) <= set(BACKBONES)
+    assert "proxylessnas-mobile" not in names  # no pretrained weights offline
+
+
+def test_the_search_budgets_with_the_engine_memory_predictor(spec):
+    cfg = space.subnet_config(spec, space.backbone_arch(spec))
+    adam, sgd = space.predicted_memory_mb(cfg), space.predicted_memory_mb(cfg, "sgd")
+    assert adam == pytest.approx(predict_train_mb(cfg, "adam")) and sgd == pytest.approx(predict_train_mb(cfg, "sgd"))
+    # Adam adds at least its two float slots per trainable parameter (and its update's temporaries); the runtime is
+    # counted, unlike in the paper's analytic model, which the predicted figure must exceed
+    assert adam - sgd >= 8 * training_memory(cfg).trainable_params / 1e6
+    assert sgd > training_memory(cfg).total_mb
+
+
+def test_lite_branch_absent_removes_it_and_its_genes_from_the_encoding(spec):
+    a = space.backbone_arch(spec)
+    bare = dataclasses.replace(a, lites=(0,) + a.lites[1:])
+    assert space.subnet_config(spec, bare).blocks[spec.slots[0].index].lite is None
+    assert space.memory_mb(spec, bare) < space.memory_mb(spec, a)
+    other = dataclasses.replace(bare, lite_kernels=(3 if a.lite_kernels[0] == 5 else 5,) + a.lite_kernels[1:])
+    assert np.array_equal(space.encode(spec, other), space.encode(spec, bare))
+
+
+def test_joint_space_chooses_the_backbone():
+    joint = space.JointSpace([make_spec(b, elastic_width=False) for b in MB_BACKBONES])
+    rng = np.random.default_rng(0)
+    archs = [joint.sample(rng) for _ in range(60)]
+    archs += [joint.mutate(a, rng, prob=0.5) for a in archs[:30]]
+    archs += [joint.crossover(a, b, rng) for a, b in zip(archs[:30], archs[30:60])]
+    assert {a.backbone for a in archs} == set(MB_BACKBONES)
+    for a in archs:
+        assert joint.arch_from_dict(a.to_dict()) == a
+        e = joint.encode(a)
+        assert e.shape == (joint.encoding_length(),) and e[joint.backbones.index(a.backbone)] == 1
+    assert joint.min_memory_mb() == min(space.min_memory_mb(s) for s in joint.specs.values())
+    with pytest.raises(ConfigError, match="one super-net per backbone"):
+        space.JointSpace([make_spec(), make_spec()])
+
+
+def test_fixed_baseline_is_the_largest_fitting_resolution(spec):
+    full = space.backbone_arch(spec)
+    at = {r: space.memory_mb(spec, dataclasses.replace(full, resolution=r)) for r in spec.resolutions}
+    assert space.fixed_baseline(spec, at[128]).resolution == 128
+    assert space.fixed_baseline(spec, at[160] + 1).resolution == 160
+    assert space.fixed_baseline(spec, at[96] - 0.01) is None
 
 
 # --- space -------------------------------------------------------------------------------------------------------
@@ -47,7 +109,7 @@ def test_backbone_arch_is_the_backbone(backbone):
     # TinyTL-L+B of the backbone built without the space: same network, same memory
     independent = method_config(original, "tinytl-lb", 10, resolution=128)
     assert cfg.blocks == independent.blocks and cfg.trainable == independent.trainable
-    assert space.memory_mb(s, space.backbone_arch(s)) == training_memory(independent).total_mb
+    assert space.memory_mb(s, space.backbone_arch(s)) == space.predicted_memory_mb(independent)
 
 
 def test_choices_are_capped_by_the_backbone(spec):
@@ -94,13 +156,13 @@ def test_encode_is_one_hot_and_ignores_dropped_blocks(spec):
         lite_kernels=tuple((3 if k == 5 else 5) if p == dropped else k for p, k in enumerate(shallow.lite_kernels)),
     )
     full, cut = space.encode(spec, a), space.encode(spec, shallow)
-    # one hot per kept gene: resolution + depths + 4 genes per kept slot
-    assert full.sum() == 1 + len(spec.stages) + 4 * len(spec.slots)
-    assert cut.sum() == 1 + len(spec.stages) + 4 * (len(spec.slots) - 1)
+    # one hot per kept gene: resolution + depths + 5 genes per kept slot
+    assert full.sum() == 1 + len(spec.stages) + 5 * len(spec.slots)
+    assert cut.sum() == 1 + len(spec.stages) + 5 * (len(spec.slots) - 1)
     assert np.array_equal(space.encode(spec, other_kernel), cut)  # a dropped block's genes do not matter
 
 
-def test_memory_matches_the_analytic_model_and_min_is_a_lower_bound(spec):
+def test_memory_is_the_predicted_memory_and_min_is_a_lower_bound(spec):
     rng = np.random.default_rng(1)
     floor = space.min_memory_mb(spec)
     for _ in range(30):
@@ -108,7 +170,8 @@ def test_memory_matches_the_analytic_model_and_min_is_a_lower_bound(spec):
         m = space.memory_mb(spec, a)
         assert floor <= m
         cfg = space.subnet_config(spec, a)
-        assert m == training_memory(cfg).total_mb and cfg.method == "tinytl-lb"
+        assert m == space.predicted_memory_mb(cfg) and cfg.method == "tinytl-lb"
+        assert cfg.trainable == TRAINABLE["tinytl-lb"]
         assert len(cfg.blocks) == 1 + len(space.active_slots(spec, a))
     assert floor == space.memory_mb(spec, space.smallest_arch(spec))
     assert floor < space.memory_mb(spec, space.backbone_arch(spec))
@@ -126,7 +189,7 @@ def test_subnet_config_builds_the_chosen_blocks(spec):
             out=s.out,
             mid=space.make_divisible(3 * s.in_channels),
             shortcut=s.shortcut,
-            lite=LiteConfig(kernel=3, groups=4),
+            lite=None,
         )
     assert cfg.resolution == 96 and cfg.method == "tinytl-b" and not cfg.trainable.lite_kernel
 
@@ -285,7 +348,7 @@ TINY_RESOLUTIONS = (40, 48)
 
 
 def tiny_spec():
-    return space.super_spec(TINY_MB.replace(num_classes=len(CLASSES)), "tiny-mb", TINY_RESOLUTIONS)
+    return space.super_spec(TINY_MB.replace(num_classes=len(CLASSES)), "tiny-mb", TINY_RESOLUTIONS, True)
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +379,7 @@ def searched(tmp_path_factory):
         backbone=root / "tiny-mb.npz",
         budget=round((space.min_memory_mb(s) + space.memory_mb(s, space.backbone_arch(s))) / 2, 3),
     )
-    run.args = lambda out=run.out, budget=run.budget, generations=2: [
+    run.args = lambda out=run.out, budget=run.budget, generations=2, measure=True: [
         "search",
         "--data",
         str(run.data),
@@ -338,8 +401,10 @@ def searched(tmp_path_factory):
         "10",
         "--out",
         str(out),
+        *(() if measure else ("--no-measure",)),
     ]
     assert main(run.args()) == 0
+    run.first = json.loads((run.out / "subnet.json").read_text())  # before the resume test extends the search
     return run
 
 
@@ -350,14 +415,36 @@ def test_search_writes_a_valid_subnet_within_the_budget(searched):
     out = searched.out
     d = json.loads((out / "subnet.json").read_text())
     sub = read_subnet(out / "subnet.json")
-    assert sub.supernet_path == out / "supernet.keras" and sub.supernet_path.is_file()
+    assert sub.supernet_path == out / "tiny-mb" / "supernet.keras" and sub.supernet_path.is_file()
     assert d["config"] == sub.arch.to_dict() and d["resolution"] == sub.arch.resolution in TINY_RESOLUTIONS
-    assert d["memory_mb"] == pytest.approx(space.memory_mb(sub.spec, sub.arch)) and d["memory_mb"] <= searched.budget
+    memory = d["predicted_memory_mb"]
+    assert memory == pytest.approx(space.memory_mb(sub.spec, sub.arch)) and memory <= searched.budget
+    # the winner was exported and its LiteRT train step measured, with the verdict against the budget
+    assert d["measured"]["measured_train_mb"] > 0
+    assert d["measured"]["over_budget"] == (d["measured"]["measured_train_mb"] > searched.budget)
+    # the fixed baseline beside it: the full backbone at the largest resolution within the budget
+    base = d["baseline"]
+    if base["config"] is not None:
+        assert (
+            base["config"]["depths"] == [len(st) for st in sub.spec.stages]
+            and base["predicted_memory_mb"] <= memory + searched.budget
+        )
+        assert 0.0 <= base["holdout_accuracy"] <= 1.0
+    assert set(d["phase_seconds"]) == {
+        "supernet/tiny-mb",
+        "pairs/tiny-mb",
+        "predictor",
+        "evolution",
+        "compare",
+        "measure",
+    }
+    rankers = d["predictor"]["rankers"]
+    assert set(rankers) == {"predictor", "predicted_memory", "resolution"} and d["objective"] in rankers
     assert sub.spec.base.labels == CLASSES and sub.spec.base.blocks == TINY_MB.blocks
     assert 0.0 <= d["holdout_accuracy"] <= 1.0 and isinstance(d["predicted_accuracy"], float)
     assert (d["predictor"]["train_pairs"], d["predictor"]["test_pairs"]) == (4, 2)
     assert (d["search"]["train_examples"], d["search"]["holdout_examples"]) == (72, 18)  # 80/20 of 3 x 30
-    pairs = json.loads((out / "pairs.json").read_text())["pairs"]
+    pairs = json.loads((out / "tiny-mb" / "pairs.json").read_text())["pairs"]
     assert len(pairs) == 6 and len({json.dumps(p["config"]) for p in pairs}) == 6
     assert json.loads((out / "evolution.json").read_text())["generation"] == 2
 
@@ -367,12 +454,14 @@ def test_search_resumes_without_redoing_finished_phases(searched):
     from tinytl_tf.cli import main
 
     out = searched.out
-    before = {f: (out / f).stat().st_mtime_ns for f in ("supernet.keras", "pairs.json", "predictor.keras")}
-    assert main(searched.args(generations=4)) == 0
+    before = {
+        f: (out / f).stat().st_mtime_ns for f in ("tiny-mb/supernet.keras", "tiny-mb/pairs.json", "predictor.keras")
+    }
+    assert main(searched.args(generations=4, measure=False)) == 0
     assert {f: (out / f).stat().st_mtime_ns for f in before} == before
     d = json.loads((out / "subnet.json").read_text())
     assert json.loads((out / "evolution.json").read_text())["generation"] == 4
-    assert len(d["search"]["best_per_generation"]) == 4 and d["memory_mb"] <= searched.budget
+    assert len(d["search"]["best_per_generation"]) == 4 and d["predicted_memory_mb"] <= searched.budget
 
 
 @pytest.mark.slow
@@ -489,10 +578,10 @@ def test_search_with_too_small_a_budget_names_the_smallest_memory(searched, tmp_
     from tinytl_tf.cli import main
 
     smallest = space.min_memory_mb(tiny_spec())
-    assert main(searched.args(out=tmp_path / "out", budget=round(smallest * 0.9, 3))) == 2
+    assert main(searched.args(out=tmp_path / "out", budget=round(smallest * 0.9, 3), measure=False)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and f"{smallest:.3f} MB" in err and "Traceback" not in err
-    assert not (tmp_path / "out" / "supernet.keras").exists()
+    assert not (tmp_path / "out" / "tiny-mb" / "supernet.keras").exists()
 
 
 @pytest.mark.slow
@@ -500,12 +589,12 @@ def test_same_seed_repeats_the_search_exactly(searched, tmp_path):
     """A second search from scratch with the same seed fine-tunes, measures and picks exactly as the first."""
     from tinytl_tf.cli import main
 
-    assert main(searched.args(out=tmp_path / "again")) == 0
-    first, again = (json.loads((d / "subnet.json").read_text()) for d in (searched.out, tmp_path / "again"))
+    assert main(searched.args(out=tmp_path / "again", measure=False)) == 0
+    first, again = searched.first, json.loads((tmp_path / "again" / "subnet.json").read_text())
     assert again["config"] == first["config"] and again["holdout_accuracy"] == first["holdout_accuracy"]
     assert (
-        json.loads((tmp_path / "again" / "pairs.json").read_text())["pairs"]
-        == json.loads((searched.out / "pairs.json").read_text())["pairs"]
+        json.loads((tmp_path / "again" / "tiny-mb" / "pairs.json").read_text())["pairs"]
+        == json.loads((searched.out / "tiny-mb" / "pairs.json").read_text())["pairs"]
     )
     assert again["search"]["reproducibility"] == {**first["search"]["reproducibility"], "seed": 0}
 
@@ -519,3 +608,53 @@ def test_fine_tuning_at_chance_warns_on_stderr(capsys):
         _warn_at_chance(accuracy, 10)
         err = capsys.readouterr().err
         assert err.startswith("warning:") and err.count("\n") == 1 and "10.0% for 10 classes" in err
+
+
+def test_winner_not_predicted_to_beat_the_fixed_baseline_warns(spec, capsys):
+    from tinytl_tf.supernet.search import _report_comparison
+
+    winner = space.smallest_arch(spec)
+    baseline = {"backbone": "mcunet-5fps", "config": {}, "resolution": 128, "predicted_accuracy": 0.8}
+    baseline["holdout_accuracy"] = 0.7
+    baseline["predicted_memory_mb"] = 5.0
+    _report_comparison(winner, 0.75, 0.72, 1.0, baseline, 5.0)
+    err = capsys.readouterr().err
+    assert "fixed baseline: mcunet-5fps TinyTL-L+B at 128 px; predicted accuracy 80.0%" in err
+    assert "warning: the searched sub-net is not predicted to beat the fixed baseline (75.0% against 80.0%)" in err
+    _report_comparison(winner, 0.85, 0.72, 1.0, baseline, 5.0)
+    assert "warning" not in capsys.readouterr().err
+    _report_comparison(winner, 0.85, 0.65, 1.0, baseline, 5.0)
+    assert "measures below it on the held-out images (65.0% against 70.0%)" in capsys.readouterr().err
+
+
+def test_predictor_ranking_worse_than_a_baseline_says_what_the_search_optimises():
+    from tinytl_tf.supernet.search import _ranking_note
+
+    rankers = {
+        "predictor": {"spearman": 0.2, "kendall": 0.1},
+        "predicted_memory": {"spearman": 0.6, "kendall": 0.45},
+        "resolution": {"spearman": None, "kendall": None},
+    }
+    note = _ranking_note({"rankers": rankers, "objective": "predicted_memory", "test_pairs": 20})
+    assert "predictor Spearman 0.200 / Kendall 0.100" in note and "resolution undefined" in note
+    assert "ranks worse than predicted_memory alone, so the search maximises predicted_memory" in note
+    assert "ranks worse" not in _ranking_note({"rankers": rankers, "objective": "predictor", "test_pairs": 20})
+
+
+def test_evolution_starts_from_the_given_subnets(spec):
+    from tinytl_tf.supernet.evolution import evolve
+
+    budget = space.memory_mb(spec, space.backbone_arch(spec))  # the backbone at 128 px
+    fixed = space.fixed_baseline(spec, budget)
+    assert fixed.resolution == 128
+
+    def only_the_baseline_scores(archs):  # the search must keep what it was seeded with
+        return np.array([1.0 if a == fixed else 0.0 for a in archs])
+
+    run = evolve(
+        spec, only_the_baseline_scores, budget, population=8, generations=2, seed=1, verbose=0, initial=(fixed,)
+    )
+    assert run.arch == fixed and run.score == 1.0
+    over = dataclasses.replace(space.backbone_arch(spec), resolution=max(spec.resolutions))
+    assert space.memory_mb(spec, over) > budget  # an over-budget seed is left out
+    assert evolve(spec, only_the_baseline_scores, budget, population=8, generations=1, verbose=0, initial=(over,))

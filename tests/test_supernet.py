@@ -47,7 +47,7 @@ def tiny_spec(resolutions=RESOLUTIONS, stages=2):
         num_classes=5,
         dropout=0.2,
     )
-    return super_spec(cfg, "tiny-mb", resolutions)
+    return super_spec(cfg, "tiny-mb", resolutions, elastic_width=True)
 
 
 def randomized(net, seed=0):
@@ -74,7 +74,7 @@ def tiny_net():
 def test_extracted_subnets_equal_the_active_supernet(tiny_net):
     spec, rng = tiny_net.spec, np.random.default_rng(1)
     archs = [sample(spec, rng) for _ in range(5)] + [backbone_arch(spec)]
-    seen = {g: set() for g in ("resolution", "depths", "kernels", "expands", "lite_groups", "lite_kernels")}
+    seen = {g: set() for g in ("resolution", "depths", "kernels", "expands", "lites", "lite_groups", "lite_kernels")}
     for arch in archs:
         for g in seen:
             v = getattr(arch, g)
@@ -89,6 +89,7 @@ def test_extracted_subnets_equal_the_active_supernet(tiny_net):
     # the random archs exercised every kind of choice
     assert seen["resolution"] == set(RESOLUTIONS) and seen["depths"] == {2, 3} and seen["kernels"] == {3, 5, 7}
     assert seen["expands"] == {3, 4, 6} and seen["lite_groups"] == {2, 4} and seen["lite_kernels"] == {3, 5}
+    assert seen["lites"] == {0, 1}
 
 
 def test_inputs_of_another_size_are_resized_to_the_active_resolution(tiny_net):
@@ -102,10 +103,12 @@ def test_inputs_of_another_size_are_resized_to_the_active_resolution(tiny_net):
 def test_choices_change_the_function(tiny_net):
     """Each gene reaches the computation: flipping one changes the logits."""
     base = Arch(
+        backbone="tiny-mb",
         resolution=40,
         depths=(3, 3),
         kernels=(7, 5, 7, 3, 5, 7),
         expands=(6, 6, 6, 6, 6, 6),
+        lites=(1,) * 6,
         lite_groups=(2,) * 6,
         lite_kernels=(5,) * 6,
     )
@@ -119,6 +122,7 @@ def test_choices_change_the_function(tiny_net):
         dict(expands=(3, 6, 6, 6, 6, 6)),
         dict(lite_groups=(4, 2, 2, 2, 2, 2)),
         dict(lite_kernels=(3, 5, 5, 5, 5, 5)),
+        dict(lites=(0, 1, 1, 1, 1, 1)),
     ):
         tiny_net.set_active(Arch(**{**base.__dict__, **change}))
         assert np.abs(tiny_net(x).numpy() - y).max() > 1e-4, change
@@ -202,7 +206,7 @@ def test_calibrated_subnets_keep_the_full_nets_means():
     h = net.block_0(net.stem(x))
 
     def mean(mid):
-        return tf.reduce_mean(block(h, kernel=7, mid=mid, lite_kernel=5, lite_groups=2), [0, 1, 2]).numpy()
+        return tf.reduce_mean(block(h, kernel=7, mid=mid, lite=1, lite_kernel=5, lite_groups=2), [0, 1, 2]).numpy()
 
     np.testing.assert_allclose(mean(24), mean(48), atol=1e-4)
     d = block.depthwise
@@ -352,11 +356,11 @@ def test_changing_the_active_subnet_needs_no_retrace():
     net = randomized(SuperNet(tiny_spec((32, 40), stages=1)), seed=16)
     forward = tf.function(lambda x: net(x))
     x = np.random.default_rng(16).normal(size=(1, 40, 40, 3)).astype("float32")
-    full = Arch(32, (3,), (7, 5, 7), (6,) * 3, (2,) * 3, (5,) * 3)
+    full = Arch("tiny-mb", 32, (3,), (7, 5, 7), (6,) * 3, (1,) * 3, (2,) * 3, (5,) * 3)
     archs = [
         full,
         Arch(**{**full.__dict__, "resolution": 40}),
-        Arch(40, (2,), (3, 5, 7), (3, 4, 6), (4, 2, 2), (3, 5, 5)),
+        Arch("tiny-mb", 40, (2,), (3, 5, 7), (3, 4, 6), (1, 0, 1), (4, 2, 2), (3, 5, 5)),
     ]
     outputs = []
     for arch in archs:
@@ -458,15 +462,19 @@ def _check_converted(path, sd):
     x = np.random.default_rng(12).normal(size=(24, 9, 9))
     block = net.slot_blocks[0]  # blocks.1: 24 -> 144 -> 32, stride 2
     for kernel, mid in ((7, 144), (5, 72), (3, 96)):  # mid 72 / 96: expand 3 / 4 keep once-for-all's first channels
-        got = block(x.transpose(1, 2, 0)[None].astype("float32"), kernel=kernel, mid=mid, lite_kernel=5, lite_groups=2)
+        got = block(
+            x.transpose(1, 2, 0)[None].astype("float32"), kernel=kernel, mid=mid, lite=1, lite_kernel=5, lite_groups=2
+        )
         expected = _reference_block(sd, "blocks.1.mobile_inverted_conv", x, kernel, mid, stride=2)
         np.testing.assert_allclose(got.numpy()[0].transpose(2, 0, 1), expected, atol=2e-4, rtol=1e-4)
     sub = net.extract_subnet(
         Arch(
+            backbone="ofa-proxyless-w1.3",
             resolution=160,
             depths=(2, 3, 4, 2, 3, 1),
             kernels=(3,) * 21,
             expands=(4,) * 21,
+            lites=(1,) * 21,
             lite_groups=(2,) * 21,
             lite_kernels=(3,) * 21,
         )

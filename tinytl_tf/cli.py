@@ -62,6 +62,12 @@ def cmd_train(args):
     print(json.dumps(cliargs.json_safe(metrics), indent=2, allow_nan=False))
 
 
+def _searchable_backbones():
+    from tinytl_tf.supernet.space import searchable_backbones
+
+    return searchable_backbones()
+
+
 def cmd_search(args):
     from tinytl_tf.supernet.search import search_job
 
@@ -85,6 +91,8 @@ def cmd_search(args):
             args.weights_dir,
             args.val_fraction,
             args.predictor_epochs,
+            elastic_width=args.elastic_width or None,
+            measure=not args.no_measure,
         )
     print(json.dumps({k: v for k, v in subnet.items() if k not in ("spec", "search")}, indent=2))
 
@@ -300,11 +308,16 @@ def build_parser():
     s = sub.add_parser(
         "search",
         formatter_class=_Formatter,
-        help="find the best sub-net of a super-net under a training-memory budget",
-        description="Fine-tune an elastic super-net around a pretrained MB backbone on 80%% of the training images, "
-        "measure random sub-nets on the other 20%%, fit an accuracy predictor and run an evolutionary search under a "
-        "training-memory budget (analytic TinyTL-L+B memory at batch 1). Writes OUT/subnet.json and "
-        "OUT/supernet.keras; an interrupted search resumes from OUT. Then: train --subnet OUT/subnet.json.",
+        help="find the best sub-net of pretrained backbones under a training-memory budget",
+        description="Fine-tune an elastic super-net around each pretrained MB backbone on 80%% of the training "
+        "images, measure random sub-nets on the other 20%%, fit an accuracy predictor (checked against ranking by "
+        "memory or resolution alone) and run an evolutionary search under a training-memory budget (predicted "
+        "TinyTL-L+B train-step memory at batch 1 with Adam state). The space: the backbone, the input resolution, "
+        "elastic depth (trailing blocks of a stage skipped) and per block the lite residual branch (present or "
+        "not, kernel 3/5, groups 2/4). The winner is shown next to the fixed baseline (mcunet-5fps TinyTL-L+B at "
+        "the largest resolution within the budget), then exported and its LiteRT train step measured. Writes "
+        "OUT/subnet.json and one OUT/<backbone>/supernet.keras each; an interrupted search resumes from OUT. "
+        "Then: train --subnet OUT/subnet.json.",
     )
     s.add_argument(
         "--data",
@@ -319,14 +332,27 @@ def build_parser():
     )
     s.add_argument(
         "--backbone",
-        default="mcunet-5fps",
-        help="mcunet-5fps, proxyless-w0.3, mbv2-w0.35, or a .npz from export/convert_ofa.py (default mcunet-5fps)",
+        nargs="+",
+        help="the pretrained backbones to choose from: names, or .npz files from export/convert_ofa.py (default: "
+        "every backbone with pretrained MB weights, " + ", ".join(_searchable_backbones()) + ")",
     )
     s.add_argument(
         "--budget-mb",
         type=positive_float,
         required=True,
-        help="training memory a sub-net may need (analytic TinyTL-L+B, batch 1, MB = 1e6 B)",
+        help="train-step memory a sub-net may need (predicted TinyTL-L+B at batch 1 with Adam state, MB = 1e6 B)",
+    )
+    s.add_argument(
+        "--elastic-width",
+        action="store_true",
+        help="also search kernel sizes (centre crops) and expand ratios (dropped channels). Off by default, and on "
+        "for a converted once-for-all .npz, because only weights trained as a once-for-all super-net survive it: "
+        "cropping the kernels and dropping the channels of ordinary pretrained weights destroys their features",
+    )
+    s.add_argument(
+        "--no-measure",
+        action="store_true",
+        help="skip exporting the winner and measuring its LiteRT train-step memory",
     )
     s.add_argument("--resolutions", type=count(1), nargs="+", help="input sizes to search (default 96 112 128 144 160)")
     s.add_argument("--epochs", type=count(1), default=5, help="super-net fine-tuning epochs (default 5)")
@@ -459,6 +485,10 @@ def check_arguments(args):
             get_backbone(args.backbone)
     if args.command == "memory" and args.measure and args.frozen_bits == 16:
         raise ValueError("--measure exports frozen kernels in 8 or 32 bits; pass --frozen-bits 8 or 32")
+    if args.command == "search":
+        for name in args.backbone or ():
+            if not name.endswith(".npz"):
+                get_backbone(name)
     if args.command == "memory" and args.model:
         if not Path(args.model).is_file():
             raise FileNotFoundError(f"no model file at {args.model}; pass a .tflite written by `export` or `train`")

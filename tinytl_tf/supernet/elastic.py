@@ -199,7 +199,8 @@ class ElasticLiteResidual(LiteResidual):
 @keras.saving.register_keras_serializable(package="tinytl_tf")
 class ElasticMBBlock(MBBlock):
     """One super-net slot: the backbone's MB block (`block`, at its largest kernel and expansion) + an elastic
-    lite residual, runnable as any sub-block with `call(x, kernel, mid, lite_kernel, lite_groups)`.
+    lite residual, runnable as any sub-block with `call(x, kernel, mid, lite, lite_kernel, lite_groups)` (`lite`
+    0 drops the lite branch: its output is multiplied by 0, so it gets no gradient either).
 
     Width: the sub-block keeps the first `mid` expanded channels, so `sort_channels` first orders them by
     importance. The main norms are folded per-channel affines, so replacing a channel after the depthwise
@@ -239,11 +240,12 @@ class ElasticMBBlock(MBBlock):
         )
         self.lite.build(input_shape)
 
-    def call(self, x, kernel, mid, lite_kernel, lite_groups):
+    def call(self, x, kernel, mid, lite, lite_kernel, lite_groups):
         y = self.depthwise(self.expand(x), kernel_size=kernel)
         y = tf.where(tf.range(self.block.mid) < mid, y, value(self.mid_mean))
         y = self.project(y)
-        y = y + self.lite(x, size=(y.shape[1], y.shape[2]), kernel_size=lite_kernel, groups=lite_groups)
+        branch = self.lite(x, size=(y.shape[1], y.shape[2]), kernel_size=lite_kernel, groups=lite_groups)
+        y = y + branch * tf.cast(lite, branch.dtype)
         return y + x if self.block.shortcut else y
 
     def sort_channels(self):
@@ -273,9 +275,9 @@ class ElasticMBBlock(MBBlock):
         d = self.depthwise(e, kernel_size=self.block.kernel)
         return tf.reduce_mean(e, [0, 1, 2]), tf.reduce_mean(d, [0, 1, 2])
 
-    def static_weights(self, kernel, mid, lite_kernel, lite_groups):
-        """{path relative to the block: array} of the plain `MBBlock` of this sub-block (see `BlockConfig`); the
-        mean compensation is folded into the depthwise and projection biases."""
+    def static_weights(self, kernel, mid, lite_kernel, lite_groups, with_lite=True):
+        """{path relative to the block: array} of the plain `MBBlock` of this sub-block (see `BlockConfig`), no
+        lite branch unless `with_lite`; the mean compensation is folded into the depthwise and projection biases."""
         e, d, p, lite = self.expand, self.depthwise, self.project, self.lite
         project = _numpy(p.kernel)
         dropped = _numpy(self.mid_mean)[mid:] @ project[0, 0, mid:]
@@ -299,7 +301,7 @@ class ElasticMBBlock(MBBlock):
         )
         for name, layer in (("norm1", lite.norm1), ("norm2", lite.norm2)):
             weights.update({f"lite/{name}/gamma": _numpy(layer.gamma), f"lite/{name}/beta": _numpy(layer.beta)})
-        return weights
+        return weights if with_lite else {k: v for k, v in weights.items() if not k.startswith("lite/")}
 
     def get_config(self):
         return {

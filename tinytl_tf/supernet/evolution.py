@@ -2,9 +2,9 @@
 
 Every generation keeps the top quarter of the population as parents and refills it with children, half by
 mutation (each gene resampled with probability 0.1) and half by crossover of two parents; a child over the budget
-(the analytic TinyTL-L+B memory at batch 1, `space.memory_mb`) is discarded and drawn again. All randomness comes
-from one seeded numpy generator whose state is saved with the population after every generation, so an
-interrupted search resumes to exactly the result of an uninterrupted one.
+(the predicted TinyTL-L+B train-step memory at batch 1, `space.predicted_memory_mb`) is discarded and drawn again.
+All randomness comes from one seeded numpy generator whose state is saved with the population after every
+generation, so an interrupted search resumes to exactly the result of an uninterrupted one.
 """
 
 import json
@@ -34,12 +34,14 @@ class SearchResult:
 
 
 def check_budget(spec, budget_mb):
-    """Raise BudgetTooSmall naming the smallest possible memory when no sub-net fits `budget_mb`."""
-    smallest = space.min_memory_mb(spec)
+    """Raise BudgetTooSmall naming the smallest possible memory when no sub-net of `spec` (a SuperSpec or
+    JointSpace) fits `budget_mb`."""
+    joint = space.JointSpace(spec) if isinstance(spec, space.SuperSpec) else spec
+    smallest = joint.min_memory_mb()
     if not budget_mb >= smallest:
         raise BudgetTooSmall(
-            f"budget {budget_mb} MB is below the smallest sub-net of {spec.backbone}, which needs "
-            f"{smallest:.3f} MB (analytic TinyTL-L+B training memory at batch 1); raise --budget-mb "
+            f"budget {budget_mb} MB is below the smallest sub-net of {', '.join(joint.backbones)}, which needs "
+            f"{smallest:.3f} MB (predicted TinyTL-L+B train-step memory at batch 1); raise --budget-mb "
             f"to at least that or allow smaller --resolutions"
         )
     return smallest
@@ -48,12 +50,12 @@ def check_budget(spec, budget_mb):
 class _Fits:
     """Memoised 'does this sub-net fit the budget' (the memory walk is the search's inner loop)."""
 
-    def __init__(self, spec, budget_mb):
-        self.spec, self.budget_mb, self._memory = spec, budget_mb, {}
+    def __init__(self, joint, budget_mb):
+        self.joint, self.budget_mb, self._memory = joint, budget_mb, {}
 
     def memory_mb(self, arch):
         if arch not in self._memory:
-            self._memory[arch] = space.memory_mb(self.spec, arch)
+            self._memory[arch] = self.joint.memory_mb(arch)
         return self._memory[arch]
 
     def __call__(self, arch):
@@ -67,20 +69,20 @@ def _draw_until_fits(fits, draw, what):
             return arch
     raise BudgetTooSmall(
         f"no {what} within {fits.budget_mb} MB in {MAX_DRAWS} draws; the budget leaves almost no "
-        f"sub-net (smallest: {space.min_memory_mb(fits.spec):.3f} MB), raise --budget-mb"
+        f"sub-net (smallest: {fits.joint.min_memory_mb():.3f} MB), raise --budget-mb"
     )
 
 
-def _next_population(spec, fits, parents, rng, size, n_mutated, mutate_prob):
+def _next_population(joint, fits, parents, rng, size, n_mutated, mutate_prob):
     """The parents, then `n_mutated` mutants and crossovers up to `size`, each drawn until it fits the budget."""
     n_parents = len(parents)
 
     def mutant():
-        return space.mutate(spec, parents[int(rng.integers(n_parents))], rng, mutate_prob)
+        return joint.mutate(parents[int(rng.integers(n_parents))], rng, mutate_prob)
 
     def cross():
         i, j = rng.choice(n_parents, size=2, replace=False)
-        return space.crossover(spec, parents[int(i)], parents[int(j)], rng)
+        return joint.crossover(parents[int(i)], parents[int(j)], rng)
 
     return (
         parents
@@ -93,10 +95,10 @@ def _save_state(path, state):
     atomic_write(path, lambda p: Path(p).write_text(json.dumps(state)))
 
 
-def _settings(spec, budget_mb, population, seed, parent_ratio, mutate_prob):
+def _settings(joint, budget_mb, population, seed, parent_ratio, mutate_prob):
     return {
-        "backbone": spec.backbone,
-        "resolutions": list(spec.resolutions),
+        "backbones": list(joint.backbones),
+        "resolutions": sorted({r for s in joint.specs.values() for r in s.resolutions}),
         "budget_mb": budget_mb,
         "population": population,
         "seed": seed,
@@ -105,16 +107,16 @@ def _settings(spec, budget_mb, population, seed, parent_ratio, mutate_prob):
     }
 
 
-def _load_state(path, settings, spec):
+def _load_state(path, settings, joint):
     state = json.loads(Path(path).read_text())
     if state.get("format") != STATE_FORMAT or state.get("settings") != settings:
         raise ValueError(
             f"{path} holds a search with other settings ({state.get('settings')}); delete it to "
             f"start over or repeat the original settings"
         )
-    population = [space.arch_from_dict(spec, d, f"{path}: population") for d in state["population"]]
+    population = [joint.arch_from_dict(d, f"{path}: population") for d in state["population"]]
     best = state["best"] and (
-        space.arch_from_dict(spec, state["best"]["arch"], f"{path}: best"),
+        joint.arch_from_dict(state["best"]["arch"], f"{path}: best"),
         state["best"]["score"],
     )
     return state["generation"], population, state["rng"], tuple(state["history"]), best
@@ -131,22 +133,32 @@ def evolve(
     seed=0,
     state_path=None,
     verbose=1,
+    initial=(),
 ):
-    """The best sub-net of `spec` within `budget_mb` by `score(list of Arch) -> array` (higher is better).
+    """The best sub-net of `spec` (a SuperSpec or a JointSpace of several) within `budget_mb` by
+    `score(list of Arch) -> array` (higher is better).
 
     With `state_path`, the state after each generation is written there atomically and a later call with the
-    same settings resumes from it (asking for more `generations` continues the search)."""
-    check_budget(spec, budget_mb)
+    same settings resumes from it (asking for more `generations` continues the search). `initial`: sub-nets
+    the first population starts with (the fixed baseline, so the winner is never predicted below it)."""
+    joint = space.JointSpace(spec) if isinstance(spec, space.SuperSpec) else spec
+    check_budget(joint, budget_mb)
     if population < 4 or generations < 1:
         raise ValueError(f"the search needs population >= 4 and generations >= 1 (got {population}, {generations})")
-    settings = _settings(spec, budget_mb, population, seed, parent_ratio, mutate_prob)
-    fits = _Fits(spec, budget_mb)
+    initial = [a for a in initial if joint.memory_mb(a) <= budget_mb][:population]
+    settings = _settings(joint, budget_mb, population, seed, parent_ratio, mutate_prob)
+    if initial:
+        settings["initial"] = [a.to_dict() for a in initial]
+    fits = _Fits(joint, budget_mb)
     rng = np.random.default_rng(seed)
     if state_path is not None and Path(state_path).exists():
-        done, pop, rng.bit_generator.state, history, best = _load_state(state_path, settings, spec)
+        done, pop, rng.bit_generator.state, history, best = _load_state(state_path, settings, joint)
     else:
         done, history, best = 0, (), None
-        pop = [_draw_until_fits(fits, lambda: space.sample(spec, rng), "random sub-net") for _ in range(population)]
+        pop = initial + [
+            _draw_until_fits(fits, lambda: joint.sample(rng), "random sub-net")
+            for _ in range(population - len(initial))
+        ]
     n_parents = max(2, int(round(population * parent_ratio)))
     n_mutated = (population - n_parents) // 2
     bar = keras.utils.Progbar(
@@ -160,7 +172,7 @@ def evolve(
         if best is None or scores[order[0]] > best[1]:
             best = (parents[0], float(scores[order[0]]))
         history += (best[1],)
-        pop = _next_population(spec, fits, parents, rng, population, n_mutated, mutate_prob)
+        pop = _next_population(joint, fits, parents, rng, population, n_mutated, mutate_prob)
         if state_path is not None:
             _save_state(
                 state_path,

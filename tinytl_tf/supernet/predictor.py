@@ -8,7 +8,7 @@ sub-nets in, so its quality is reported as rank correlations (Spearman, Kendall 
 import keras
 import numpy as np
 
-from tinytl_tf.supernet.space import encode
+from tinytl_tf.supernet.space import SuperSpec, encode
 
 HIDDEN_UNITS = (400, 400, 400)
 
@@ -40,8 +40,9 @@ def fit_predictor(encodings, accuracies, epochs=200, batch_size=32, lr=1e-3, see
 
 
 def predict_accuracy(model, spec, archs):
-    """Predicted accuracy of each sub-net in `archs` (float64 array)."""
-    x = np.stack([encode(spec, a) for a in archs])
+    """Predicted accuracy of each sub-net in `archs` (float64 array); `spec` encodes them (a SuperSpec, or a
+    JointSpace of several backbones)."""
+    x = np.stack([encode(spec, a) if isinstance(spec, SuperSpec) else spec.encode(a) for a in archs])
     return np.asarray(model.predict_on_batch(x), np.float64).reshape(-1)
 
 

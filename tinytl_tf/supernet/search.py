@@ -1,21 +1,29 @@
 """The `search` job (feature extractor adaptation, TinyTL Appendix A) and the `subnet.json` it writes.
 
-    1. on 80% of the training images, calibrate the super-net's mean compensation, then fine-tune it (main
-       weights frozen; biases, lite modules and the head train; one random sub-net per step; a warning when it
-       ends at or below chance)                            -> OUT/supernet.keras
-    2. measure random sub-nets on the other 20%             -> OUT/pairs.json
-    3. fit the accuracy predictor on most pairs, report its rank correlation on the rest
+    1. per backbone, on 80% of the training images: calibrate the super-net's mean compensation, then fine-tune
+       it (main weights frozen; biases, lite modules and the head train; one random sub-net per step; a warning
+       when it ends at or below chance)                    -> OUT/<backbone>/supernet.keras
+    2. per backbone, measure random sub-nets on the other 20% -> OUT/<backbone>/pairs.json
+    3. fit the accuracy predictor on most pairs; its rank correlation on the rest against two baselines (the
+       predicted memory alone, the resolution alone); the search optimises whichever ranks best
                                                             -> OUT/predictor.keras, OUT/predictor.json
-    4. evolve the best sub-net under the memory budget      -> OUT/evolution.json
-    5. the winner                                           -> OUT/subnet.json
+    4. evolve the best sub-net under the memory budget, from a population that starts with the fixed baseline
+       (so the winner is never predicted below it)          -> OUT/evolution.json
+    5. the winner next to the fixed baseline (the default backbone with TinyTL-L+B at the largest resolution within
+       the budget), both measured on the 20%; a warning when the winner is not predicted to beat it
+    6. the winner exported and its LiteRT train step measured (unless turned off); a warning when it is over the
+       budget                                               -> OUT/subnet.json
 
 Every phase's output is written atomically and a phase whose output exists is skipped (pairs and generations
-continue where they stopped), so an interrupted search resumes. The test split is never read. `train --subnet`
-(`load_subnet`) turns `subnet.json` back into a plain `TinyNet` with the fine-tuned super-net's weights.
+continue where they stopped), so an interrupted search resumes; OUT/phases.json keeps each phase's wall time.
+The test split is never read. `train --subnet` (`load_subnet`) turns `subnet.json` back into a plain `TinyNet`
+with the fine-tuned super-net's weights.
 """
 
 import json
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +33,7 @@ import numpy as np
 from tinytl_tf import data as datasets
 from tinytl_tf.atomic import atomic_write
 from tinytl_tf.backbones import backbone_config
-from tinytl_tf.config import ConfigError
+from tinytl_tf.config import ConfigError, TrainableSet
 from tinytl_tf.supernet import space
 from tinytl_tf.supernet.evolution import check_budget, evolve
 from tinytl_tf.supernet.predictor import fit_predictor, predict_accuracy, rank_correlations
@@ -34,24 +42,29 @@ from tinytl_tf.train import compile_model, distribution_scope, fit, seed_everyth
 
 HOLDOUT_FRACTION = 0.2  # of the training images, for measuring sub-nets (the paper's 80/20)
 PREDICTOR_TEST_FRACTION = 0.2  # of the pairs, never shown to the predictor
-SUBNET_FORMAT = "tinytl_tf/subnet-v1"
-PAIRS_FORMAT = "tinytl_tf/pairs-v1"
-SUPERNET_FILE, PAIRS_FILE, PREDICTOR_FILE, PREDICTOR_REPORT, EVOLUTION_FILE, SUBNET_FILE = (
+DEFAULT_BACKBONE = "mcunet-5fps"  # the fixed baseline's backbone when the search includes it
+SUBNET_FORMAT = "tinytl_tf/subnet-v2"
+PAIRS_FORMAT = "tinytl_tf/pairs-v2"
+SUPERNET_FILE, PAIRS_FILE, PREDICTOR_FILE, PREDICTOR_REPORT, EVOLUTION_FILE, SUBNET_FILE, PHASES_FILE = (
     "supernet.keras",
     "pairs.json",
     "predictor.keras",
     "predictor.json",
     "evolution.json",
     "subnet.json",
+    "phases.json",
 )
 SUBNET_REQUIRED = ("format", "backbone", "config", "resolution", "spec", "supernet")
 SUBNET_OPTIONAL = (
     "predicted_accuracy",
     "holdout_accuracy",
-    "memory_mb",
+    "predicted_memory_mb",
     "budget_mb",
-    "backbone_arch",
+    "measured",
+    "baseline",
+    "objective",
     "predictor",
+    "phase_seconds",
     "search",
 )
 
@@ -60,9 +73,43 @@ def _write_json(path, obj):
     atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2)))
 
 
+def _progress(message):
+    print(f"search: {message}", file=sys.stderr, flush=True)
+
+
+def _warn(message):
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class _Phases:
+    """Wall time per phase, summed over the runs of a resumed search, kept in OUT/phases.json."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.seconds = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    @contextmanager
+    def __call__(self, name, message):
+        _progress(f"{name}: {message}")
+        start = time.monotonic()
+        yield
+        elapsed = time.monotonic() - start
+        self.seconds[name] = round(self.seconds.get(name, 0) + elapsed, 1)
+        _write_json(self.path, self.seconds)
+        _progress(f"{name}: done in {elapsed:.0f} s")
+
+
 def _backbone_base(backbone):
-    """A backbone's NetConfig without building it (a name, or a `.npz` written by export/convert_ofa.py)."""
-    return read_weights_file(backbone)[1] if str(backbone).endswith(".npz") else backbone_config(backbone)
+    """(search-space name, NetConfig) of a backbone name or a `.npz` written by export/convert_ofa.py, without
+    building it."""
+    if str(backbone).endswith(".npz"):
+        name, cfg, _, _ = read_weights_file(backbone)
+        return name, cfg
+    return str(backbone), backbone_config(backbone)
+
+
+def _folder(backbone):
+    return Path(str(backbone)).stem if str(backbone).endswith(".npz") else str(backbone)
 
 
 def _check_counts(epochs, pairs, population, generations):
@@ -76,27 +123,26 @@ def _check_counts(epochs, pairs, population, generations):
             raise ValueError(f"--{name} must be an integer >= {low}, got {v!r}")
 
 
-def _supernet(out, backbone, base, images, resolutions, epochs, lr, label_smoothing, dropout, weights_dir, verbose):
-    """Phase 1: the super-net fine-tuned with one random sub-net per step (loaded instead when already done)."""
-    path = out / SUPERNET_FILE
+def _supernet(path, source, spec, images, epochs, lr, label_smoothing, weights_dir, verbose):
+    """Phase 1: one backbone's super-net fine-tuned with one random sub-net per step (loaded when already done)."""
     if path.exists():
         net = keras.saving.load_model(path, compile=False)
-        spec = net.spec
-        if (spec.base.blocks, spec.resolutions, spec.base.labels) != (base.blocks, resolutions, images.class_names):
+        if net.spec != spec:
             raise ValueError(
-                f"{path} is a super-net of another search ({spec.backbone}, {spec.resolutions} px, "
-                f"{len(spec.base.labels)} classes); use another --out or delete it"
+                f"{path} is a super-net of another search ({net.spec.backbone}, {net.spec.resolutions} px, "
+                f"{len(net.spec.base.labels)} classes); use another --out or delete it"
             )
         return net
-    net = SuperNet.from_backbone(
-        backbone, len(images.class_names), images.class_names, resolutions, dropout, weights_dir
-    )
+    b = spec.base
+    elastic = any(len(s.kernels) > 1 or len(s.expands) > 1 for s in spec.slots)
+    net = SuperNet.from_backbone(source, b.num_classes, b.labels, spec.resolutions, b.dropout, weights_dir, elastic)
     net.calibrate(images.train)
     if epochs:
         net.set_random_sampling(True)
         history = fit(net, images.train, epochs, lr, label_smoothing, verbose)
         net.set_random_sampling(False)
         _warn_at_chance(history.history["accuracy"][-1], len(images.class_names))
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, net.save)
     return net
 
@@ -133,9 +179,9 @@ def _pair_archs(spec, n, seed):
     return archs
 
 
-def _measure_pairs(out, net, holdout, n, seed, verbose):
-    """Phase 2: (sub-net, held-out accuracy) pairs, saved after each one."""
-    path, spec = out / PAIRS_FILE, net.spec
+def _measure_pairs(path, net, holdout, n, seed, verbose):
+    """Phase 2: one super-net's (sub-net, held-out accuracy) pairs, saved after each one."""
+    spec = net.spec
     done = json.loads(path.read_text()) if path.exists() else {"format": PAIRS_FORMAT, "seed": seed, "pairs": []}
     if done.get("format") != PAIRS_FORMAT or done.get("seed") != seed:
         raise ValueError(
@@ -148,33 +194,81 @@ def _measure_pairs(out, net, holdout, n, seed, verbose):
             done["pairs"].append({"config": arch.to_dict(), "accuracy": holdout_accuracy(net, holdout, arch)})
             _write_json(path, done)
         bar.update(i + 1)
-    return archs, np.array([p["accuracy"] for p in done["pairs"][: len(archs)]])
+    return archs, [p["accuracy"] for p in done["pairs"][: len(archs)]]
 
 
-def _predictor(out, spec, archs, accuracies, seed, epochs):
-    """Phase 3: the predictor trained on most pairs; its rank correlations on the others."""
+def baseline_scores(joint, archs):
+    """The simple rankers the predictor must beat: {name: score per sub-net}."""
+    return {
+        "predicted_memory": np.array([joint.memory_mb(a) for a in archs]),
+        "resolution": np.array([float(a.resolution) for a in archs]),
+    }
+
+
+def _predictor(out, joint, archs, accuracies, seed, epochs):
+    """Phase 3: the predictor trained on most pairs; its rank correlations on the others against the baselines,
+    and the objective the search then optimises (the best ranker by Spearman on the unseen pairs)."""
     model_path, report_path = out / PREDICTOR_FILE, out / PREDICTOR_REPORT
     if model_path.exists() and report_path.exists():
         report = json.loads(report_path.read_text())
-        if report["pairs"] == len(archs) and report["seed"] == seed:
+        if (
+            report["pairs"] == len(archs)
+            and report["seed"] == seed
+            and report.get("backbones") == list(joint.backbones)
+        ):
             return keras.saving.load_model(model_path), report
     order = np.random.default_rng([seed, 2]).permutation(len(archs))
     n_test = max(2, int(round(len(archs) * PREDICTOR_TEST_FRACTION)))
     test, train = order[:n_test], order[n_test:]
-    model = fit_predictor([space.encode(spec, archs[i]) for i in train], accuracies[train], epochs=epochs, seed=seed)
-    unseen = rank_correlations(predict_accuracy(model, spec, [archs[i] for i in test]), accuracies[test])
+    model = fit_predictor([joint.encode(archs[i]) for i in train], accuracies[train], epochs=epochs, seed=seed)
+    unseen = [archs[i] for i in test]
+    rankers = {"predictor": rank_correlations(predict_accuracy(model, joint, unseen), accuracies[test])}
+    for name, scores in baseline_scores(joint, unseen).items():
+        rankers[name] = rank_correlations(scores, accuracies[test])
+    objective = max(rankers, key=lambda k: (rankers[k]["spearman"] is not None, rankers[k]["spearman"] or 0))
     report = {
+        "backbones": list(joint.backbones),
         "pairs": len(archs),
         "seed": seed,
         "train_pairs": len(train),
         "test_pairs": len(test),
-        "spearman": unseen["spearman"],
-        "kendall": unseen["kendall"],
+        "spearman": rankers["predictor"]["spearman"],
+        "kendall": rankers["predictor"]["kendall"],
+        "rankers": rankers,
+        "objective": objective,
     }
     atomic_write(model_path, model.save)
     _write_json(report_path, report)
     (out / EVOLUTION_FILE).unlink(missing_ok=True)  # a search scored by the previous predictor
     return model, report
+
+
+def _ranking_note(report):
+    """One line on how the predictor ranks unseen pairs against the baselines, and what the search optimises."""
+    r = report["rankers"]
+
+    def fmt(name):
+        s, k = r[name]["spearman"], r[name]["kendall"]
+        return f"{name} Spearman {s:.3f} / Kendall {k:.3f}" if s is not None else f"{name} undefined"
+
+    line = f"on {report['test_pairs']} unseen pairs: " + ", ".join(fmt(n) for n in r)
+    if report["objective"] != "predictor":
+        line += (
+            f"; the predictor ranks worse than {report['objective']} alone, so the search maximises "
+            f"{report['objective']} within the budget instead of the predicted accuracy"
+        )
+    return line
+
+
+def _objective(report, predictor, joint):
+    if report["objective"] == "predictor":
+        return lambda archs: predict_accuracy(predictor, joint, archs)
+    return lambda archs: baseline_scores(joint, archs)[report["objective"]]
+
+
+def default_backbones(weights_dir=None):
+    """The registry's backbones a super-net can hold with pretrained weights (`space.searchable_backbones`)."""
+    return space.searchable_backbones(weights_dir)
 
 
 def search_job(
@@ -197,71 +291,124 @@ def search_job(
     val_fraction=None,
     predictor_epochs=200,
     verbose=1,
+    elastic_width=None,
+    measure=True,
 ):
     """Run (or resume) the search into folder `out`; returns the `subnet.json` content.
 
-    `budget_mb`: the analytic TinyTL-L+B training memory at batch 1 a sub-net may need (MB = 1e6 B);
-    `resolutions`: the input sizes to search (None: `supernet.DEFAULT_RESOLUTIONS`)."""
+    `backbone`: one name or `.npz`, or a list of them (None: every searchable backbone, `default_backbones`);
+    `budget_mb`: the predicted TinyTL-L+B train-step memory at batch 1 a sub-net may need
+    (`space.predicted_memory_mb`, MB = 1e6 B); `resolutions`: the input sizes to search (None:
+    `supernet.DEFAULT_RESOLUTIONS`); `elastic_width`: also search kernel sizes and expand ratios (None: only
+    for weights trained for it, a converted once-for-all `.npz`); `measure`: export the winner and measure its
+    LiteRT train step."""
     _check_counts(epochs, pairs, population, generations)
     resolutions = tuple(sorted(set(resolutions or DEFAULT_RESOLUTIONS)))
-    base = _backbone_base(backbone)
+    sources = [backbone] if isinstance(backbone, (str, Path)) else list(backbone or default_backbones(weights_dir))
+    bases = [_backbone_base(s) for s in sources]
     reproducibility = seed_everything(seed)
-    images = datasets.load_image_folder(
-        data,
-        max(resolutions),
-        base.input_mean,
-        base.input_std,
-        batch_size,
-        val_fraction=val_fraction,
-        seed=seed,
-        holdout_fraction=HOLDOUT_FRACTION,
-    )
-    if not images.num_holdout:
+    images = {}  # per (mean, std): the same split, normalised as each backbone expects
+    for _, cfg in bases:
+        key = (cfg.input_mean, cfg.input_std)
+        if key not in images:
+            images[key] = datasets.load_image_folder(
+                data,
+                max(resolutions),
+                cfg.input_mean,
+                cfg.input_std,
+                batch_size,
+                val_fraction=val_fraction,
+                seed=seed,
+                holdout_fraction=HOLDOUT_FRACTION,
+            )
+    first = next(iter(images.values()))
+    if not first.num_holdout:
         raise datasets.DataError(f"{data}: no training images left to hold out; every class needs at least 2")
-    # the budget check needs only the space: fail before any training
-    check_budget(
-        space.super_spec(base.replace(num_classes=len(images.class_names)), str(backbone), resolutions), budget_mb
-    )
+    specs = []
+    for (name, cfg), source in zip(bases, sources):
+        base = cfg.replace(
+            num_classes=len(first.class_names),
+            labels=tuple(first.class_names),
+            dropout=dropout,
+            trainable=TrainableSet(),
+            method=None,
+        )
+        elastic = str(source).endswith(".npz") if elastic_width is None else elastic_width
+        specs.append(space.super_spec(base, name, resolutions, elastic))
+    joint = space.JointSpace(specs)  # also rejects a backbone named twice
+    check_budget(joint, budget_mb)  # needs only the space: fail before any training
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    phases = _Phases(out / PHASES_FILE)
     scope, _ = distribution_scope(strategy)
-    with scope:
-        net = _supernet(
-            out, backbone, base, images, resolutions, epochs, lr, label_smoothing, dropout, weights_dir, verbose
+    nets, holdouts, archs, accuracies = {}, {}, [], []
+    per_backbone = [pairs // len(specs) + (i < pairs % len(specs)) for i in range(len(specs))]
+    for spec, source, n in zip(specs, sources, per_backbone):
+        folder, cfg = out / _folder(source), spec.base
+        data_b = images[(cfg.input_mean, cfg.input_std)]
+        with phases(f"supernet/{spec.backbone}", f"calibrating and fine-tuning the {spec.backbone} super-net"):
+            with scope:
+                net = _supernet(
+                    folder / SUPERNET_FILE, source, spec, data_b, epochs, lr, label_smoothing, weights_dir, verbose
+                )
+                compile_model(net, lr, 1, label_smoothing)
+        nets[spec.backbone], holdouts[spec.backbone] = net, data_b.holdout.cache()
+        with phases(f"pairs/{spec.backbone}", f"measuring {n} {spec.backbone} sub-nets on the held-out images"):
+            a, acc = _measure_pairs(folder / PAIRS_FILE, net, holdouts[spec.backbone], n, seed, verbose)
+        archs += a
+        accuracies += acc
+    accuracies = np.array(accuracies)
+    with phases("predictor", f"fitting the accuracy predictor on {len(archs)} pairs"):
+        predictor, report = _predictor(out, joint, archs, accuracies, seed, predictor_epochs)
+    _progress(_ranking_note(report))
+    objective = _objective(report, predictor, joint)
+    reference = DEFAULT_BACKBONE if DEFAULT_BACKBONE in joint.specs else joint.backbones[0]
+    fixed = space.fixed_baseline(joint.specs[reference], budget_mb)
+    with phases("evolution", f"{generations} generations of {population} under {budget_mb} MB"):
+        result = evolve(
+            joint,
+            objective,
+            budget_mb,
+            population,
+            generations,
+            seed=seed,
+            state_path=out / EVOLUTION_FILE,
+            verbose=verbose,
+            initial=() if fixed is None else (fixed,),
         )
-        compile_model(net, lr, 1, label_smoothing)
-    spec, holdout = net.spec, images.holdout.cache()
-    archs, accuracies = _measure_pairs(out, net, holdout, pairs, seed, verbose)
-    predictor, report = _predictor(out, spec, archs, accuracies, seed, predictor_epochs)
-    result = evolve(
-        spec,
-        lambda a: predict_accuracy(predictor, spec, a),
-        budget_mb,
-        population,
-        generations,
-        seed=seed,
-        state_path=out / EVOLUTION_FILE,
-        verbose=verbose,
-    )
-    reference = space.backbone_arch(spec)
+    winner = result.arch
+
+    def measured(arch):
+        return holdout_accuracy(nets[arch.backbone], holdouts[arch.backbone], arch)
+
+    with phases("compare", "measuring the winner and the fixed baseline on the held-out images"):
+        baseline = _baseline(joint, reference, fixed, predictor, measured)
+        winner_holdout = measured(winner)
+    predicted = float(predict_accuracy(predictor, joint, [winner])[0])
+    _report_comparison(winner, predicted, winner_holdout, result.memory_mb, baseline, budget_mb)
+    measurement = None
+    if measure:
+        with phases("measure", "exporting the winner and measuring its LiteRT train step"):
+            measurement = _measure_winner(nets[winner.backbone].extract_subnet(winner), budget_mb)
+    source = sources[joint.backbones.index(winner.backbone)]
     subnet = {
         "format": SUBNET_FORMAT,
-        "backbone": str(backbone),
-        "config": result.arch.to_dict(),
-        "resolution": result.arch.resolution,
-        "predicted_accuracy": result.score,
-        "holdout_accuracy": holdout_accuracy(net, holdout, result.arch),
-        "memory_mb": result.memory_mb,
+        "backbone": str(source),
+        "config": winner.to_dict(),
+        "resolution": winner.resolution,
+        "predicted_accuracy": predicted,
+        "holdout_accuracy": winner_holdout,
+        "predicted_memory_mb": result.memory_mb,
         "budget_mb": budget_mb,
-        "backbone_arch": {
-            "config": reference.to_dict(),
-            "memory_mb": space.memory_mb(spec, reference),
-            "holdout_accuracy": holdout_accuracy(net, holdout, reference),
-        },
+        "measured": measurement,
+        "baseline": baseline,
+        "objective": report["objective"],
         "predictor": report,
-        "supernet": SUPERNET_FILE,
+        "phase_seconds": dict(phases.seconds),
+        "supernet": f"{_folder(source)}/{SUPERNET_FILE}",
         "search": {
             "data": str(data),
+            "backbones": [str(s) for s in sources],
             "epochs": epochs,
             "pairs": pairs,
             "population": population,
@@ -270,14 +417,74 @@ def search_job(
             "reproducibility": reproducibility,
             "batch_size": batch_size,
             "lr": lr,
-            "train_examples": images.num_train,
-            "holdout_examples": images.num_holdout,
+            "train_examples": first.num_train,
+            "holdout_examples": first.num_holdout,
             "best_per_generation": list(result.history),
         },
-        "spec": spec.to_dict(),
+        "spec": joint.specs[winner.backbone].to_dict(),
     }
     _write_json(out / SUBNET_FILE, subnet)
     return subnet
+
+
+def _baseline(joint, backbone, arch, predictor, measured):
+    """The fixed baseline `arch` (`space.fixed_baseline` of the default backbone, else the first; None when it fits
+    the budget at none of the resolutions) as a subnet.json entry."""
+    if arch is None:
+        return {"backbone": backbone, "config": None, "note": f"{backbone} fits the budget at no searched resolution"}
+    return {
+        "backbone": backbone,
+        "config": arch.to_dict(),
+        "resolution": arch.resolution,
+        "predicted_accuracy": float(predict_accuracy(predictor, joint, [arch])[0]),
+        "holdout_accuracy": measured(arch),
+        "predicted_memory_mb": joint.memory_mb(arch),
+    }
+
+
+def _report_comparison(winner, predicted, holdout, memory, baseline, budget_mb):
+    """The winner and the fixed baseline side by side on stderr; a warning when the winner is not predicted (or
+    not measured on the held-out images) to beat the baseline."""
+    _progress(
+        f"winner: {winner.backbone} at {winner.resolution} px, depths {list(winner.depths)}, "
+        f"{sum(winner.lites)} lite branches; predicted accuracy {predicted:.1%}, held-out {holdout:.1%}, "
+        f"predicted memory {memory:.2f} MB (budget {budget_mb} MB)"
+    )
+    if baseline["config"] is None:
+        _progress(f"fixed baseline: {baseline['note']}")
+        return
+    _progress(
+        f"fixed baseline: {baseline['backbone']} TinyTL-L+B at {baseline['resolution']} px; predicted accuracy "
+        f"{baseline['predicted_accuracy']:.1%}, held-out {baseline['holdout_accuracy']:.1%}, predicted memory "
+        f"{baseline['predicted_memory_mb']:.2f} MB"
+    )
+    if predicted <= baseline["predicted_accuracy"]:
+        _warn(
+            f"the searched sub-net is not predicted to beat the fixed baseline ({predicted:.1%} against "
+            f"{baseline['predicted_accuracy']:.1%}); train the baseline instead: "
+            f"train --backbone {baseline['backbone']} --method tinytl-lb --resolution {baseline['resolution']}"
+        )
+    elif holdout < baseline["holdout_accuracy"]:
+        _warn(
+            f"the searched sub-net is predicted to beat the fixed baseline, but measures below it on the held-out "
+            f"images ({holdout:.1%} against {baseline['holdout_accuracy']:.1%})"
+        )
+
+
+def _measure_winner(model, budget_mb):
+    """The winner's exported LiteRT train step measured in a fresh process; a warning when it needs more than the
+    budget (the memory predictor was wrong for this network)."""
+    from tinytl_tf.jobs.memory import measure_model
+
+    row = measure_model(model, progress=lambda stage: _progress(f"measure: {stage}"))
+    train_mb = row["measured_train_mb"]
+    _progress(f"measure: the winner's LiteRT train step grew memory by {train_mb:.2f} MB (budget {budget_mb} MB)")
+    if train_mb > budget_mb:
+        _warn(
+            f"the winner measures {train_mb:.2f} MB in a LiteRT train step, over the {budget_mb} MB budget: "
+            f"the memory predictor the search constrains underestimated this network"
+        )
+    return {**row, "over_budget": train_mb > budget_mb}
 
 
 @dataclass(frozen=True)
@@ -344,8 +551,9 @@ def load_subnet(path, method="tinytl-lb", resolution=None, weights_dir=None, log
             f"{sub.backbone} weights instead"
         )
         b = sub.spec.base
+        elastic = any(len(s.kernels) > 1 or len(s.expands) > 1 for s in sub.spec.slots)
         net = SuperNet.from_backbone(
-            sub.backbone, b.num_classes, b.labels, sub.spec.resolutions, b.dropout, weights_dir
+            sub.backbone, b.num_classes, b.labels, sub.spec.resolutions, b.dropout, weights_dir, elastic
         )
     if net.spec != sub.spec:
         raise ConfigError(

@@ -1,12 +1,18 @@
-"""The search space of a super-net built around a pretrained MB backbone (TinyTL Appendix A). TF-free (numpy only).
+"""The search space of super-nets built around pretrained MB backbones (TinyTL Appendix A). TF-free (numpy only).
 
-The super-net's largest sub-net in every dimension is the backbone itself, so every choice is capped by what the
-backbone has: a block keeps kernels up to its own (smaller ones are centre crops), expand ratios whose channels
-fit in its own expanded channels (the first channels after the importance sort) plus its own ratio, and a stage
-keeps depths up to its length. Block 0 (no expansion) is fixed, as in once-for-all.
+The choices are the ones pretrained weights survive: the backbone itself (`JointSpace`, one super-net each), the
+input resolution, elastic depth (the trailing blocks of a stage skipped, as in once-for-all) and, per block, the
+lite residual branch (present or absent, kernel, groups), which trains from scratch anyway.
+
+Kernel-size and expand-ratio elasticity (`elastic_width`) need weights trained for it (a converted once-for-all
+checkpoint): a smaller kernel is a centre crop and a narrower expansion drops channels, which removes features the
+ordinary pretrained backbones rely on (their cropped sub-nets lost 20 points and more). When enabled, a block keeps
+kernels up to its own and expand ratios whose channels fit in its own expanded channels (the first channels after
+the importance sort) plus its own ratio. Block 0 (no expansion) is fixed, as in once-for-all.
 
 An `Arch` is one sub-net; `subnet_config` turns it into the ordinary `NetConfig` the builder, the memory model
-and the export read, so a searched sub-net needs nothing special downstream.
+and the export read, so a searched sub-net needs nothing special downstream. `predicted_memory_mb` is the one
+memory figure every budget decision of the search reads.
 """
 
 import dataclasses
@@ -14,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinytl_tf.backbones.registry import BACKBONES
 from tinytl_tf.config import ConfigError, LiteConfig, NetConfig, check_resolution, with_lite_residual
-from tinytl_tf.memory import training_memory
+from tinytl_tf.memory.predictor import predict_train
 from tinytl_tf.methods import TRAINABLE, check_method
 
 KERNELS = (3, 5, 7)
@@ -23,7 +30,34 @@ EXPANDS = (3, 4, 6)
 DEPTHS = (2, 3, 4)
 LITE_GROUPS = (2, 4)
 LITE_KERNELS = (3, 5)
-PER_SLOT_GENES = ("kernels", "expands", "lite_groups", "lite_kernels")
+LITES = (0, 1)  # lite residual branch absent / present
+PER_SLOT_GENES = ("kernels", "expands", "lites", "lite_groups", "lite_kernels")
+LITE_GENES = ("lite_groups", "lite_kernels")  # meaningless where the branch is absent
+EXPORT_OPTIMIZER = "adam"  # what `train` exports; its slots are per-trainable-parameter state
+
+
+def predicted_memory_mb(cfg, optimizer=EXPORT_OPTIMIZER):
+    """Predicted LiteRT train-step memory (MB = 1e6 B) of network `cfg` at batch 1 with `optimizer`: the engine's
+    storage rules (`tinytl_tf.memory.predictor`: variables and optimizer state, resident constants, the training
+    graph's live tensors, the runtime). Every budget decision of the search (the space's memory, the budget check,
+    the fixed baseline's resolution) reads this one function; the search still measures its winner."""
+    return predict_train(cfg, optimizer).total_mb
+
+
+def searchable_backbones(weights_dir=None):
+    """The registry's backbones a super-net can be built around with pretrained weights: MB blocks after block 0,
+    and weights that load (vendored, or in `weights_dir`)."""
+    names = []
+    for name, entry in BACKBONES.items():
+        if any(b.mid is None for b in entry.config().blocks[1:]):
+            continue
+        try:
+            _, arrays = entry.load(weights_dir)
+        except (OSError, ValueError):
+            continue
+        if arrays is not None:
+            names.append(name)
+    return names
 
 
 def make_divisible(value, divisor=8):
@@ -104,8 +138,9 @@ class SuperSpec:
             raise ConfigError(f"super-net spec: malformed ({type(e).__name__}: {e})") from None
 
 
-def super_spec(base_cfg, backbone, resolutions):
-    """The space of the super-net around `base_cfg` (a backbone config that already has the new head)."""
+def super_spec(base_cfg, backbone, resolutions, elastic_width=False):
+    """The space of the super-net around `base_cfg` (a backbone config that already has the new head); with
+    `elastic_width`, kernel sizes and expand ratios too (see the module docstring for why only then)."""
     resolutions = tuple(sorted(set(resolutions)))
     if not resolutions:
         raise ConfigError("resolutions: give at least one input size")
@@ -123,7 +158,9 @@ def super_spec(base_cfg, backbone, resolutions):
         if not b.shortcut or not stages:
             stages.append([])
         stages[-1].append(len(slots))
-        expands = {e for e in EXPANDS if make_divisible(cin * e) <= b.mid} | {_ratio(b.mid, cin)}
+        expands = {_ratio(b.mid, cin)}
+        if elastic_width:
+            expands |= {e for e in EXPANDS if make_divisible(cin * e) <= b.mid}
         slots.append(
             Slot(
                 index=i,
@@ -134,7 +171,7 @@ def super_spec(base_cfg, backbone, resolutions):
                 shortcut=b.shortcut,
                 kernel=b.kernel,
                 mid=b.mid,
-                kernels=tuple(k for k in KERNELS if k <= b.kernel),
+                kernels=tuple(k for k in KERNELS if k <= b.kernel) if elastic_width else (b.kernel,),
                 expands=tuple(sorted(expands)),
                 lite_groups=tuple(g for g in LITE_GROUPS if cin % g == 0),
             )
@@ -157,10 +194,12 @@ class Arch:
     """One sub-net. Per-slot genes cover every slot; those of dropped blocks are kept (as in once-for-all) so
     that mutation and crossover can bring them back."""
 
+    backbone: str  # the super-net's (`SuperSpec.backbone`)
     resolution: int
     depths: tuple  # per stage
     kernels: tuple  # per slot
     expands: tuple  # per slot
+    lites: tuple  # per slot: 1 with a lite residual branch, 0 without
     lite_groups: tuple  # per slot
     lite_kernels: tuple  # per slot
 
@@ -177,6 +216,7 @@ def gene_choices(spec):
         "depths": spec.depth_choices,
         "kernels": tuple(s.kernels for s in spec.slots),
         "expands": tuple(s.expands for s in spec.slots),
+        "lites": tuple(LITES for _ in spec.slots),
         "lite_groups": tuple(s.lite_groups for s in spec.slots),
         "lite_kernels": tuple(LITE_KERNELS for _ in spec.slots),
     }
@@ -193,6 +233,8 @@ def _is_number(value, allow_float):
 def validate_arch(spec, arch, where="arch"):
     """Raise ConfigError naming the first gene of `arch` that is outside `spec`'s space."""
     choices = gene_choices(spec)
+    if arch.backbone != spec.backbone:
+        raise ConfigError(f"{where}.backbone: {arch.backbone!r} is not the super-net's backbone ({spec.backbone})")
     if not (_is_number(arch.resolution, False) and arch.resolution in spec.resolutions):
         raise ConfigError(
             f"{where}.resolution: {arch.resolution!r} is not one of the super-net's resolutions "
@@ -246,10 +288,12 @@ def backbone_arch(spec, lite_kernel=None, lite_groups=2):
         lite_kernels = (lite_kernel,) * len(spec.slots)
     resolution = min(spec.resolutions, key=lambda r: (abs(r - spec.base.resolution), r))
     arch = Arch(
+        backbone=spec.backbone,
         resolution=resolution,
         depths=tuple(len(s) for s in spec.stages),
         kernels=tuple(s.kernel for s in spec.slots),
         expands=tuple(s.ratio for s in spec.slots),
+        lites=(1,) * len(spec.slots),
         lite_groups=(lite_groups,) * len(spec.slots),
         lite_kernels=lite_kernels,
     )
@@ -258,14 +302,17 @@ def backbone_arch(spec, lite_kernel=None, lite_groups=2):
 
 
 def smallest_arch(spec):
-    """The sub-net with the least training memory: memory never decreases with resolution, depth, kernel, expand
-    or lite kernel, and never increases with lite groups (fewer lite weights, smaller per-group working set)."""
+    """The sub-net with the least training memory: memory never decreases with resolution, depth, kernel, expand,
+    lite presence or lite kernel, and never increases with lite groups (fewer lite weights, smaller per-group
+    working set)."""
     c = gene_choices(spec)
     return Arch(
+        backbone=spec.backbone,
         resolution=min(c["resolution"]),
         depths=tuple(map(min, c["depths"])),
         kernels=tuple(map(min, c["kernels"])),
         expands=tuple(map(min, c["expands"])),
+        lites=tuple(map(min, c["lites"])),
         lite_groups=tuple(map(max, c["lite_groups"])),
         lite_kernels=tuple(map(min, c["lite_kernels"])),
     )
@@ -285,7 +332,7 @@ def subnet_config(spec, arch, method="tinytl-lb"):
                 spec.base.blocks[s.index],
                 kernel=arch.kernels[p],
                 mid=mid_channels(s, arch.expands[p]),
-                lite=LiteConfig(kernel=arch.lite_kernels[p], groups=arch.lite_groups[p]),
+                lite=LiteConfig(kernel=arch.lite_kernels[p], groups=arch.lite_groups[p]) if arch.lites[p] else None,
             )
         )
     return spec.base.replace(
@@ -301,6 +348,7 @@ def sample(spec, rng):
     """A uniformly random sub-net (each gene independently); `rng` is a `numpy.random.Generator`."""
     c = gene_choices(spec)
     return Arch(
+        backbone=spec.backbone,
         resolution=_pick(c["resolution"], rng),
         **{name: tuple(_pick(ok, rng) for ok in c[name]) for name in ("depths", *PER_SLOT_GENES)},
     )
@@ -314,6 +362,7 @@ def mutate(spec, arch, rng, prob=0.1):
         return _pick(ok, rng) if rng.random() < prob else value
 
     return Arch(
+        backbone=arch.backbone,
         resolution=gene(arch.resolution, c["resolution"]),
         **{
             name: tuple(gene(v, ok) for v, ok in zip(getattr(arch, name), c[name]))
@@ -329,6 +378,7 @@ def crossover(spec, a, b, rng):
         return x if rng.random() < 0.5 else y
 
     return Arch(
+        backbone=a.backbone,
         resolution=gene(a.resolution, b.resolution),
         **{
             name: tuple(gene(x, y) for x, y in zip(getattr(a, name), getattr(b, name)))
@@ -343,25 +393,90 @@ def encoding_length(spec):
 
 
 def encode(spec, arch):
-    """float32 one-hot of every gene (resolution, depths, then per slot kernel, expand, lite groups, lite
-    kernel); the genes of dropped blocks are all zero, so equal sub-nets encode equally. Length:
-    `encoding_length(spec)`."""
+    """float32 one-hot of every gene (resolution, depths, then per slot kernel, expand, lite presence, lite
+    groups, lite kernel); the genes of dropped blocks, and the lite genes of absent branches, are all zero, so
+    equal sub-nets encode equally. Length: `encoding_length(spec)`."""
     c = gene_choices(spec)
     kept = set(active_slots(spec, arch))
     parts = [np.array([r == arch.resolution for r in c["resolution"]])]
     parts += [np.array([d == v for d in ok]) for v, ok in zip(arch.depths, c["depths"])]
     for p in range(len(spec.slots)):
+        used = p in kept
         for name in PER_SLOT_GENES:
             ok = c[name][p]
-            parts.append(np.array([p in kept and x == getattr(arch, name)[p] for x in ok]))
+            on = used and (name not in LITE_GENES or arch.lites[p])
+            parts.append(np.array([on and x == getattr(arch, name)[p] for x in ok]))
     return np.concatenate(parts).astype(np.float32)
 
 
-def memory_mb(spec, arch, batch_size=1):
-    """Analytic training memory (`tinytl_tf.memory.analytic`, MB = 1e6 B) of the sub-net fine-tuned with TinyTL-L+B."""
-    return training_memory(subnet_config(spec, arch, "tinytl-lb"), batch_size).total_mb
+def memory_mb(spec, arch):
+    """Predicted train-step memory (`predicted_memory_mb`) of the sub-net fine-tuned with TinyTL-L+B."""
+    return predicted_memory_mb(subnet_config(spec, arch, "tinytl-lb"))
 
 
-def min_memory_mb(spec, batch_size=1):
+def min_memory_mb(spec):
     """The least training memory any sub-net of `spec` needs (for the 'budget too small' error)."""
-    return memory_mb(spec, smallest_arch(spec), batch_size)
+    return memory_mb(spec, smallest_arch(spec))
+
+
+def fixed_baseline(spec, budget_mb):
+    """The fixed backbone TinyTL fine-tunes (every block, its own kernels and widths, TinyTL's lite residual
+    branches) at the largest of the space's resolutions within `budget_mb`; None when none fits."""
+    full = backbone_arch(spec)
+    fitting = [
+        a
+        for a in (dataclasses.replace(full, resolution=r) for r in spec.resolutions)
+        if memory_mb(spec, a) <= budget_mb
+    ]
+    return fitting[-1] if fitting else None
+
+
+class JointSpace:
+    """The union of several super-nets' spaces: the pretrained backbone is one more gene.
+
+    Mutating the backbone gene draws a fresh sub-net of the new backbone (blocks do not correspond across
+    backbones); crossing parents of different backbones keeps one of them whole. The encoding is the backbone's
+    one-hot, then every super-net's `encode` segment (zeros for the others)."""
+
+    def __init__(self, specs):
+        specs = (specs,) if isinstance(specs, SuperSpec) else tuple(specs)
+        if not specs or len({s.backbone for s in specs}) != len(specs):
+            raise ConfigError("search space: give one super-net per backbone, at least one")
+        self.specs = {s.backbone: s for s in specs}
+        self.backbones = tuple(self.specs)
+
+    def sample(self, rng):
+        return sample(self.specs[_pick(self.backbones, rng)], rng)
+
+    def mutate(self, arch, rng, prob=0.1):
+        if len(self.backbones) > 1 and rng.random() < prob:
+            backbone = _pick(self.backbones, rng)
+            if backbone != arch.backbone:
+                return sample(self.specs[backbone], rng)
+        return mutate(self.specs[arch.backbone], arch, rng, prob)
+
+    def crossover(self, a, b, rng):
+        if a.backbone != b.backbone:
+            return a if rng.random() < 0.5 else b
+        return crossover(self.specs[a.backbone], a, b, rng)
+
+    def encoding_length(self):
+        return len(self.backbones) + sum(encoding_length(s) for s in self.specs.values())
+
+    def encode(self, arch):
+        parts = [np.array([b == arch.backbone for b in self.backbones], np.float32)]
+        for b, s in self.specs.items():
+            parts.append(encode(s, arch) if b == arch.backbone else np.zeros(encoding_length(s), np.float32))
+        return np.concatenate(parts)
+
+    def memory_mb(self, arch):
+        return memory_mb(self.specs[arch.backbone], arch)
+
+    def min_memory_mb(self):
+        return min(min_memory_mb(s) for s in self.specs.values())
+
+    def arch_from_dict(self, d, where="arch"):
+        backbone = d.get("backbone") if isinstance(d, dict) else None
+        if backbone not in self.specs:
+            raise ConfigError(f"{where}.backbone: {backbone!r} is not one of {', '.join(self.backbones)}")
+        return arch_from_dict(self.specs[backbone], d, where)

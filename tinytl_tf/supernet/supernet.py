@@ -41,14 +41,15 @@ DEFAULT_RESOLUTIONS = (96, 112, 128, 144, 160)
 TRAINABLE_SET = TRAINABLE["tinytl-lb"]
 STATIC_LAYERS = ("stem", "block_0", "feature_mix", "head")  # the same in the super-net and every sub-net
 NEW_WEIGHTS = ("/lite/", "/transform_", "head/", "_mean")  # not in a backbone's weights
-GENES = ("resolution", "depths", "kernels", "mids", "lite_kernels", "lite_groups")
+GENES = ("resolution", "depths", "kernels", "mids", "lites", "lite_kernels", "lite_groups")
 CALIBRATION_BATCHES = 8
 WEIGHTS_FILE_META = "supernet.json"
 
 
 @keras.saving.register_keras_serializable(package="tinytl_tf")
 class SuperNet(keras.Model):
-    """Elastic depth, kernel, expansion, lite residual and resolution around the backbone of `spec`.
+    """Elastic resolution, depth, lite residual branches (present or not, kernel, groups) and, when `spec` has
+    them, kernel and expansion around the backbone of `spec`.
 
     Input: float32 [N, H, W, 3] images normalized with `spec.base.input_mean` / `input_std`, any size; they are
     bilinearly resized to the active resolution first (not at all when they already have it). Output: logits.
@@ -113,7 +114,14 @@ class SuperNet(keras.Model):
 
     @classmethod
     def from_backbone(
-        cls, name, num_classes, labels=(), resolutions=DEFAULT_RESOLUTIONS, dropout=0.2, weights_dir=None
+        cls,
+        name,
+        num_classes,
+        labels=(),
+        resolutions=DEFAULT_RESOLUTIONS,
+        dropout=0.2,
+        weights_dir=None,
+        elastic_width=None,
     ):
         """The super-net around a named MB backbone (mcunet-5fps, proxyless-w0.3, mbv2-w0.35, or the random-weight
         proxylessnas-mobile) or a once-for-all checkpoint converted by `export/convert_ofa.py` (its `.npz` path).
@@ -123,13 +131,15 @@ class SuperNet(keras.Model):
         the head (`num_classes`, `labels`, `dropout`) and the lite residual branches are new. The head starts at
         zero, so every sub-net starts at the uniform guess (loss ln(num_classes)): a random head's logits scale with
         the features, whose norm differs from sub-net to sub-net (mcunet-5fps at 64 px started its full sub-net at
-        loss 6.0 for 10 classes).
+        loss 6.0 for 10 classes). `elastic_width` (kernel sizes and expand ratios) defaults to whether the weights
+        were trained for it (a converted once-for-all checkpoint).
         """
         backbone, cfg, arrays, presorted = _backbone_weights(name, weights_dir)
         base = cfg.replace(
             num_classes=num_classes, labels=tuple(labels), dropout=dropout, trainable=TrainableSet(), method=None
         )
-        net = cls(super_spec(base, backbone, resolutions))
+        elastic_width = presorted if elastic_width is None else elastic_width
+        net = cls(super_spec(base, backbone, resolutions, elastic_width))
         net.head.kernel.assign(np.zeros(net.head.kernel.shape, "float32"))
         if arrays is not None:
             net.load_backbone_weights(arrays)
@@ -155,6 +165,7 @@ class SuperNet(keras.Model):
                     x,
                     kernel=arch.kernels[p],
                     mid=block.block.mid,
+                    lite=arch.lites[p],
                     lite_kernel=arch.lite_kernels[p],
                     lite_groups=arch.lite_groups[p],
                 )
@@ -183,7 +194,7 @@ class SuperNet(keras.Model):
         validate_arch(self.spec, arch)
         mids = [mid_channels(s, e) for s, e in zip(self.spec.slots, arch.expands)]
         for name, values in zip(
-            GENES, (arch.resolution, arch.depths, arch.kernels, mids, arch.lite_kernels, arch.lite_groups)
+            GENES, (arch.resolution, arch.depths, arch.kernels, mids, arch.lites, arch.lite_kernels, arch.lite_groups)
         ):
             self._active[name].assign(np.asarray(values, np.int32))
 
@@ -223,6 +234,7 @@ class SuperNet(keras.Model):
                 block,
                 kernel=genes.kernels[p],
                 mid=genes.mids[p],
+                lite=genes.lites[p],
                 lite_kernel=genes.lite_kernels[p],
                 lite_groups=genes.lite_groups[p],
             )
@@ -246,7 +258,7 @@ class SuperNet(keras.Model):
         for j, p in enumerate(active_slots(self.spec, arch), start=1):
             mid = mid_channels(self.spec.slots[p], arch.expands[p])
             weights = self.slot_blocks[p].static_weights(
-                arch.kernels[p], mid, arch.lite_kernels[p], arch.lite_groups[p]
+                arch.kernels[p], mid, arch.lite_kernels[p], arch.lite_groups[p], with_lite=bool(arch.lites[p])
             )
             arrays.update({f"block_{j}/{path}": a for path, a in weights.items()})
         return load_weights_by_path(model, arrays)
@@ -284,6 +296,7 @@ def _gene_choices(spec):
         "depths": c["depths"],
         "kernels": c["kernels"],
         "mids": mids,
+        "lites": c["lites"],
         "lite_kernels": c["lite_kernels"],
         "lite_groups": c["lite_groups"],
     }
