@@ -9,7 +9,7 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from tests.tiny import tiny_backbone
-from tinytl_tf import contract, tflite_model
+from tinytl_tf import contract, export, tflite_model
 from tinytl_tf.backbones import TinyNet, build_model
 from tinytl_tf.config import BlockConfig, ConvConfig, NetConfig
 from tinytl_tf.contract import METHODS, weight_tensor_name
@@ -41,8 +41,13 @@ def batches(resolution, n=STEPS, seed=3):
     ]
 
 
-@pytest.mark.parametrize("method,optimizer", [(m, "adam") for m in METHODS] + [("tinytl-lb", "sgd")])
-def test_litert_training_equals_keras(backbone, tmp_path, method, optimizer):
+@pytest.mark.parametrize(
+    "method,optimizer",
+    [(m, "adam") for m in METHODS] + [("tinytl-lb", "sgd"), ("tinytl-lb", "adam8bit"), ("ft-full", "adam8bit")],
+)
+def test_litert_training_equals_keras(backbone, tmp_path, monkeypatch, method, optimizer):
+    if optimizer == "adam8bit":  # tensors of 300+ values get variables of their own: both layouts of 8-bit state
+        monkeypatch.setattr(export, "FLAT_MAX_ELEMENTS", 300)
     keras.utils.set_random_seed(1)
     model = prepare_transfer(backbone, method, 3, dropout=0.0)
     reference = clone(model)
@@ -56,7 +61,7 @@ def test_litert_training_equals_keras(backbone, tmp_path, method, optimizer):
     x0 = data[0][0]
     np.testing.assert_allclose(infer(x=x0)["logits"], reference(x0), rtol=1e-5, atol=1e-5)
 
-    compile_model(reference, LR, TOTAL, 0.1)
+    compile_model(reference, LR, TOTAL, 0.1, optimizer="adam8bit" if optimizer == "adam8bit" else "adam")
     if optimizer == "sgd":
         reference.compile(
             optimizer=keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(LR, TOTAL)), loss=reference.loss
@@ -74,6 +79,13 @@ def test_litert_training_equals_keras(backbone, tmp_path, method, optimizer):
     for name, value in trained.items():
         np.testing.assert_allclose(weights[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
     assert float(weights[contract.STEP_TENSOR]) == STEPS
+    if optimizer == "adam8bit":  # the 8-bit state too: codes equal, scales to float rounding
+        states = reference.optimizer._states
+        for v, state in zip(reference.trainable_weights, states):
+            for suffix, want in zip(contract.SLOT_SUFFIXES[optimizer], state):
+                got = weights[contract.slot_tensor_name(weight_tensor_name(v.path), suffix)]
+                assert got.dtype == want.numpy().dtype and got.shape == tuple(want.shape), suffix
+                np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-6 if got.dtype == np.float32 else 0)
     # frozen weights untouched: after training the device still computes the reference (whose frozen set is fixed)
     np.testing.assert_allclose(infer(x=x0)["logits"], reference(x0), rtol=1e-4, atol=1e-4)
 
