@@ -113,7 +113,7 @@ class TrainingModule(tf.Module):
         return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
 
     def _views(self, j, value, shapes=None):
-        """[(tensor index, per-tensor value)] of group `j`'s `value` (of tensors of `shapes`, default the trainables')."""
+        """[(tensor index, per-tensor value)] of group `j`'s `value` of tensors of `shapes` (the trainables')."""
         g, shapes = self.groups[j], shapes or self.shapes
         if len(g) == 1:
             return [(g[0], tf.convert_to_tensor(value))]
