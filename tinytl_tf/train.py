@@ -17,12 +17,11 @@ from tinytl_tf import ops
 from tinytl_tf.atomic import atomic_write
 from tinytl_tf.backbones import count_params, load_backbone
 from tinytl_tf.cliargs import CURVE_FILE, SPLIT_FILE, check_output_dir, json_safe
-from tinytl_tf.methods import default_lr
+from tinytl_tf.methods import OPTIMIZERS, default_lr
 from tinytl_tf.ops import adam8bit
 from tinytl_tf.transfer import check_method, prepare_transfer
 
 STRATEGIES = ("none", "mirrored")
-OPTIMIZERS = ("adam", "adam8bit")  # float Adam, or Adam with block-wise 8-bit moments (`Adam8bit`)
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8}
 STALE_EXPORTS = ("model.tflite", "model.json")  # exported from a model.keras that --overwrite replaces
 
