@@ -11,9 +11,10 @@ rounded square root of a value's fraction of its block maximum, so the levels ar
 dense near zero like the tree's. Why: a linear map loses the small values of a block whose values span more than
 a decade (Adam divides each by its own sqrt(v), so those matter as much as the large ones); the tree keeps them
 but needs a nearest-code search that no TFLite builtin does. Companding is SQRT + ROUND to encode and a multiply
-to decode, and in a simulation of 200 steps with gradient scales spread over 0 / 1 / 2 / 3 decades within each
-block its update stayed within 2.2 / 3.7 / 7.8 / 18% (relative L2) of float Adam's, against 2.1 / 4.4 / 7.8 / 14%
-for the dynamic tree and 1.5 / 5.4 / 32 / 63% for a linear map.
+to decode; in a simulation of 200 steps with gradient scales spread over 0 / 1 / 2 / 3 decades within each
+block (benchmarks/adam8bit_maps.py, docs/adam8bit_maps.json) its update stayed within 2.3 / 3.7 / 7.7 / 18%
+(relative L2) of float Adam's, against 2.2 / 5.9 / 10 / 24% for the dynamic tree and 1.5 / 5.4 / 32 / 63% for a
+linear map.
 - First moment: signed codes j = -127..127, value sign(j) (j / 127)^2 x scale.
 - Second moment: stored as r = sqrt(v), the quantity the update divides by, with codes k = 1..256 (stored as
   k - 129 in int8), value (k / 256)^2 x scale: no code means zero (the zero-point problem of Li et al., "Memory
