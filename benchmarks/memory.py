@@ -1,7 +1,7 @@
 """Training memory per transfer method: analytic (TinyTL, Cai et al. 2020, Sec. 3.1) vs measured LiteRT, at batch 1.
 
     python benchmarks/memory.py [--backbones mobilenet-v1 proxylessnas-mobile] [--resolution 224] [--classes 102]
-                                [--methods ...] [--optimizer adam|sgd] [--steps 3] [--timeout 900]
+                                [--methods ...] [--optimizer adam|sgd|adam8bit] [--steps 3] [--timeout 900]
                                 [--out docs/memory.json] [--verbose]
 
 Per backbone and method (every method gets the lite residual branches, as in the paper's table, so each model is
@@ -11,7 +11,8 @@ the network its analytic row describes): export the on-device training model, th
   two slots each: the analytic model counts no optimizer state, so `--optimizer sgd` is its like-for-like engine);
 - dynamic: peak RSS of a fresh LiteRT process running 3 `train` (or `infer`) steps minus its RSS after loading,
   with the builtin kernels (the CLI's default) and with the XNNPACK delegate;
-- the `.tflite` size and its budget: 1 B per frozen parameter + 4 B per trainable parameter and optimizer slot.
+- the `.tflite` size and its budget: 1 B per frozen parameter + the bytes of every trainable tensor and optimizer
+  slot (float32, or int8 codes and their block scales with adam8bit).
 Then three targets: measured TinyTL-L+B train memory >= 6.5x lower than FT-Full's, within 1.5x of its
 analytic figure, `.tflite` <= 1.3x its budget. `--verbose` prints the largest tensors alive at each static peak.
 A benchmark, not a test: it takes tens of minutes (each export is one to three minutes on 2 cores). Each backbone's
@@ -49,13 +50,17 @@ def measure_one(model, frozen_params, steps, timeout, optimizer):
         row = {"export_s": time.time() - t0}
         static = static_memory(path)
         weights = json.loads(Path(model_json_path(path)).read_text())["weights"]
-        stored = sum(int(np.prod(w["shape"])) for w in weights if w["kind"] in ("trainable", "slot"))
+        stored = sum(
+            int(np.prod(w["shape"])) * np.dtype(w["dtype"]).itemsize
+            for w in weights
+            if w["kind"] in ("trainable", "slot")
+        )
         row.update(
             static_peak_mb=static.peak_activation_bytes / MB,
             variables_mb=static.variable_bytes / MB,
             constants_mb=static.constant_bytes / MB,
             tflite_mb=static.file_bytes / MB,
-            tflite_budget_mb=(frozen_params + 4 * stored) / MB,
+            tflite_budget_mb=(frozen_params + stored) / MB,
         )
         for mode, xnnpack in MODES.items():
             for signature in (SIGNATURE_TRAIN, SIGNATURE_INFER):
@@ -164,7 +169,9 @@ def main(argv=None):
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--classes", type=int, default=102)
     p.add_argument("--methods", nargs="+", default=None)
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="the exported optimizer (default adam)")
+    p.add_argument(
+        "--optimizer", choices=["adam", "sgd", "adam8bit"], default="adam", help="the exported optimizer (default adam)"
+    )
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (default: $TINYTL_WEIGHTS_DIR)")
