@@ -14,6 +14,7 @@ from tinytl_tf.backbones import TinyNet, build_model
 from tinytl_tf.config import BlockConfig, ConvConfig, NetConfig
 from tinytl_tf.contract import METHODS, weight_tensor_name
 from tinytl_tf.export import ExportError, check_builtins_only, export_model
+from tinytl_tf.ops import adam8bit
 from tinytl_tf.train import compile_model
 from tinytl_tf.transfer import prepare_transfer
 
@@ -226,12 +227,13 @@ def test_export_command_sizes_the_schedule_and_reports_progress_on_stderr(backbo
     assert json.loads((tmp_path / "float.json").read_text())["optimizer"]["total_steps"] == 21
 
 
-def test_variables_that_start_at_zero_have_no_constant_in_the_file(backbone, tmp_path):
-    """Adam's slots start from a FILL in the initializer, not from constants of zeros that stay resident; the
-    trainables still start from the Keras values."""
+@pytest.mark.parametrize("optimizer", ["adam", "adam8bit"])
+def test_variables_that_start_at_zero_have_no_constant_in_the_file(backbone, tmp_path, optimizer):
+    """Adam's slots (float32, or int8 codes and float32 scales) start from a FILL in the initializer, not from
+    constants of zeros that stay resident; the trainables still start from the Keras values."""
     model = prepare_transfer(backbone, "tinytl-lb", 3, dropout=0.0)
     path = tmp_path / "model.tflite"
-    meta = export_model(model, path, "adam", 1e-3, 10, frozen_bits=32)
+    meta = export_model(model, path, optimizer, 1e-3, 10, frozen_bits=32)
     data = path.read_bytes()
     assert "FILL" in meta["ops"]
     assert tflite_model.fill_zero_initial_values(data)[1] == 0  # no constant of zeros left for a variable
@@ -244,3 +246,20 @@ def test_variables_that_start_at_zero_have_no_constant_in_the_file(backbone, tmp
             np.testing.assert_array_equal(weights[w["name"]], want, err_msg=w["name"])
         else:
             assert not np.any(weights[w["name"]]), w["name"]
+
+
+def test_8bit_adam_state_is_two_bytes_per_parameter_plus_block_scales(backbone, tmp_path):
+    """model.json's slots of an adam8bit export: an int8 code of m and of sqrt(v) per parameter, and one float32
+    scale of each per block of values of each tensor; with float Adam, 8 bytes per parameter."""
+    model = prepare_transfer(backbone, "tinytl-lb", 3, dropout=0.0)
+    nbytes = {}
+    for optimizer in ("adam", "adam8bit"):
+        meta = export_model(model, tmp_path / f"{optimizer}.tflite", optimizer, 1e-3, 10)
+        sizes = {w["name"]: int(np.prod(w["shape"])) for w in meta["weights"] if w["kind"] == "trainable"}
+        slots = [w for w in meta["weights"] if w["kind"] == "slot"]
+        nbytes[optimizer] = sum(int(np.prod(w["shape"])) * np.dtype(w["dtype"]).itemsize for w in slots)
+    params, blocks = sum(sizes.values()), sum(adam8bit.num_blocks(n) for n in sizes.values())
+    assert meta["optimizer"]["block_size"] == adam8bit.BLOCK
+    assert {w["dtype"] for w in slots} == {"int8", "float32"}
+    assert nbytes["adam"] == 8 * params
+    assert nbytes["adam8bit"] == 2 * params + 2 * 4 * blocks
