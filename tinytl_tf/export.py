@@ -2,7 +2,8 @@
 
 Signatures (names in `tinytl_tf.contract`): `train(x, y, lr)` does one optimizer step on the trainable tensors
 and returns {loss, logits}; `infer(x)` returns {logits, probabilities}; `get_weights(unused)` / `set_weights(...)`
-move every trainable tensor, optimizer slot and the step counter by name. Frozen weights become constants; only
+move every trainable tensor, optimizer slot (float32; for "adam8bit", int8 moment codes and float32 block scales,
+updated by `tinytl_tf.ops.adam8bit` as in Keras) and the step counter by name. Frozen weights become constants; only
 TFLite builtin ops are allowed (Flex cannot run from Python and adds ~8 MB to an app), which the gradients of
 `tinytl_tf.ops` make possible. `X.json` beside `X.tflite` describes all of it for the device side.
 """
