@@ -80,13 +80,18 @@ def test_litert_training_equals_keras(backbone, tmp_path, monkeypatch, method, o
     for name, value in trained.items():
         np.testing.assert_allclose(weights[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
     assert float(weights[contract.STEP_TENSOR]) == STEPS
-    if optimizer == "adam8bit":  # the 8-bit state too: codes equal, scales to float rounding
+    if optimizer == "adam8bit":  # the 8-bit state too: scales to float rounding, codes equal but for a value
+        # on a rounding boundary, where LiteRT's and TF's last float bit may round it to the neighbouring code
         states = reference.optimizer._states
         for v, state in zip(reference.trainable_weights, states):
             for suffix, want in zip(contract.SLOT_SUFFIXES[optimizer], state):
-                got = weights[contract.slot_tensor_name(weight_tensor_name(v.path), suffix)]
-                assert got.dtype == want.numpy().dtype and got.shape == tuple(want.shape), suffix
-                np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-6 if got.dtype == np.float32 else 0)
+                got, want = weights[contract.slot_tensor_name(weight_tensor_name(v.path), suffix)], want.numpy()
+                assert got.dtype == want.dtype and got.shape == want.shape, suffix
+                if got.dtype == np.float32:
+                    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+                else:
+                    off = np.abs(got.astype(int) - want.astype(int))
+                    assert off.max() <= 1 and np.count_nonzero(off) <= 0.01 * off.size, (suffix, off.max())
     # frozen weights untouched: after training the device still computes the reference (whose frozen set is fixed)
     np.testing.assert_allclose(infer(x=x0)["logits"], reference(x0), rtol=1e-4, atol=1e-4)
 
