@@ -1,7 +1,7 @@
 """LiteRT train-step vs infer-step latency per transfer method, and .tflite size.
 
     python benchmarks/engine.py [--backbone mcunet-5fps] [--resolution 128] [--repeats 30] [--frozen-bits 8]
-                                [--out docs/engine.json]
+                                [--optimizer adam] [--out docs/engine.json]
 
 Per method: export the model, then time `train` and `infer` alternately in one interpreter (so the ratio is
 measured side by side), report medians, their ratio and the file size, with LiteRT's default XNNPACK delegate and
@@ -56,6 +56,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--methods", nargs="*", default=None)
     p.add_argument("--frozen-bits", type=int, default=8, choices=(8, 32))
+    p.add_argument("--optimizer", default="adam", choices=("sgd", "adam", "adam8bit"), help="the exported optimizer")
     p.add_argument("--out", default="docs/engine.json")
     args = p.parse_args(argv)
 
@@ -69,7 +70,7 @@ def main(argv=None):
     rows = []
     print(
         f"{args.backbone} @{args.resolution}px, batch 1, {args.repeats} timed steps, 1 thread, "
-        f"frozen weights {args.frozen_bits}-bit; 'plain' = no delegate"
+        f"frozen weights {args.frozen_bits}-bit, {args.optimizer}; 'plain' = no delegate"
     )
     print(
         f"{'method':<13}{'train ms':>10}{'infer ms':>10}{'ratio':>8}{'plain ratio':>12}{'tflite MB':>11}"
@@ -80,7 +81,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.tflite")
             t0 = time.time()
-            export_model(model, path, "adam", 3e-4, 1000, frozen_bits=args.frozen_bits)
+            export_model(model, path, args.optimizer, 3e-4, 1000, frozen_bits=args.frozen_bits)
             export_s = time.time() - t0
             size = os.path.getsize(path)
             train_s, infer_s = measure(path, args.resolution, args.repeats)
@@ -109,6 +110,7 @@ def main(argv=None):
         "resolution": args.resolution,
         "repeats": args.repeats,
         "frozen_bits": args.frozen_bits,
+        "optimizer": args.optimizer,
         "rows": rows,
     }
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))

@@ -49,7 +49,12 @@ def main(argv=None):
     )
     p.add_argument("--model", required=True, help="model.keras written by `python -m tinytl_tf train`")
     p.add_argument("--out", required=True, help="the X.tflite to write; X.json is written beside it")
-    p.add_argument("--optimizer", default="adam", choices=("sgd", "adam"), help="the device's optimizer")
+    p.add_argument(
+        "--optimizer",
+        default="adam",
+        choices=("sgd", "adam", "adam8bit"),
+        help="the device's optimizer (adam8bit: Adam with block-wise 8-bit moments, ~2 bytes of state per parameter)",
+    )
     p.add_argument("--lr", type=positive_float, default=3e-4, help="peak learning rate of the in-model schedule")
     p.add_argument("--schedule", default="cosine", choices=("cosine", "constant"), help="learning-rate schedule")
     p.add_argument("--epochs", type=count(1), default=1, help="epochs the device will train (sizes the schedule)")

@@ -34,9 +34,10 @@ LABELS = ("red", "green", "blue")
 OPT_LR, OPT_STEPS = 1e-2, 100
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """One tiny tinytl-lb model with 3 labels, exported once for both tests: (tflite path, model.json dict)."""
+@pytest.fixture(scope="module", params=["adam", "adam8bit"])
+def exported(request, tmp_path_factory):
+    """One tiny tinytl-lb model with 3 labels, exported once per optimizer for both tests (adam8bit's slots are
+    int8 codes and per-block float scales): (tflite path, model.json dict)."""
     import keras
 
     from tests.tiny import tiny_backbone
@@ -46,7 +47,7 @@ def exported(tmp_path_factory):
     keras.utils.set_random_seed(1)
     model = prepare_transfer(tiny_backbone(), "tinytl-lb", len(LABELS), labels=LABELS, dropout=0.0)
     path = tmp_path_factory.mktemp("android") / "model.tflite"
-    export_model(model, path, "adam", OPT_LR, OPT_STEPS, label_smoothing=0.1)
+    export_model(model, path, request.param, OPT_LR, OPT_STEPS, label_smoothing=0.1)
     return path, json.loads(Path(contract.model_json_path(path)).read_text())
 
 
@@ -849,7 +850,9 @@ def test_app_call_sequence_replayed_on_litert(exported, tmp_path):
     data = store.read_bytes()
     assert data[:4] == b"TTLW" and struct.unpack_from(">H", data, 4) == (1,)
     assert data[8 : 8 + 64].decode() == meta["fingerprint"] and struct.unpack_from(">H", data, 6) == (64,)
-    payload_bytes = sum(int(np.prod(w["shape"], dtype=np.int64)) * 4 for w in meta["weights"])
+    payload_bytes = sum(
+        int(np.prod(w["shape"], dtype=np.int64)) * np.dtype(w["dtype"]).itemsize for w in meta["weights"]
+    )
     payload_len, crc = struct.unpack_from(">QI", data, len(data) - payload_bytes - 12)
     assert payload_len == payload_bytes and crc == zlib.crc32(data[-payload_bytes:])
     status, restored = read_ttlw(store, meta["fingerprint"], meta["weights"])

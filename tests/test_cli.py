@@ -5,6 +5,7 @@ import json
 import os
 import stat
 
+import keras
 import pytest
 
 from tinytl_tf.backbones import count_params
@@ -88,6 +89,7 @@ def test_train_then_evaluate(data_dir, tmp_path, capsys):
         (["--method", "tinytl-x"], METHODS[-1]),
         (["--backbone", "resnet-50"], "mobilenet-v1"),
         (["--resolution", "31"], "resolution"),
+        (["--optimizer", "adam16"], "adam8bit"),
     ],
 )
 def test_bad_names_exit_2_with_the_valid_choices(data_dir, tmp_path, capsys, extra, message):
@@ -95,6 +97,17 @@ def test_bad_names_exit_2_with_the_valid_choices(data_dir, tmp_path, capsys, ext
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and "Traceback" not in err
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_train_with_8bit_adam_records_it_and_trains_int8_moments(data_dir, tmp_path):
+    out = tmp_path / "run8"
+    assert main(train_args(data_dir, out, "--optimizer", "adam8bit")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["optimizer"] == "adam8bit"
+    saved = keras.saving.load_model(out / "model.keras")  # with its optimizer: the int8 state is saved too
+    codes = [v for v in saved.optimizer.variables if v.dtype == "int8"]
+    assert type(saved.optimizer).__name__ == "Adam8bit" and len(codes) == 2 * len(saved.trainable_weights)
+    assert any(v.numpy().any() for v in codes)
 
 
 def test_missing_data_and_model(tmp_path, capsys):

@@ -9,12 +9,13 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from tests.tiny import tiny_backbone
-from tinytl_tf import contract, tflite_model
+from tinytl_tf import contract, export, tflite_model
 from tinytl_tf.backbones import TinyNet, build_model
 from tinytl_tf.config import BlockConfig, ConvConfig, NetConfig
 from tinytl_tf.contract import METHODS, weight_tensor_name
 from tinytl_tf.export import ExportError, check_builtins_only, export_model
 from tinytl_tf.initial_values import open_interpreter
+from tinytl_tf.ops import adam8bit
 from tinytl_tf.train import compile_model
 from tinytl_tf.transfer import prepare_transfer
 
@@ -42,8 +43,13 @@ def batches(resolution, n=STEPS, seed=3):
     ]
 
 
-@pytest.mark.parametrize("method,optimizer", [(m, "adam") for m in METHODS] + [("tinytl-lb", "sgd")])
-def test_litert_training_equals_keras(backbone, tmp_path, method, optimizer):
+@pytest.mark.parametrize(
+    "method,optimizer",
+    [(m, "adam") for m in METHODS] + [("tinytl-lb", "sgd"), ("tinytl-lb", "adam8bit"), ("ft-full", "adam8bit")],
+)
+def test_litert_training_equals_keras(backbone, tmp_path, monkeypatch, method, optimizer):
+    if optimizer == "adam8bit":  # tensors of 300+ values get variables of their own: both layouts of 8-bit state
+        monkeypatch.setattr(export, "FLAT_MAX_ELEMENTS", 300)
     keras.utils.set_random_seed(1)
     model = prepare_transfer(backbone, method, 3, dropout=0.0)
     reference = clone(model)
@@ -57,7 +63,7 @@ def test_litert_training_equals_keras(backbone, tmp_path, method, optimizer):
     x0 = data[0][0]
     np.testing.assert_allclose(infer(x=x0)["logits"], reference(x0), rtol=1e-5, atol=1e-5)
 
-    compile_model(reference, LR, TOTAL, 0.1)
+    compile_model(reference, LR, TOTAL, 0.1, optimizer="adam8bit" if optimizer == "adam8bit" else "adam")
     if optimizer == "sgd":
         reference.compile(
             optimizer=keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(LR, TOTAL)), loss=reference.loss
@@ -75,6 +81,18 @@ def test_litert_training_equals_keras(backbone, tmp_path, method, optimizer):
     for name, value in trained.items():
         np.testing.assert_allclose(weights[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
     assert float(weights[contract.STEP_TENSOR]) == STEPS
+    if optimizer == "adam8bit":  # the 8-bit state too: scales to float rounding, codes equal but for a value
+        # on a rounding boundary, where LiteRT's and TF's last float bit may round it to the neighbouring code
+        states = reference.optimizer._states
+        for v, state in zip(reference.trainable_weights, states):
+            for suffix, want in zip(contract.SLOT_SUFFIXES[optimizer], state):
+                got, want = weights[contract.slot_tensor_name(weight_tensor_name(v.path), suffix)], want.numpy()
+                assert got.dtype == want.dtype and got.shape == want.shape, suffix
+                if got.dtype == np.float32:
+                    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+                else:
+                    off = np.abs(got.astype(int) - want.astype(int))
+                    assert off.max() <= 1 and np.count_nonzero(off) <= 0.01 * off.size, (suffix, off.max())
     # frozen weights untouched: after training the device still computes the reference (whose frozen set is fixed)
     np.testing.assert_allclose(infer(x=x0)["logits"], reference(x0), rtol=1e-4, atol=1e-4)
 
@@ -220,7 +238,8 @@ def test_export_command_sizes_the_schedule_and_reports_progress_on_stderr(backbo
     assert json.loads((tmp_path / "float.json").read_text())["optimizer"]["total_steps"] == 21
 
 
-def test_variables_start_at_zero_and_the_initial_values_load_beside_the_model(backbone, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adam", "adam8bit"])
+def test_variables_start_at_zero_and_the_initial_values_load_beside_the_model(backbone, tmp_path, optimizer):
     """No variable's initial value is a constant in the file (FILLs in the initializer); the trainables' values are
     in X.init.npz, `load` assigns them one group at a time, and its arena holds a few groups' worth at most."""
     from tinytl_tf import initial_values
@@ -228,7 +247,7 @@ def test_variables_start_at_zero_and_the_initial_values_load_beside_the_model(ba
 
     model = prepare_transfer(backbone, "tinytl-lb", 3, dropout=0.0)
     path = tmp_path / "model.tflite"
-    meta = export_model(model, path, "adam", 1e-3, 10, frozen_bits=32)
+    meta = export_model(model, path, optimizer, 1e-3, 10, frozen_bits=32)
     data = path.read_bytes()
     assert "FILL" in meta["ops"]
     assert tflite_model.fill_zero_initial_values(data, nonzero=True)[1] == 0  # no float initial value left
@@ -246,3 +265,20 @@ def test_variables_start_at_zero_and_the_initial_values_load_beside_the_model(ba
     assert static_memory(path, contract.SIGNATURE_LOAD).peak_activation_bytes <= 4 * group_bytes
     with pytest.raises(initial_values.InitialValuesError, match="another model"):
         initial_values.read(tmp_path / meta["initial_values"]["file"], meta["initial_values"], "0" * 64)
+
+
+def test_8bit_adam_state_is_two_bytes_per_parameter_plus_block_scales(backbone, tmp_path):
+    """model.json's slots of an adam8bit export: an int8 code of m and of sqrt(v) per parameter, and one float32
+    scale of each per block of values of each tensor; with float Adam, 8 bytes per parameter."""
+    model = prepare_transfer(backbone, "tinytl-lb", 3, dropout=0.0)
+    nbytes = {}
+    for optimizer in ("adam", "adam8bit"):
+        meta = export_model(model, tmp_path / f"{optimizer}.tflite", optimizer, 1e-3, 10)
+        sizes = {w["name"]: int(np.prod(w["shape"])) for w in meta["weights"] if w["kind"] == "trainable"}
+        slots = [w for w in meta["weights"] if w["kind"] == "slot"]
+        nbytes[optimizer] = sum(int(np.prod(w["shape"])) * np.dtype(w["dtype"]).itemsize for w in slots)
+    params, blocks = sum(sizes.values()), sum(adam8bit.num_blocks(n) for n in sizes.values())
+    assert meta["optimizer"]["block_size"] == adam8bit.BLOCK
+    assert {w["dtype"] for w in slots} == {"int8", "float32"}
+    assert nbytes["adam"] == 8 * params
+    assert nbytes["adam8bit"] == 2 * params + 2 * 4 * blocks

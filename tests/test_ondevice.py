@@ -524,3 +524,31 @@ def test_evaluate_prints_valid_json_when_the_weights_overflow(model_path, data, 
     out = capsys.readouterr().out
     result = json.loads(out, parse_constant=lambda c: pytest.fail(f"bare {c} in {out}"))
     assert code == 0 and result["cross_entropy"] is None
+
+
+def test_an_8bit_adam_model_learns_resumes_exactly_and_checkpoints_its_int8_state(data, tmp_path, capsys):
+    """Adam with 8-bit moments on the device: its slots are int8 codes and float32 block scales in model.json and
+    in the checkpoint (dtype kept), a resumed run equals an uninterrupted one bit for bit, and it learns."""
+    from tests.tiny import tiny_backbone
+    from tinytl_tf.export import export_model
+    from tinytl_tf.transfer import prepare_transfer
+
+    model = prepare_transfer(tiny_backbone(), "tinytl-lb", len(LABELS), labels=LABELS, dropout=0.0)
+    path = tmp_path / "model8.tflite"
+    export_model(model, path, "adam8bit", lr=1e-2, total_steps=1000, label_smoothing=0.1)
+    specs = DeviceModel(path).weight_specs
+    codes = {n for n, (_, dtype) in specs.items() if dtype == "int8"}
+    assert codes and all(n.endswith(("__m", "__sqrt_v")) for n in codes)
+    assert all(specs[n.rsplit(contract.WEIGHT_SEPARATOR, 1)[0]][0] == specs[n][0] for n in codes)  # its shape
+
+    resumed_ck, straight_ck = tmp_path / "resumed.npz", tmp_path / "straight.npz"
+    train_folder(path, data, 1, resumed_ck, seed=3)
+    train_folder(path, data, EPOCHS, resumed_ck, seed=3)
+    train_folder(path, data, EPOCHS, straight_ck, seed=3)
+    resumed, straight = checkpoint_weights(resumed_ck), checkpoint_weights(straight_ck)
+    assert {n for n, v in straight.items() if v.dtype == np.int8} == codes
+    assert_same_weights(resumed, straight, atol=0)
+    assert any(np.any(straight[n]) for n in codes)
+    code, before, _ = cli(capsys, "evaluate", "--model", path, "--data", data)
+    code, after, _ = cli(capsys, "evaluate", "--model", path, "--data", data, "--checkpoint", straight_ck)
+    assert code == 0 and after["accuracy"] >= 0.75 and after["cross_entropy"] < before["cross_entropy"]

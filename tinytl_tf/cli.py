@@ -15,7 +15,7 @@ from tinytl_tf.backbones.registry import BACKBONES, get_backbone
 from tinytl_tf.cliargs import count, fraction, positive_float, unit_interval
 from tinytl_tf.config import check_resolution
 from tinytl_tf.contract import METHODS
-from tinytl_tf.methods import DEFAULT_LR
+from tinytl_tf.methods import DEFAULT_LR, OPTIMIZERS
 
 
 def _data_loader(args):
@@ -58,6 +58,7 @@ def cmd_train(args):
             load_data=_data_loader(args),
             make_model=make_model,
             seed=args.seed,
+            optimizer=args.optimizer,
         )
     print(json.dumps(cliargs.json_safe(metrics), indent=2, allow_nan=False))
 
@@ -287,6 +288,13 @@ def build_parser():
         type=positive_float,
         help="peak learning rate of Adam with cosine decay (default: the "
         f"method's: {', '.join(f'{m} {lr:g}' for m, lr in DEFAULT_LR.items())})",
+    )
+    t.add_argument(
+        "--optimizer",
+        default="adam",
+        choices=OPTIMIZERS,
+        help="adam: float32 moments (8 bytes of state per trained parameter); adam8bit: Adam with block-wise "
+        "8-bit moments (~2 bytes per parameter)",
     )
     _add_fit_options(t)
     t.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (mobilenet-v1 only)")

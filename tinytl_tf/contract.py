@@ -49,8 +49,12 @@ def model_json_path(tflite_path):
 # A trainable tensor's name in `get_weights` / `set_weights` and in checkpoints: its Keras weight path with "/"
 # replaced by "__" (signature tensor names must be identifiers), e.g. "block_3/depthwise/bias" ->
 # "block_3__depthwise__bias". Adam slots append "__m" and "__v"; the optimizer step counter is "step".
+# Adam with 8-bit moments ("adam8bit") has four slots per tensor: int8 codes of m and of sqrt(v) in the tensor's
+# shape ("__m", "__sqrt_v") and their float32 scales, one per block of `optimizer.block_size` consecutive values
+# ("__m_scale", "__sqrt_v_scale", shape [ceil(size / block_size)]); model.json lists each one's shape and dtype.
 WEIGHT_SEPARATOR = "__"
-SLOT_SUFFIXES = {"adam": ("m", "v"), "sgd": ()}
+SLOT_SUFFIXES = {"adam": ("m", "v"), "sgd": (), "adam8bit": ("m", "m_scale", "sqrt_v", "sqrt_v_scale")}
+SCALE_SLOT_SUFFIX = "_scale"  # a slot of one float32 per block of values, not one value per parameter
 STEP_TENSOR = "step"
 
 
@@ -70,9 +74,10 @@ def slot_tensor_name(weight_name, slot):
 #             "crop_fraction": CROP_FRACTION, "resize": "bilinear"},   # pixels p in [0,255] -> (p - mean) / std
 #   "signatures": {SIGNATURE: {"inputs": {name: {"shape": [...], "dtype": "float32"|"int32"}},
 #                              "outputs": {name: {"shape": [...], "dtype": ...}}}},
-#   "weights": [{"name": str, "shape": [...], "dtype": "float32", "kind": "trainable"|"slot"|"step"}],
-#   "optimizer": {"name": "sgd"|"adam", "lr": float, "schedule": "cosine"|"constant", "total_steps": int,
-#                 "beta_1": float, "beta_2": float, "epsilon": float, "label_smoothing": float},
+#   "weights": [{"name": str, "shape": [...], "dtype": "float32"|"int8", "kind": "trainable"|"slot"|"step"}],
+#   "optimizer": {"name": "sgd"|"adam"|"adam8bit", "lr": float, "schedule": "cosine"|"constant", "total_steps": int,
+#                 "beta_1": float, "beta_2": float, "epsilon": float, "label_smoothing": float,
+#                 "block_size": int (adam8bit only)},
 #   "ops": [builtin op names in the model],
 #   "initial_values": {"file": "X.init.npz", "sha256": str, "length": int,   # the trainables' values to load at
 #                      "groups": [[tensor names], ...]}                      # start, one group per `load` call

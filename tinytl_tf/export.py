@@ -2,7 +2,8 @@
 
 Signatures (names in `tinytl_tf.contract`): `train(x, y, lr)` does one optimizer step on the trainable tensors
 and returns {loss, logits}; `infer(x)` returns {logits, probabilities}; `get_weights(unused)` / `set_weights(...)`
-move every trainable tensor, optimizer slot and the step counter by name. Frozen weights become constants; only
+move every trainable tensor, optimizer slot (float32; for "adam8bit", int8 moment codes and float32 block scales,
+updated by `tinytl_tf.ops.adam8bit` as in Keras) and the step counter by name. Frozen weights become constants; only
 TFLite builtin ops are allowed (Flex cannot run from Python and adds ~8 MB to an app), which the gradients of
 `tinytl_tf.ops` make possible. `X.json` beside `X.tflite` describes all of it for the device side.
 """
@@ -23,9 +24,10 @@ from tinytl_tf.atomic import atomic_write
 from tinytl_tf.cliargs import check_export_target
 from tinytl_tf.contract import slot_tensor_name, weight_tensor_name
 from tinytl_tf.layers.common import kernels_read_when_needed
+from tinytl_tf.ops import adam8bit
 from tinytl_tf.ops.conv import frozen_kernels_int8
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adam8bit")
 FROZEN_BITS = (8, 32)
 FLAT_MAX_ELEMENTS = 4096  # trainable tensors smaller than this share one variable (see TrainingModule)
 VERIFY_TOLERANCE = {32: 1e-4, 8: 0.3}  # LiteRT infer vs Keras: relative L2 error of the logits
@@ -75,13 +77,36 @@ class TrainingModule(tf.Module):
             else tf.Variable(self._flatten([self.keras_trainable[i].value for i in g]), name=f"trainable_{j}")
             for j, g in enumerate(self.groups)
         ]
+        self.suffixes = contract.SLOT_SUFFIXES[optimizer]
+        self.slot_shapes = {s: self._slot_shapes(s) for s in self.suffixes}
+        self.slot_dtypes = {
+            s: tf.int8 if optimizer == "adam8bit" and not self._is_scale(s) else tf.float32 for s in self.suffixes
+        }
         self.group_slots = [
-            [tf.Variable(tf.zeros(v.shape), name=f"{s}_{j}") for s in contract.SLOT_SUFFIXES[optimizer]]
-            for j, v in enumerate(self.group_variables)
+            [
+                tf.Variable(tf.zeros(self._group_shape(j, self.slot_shapes[s]), self.slot_dtypes[s]), name=f"{s}_{j}")
+                for s in self.suffixes
+            ]
+            for j in range(len(self.groups))
         ]
         self.step = tf.Variable(0.0, name=contract.STEP_TENSOR)
         r = model.net_config.resolution
         self.image_spec = tf.TensorSpec([1, r, r, 3], tf.float32, name=contract.INPUT_IMAGE)
+
+    @staticmethod
+    def _is_scale(suffix):
+        return suffix.endswith(contract.SCALE_SLOT_SUFFIX)
+
+    def _slot_shapes(self, suffix):
+        """Per-tensor shapes of one slot: the tensor's own, or one scale per block for a per-block scale slot."""
+        if self._is_scale(suffix):
+            return [(adam8bit.num_blocks(int(np.prod(s))),) for s in self.shapes]
+        return list(self.shapes)
+
+    def _group_shape(self, j, shapes):
+        """Shape of group `j`'s variable holding tensors of `shapes`: a lone tensor's own, else all of them 1-D."""
+        g = self.groups[j]
+        return shapes[g[0]] if len(g) == 1 else (sum(int(np.prod(shapes[i])) for i in g),)
 
     @staticmethod
     def _flatten(tensors):
@@ -90,18 +115,19 @@ class TrainingModule(tf.Module):
             return tf.convert_to_tensor(tensors[0])
         return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
 
-    def _views(self, j, value):
-        """[(tensor index, per-tensor value)] of group `j`'s `value`."""
-        g = self.groups[j]
+    def _views(self, j, value, shapes=None):
+        """[(tensor index, per-tensor value)] of group `j`'s `value` of tensors of `shapes` (the trainables')."""
+        g, shapes = self.groups[j], shapes or self.shapes
         if len(g) == 1:
             return [(g[0], tf.convert_to_tensor(value))]
-        return [(i, tf.reshape(part, self.shapes[i])) for i, part in zip(g, tf.split(value, self.group_sizes[j]))]
+        parts = tf.split(value, [int(np.prod(shapes[i])) for i in g])
+        return [(i, tf.reshape(part, shapes[i])) for i, part in zip(g, parts)]
 
-    def _unflatten(self, values):
+    def _unflatten(self, values, shapes=None):
         """Per-tensor values (in `self.names` order) of one value per group."""
         out = [None] * len(self.names)
         for j, value in enumerate(values):
-            for i, view in self._views(j, value):
+            for i, view in self._views(j, value, shapes):
                 out[i] = view
         return out
 
@@ -109,11 +135,14 @@ class TrainingModule(tf.Module):
         return [self._flatten([values[i] for i in g]) for g in self.groups]
 
     def weight_tensors(self):
-        """[(name, shape, kind)] in get_weights order: trainables, their slots, the step counter."""
-        out = [(n, s, "trainable") for n, s in zip(self.names, self.shapes)]
-        for n, s in zip(self.names, self.shapes):
-            out += [(slot_tensor_name(n, suffix), s, "slot") for suffix in contract.SLOT_SUFFIXES[self.optimizer]]
-        return out + [(contract.STEP_TENSOR, (), "step")]
+        """[(name, shape, kind, dtype)] in get_weights order: trainables, their slots, the step counter."""
+        out = [(n, s, "trainable", tf.float32) for n, s in zip(self.names, self.shapes)]
+        for i, n in enumerate(self.names):
+            out += [
+                (slot_tensor_name(n, suffix), self.slot_shapes[suffix][i], "slot", self.slot_dtypes[suffix])
+                for suffix in self.suffixes
+            ]
+        return out + [(contract.STEP_TENSOR, (), "step", tf.float32)]
 
     def learning_rate(self, lr):
         """`lr` > 0 overrides; otherwise the in-model schedule at the current step (Keras CosineDecay's)."""
@@ -124,9 +153,9 @@ class TrainingModule(tf.Module):
             scheduled = tf.constant(self.lr)
         return tf.where(lr > 0.0, lr, scheduled)
 
-    def _apply(self, var, value, g, slots, lr, t):
-        """One update of group variable `var` by its gradient `g`; `value` is its value read for the forward, or
-        None for a lone tensor's variable, which is then read only now."""
+    def _apply(self, j, var, value, g, slots, lr, t):
+        """One update of group `j`'s variable `var` by its gradient `g`; `value` is its value read for the forward,
+        or None for a lone tensor's variable, which is then read only now."""
         if value is None:
             with tf.control_dependencies([g]):
                 value = var.read_value()
@@ -134,12 +163,23 @@ class TrainingModule(tf.Module):
             var.assign(value - lr * g)
             return
         b1, b2, eps = ADAM["beta_1"], ADAM["beta_2"], ADAM["epsilon"]
-        alpha = lr * tf.sqrt(1.0 - tf.pow(b2, t)) / (1.0 - tf.pow(b1, t))
-        m_var, v_var = slots
+        alpha = adam8bit.adam_alpha(lr, t, b1, b2)
         # Read the slots once their gradient exists: otherwise the converter schedules every READ_VARIABLE at the
         # step's start and a copy of all optimizer state stays alive through the whole forward and backward.
         with tf.control_dependencies([g]):
-            m_old, v_old = m_var.read_value(), v_var.read_value()
+            old = [s.read_value() for s in slots]
+        if self.optimizer == "adam8bit":
+            g_sizes = self.group_sizes[j]
+            blocks = adam8bit.Blocks(g_sizes[0]) if len(g_sizes) == 1 else adam8bit.ConcatBlocks(g_sizes)
+            flat = [tf.reshape(x, [-1]) for x in old]
+            new, state = adam8bit.adam8bit_step(
+                tf.reshape(value, [-1]), tf.reshape(g, [-1]), flat, alpha, blocks, b1, b2, eps
+            )
+            for s, x in zip(slots, state):
+                s.assign(tf.reshape(x, s.shape))
+            var.assign(tf.reshape(new, var.shape))
+            return
+        (m_var, v_var), (m_old, v_old) = slots, old
         m = m_old + (g - m_old) * (1.0 - b1)
         v = v_old + (tf.square(g) - v_old) * (1.0 - b2)
         m_var.assign(m)
@@ -166,7 +206,7 @@ class TrainingModule(tf.Module):
         lr, t = self.learning_rate(lr), self.step + 1.0
         grads = tape.gradient(loss, sources)
         for j, (var, g, slots) in enumerate(zip(self.group_variables, grads, self.group_slots)):
-            self._apply(var, shared.get(j), g, slots, lr, t)
+            self._apply(j, var, shared.get(j), g, slots, lr, t)
         self.step.assign(t)
         return {contract.OUTPUT_LOSS: loss, contract.OUTPUT_LOGITS: logits}
 
@@ -177,17 +217,17 @@ class TrainingModule(tf.Module):
     def get_weights_step(self):
         values = list(self._unflatten(self.group_variables))
         slots = [
-            self._unflatten([s[k] for s in self.group_slots])
-            for k in range(len(contract.SLOT_SUFFIXES[self.optimizer]))
+            self._unflatten([s[k] for s in self.group_slots], self.slot_shapes[suffix])
+            for k, suffix in enumerate(self.suffixes)
         ]
         for i in range(len(self.names)):
             values += [slot[i] for slot in slots]
-        names = [n for n, _, _ in self.weight_tensors()]
+        names = [w[0] for w in self.weight_tensors()]
         return dict(zip(names, values + [tf.identity(self.step)]))
 
     def set_weights_step(self, **tensors):
-        names = [n for n, _, _ in self.weight_tensors()]
-        n, k = len(self.names), len(contract.SLOT_SUFFIXES[self.optimizer])
+        names = [w[0] for w in self.weight_tensors()]
+        n, k = len(self.names), len(self.suffixes)
         values = [tensors[name] for name in names]
         for var, value in zip(self.group_variables, self._grouped(values[:n])):
             var.assign(value)
@@ -232,7 +272,7 @@ class TrainingModule(tf.Module):
             lambda unused: self.get_weights_step(),
             input_signature=[tf.TensorSpec([], tf.float32, name=contract.INPUT_PLACEHOLDER)],
         )
-        specs = {name: tf.TensorSpec(shape, tf.float32, name=name) for name, shape, _ in self.weight_tensors()}
+        specs = {name: tf.TensorSpec(shape, dtype, name=name) for name, shape, _, dtype in self.weight_tensors()}
         setter = tf.function(lambda **kw: self.set_weights_step(**kw)).get_concrete_function(**specs)
         load = tf.function(
             self.load_step,
@@ -400,7 +440,8 @@ def export_model(
         },
         "signatures": signature_json(interpreter),
         "weights": [
-            {"name": n, "shape": list(shape), "dtype": "float32", "kind": k} for n, shape, k in module.weight_tensors()
+            {"name": n, "shape": list(shape), "dtype": dtype.name, "kind": k}
+            for n, shape, k, dtype in module.weight_tensors()
         ],
         "optimizer": {
             "name": optimizer,
@@ -408,7 +449,8 @@ def export_model(
             "schedule": schedule,
             "total_steps": module.total_steps,
             "label_smoothing": label_smoothing,
-            **(ADAM if optimizer == "adam" else {}),
+            **(ADAM if optimizer in ("adam", "adam8bit") else {}),
+            **({"block_size": adam8bit.BLOCK} if optimizer == "adam8bit" else {}),
         },
         "ops": tflite_model.op_names(tflite_model.read(data)),
         "initial_values": spec,

@@ -41,6 +41,8 @@ DEFAULT_LR = {
     "tinytl-lb": 1e-3,
 }
 assert tuple(DEFAULT_LR) == METHODS
+# The optimizers of `train` (model.fit): float Adam, and Adam with block-wise 8-bit moments (tinytl_tf.ops.adam8bit).
+OPTIMIZERS = ("adam", "adam8bit")
 USES_LITE_RESIDUAL = ("tinytl-l", "tinytl-lb")
 
 

@@ -154,6 +154,8 @@ def links(data):
 
 BUFFER_ALIGNMENT = 16  # the converter's alignment of constant data (the schema's force_align on Buffer.data)
 MIN_FILL_BYTES = 1024  # smaller zero constants stay: a FILL needs two constants of its own
+FILL_TYPES = {"float32": schema.TensorType.FLOAT32, "int8": schema.TensorType.INT8, "int32": schema.TensorType.INT32}
+FILL_DTYPES = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT8: np.int8}  # variables FILL starts
 
 
 class _AlignedBuffer:
@@ -210,9 +212,10 @@ def share_identical_buffers(data, min_bytes=MIN_FILL_BYTES):
 
 
 def fill_zero_initial_values(data, nonzero=False):
-    """(new bytes, bytes of constants removed): every variable whose initial value is a float32 constant of zeros
-    (optimizer slots, and anything else that starts at zero) starts from a FILL op in its initializer instead;
-    with `nonzero`, every float32 initial value does (the device then loads the real ones with `set_weights`).
+    """(new bytes, bytes of constants removed): every variable whose initial value is a float32 or int8 constant
+    of zeros (optimizer slots, and anything else that starts at zero) starts from a FILL op in its initializer
+    instead; with `nonzero`, every initial value does (the device then loads the trainables' real values through
+    the `load` signature; the only int8 variables, the 8-bit optimizer's codes, start at zero).
 
     The converter turns each variable's value at conversion time into a full-size constant that the CALL_ONCE
     initializer subgraph assigns once; for Adam's two slots per trainable that is a file of zeros that, once
@@ -238,7 +241,7 @@ def fill_zero_initial_values(data, nonzero=False):
         model.buffers.append(buffer)
         t = schema.TensorT()
         t.name, t.shape, t.buffer = name, list(array.shape), len(model.buffers) - 1
-        t.type = schema.TensorType.INT32 if array.dtype == np.int32 else schema.TensorType.FLOAT32
+        t.type = FILL_TYPES[array.dtype.name]
         sg.tensors.append(t)
         return len(sg.tensors) - 1
 
@@ -260,7 +263,7 @@ def fill_zero_initial_values(data, nonzero=False):
             raw = None if value is None else model.buffers[value.buffer].data
             if (
                 value is not None
-                and value.type == schema.TensorType.FLOAT32
+                and value.type in FILL_DTYPES
                 and raw is not None
                 and len(raw) >= MIN_FILL_BYTES
                 and (nonzero or not np.asarray(raw).any())
@@ -270,7 +273,7 @@ def fill_zero_initial_values(data, nonzero=False):
                 name = value.name or b"initial_value"
                 fill.inputs = [
                     constant(sg, name + b"/shape", np.asarray(value.shape, np.int32)),
-                    constant(sg, name + b"/zero", np.zeros((), np.float32)),
+                    constant(sg, name + b"/zero", np.zeros((), FILL_DTYPES[value.type])),
                 ]
                 fill.outputs = [op.inputs[1]]
                 ops.append(fill)

@@ -1,5 +1,5 @@
-"""Desktop training with `model.fit` (the TinyTL paper's recipe): Adam, cosine decay per step, label smoothing, any
-batch size, optionally across local devices with `tf.distribute.MirroredStrategy`."""
+"""Desktop training with `model.fit` (the TinyTL paper's recipe): Adam (or Adam with 8-bit moments), cosine decay per
+step, label smoothing, any batch size, optionally across local devices with `tf.distribute.MirroredStrategy`."""
 
 import contextlib
 import hashlib
@@ -17,10 +17,12 @@ from tinytl_tf import ops
 from tinytl_tf.atomic import atomic_write
 from tinytl_tf.backbones import count_params, load_backbone
 from tinytl_tf.cliargs import CURVE_FILE, SPLIT_FILE, check_output_dir, json_safe
-from tinytl_tf.methods import default_lr
+from tinytl_tf.methods import OPTIMIZERS, default_lr
+from tinytl_tf.ops import adam8bit
 from tinytl_tf.transfer import check_method, prepare_transfer
 
 STRATEGIES = ("none", "mirrored")
+ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8}
 STALE_EXPORTS = ("model.tflite", "model.json", "model.init.npz")  # exported from a model.keras --overwrite replaces
 
 
@@ -61,6 +63,61 @@ class SmoothedCrossEntropy(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
+@keras.saving.register_keras_serializable(package="tinytl_tf")
+class Adam8bit(keras.optimizers.Optimizer):
+    """Adam whose two moments are stored as block-wise 8-bit codes: ~2 bytes of state per parameter instead of 8.
+
+    Per trained variable: int8 codes of m and of sqrt(v) in the variable's shape and one float32 scale of each per
+    block of `adam8bit.BLOCK` values; the update rule is `tinytl_tf.ops.adam8bit`, the one the exported `train`
+    signature runs, so desktop and device training take the same steps.
+    """
+
+    def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8, name="adam8bit", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._states = []
+        for var in var_list:
+            prefix, blocks = var.path.replace("/", "_"), [adam8bit.num_blocks(int(np.prod(var.shape)))]
+            m, r = (self.add_variable(var.shape, "zeros", "int8", name=f"{prefix}_{s}") for s in ("m", "sqrt_v"))
+            m_scale, r_scale = (self.add_variable(blocks, "zeros", name=f"{prefix}_{s}_scale") for s in ("m", "sqrt_v"))
+            self._states.append((m, m_scale, r, r_scale))
+
+    def update_step(self, gradient, variable, learning_rate):
+        state = self._states[self._get_variable_index(variable)]
+        t = tf.cast(self.iterations + 1, tf.float32)
+        alpha = adam8bit.adam_alpha(tf.cast(learning_rate, tf.float32), t, self.beta_1, self.beta_2)
+        value, new_state = adam8bit.adam8bit_step(
+            tf.reshape(variable, [-1]),
+            tf.reshape(tf.cast(gradient, tf.float32), [-1]),
+            [tf.reshape(s, [-1]) for s in state],
+            alpha,
+            adam8bit.Blocks(int(np.prod(variable.shape))),
+            self.beta_1,
+            self.beta_2,
+            self.epsilon,
+        )
+        self.assign(variable, tf.reshape(value, variable.shape))
+        for s, new in zip(state, new_state):
+            self.assign(s, tf.reshape(new, s.shape))
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+
+def make_optimizer(name, learning_rate):
+    """The `OPTIMIZERS` entry `name` with Adam's (0.9, 0.999, 1e-8) and `learning_rate` (a float or a schedule)."""
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate, **ADAM)
+    if name == "adam8bit":
+        return Adam8bit(learning_rate, **ADAM)
+    raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+
+
 def distribution_scope(strategy):
     """A context in which to build and compile the model: "none" or "mirrored" (all local devices)."""
     if strategy in (None, "none"):
@@ -71,11 +128,12 @@ def distribution_scope(strategy):
     raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
 
 
-def compile_model(model, lr, total_steps, label_smoothing=0.1):
-    """Adam (0.9, 0.999, 1e-8) with the learning rate decayed to 0 by a per-step cosine, no warm-up."""
+def compile_model(model, lr, total_steps, label_smoothing=0.1, optimizer="adam"):
+    """Adam (0.9, 0.999, 1e-8; `optimizer` "adam8bit": with 8-bit moments) with the learning rate decayed to 0 by a
+    per-step cosine, no warm-up."""
     schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, total_steps), alpha=0.0)
     model.compile(
-        optimizer=keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-8),
+        optimizer=make_optimizer(optimizer, schedule),
         loss=SmoothedCrossEntropy(label_smoothing),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
@@ -91,9 +149,9 @@ def steps_per_epoch(dataset):
     return steps
 
 
-def fit(model, dataset, epochs, lr, label_smoothing=0.1, verbose=1):
+def fit(model, dataset, epochs, lr, label_smoothing=0.1, verbose=1, optimizer="adam"):
     """Compile `model` for the recipe and train it on a batched (x, y) dataset; returns the Keras history."""
-    compile_model(model, lr, epochs * steps_per_epoch(dataset), label_smoothing)
+    compile_model(model, lr, epochs * steps_per_epoch(dataset), label_smoothing, optimizer)
     return model.fit(dataset, epochs=epochs, verbose=verbose, shuffle=False)  # tf.data shuffles; Keras warns otherwise
 
 
@@ -146,6 +204,7 @@ def train_job(
     load_data=None,
     make_model=None,
     seed=0,
+    optimizer="adam",
 ):
     """The `train` command: backbone -> transfer method -> fit -> OUT/model.keras + OUT/metrics.json.
 
@@ -156,8 +215,11 @@ def train_job(
     OUT/split.json for `evaluate`; `overwrite` also removes a model.tflite / model.json / model.init.npz exported
     from the old model.
     `seed`: see `seed_everything`; `load_data` should draw its split and shuffling from the same seed.
+    `optimizer`: one of `OPTIMIZERS`.
     """
     check_method(method)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     out = check_output_dir(out, overwrite)
@@ -178,7 +240,7 @@ def train_job(
                 )
         lr = default_lr(method) if lr is None else lr
         start = time.time()
-        history = fit(model, images.train, epochs, lr, label_smoothing, verbose)
+        history = fit(model, images.train, epochs, lr, label_smoothing, verbose, optimizer)
     seconds = time.time() - start
     trainable, total = count_params(model)
     metrics = {
@@ -188,6 +250,7 @@ def train_job(
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
+        "optimizer": optimizer,
         "label_smoothing": label_smoothing,
         "replicas": replicas,
         "num_classes": len(images.class_names),

@@ -6,12 +6,13 @@ this module encodes its storage rules, one named term each, so a change to the e
 
 - `variables`: every trainable tensor as a float32 resource variable, plus the optimizer's state
   (`OPTIMIZER_STATE_BYTES` per trainable parameter) and the step counter.
-- `initial_values`: the trainables' values at export are constants in the file, read once by the variable
-  initialiser and then resident like the rest of the file (`INITIAL_VALUES_RESIDENT`). Variables that start at
-  zero (the optimizer's slots) are filled at run time and store nothing.
+- `initial_values`: every variable starts from a FILL in the file; the trainables' values come from X.init.npz
+  beside it, assigned by the `load` signature one variable group at a time (`tinytl_tf.export`: tensors under
+  `FLAT_MAX_ELEMENTS` elements share one group, larger ones are a group each). What stays is `load`'s arena, sized
+  by the largest group (`LOAD_ARENA_GROUPS` of it), plus the one group read from the archive while it loads.
 - `frozen_constants`: every frozen kernel in int8 (the converter's dynamic-range quantization; constants under
-  `QUANTIZE_MIN_ELEMENTS` elements stay float32), `FROZEN_KERNEL_COPIES` times when its input gradient runs (the
-  forward layout and the flipped / transposed one, split per stride phase, that the input gradient reads); frozen
+  `QUANTIZE_MIN_ELEMENTS` elements stay float32), stored `FROZEN_KERNEL_COPIES` times when its input gradient runs
+  (once: the input gradient reads the forward's bytes, flipped / transposed per layer as it runs); frozen
   biases, folded scales and GroupNorm parameters in float32; the ReLU mask table and the resize adjoints' matrices.
 - `tables`: the flatbuffer's own tables (tensors, ops, per-channel quantization scales, names) and the ops' small
   shape and padding constants, per op of the graph.
@@ -37,12 +38,17 @@ from tinytl_tf.config import NetConfig
 from tinytl_tf.memory.analytic import MB, leaves, method_config, param_counts
 
 F32 = 4
-# Bytes of optimizer state per trainable parameter: SGD none, Adam two float32 moments.
-OPTIMIZER_STATE_BYTES = {"sgd": 0, "adam": 8}
-# The trainables' initial values stay in the file (the initialiser reads them once; the pages stay resident).
-INITIAL_VALUES_RESIDENT = True
-# int8 copies of a frozen kernel whose input gradient runs: the forward's layout and the flipped/transposed one.
-FROZEN_KERNEL_COPIES = 2
+# Bytes of optimizer state per trainable parameter: SGD none, Adam two float32 moments, 8-bit Adam two int8 codes
+# and, per block of `ADAM8BIT_BLOCK` values, two float32 scales.
+ADAM8BIT_BLOCK = 256
+OPTIMIZER_STATE_BYTES = {"sgd": 0, "adam": 8, "adam8bit": 2 + 2 * F32 / ADAM8BIT_BLOCK}
+# Trainable tensors smaller than this share one variable group (`export.FLAT_MAX_ELEMENTS`); `load` assigns one
+# group per call and its arena holds `LOAD_ARENA_GROUPS` times the largest group (the values input, the reshaped
+# values, the variable's read and the selected value), read off exported models' `load` subgraphs.
+FLAT_MAX_ELEMENTS = 4096
+LOAD_ARENA_GROUPS = 4
+# int8 copies of a frozen kernel whose input gradient runs: one, shared by the forward and the input gradient.
+FROZEN_KERNEL_COPIES = 1
 # The converter's dynamic-range quantization leaves constants smaller than this float32 (its default threshold).
 QUANTIZE_MIN_ELEMENTS = 1024
 # Quantization parameters (scales, zero points) per quantized tensor and output channel in the flatbuffer's tables,
@@ -67,7 +73,7 @@ BACKWARD_SCRATCH_FRACTION = 0.025
 RUNTIME_BASE_BYTES = 4_096
 # Full-size temporaries of one trainable tensor's update alive at once (gradient, the values read, the new
 # moments), read off the exported graphs' peaks.
-UPDATE_TEMPORARIES = {"sgd": 3, "adam": 5}
+UPDATE_TEMPORARIES = {"sgd": 3, "adam": 5, "adam8bit": 7}
 MASK_TABLE_BYTES = 256 * 8 + 8 * F32  # the ReLU mask's unpacking table (bool) and packing vector (float)
 
 
@@ -122,6 +128,12 @@ class _Walk:
         self.peak = 0
         self.backward = []  # closures, run in reverse: each returns (working bytes, saved bytes it releases)
         self.grad = False  # does the tensor flowing now depend on a trainable tensor upstream?
+        self.trainable_sizes = []  # elements of each trainable tensor
+
+    def largest_load_group(self):
+        """Elements of the largest variable group `load` assigns: all small tensors together, or one large one."""
+        small = sum(n for n in self.trainable_sizes if n < FLAT_MAX_ELEMENTS)
+        return max([small] + [n for n in self.trainable_sizes if n >= FLAT_MAX_ELEMENTS])
 
     # -- constants -------------------------------------------------------------------------------------------
     def _kernel_const(self, elements, channels, copies):
@@ -174,7 +186,9 @@ class _Walk:
         x, y = F32 * h * h * cin, F32 * ho * ho * cout
         params = k * k * (cin if depthwise else cin // groups * cout)
         needs_dx = self.grad
-        if not train_kernel:
+        if train_kernel:
+            self.trainable_sizes.append(params)
+        else:
             self._frozen_kernel(k, cin, cout, groups, depthwise, stride, needs_dx)
         padded = F32 * (h + k - 1) ** 2 * cin if (pads_explicit and k > 1) else 0
         split = 2 * x if groups > 1 and not depthwise else 0  # SPLIT's parts, then CONCATENATION's output
@@ -202,6 +216,7 @@ class _Walk:
 
     def affine(self, numel, channels, train_scale, train_bias, folded, held):
         """A folded norm's per-channel scale (unless folded into the frozen kernel) and bias."""
+        self.trainable_sizes += [channels] * (int(train_bias) + int(train_scale and not folded))
         if not train_bias:
             self.constants += F32 * channels
         if folded:  # the scale is in the kernel; a trainable bias is added (and summed in the backward) alone
@@ -236,6 +251,7 @@ class _Walk:
         self.backward.append(lambda y=y, mask=mask, numel=numel: (2 * y + 2 * numel, mask))
 
     def group_norm(self, numel, channels, train_gamma, train_beta, held):
+        self.trainable_sizes += [channels] * (int(train_gamma) + int(train_beta))
         if not train_gamma:
             self.constants += F32 * channels
         if not train_beta:
@@ -309,6 +325,7 @@ class _Walk:
         n = cfg.num_classes
         self._at(F32 * (h * h * c + c))
         if t.head:
+            self.trainable_sizes += [c * n, n]
             self.saved += F32 * c
             # the head's update runs first in the backward: gradient, reads and optimizer temporaries
             self._at(F32 * (c * n) * (3 + (3 if self.state else 0)))
@@ -335,8 +352,8 @@ def predict_train(cfg, optimizer="adam", frozen_bits=8):
     arena = walk.run()
     forward_activations = F32 * sum(leaf.out_numel for leaf in leaves(cfg))
     return Prediction(
-        variables=F32 * trainable + OPTIMIZER_STATE_BYTES[optimizer] * trainable + F32,
-        initial_values=F32 * trainable if INITIAL_VALUES_RESIDENT else 0,
+        variables=F32 * trainable + round(OPTIMIZER_STATE_BYTES[optimizer] * trainable) + F32,
+        initial_values=(LOAD_ARENA_GROUPS + 1) * F32 * walk.largest_load_group(),
         frozen_constants=walk.constants + (MASK_TABLE_BYTES if walk.backward else 0),
         tables=TABLE_BYTES_PER_OP * walk.ops + walk.quant_params,
         arena=arena,

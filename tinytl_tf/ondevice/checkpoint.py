@@ -1,9 +1,10 @@
 """Training checkpoints that survive a power cut at any instant: `CheckpointStore(path, model).save/load`.
 
 Format: an uncompressed `.npz` (read with allow_pickle=False) holding every tensor of the model's `get_weights`
-as `weight/<name>` (trainables, optimizer slots, the step counter: exactly what `set_weights` needs) and `meta`, a
-JSON string: {"format": FORMAT, "fingerprint": sha256 of the model's .tflite, "state": {...}} where `state` is the
-trainer's position and counters (see `folder_training.RunState`).
+as `weight/<name>` in its own dtype (trainables, optimizer slots, the step counter: exactly what `set_weights`
+needs; float32, and int8 for the moment codes of Adam with 8-bit moments, whose float32 block scales are slots of
+their own) and `meta`, a JSON string: {"format": FORMAT, "fingerprint": sha256 of the model's .tflite, "state":
+{...}} where `state` is the trainer's position and counters (see `folder_training.RunState`).
 
 Writing: the new file goes to a temp file in the same directory, flushed and fsync'ed; then the current file is
 hard-linked (copied where links are unsupported) to a temp name that is renamed over `<path>.prev`; then the temp

@@ -3,6 +3,7 @@
 Layers call only these functions, so the same code trains in Keras `model.fit` and exports to a
 builtins-only LiteRT training graph. The `*_grad` flags are trace-time facts: when a weight is frozen its
 gradient is not built, and the forward input is not kept alive for it (TinyTL's memory saving).
+`tinytl_tf.ops.adam8bit` is the one optimizer rule both sides share the same way (Adam with 8-bit moments).
 """
 
 from tinytl_tf.ops.activations import relu, relu6
