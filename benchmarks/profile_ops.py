@@ -32,6 +32,7 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tinytl_tf import tflite_model  # noqa: E402
 from tinytl_tf.atomic import atomic_write  # noqa: E402
+from tinytl_tf.errors import TinyTLError
 from tinytl_tf.memory.probe import random_inputs  # noqa: E402
 
 PINNED = "2.3.0"  # the ai-edge-litert whose event record layout `Event` is
@@ -93,7 +94,7 @@ class Event(ctypes.Structure):
     ]
 
 
-class ProfileError(RuntimeError):
+class ProfileError(TinyTLError, RuntimeError):
     pass
 
 

@@ -380,9 +380,9 @@ class StudyData:
 @functools.lru_cache(maxsize=8)
 def folder_split(tree):
     """The validated split of a class-per-folder tree (decodes every image once, so it is cached)."""
-    from tinytl_tf import imageio
+    from tinytl_tf import imagefiles
 
-    return imageio.scan_image_folder(tree)
+    return imagefiles.scan_image_folder(tree)
 
 
 def link_tree(dest, parts):

@@ -26,7 +26,7 @@ def total_steps(args):
     if args.train_examples:
         return args.epochs * args.train_examples, "--epochs x --train-examples"
     if args.data:
-        from tinytl_tf.imageio import count_train_images
+        from tinytl_tf.imagefiles import count_train_images
 
         return args.epochs * count_train_images(args.data), f"--epochs x the training images of {args.data}"
     metrics = Path(args.model).parent / "metrics.json"

@@ -15,7 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.test_backbones import CATS
-from tinytl_tf.backbones import backbone_config, load_backbone, mcu
+from tinytl_tf.backbones import backbone_config, load_backbone, tiny_training
 from tinytl_tf.config import BlockConfig, ConfigError, ConvConfig, NetConfig
 from tinytl_tf.data import default_data_dir, load_image_folder
 from tinytl_tf.supernet.space import Arch, backbone_arch, sample, super_spec
@@ -151,7 +151,7 @@ def _chelsea(cfg, size):
 def test_from_backbone_reproduces_imagenet_predictions():
     name = "mcunet-5fps"
     net = SuperNet.from_backbone(name, num_classes=1000)
-    _, arrays = mcu.load(name)
+    _, arrays = tiny_training.load(name)
     net.head.kernel.assign(arrays["head/kernel"])
     net.head.bias.assign(arrays["head/bias"])
     arch = backbone_arch(net.spec)
@@ -179,7 +179,7 @@ def test_full_subnet_reproduces_the_static_backbone_on_real_images():
     images = load_image_folder(default_data_dir(), size, cfg.input_mean, cfg.input_std, 16)
     net = SuperNet.from_backbone(name, num_classes=1000, resolutions=(size,))
     net.calibrate(images.train, batches=2)
-    _, arrays = mcu.load(name)
+    _, arrays = tiny_training.load(name)
     net.head.kernel.assign(arrays["head/kernel"])
     net.head.bias.assign(arrays["head/bias"])
     arch = backbone_arch(net.spec)

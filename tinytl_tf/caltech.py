@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from tinytl_tf import cliargs
-from tinytl_tf.imageio import DataError
+from tinytl_tf.imagefiles import DataError
 
 DROPPED_CLASS = "BACKGROUND_Google"
 MARKER = ".prepared.json"  # written last inside the tree, so its presence means "complete"

@@ -420,7 +420,7 @@ def build_parser():
 def check_arguments(args):
     """The cheap checks (no TensorFlow): the files and folders named exist and the outputs are free."""
     if args.command in ("train", "search") and not getattr(args, "tfds", None):
-        from tinytl_tf.imageio import folder_layout
+        from tinytl_tf.imagefiles import folder_layout
 
         folder_layout(args.data)  # at least two class folders, each with an image file; no image decoded
     if getattr(args, "resolution", None) is not None:

@@ -8,12 +8,14 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from tinytl_tf.errors import TinyTLError
+
 ACTIVATIONS = (None, "relu", "relu6")
 PADDINGS = ("symmetric", "same")
 MIN_RESOLUTION, MAX_RESOLUTION = 32, 1024
 
 
-class ConfigError(ValueError):
+class ConfigError(TinyTLError, ValueError):
     """A network config (or a field of one) is invalid; the message names the field."""
 
 

@@ -7,6 +7,7 @@ TF-free, so the memory model and the search can turn a backbone config into a me
 
 from tinytl_tf.config import TrainableSet, check_resolution, with_lite_residual
 from tinytl_tf.contract import METHODS
+from tinytl_tf.errors import TinyTLError
 
 TRAINABLE = {
     "ft-last": TrainableSet(),
@@ -44,7 +45,7 @@ assert tuple(DEFAULT_LR) == METHODS
 USES_LITE_RESIDUAL = ("tinytl-l", "tinytl-lb")
 
 
-class UnknownMethod(ValueError):
+class UnknownMethod(TinyTLError, ValueError):
     pass
 
 
