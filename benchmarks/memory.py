@@ -1,6 +1,6 @@
 """Training memory per transfer method: analytic (TinyTL, Cai et al. 2020, Sec. 3.1) vs measured LiteRT, at batch 1.
 
-    python benchmarks/memory.py [--backbones mobilenet-v1 proxylessnas-mobile] [--resolution 224] [--classes 102]
+    python -m benchmarks.memory [--backbones mobilenet-v1 proxylessnas-mobile] [--resolution 224] [--classes 102]
                                 [--methods ...] [--optimizer adam|sgd] [--steps 3] [--timeout 900]
                                 [--out docs/memory.json] [--verbose]
 
@@ -20,7 +20,6 @@ entry (with the commit it ran at) replaces the one in `--out`; the other backbon
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -28,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from transfer import git_commit, portable_command  # noqa: E402  (the sibling benchmark script)
+from benchmarks.transfer import git_commit, portable_command
 
 TARGET_RATIO, TARGET_VS_ANALYTIC, TARGET_FILE = 6.5, 1.5, 1.3
 MODES = {"builtin": False, "xnnpack": True}
@@ -147,7 +145,7 @@ def run_backbone(name, args):
         for method, static in statics.items():
             print_static(method, static, args.top)
     return {
-        "command": portable_command("python benchmarks/memory.py", args.argv),
+        "command": portable_command("python -m benchmarks.memory", args.argv),
         "commit": git_commit(),
         "optimizer": args.optimizer,
         "resolution": args.resolution,

@@ -1,6 +1,6 @@
 """Feature-extractor adaptation vs the fixed backbone at the same training-memory budget.
 
-    python benchmarks/search.py --data DIR --budget-mb 2.0 [--backbone mcunet-5fps]
+    python -m benchmarks.search --data DIR --budget-mb 2.0 [--backbone mcunet-5fps]
         [--resolutions 96 112 128 144 160] [--search-epochs 5 --pairs 500 --population 100 --generations 100]
         [--epochs 3 --batch-size 8 --lr 3e-3] [--no-measure] [--work runs/bench_search] [--out docs/search.json]
 
@@ -11,19 +11,16 @@
 Both report test accuracy, analytic training memory (TinyTL-L+B, batch 1) and, unless --no-measure, the LiteRT
 figures of the exported model (`tinytl_tf.memory.measure`); plus the predictor's rank correlation on unseen
 pairs. Every phase resumes from --work. Prepare the data first (SOURCE holds the Caltech-101 tar files):
-`python -m tinytl_tf.caltech prepare SOURCE DIR`.
+`python -m tinytl_tf caltech prepare SOURCE DIR`.
 """
 
 import argparse
 import functools
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from transfer import portable_path  # noqa: E402  (the sibling benchmark script)
+from benchmarks.transfer import portable_path
 
 
 def fixed_backbone_resolution(backbone, num_classes, resolutions, budget_mb):
@@ -96,8 +93,8 @@ def main(argv=None):
 
     from tinytl_tf.atomic import atomic_write
     from tinytl_tf.data import load_image_folder
+    from tinytl_tf.jobs.train import train_job
     from tinytl_tf.supernet.search import load_subnet, search_job
-    from tinytl_tf.train import train_job
 
     work = Path(run.work)
     start = time.time()

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinytl_tf import caltech, imagefiles
+from tinytl_tf import imagefiles
 from tinytl_tf.contract import CROP_FRACTION
 from tinytl_tf.data import DataError, ImageData, default_data_dir, load_eval_folder, load_image_folder, load_tfds
+from tinytl_tf.jobs import caltech
 
 MEAN, STD = (128.0, 128.0, 128.0), (128.0, 128.0, 128.0)
 

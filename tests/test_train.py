@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 
 from tinytl_tf.backbones import load_backbone
+from tinytl_tf.cliargs import check_output_dir
 from tinytl_tf.contract import METHODS
-from tinytl_tf.train import check_output_dir, fit, load_trained
+from tinytl_tf.train import fit, load_trained
 from tinytl_tf.transfer import prepare_transfer
 
 pytestmark = pytest.mark.slow  # trains models
@@ -114,7 +115,7 @@ def test_a_seed_repeats_a_run_exactly_and_another_seed_differs(tmp_path):
     """Two 1-epoch runs on the embedded data with one seed: identical metrics and trained weights; another seed
     gives other weights (its head, lite branches, data order and augmentation are drawn differently)."""
     from tinytl_tf.data import default_data_dir, load_image_folder
-    from tinytl_tf.train import train_job
+    from tinytl_tf.jobs.train import train_job
 
     def run(seed, name):
         def load(resolution, mean, std, batch):

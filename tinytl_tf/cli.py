@@ -32,7 +32,7 @@ def _data_loader(args):
 
 
 def cmd_train(args):
-    from tinytl_tf.train import train_job
+    from tinytl_tf.jobs.train import train_job
 
     make_model = None
     if args.subnet:
@@ -90,33 +90,50 @@ def cmd_search(args):
 
 
 def cmd_evaluate(args):
-    from tinytl_tf import data
-    from tinytl_tf.train import accuracy, held_out_files, load_trained
+    from tinytl_tf.jobs.evaluate import evaluate_job
 
-    model = load_trained(args.model)
-    cfg = model.net_config
-    only = None if args.all_images else held_out_files(args.model, args.data)
-    if only is not None:
-        print(
-            f"evaluate: scoring the {len(only)} images train held out of {args.data} "
-            f"({Path(args.model).parent / cliargs.SPLIT_FILE}); --all-images scores every image",
-            file=sys.stderr,
-        )
-    images = data.load_eval_folder(
-        args.data, cfg.resolution, cfg.input_mean, cfg.input_std, args.batch_size, class_names=cfg.labels, only=only
+    print(json.dumps(evaluate_job(args.model, args.data, args.batch_size, args.all_images)))
+
+
+def cmd_export(args):
+    from tinytl_tf.jobs.export import export_job
+
+    def progress(stage):
+        print(f"export: {stage}...", file=sys.stderr, flush=True)
+
+    steps, source = args.device_steps
+    progress(f"schedule of {steps} steps ({source}); loading {args.model}")
+    meta = export_job(
+        args.model,
+        args.out,
+        args.optimizer,
+        args.lr,
+        steps,
+        args.label_smoothing,
+        args.schedule,
+        frozen_bits=args.frozen_bits,
+        overwrite=args.overwrite,
+        progress=progress,
     )
-    print(
-        json.dumps(
-            {
-                "accuracy": accuracy(model, images.test),
-                "examples": images.num_test,
-                "skipped_images": images.skipped,
-                "model": str(args.model),
-                "data": str(args.data),
-                "held_out_only": only is not None,
-            }
-        )
-    )
+    print(json.dumps({k: meta[k] for k in ("fingerprint", "backbone", "method", "num_classes", "ops")}, indent=2))
+    size_mb = Path(args.out).stat().st_size / 1e6
+    print(f"wrote {args.out} ({size_mb:.2f} MB) and {Path(args.out).stem}.json", file=sys.stderr)
+
+
+def cmd_caltech(args):
+    from tinytl_tf.jobs.caltech import make_subset, prepare_caltech101
+
+    if args.action == "prepare":
+        print(prepare_caltech101(args.source if len(args.source) > 1 else args.source[0], args.out))
+    else:
+        print(make_subset(args.prepared, args.out, args.classes, args.n_train, args.n_test, args.short_side))
+
+
+def cmd_import_ofa(args):
+    from tinytl_tf.importers.ofa import import_checkpoint
+
+    cfg, arrays = import_checkpoint(args.checkpoint, args.out, args.overwrite)
+    print(f"wrote {args.out}: {len(cfg.blocks)} blocks, {sum(a.size for a in arrays.values()):,} parameters")
 
 
 def cmd_memory(args):
@@ -181,7 +198,7 @@ def _add_measurements(args, rows):
 
 
 def cmd_demo(args):
-    from tinytl_tf.demo import run_demo
+    from tinytl_tf.jobs.demo import run_demo
 
     run_demo(args.out, epochs=args.epochs, seed=args.seed)
 
@@ -304,7 +321,7 @@ def build_parser():
     s.add_argument(
         "--backbone",
         default="mcunet-5fps",
-        help="mcunet-5fps, proxyless-w0.3, mbv2-w0.35, or a .npz from export/convert_ofa.py (default mcunet-5fps)",
+        help="mcunet-5fps, proxyless-w0.3, mbv2-w0.35, or a .npz written by `import-ofa` (default mcunet-5fps)",
     )
     s.add_argument(
         "--budget-mb",
@@ -414,7 +431,85 @@ def build_parser():
     d.add_argument("--epochs", type=count(1), help="training epochs of each method (default: the demo's 15)")
     _add_seed_option(d)
     d.set_defaults(func=cmd_demo)
+    _add_export_parser(sub)
+    _add_caltech_parser(sub)
+
+    o = sub.add_parser(
+        "import-ofa",
+        formatter_class=_Formatter,
+        help="import the official once-for-all checkpoint as a super-net backbone (.npz) for `search`",
+        description="Convert the official once-for-all ofa_proxyless_d234_e346_k357_w1.3 PyTorch checkpoint into a "
+        "super-net backbone file that `search --backbone FILE.npz` reads. Needs torch (pip install torch); nothing "
+        "is downloaded.",
+    )
+    o.add_argument("--checkpoint", required=True, help="the once-for-all checkpoint file (torch.save'd state dict)")
+    o.add_argument("--out", required=True, help="the .npz super-net backbone file to write")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    o.set_defaults(func=cmd_import_ofa)
     return p
+
+
+def _add_export_parser(sub):
+    x = sub.add_parser(
+        "export",
+        formatter_class=_Formatter,
+        help="export a trained model.keras to an on-device training .tflite (+ its .json metadata)",
+        description="Export a trained model.keras to one on-device training X.tflite with train / infer / "
+        "get_weights / set_weights signatures, and its metadata X.json beside it (model.json for model.tflite). The "
+        "in-model cosine schedule spans the steps the device will train at batch size 1: --total-steps, else --epochs "
+        "x the training images (--train-examples, the train split of --data, or the train_examples in the "
+        "metrics.json written with --model).",
+    )
+    x.add_argument("--model", required=True, help="model.keras written by `train`")
+    x.add_argument("--out", required=True, help="the X.tflite to write; X.json is written beside it")
+    x.add_argument("--optimizer", default="adam", choices=("sgd", "adam"), help="the device's optimizer")
+    x.add_argument("--lr", type=positive_float, default=3e-4, help="peak learning rate of the in-model schedule")
+    x.add_argument("--schedule", default="cosine", choices=("cosine", "constant"), help="learning-rate schedule")
+    x.add_argument("--epochs", type=count(1), default=1, help="epochs the device will train (sizes the schedule)")
+    x.add_argument("--train-examples", type=count(1), metavar="N", help="training images on the device")
+    x.add_argument("--data", metavar="DIR", help="the device's training images (a class-per-folder tree): counts them")
+    x.add_argument(
+        "--total-steps",
+        type=count(1),
+        metavar="N",
+        help="steps of the cosine schedule (default: --epochs x the training images)",
+    )
+    x.add_argument("--label-smoothing", type=unit_interval, default=0.1, help="label smoothing of the device loss")
+    x.add_argument(
+        "--frozen-bits",
+        type=int,
+        default=8,
+        choices=(8, 32),
+        help="frozen conv/dense kernels stored as int8 (hybrid kernels, ~1%% output difference) or float32",
+    )
+    x.add_argument("--batch-size", type=int, default=1, choices=(1,), help="the device graph trains at batch size 1")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing X.tflite and X.json")
+    x.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show TensorFlow's own log")
+    x.set_defaults(func=cmd_export)
+
+
+def _add_caltech_parser(sub):
+    from tinytl_tf.jobs.caltech import CALTECH10_CLASSES
+
+    c = sub.add_parser(
+        "caltech",
+        formatter_class=_Formatter,
+        help="prepare Caltech-101 from its tarballs (or a small subset of a prepared tree)",
+        description="Caltech-101's tarballs -> the OUT/train/<class>/, OUT/test/<class>/ tree `train` reads, by the "
+        "official split files (BACKGROUND_Google, a clutter folder, is dropped). TF-free.",
+    )
+    actions = c.add_subparsers(dest="action", required=True)
+    p = actions.add_parser("prepare", help="tarballs (or their folder) -> OUT/train, OUT/test")
+    p.add_argument("source", nargs="+", help="folder with the tarballs, the tar files, or an extracted folder")
+    p.add_argument("out")
+    s = actions.add_parser("subset", help="a prepared tree -> a small downscaled subset")
+    s.add_argument("prepared")
+    s.add_argument("out")
+    s.add_argument("--classes", nargs="+", default=list(CALTECH10_CLASSES))
+    s.add_argument("--n-train", type=count(1), default=30)
+    s.add_argument("--n-test", type=count(1), default=10)
+    s.add_argument("--short-side", type=count(1), default=112)
+    c.set_defaults(func=cmd_caltech)
 
 
 def check_arguments(args):
@@ -442,6 +537,13 @@ def check_arguments(args):
                 )
         if args.measure or args.plot:
             raise ValueError("--model measures one exported file; --measure and --plot belong to the method table")
+    if args.command == "export":
+        cliargs.check_export_target(args.out, args.overwrite)
+        if not Path(args.model).is_file():
+            raise FileNotFoundError(f"no model file at {args.model}; pass the model.keras written by `train --out`")
+        from tinytl_tf.jobs.export import device_steps
+
+        args.device_steps = device_steps(args.model, args.epochs, args.total_steps, args.train_examples, args.data)
     if args.command == "evaluate":
         if not Path(args.model).is_file():
             raise FileNotFoundError(f"no model file at {args.model}; pass the model.keras written by `train --out`")
@@ -457,13 +559,10 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or a refused argument (its error line is printed)
         return e.code
-    try:
+
+    def run():
         check_arguments(args)
         cliargs.quiet_tensorflow(args.verbose)
         args.func(args)
-    except (ValueError, OSError) as e:  # user mistakes: bad paths, data, names, configs
-        if cliargs.debug():
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return cliargs.run_command(run)

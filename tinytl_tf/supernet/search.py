@@ -61,7 +61,7 @@ def _write_json(path, obj):
 
 
 def _backbone_base(backbone):
-    """A backbone's NetConfig without building it (a name, or a `.npz` written by export/convert_ofa.py)."""
+    """A backbone's NetConfig without building it (a name, or a `.npz` written by `tinytl import-ofa`)."""
     return read_weights_file(backbone)[1] if str(backbone).endswith(".npz") else backbone_config(backbone)
 
 

@@ -116,7 +116,7 @@ class SuperNet(keras.Model):
         cls, name, num_classes, labels=(), resolutions=DEFAULT_RESOLUTIONS, dropout=0.2, weights_dir=None
     ):
         """The super-net around a named MB backbone (mcunet-5fps, proxyless-w0.3, mbv2-w0.35, or the random-weight
-        proxylessnas-mobile) or a once-for-all checkpoint converted by `export/convert_ofa.py` (its `.npz` path).
+        proxylessnas-mobile) or a once-for-all checkpoint imported by `tinytl import-ofa` (its `.npz` path).
 
         The backbone's main weights are placed by path and its expanded channels sorted by importance (a
         converted once-for-all net is already sorted: its narrower sub-nets were trained on the first channels);
@@ -302,7 +302,7 @@ def _sample_gene(choices):
 
 
 def write_weights_file(path, backbone, cfg, arrays):
-    """Write a converted super-net backbone (`export/convert_ofa.py`): its largest sub-net's `NetConfig`, weights
+    """Write a converted super-net backbone (`tinytl import-ofa`): its largest sub-net's `NetConfig`, weights
     by path (transform matrices included) and the fact that its channels are already importance-sorted."""
     meta = json.dumps({"backbone": backbone, "net_config": cfg.to_dict(), "channels_sorted": True})
     payload = {WEIGHTS_FILE_META: np.array(meta), **{p: np.asarray(a, np.float32) for p, a in arrays.items()}}
@@ -318,14 +318,14 @@ def read_weights_file(path):
     """(backbone name, NetConfig, {path: array}, channels_sorted) of a file written by `write_weights_file`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no converted super-net weights at {path}; write them with export/convert_ofa.py")
+        raise FileNotFoundError(f"no converted super-net weights at {path}; write them with `tinytl import-ofa`")
     try:
         z = np.load(path)
         meta = json.loads(str(z[WEIGHTS_FILE_META]))
         arrays = {k: z[k] for k in z.files if k != WEIGHTS_FILE_META}
         return meta["backbone"], NetConfig.from_dict(meta["net_config"]), arrays, bool(meta["channels_sorted"])
     except (KeyError, TypeError, ValueError, OSError) as e:
-        raise ValueError(f"{path} is not a super-net weights file written by export/convert_ofa.py ({e})") from None
+        raise ValueError(f"{path} is not a super-net weights file written by `tinytl import-ofa` ({e})") from None
 
 
 def _backbone_weights(name, weights_dir):
@@ -336,5 +336,5 @@ def _backbone_weights(name, weights_dir):
     if str(name).endswith(".npz"):
         return read_weights_file(name)
     raise UnknownBackbone(
-        f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}, or a .npz written by export/convert_ofa.py"
+        f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}, or a .npz written by `tinytl import-ofa`"
     )
