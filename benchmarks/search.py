@@ -25,12 +25,13 @@ from benchmarks.transfer import portable_path
 
 def fixed_backbone_resolution(backbone, num_classes, resolutions, budget_mb):
     """The largest of `resolutions` at which the backbone's TinyTL-L+B memory (batch 1) fits the budget."""
-    from tinytl_tf.memory import method_config, training_memory
+    from tinytl_tf.memory import training_memory
+    from tinytl_tf.methods import method_config
 
     fitting = [
         r
         for r in resolutions
-        if training_memory(method_config(backbone, "tinytl-lb", r, num_classes)).total_mb <= budget_mb
+        if training_memory(method_config(backbone, "tinytl-lb", num_classes, resolution=r)).total_mb <= budget_mb
     ]
     if not fitting:
         raise ValueError(

@@ -32,6 +32,19 @@ class TrainableSet:
     lite_final_beta: bool = False  # beta of a lite branch's last norm (redundant with the main bias)
     head: bool = True  # the classifier
 
+    def main_flags(self):
+        """The freeze flags of a main-branch `FoldedConv2D` (stem, block convs, feature mix)."""
+        return {"train_kernel": self.main_kernel, "train_scale": self.main_scale, "train_bias": self.main_bias}
+
+    def lite_flags(self):
+        """The freeze flags of a `LiteResidual` branch."""
+        return {
+            "train_kernel": self.lite_kernel,
+            "train_gamma": self.lite_gamma,
+            "train_beta": self.lite_beta,
+            "train_final_beta": self.lite_final_beta,
+        }
+
 
 @dataclass(frozen=True)
 class ConvConfig:

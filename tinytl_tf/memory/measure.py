@@ -33,7 +33,8 @@ from pathlib import Path
 
 from tinytl_tf import tflite_model
 from tinytl_tf.contract import METHODS, SIGNATURE_INFER, SIGNATURE_TRAIN, model_json_path
-from tinytl_tf.memory.analytic import MB, check_fits, method_config
+from tinytl_tf.memory.analytic import MB, check_fits
+from tinytl_tf.methods import method_config
 
 PROBE = Path(__file__).with_name("probe.py")
 PROC_STATUS = "/proc/self/status"
@@ -344,7 +345,8 @@ def method_models(backbone, resolution=None, num_classes=102, methods=None, lite
     """
     methods = list(methods or METHODS)
     for m in methods:
-        check_fits(method_config(backbone, m, resolution, num_classes, lite_residual=True if lite_for_all else None))
+        lite = True if lite_for_all else None
+        check_fits(method_config(backbone, m, num_classes, lite_residual=lite, resolution=resolution))
     from tinytl_tf.backbones import load_backbone
     from tinytl_tf.transfer import prepare_transfer
 

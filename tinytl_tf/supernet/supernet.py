@@ -20,8 +20,9 @@ import tensorflow as tf
 
 from tinytl_tf.atomic import atomic_write
 from tinytl_tf.backbones import BACKBONES, UnknownBackbone, build_model, load_weights_by_path
+from tinytl_tf.backbones.builder import folded_conv_layer, head_layer
 from tinytl_tf.config import NetConfig, TrainableSet
-from tinytl_tf.layers import Classifier, FoldedConv2D, MBBlock
+from tinytl_tf.layers import MBBlock
 from tinytl_tf.methods import TRAINABLE
 from tinytl_tf.supernet.elastic import ElasticMBBlock
 from tinytl_tf.supernet.space import (
@@ -62,7 +63,6 @@ class SuperNet(keras.Model):
         super().__init__(**kwargs)
         self.spec = spec
         base, t = spec.base, TRAINABLE_SET
-        main = dict(padding=base.padding, train_kernel=t.main_kernel, train_scale=t.main_scale, train_bias=t.main_bias)
         shape = (None, max(spec.resolutions), max(spec.resolutions), 3)
 
         def built(layer):  # weights exist before the first call, so `.keras` files load into a fresh super-net
@@ -71,8 +71,7 @@ class SuperNet(keras.Model):
             shape = layer.compute_output_shape(shape)
             return layer
 
-        s, f = base.stem, base.feature_mix
-        self.stem = built(FoldedConv2D(s.out, s.kernel, s.stride, activation=s.act, name="stem", **main))
+        self.stem = built(folded_conv_layer(base.stem, "stem", base.padding, t))
         self.block_0 = built(MBBlock(base.blocks[0], base.padding, t, name="block_0"))
         self.slot_blocks = [
             built(
@@ -82,12 +81,9 @@ class SuperNet(keras.Model):
             )
             for slot in spec.slots
         ]
-        self.feature_mix = (
-            None
-            if f is None
-            else built(FoldedConv2D(f.out, f.kernel, f.stride, activation=f.act, name="feature_mix", **main))
-        )
-        self.head = built(Classifier(base.num_classes, base.dropout, train=t.head, name="head"))
+        f = base.feature_mix
+        self.feature_mix = None if f is None else built(folded_conv_layer(f, "feature_mix", base.padding, t))
+        self.head = built(head_layer(base, t))
         # only_first_replica: under MirroredStrategy all replicas train the first replica's sampled sub-net
         self._active = {
             name: self.add_weight(
