@@ -70,6 +70,20 @@ def test_load_trained_errors(tmp_path):
         load_trained(bad)
 
 
+def test_load_trained_in_a_fresh_process(tmp_path):
+    """`export` loads the model in a process that imported nothing else of the package."""
+    prepare_transfer(load_backbone("mcunet-5fps", resolution=64), "tinytl-lb", K).save(tmp_path / "model.keras")
+    script = "import sys; from tinytl_tf.train import load_trained; print(load_trained(sys.argv[1]).net_config.method)"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "model.keras")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    assert done.returncode == 0 and done.stdout == "tinytl-lb\n", done.stderr[-2000:]
+
+
 def test_existing_output_is_refused_unless_overwrite(tmp_path):
     (tmp_path / "model.keras").write_bytes(b"precious")
     with pytest.raises(FileExistsError, match="--overwrite"):

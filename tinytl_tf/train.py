@@ -102,6 +102,8 @@ def load_trained(path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}; pass the model.keras written by `train --out`")
+    from tinytl_tf.backbones import builder  # noqa: F401  registers TinyNet and its layers with Keras' loader
+
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # keras raises many types for a corrupt or foreign archive
