@@ -225,7 +225,7 @@ def test_batches_have_the_right_shape_and_range(image_tree, batch_size):
         assert sum(sizes) == n and len(sizes) == -(-n // batch_size)
 
 
-def test_test_pipeline_equals_imageio_exactly():
+def test_test_pipeline_equals_imagefiles_exactly():
     data = load_image_folder(default_data_dir(), 64, (120.0, 110.0, 100.0), (60.0, 50.0, 40.0), 16)
     split = imagefiles.scan_image_folder(default_data_dir())
     x, y = epoch(data.test)

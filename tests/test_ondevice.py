@@ -157,7 +157,7 @@ def test_training_learns_and_evaluate_matches_the_interpreter(model_path, data, 
     assert (on_train["examples"], on_train["skipped"]) == (TRAIN_STEPS, 1) and on_train["accuracy"] >= 0.75
 
 
-def test_preprocessing_is_imageio_and_equals_the_desktop_pipeline(model_path, data, tmp_path, monkeypatch):
+def test_preprocessing_is_imagefiles_and_equals_the_desktop_pipeline(model_path, data, tmp_path, monkeypatch):
     seen = {"infer": [], "train": []}
     infer, train = DeviceModel.infer, DeviceModel.train
     monkeypatch.setattr(DeviceModel, "infer", lambda self, x: seen["infer"].append(x.copy()) or infer(self, x))

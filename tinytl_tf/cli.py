@@ -18,21 +18,8 @@ from tinytl_tf.contract import METHODS
 from tinytl_tf.methods import DEFAULT_LR
 
 
-def _data_loader(args):
-    from tinytl_tf import data
-
-    def load(resolution, mean, std, batch_size):
-        if args.tfds:
-            return data.load_tfds(args.tfds, args.data, resolution, mean, std, batch_size, seed=args.seed)
-        return data.load_image_folder(
-            args.data, resolution, mean, std, batch_size, val_fraction=args.val_fraction, seed=args.seed
-        )
-
-    return load
-
-
 def cmd_train(args):
-    from tinytl_tf.jobs.train import train_job
+    from tinytl_tf.jobs.train import data_loader, train_job
 
     make_model = None
     if args.subnet:
@@ -55,7 +42,7 @@ def cmd_train(args):
             args.weights_dir,
             args.overwrite,
             verbose=1,
-            load_data=_data_loader(args),
+            load_data=data_loader(args.data, args.tfds, args.val_fraction, args.seed),
             make_model=make_model,
             seed=args.seed,
         )

@@ -18,6 +18,19 @@ from tinytl_tf.transfer import check_method, prepare_transfer
 STALE_EXPORTS = ("model.tflite", "model.json")  # exported from a model.keras that --overwrite replaces
 
 
+def data_loader(data_dir, tfds=None, val_fraction=0.2, seed=0):
+    """The `load_data` of `train_job` for a class-per-folder tree (a flat one split by `val_fraction` and `seed`),
+    or, with `tfds`, for the prepared tensorflow-datasets set of that name in `data_dir`."""
+    from tinytl_tf import data
+
+    def load(resolution, mean, std, batch_size):
+        if tfds:
+            return data.load_tfds(tfds, data_dir, resolution, mean, std, batch_size, seed=seed)
+        return data.load_image_folder(data_dir, resolution, mean, std, batch_size, val_fraction=val_fraction, seed=seed)
+
+    return load
+
+
 def train_job(
     data,
     backbone,
