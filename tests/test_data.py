@@ -365,6 +365,20 @@ def test_prepare_caltech101_follows_the_split_files(tmp_path, caltech_tars):
     assert caltech.prepare_caltech101(caltech_tars, out) == out  # complete already: nothing is read or rebuilt
 
 
+def test_caltech_commands_prepare_and_subset(tmp_path, caltech_tars, capsys):
+    from tinytl_tf import cli
+
+    assert cli.main(["caltech", "prepare", str(caltech_tars), str(tmp_path / "prepared")]) == 0
+    assert capsys.readouterr().out == f"{tmp_path / 'prepared'}\n"
+    argv = ["caltech", "subset", str(tmp_path / "prepared"), str(tmp_path / "sub"), "--classes", "cat", "dog"]
+    assert cli.main([*argv, "--n-train", "2", "--n-test", "1", "--short-side", "20"]) == 0
+    assert len(list((tmp_path / "sub" / "train").glob("*/*.jpg"))) == 4
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"not a tar archive")
+    assert cli.main(["caltech", "prepare", str(bad), str(tmp_path / "again")]) == 2
+    assert "is not a readable tar archive" in capsys.readouterr().err
+
+
 def test_prepare_caltech101_incomplete_input_leaves_nothing(tmp_path, caltech_tars):
     out = tmp_path / "prepared"
     with pytest.raises(DataError, match="no train.txt in"):
