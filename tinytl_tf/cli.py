@@ -235,125 +235,9 @@ def build_parser():
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++/absl log (also: TINYTL_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser(
-        "train",
-        formatter_class=_Formatter,
-        help="fine-tune a pretrained backbone with a transfer method",
-        description="Fine-tune a pretrained backbone on a class-per-folder image tree; "
-        "writes OUT/model.keras and OUT/metrics.json.",
-    )
-    t.add_argument(
-        "--data",
-        required=True,
-        help="DIR/train/<class>/* + DIR/test/<class>/*, or DIR/<class>/* with --val-fraction; "
-        "with --tfds, the tfds data_dir",
-    )
-    t.add_argument(
-        "--tfds", metavar="NAME", help="read the prepared tensorflow-datasets set NAME from --data (no download)"
-    )
-    t.add_argument(
-        "--val-fraction",
-        type=fraction,
-        default=0.2,
-        help="held-out fraction of a flat DIR/<class>/* tree (recorded in OUT/split.json for evaluate)",
-    )
-    _add_seed_option(t)
-    t.add_argument("--backbone", default="mcunet-5fps", help=f"one of: {', '.join(BACKBONES)} (default mcunet-5fps)")
-    t.add_argument("--method", default="tinytl-lb", help=f"one of: {', '.join(METHODS)} (default tinytl-lb)")
-    t.add_argument("--resolution", type=count(1), help="input size in pixels (default: the backbone's)")
-    t.add_argument("--epochs", type=count(1), default=10, help="training epochs")
-    t.add_argument(
-        "--lr",
-        type=positive_float,
-        help="peak learning rate of Adam with cosine decay (default: the "
-        f"method's: {', '.join(f'{m} {lr:g}' for m, lr in DEFAULT_LR.items())})",
-    )
-    _add_fit_options(t)
-    t.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (mobilenet-v1 only)")
-    t.add_argument("--out", required=True, help="output folder")
-    t.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing OUT/model.keras and metrics.json "
-        "(and remove an OUT/model.tflite + model.json exported from the old model)",
-    )
-    t.add_argument(
-        "--subnet",
-        metavar="SUBNET.json",
-        help="train the sub-net found by `search` (its subnet.json) "
-        "with the fine-tuned super-net's weights instead of --backbone; its resolution is the searched one",
-    )
-    t.set_defaults(func=cmd_train)
-
-    s = sub.add_parser(
-        "search",
-        formatter_class=_Formatter,
-        help="find the best sub-net of a super-net under a training-memory budget",
-        description="Fine-tune an elastic super-net around a pretrained MB backbone on 80%% of the training images, "
-        "measure random sub-nets on the other 20%%, fit an accuracy predictor and run an evolutionary search under a "
-        "training-memory budget (analytic TinyTL-L+B memory at batch 1). Writes OUT/subnet.json and "
-        "OUT/supernet.keras; an interrupted search resumes from OUT. Then: train --subnet OUT/subnet.json.",
-    )
-    s.add_argument(
-        "--data",
-        required=True,
-        help="DIR/train/<class>/* (+ DIR/test/, never read), or DIR/<class>/* with --val-fraction",
-    )
-    s.add_argument(
-        "--val-fraction",
-        type=fraction,
-        default=0.2,
-        help="test fraction of a flat DIR/<class>/* tree, left out of the search",
-    )
-    s.add_argument(
-        "--backbone",
-        default="mcunet-5fps",
-        help="mcunet-5fps, proxyless-w0.3, mbv2-w0.35, or a .npz written by `import-ofa` (default mcunet-5fps)",
-    )
-    s.add_argument(
-        "--budget-mb",
-        type=positive_float,
-        required=True,
-        help="training memory a sub-net may need (analytic TinyTL-L+B, batch 1, MB = 1e6 B)",
-    )
-    s.add_argument("--resolutions", type=count(1), nargs="+", help="input sizes to search (default 96 112 128 144 160)")
-    s.add_argument("--epochs", type=count(1), default=5, help="super-net fine-tuning epochs (default 5)")
-    s.add_argument(
-        "--pairs", type=count(1), default=500, help="sub-nets measured for the accuracy predictor (default 500)"
-    )
-    s.add_argument("--population", type=count(1), default=100, help="evolutionary search population (default 100)")
-    s.add_argument("--generations", type=count(1), default=100, help="evolutionary search generations (default 100)")
-    s.add_argument(
-        "--predictor-epochs", type=count(1), default=200, help="accuracy predictor training epochs (default 200)"
-    )
-    _add_seed_option(s)
-    s.add_argument(
-        "--lr", type=positive_float, default=3e-3, help="peak learning rate of the super-net fine-tuning (default 3e-3)"
-    )
-    _add_fit_options(s)
-    s.add_argument("--weights-dir", help="folder with backbone weights that are not vendored")
-    s.add_argument("--out", required=True, help="output folder (resumed when it holds an unfinished search)")
-    s.set_defaults(func=cmd_search)
-
-    e = sub.add_parser(
-        "evaluate",
-        formatter_class=_Formatter,
-        help="top-1 accuracy of a trained model",
-        description="Print JSON with the top-1 accuracy of a model.keras on DIR/test, or on DIR: only the images train "
-        "held out of DIR (--val-fraction) when the model's split.json lists them.",
-    )
-    e.add_argument("--model", required=True, help="model.keras written by train")
-    e.add_argument(
-        "--data", required=True, help="DIR/test/<class>/* or DIR/<class>/*; class names must match the model's"
-    )
-    e.add_argument("--batch-size", type=count(1), default=32, help="evaluation batch size")
-    e.add_argument(
-        "--all-images",
-        action="store_true",
-        help="score every image of --data, even when the model's "
-        "split.json lists the ones train held out of it (scored by default)",
-    )
-    e.set_defaults(func=cmd_evaluate)
+    _add_train_parser(sub)
+    _add_search_parser(sub)
+    _add_evaluate_parser(sub)
 
     m = sub.add_parser(
         "memory",
@@ -406,6 +290,141 @@ def build_parser():
     )
     m.set_defaults(func=cmd_memory)
 
+    _add_demo_parser(sub)
+    _add_export_parser(sub)
+    _add_caltech_parser(sub)
+
+    _add_import_ofa_parser(sub)
+    return p
+
+
+def _add_train_parser(sub):
+    t = sub.add_parser(
+        "train",
+        formatter_class=_Formatter,
+        help="fine-tune a pretrained backbone with a transfer method",
+        description="Fine-tune a pretrained backbone on a class-per-folder image tree; "
+        "writes OUT/model.keras and OUT/metrics.json.",
+    )
+    t.add_argument(
+        "--data",
+        required=True,
+        help="DIR/train/<class>/* + DIR/test/<class>/*, or DIR/<class>/* with --val-fraction; "
+        "with --tfds, the tfds data_dir",
+    )
+    t.add_argument(
+        "--tfds", metavar="NAME", help="read the prepared tensorflow-datasets set NAME from --data (no download)"
+    )
+    t.add_argument(
+        "--val-fraction",
+        type=fraction,
+        default=0.2,
+        help="held-out fraction of a flat DIR/<class>/* tree (recorded in OUT/split.json for evaluate)",
+    )
+    _add_seed_option(t)
+    t.add_argument("--backbone", default="mcunet-5fps", help=f"one of: {', '.join(BACKBONES)} (default mcunet-5fps)")
+    t.add_argument("--method", default="tinytl-lb", help=f"one of: {', '.join(METHODS)} (default tinytl-lb)")
+    t.add_argument("--resolution", type=count(1), help="input size in pixels (default: the backbone's)")
+    t.add_argument("--epochs", type=count(1), default=10, help="training epochs")
+    t.add_argument(
+        "--lr",
+        type=positive_float,
+        help="peak learning rate of Adam with cosine decay (default: the "
+        f"method's: {', '.join(f'{m} {lr:g}' for m, lr in DEFAULT_LR.items())})",
+    )
+    _add_fit_options(t)
+    t.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (mobilenet-v1 only)")
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing OUT/model.keras and metrics.json "
+        "(and remove an OUT/model.tflite + model.json exported from the old model)",
+    )
+    t.add_argument(
+        "--subnet",
+        metavar="SUBNET.json",
+        help="train the sub-net found by `search` (its subnet.json) "
+        "with the fine-tuned super-net's weights instead of --backbone; its resolution is the searched one",
+    )
+    t.set_defaults(func=cmd_train)
+
+
+def _add_search_parser(sub):
+    s = sub.add_parser(
+        "search",
+        formatter_class=_Formatter,
+        help="find the best sub-net of a super-net under a training-memory budget",
+        description="Fine-tune an elastic super-net around a pretrained MB backbone on 80%% of the training images, "
+        "measure random sub-nets on the other 20%%, fit an accuracy predictor and run an evolutionary search under a "
+        "training-memory budget (analytic TinyTL-L+B memory at batch 1). Writes OUT/subnet.json and "
+        "OUT/supernet.keras; an interrupted search resumes from OUT. Then: train --subnet OUT/subnet.json.",
+    )
+    s.add_argument(
+        "--data",
+        required=True,
+        help="DIR/train/<class>/* (+ DIR/test/, never read), or DIR/<class>/* with --val-fraction",
+    )
+    s.add_argument(
+        "--val-fraction",
+        type=fraction,
+        default=0.2,
+        help="test fraction of a flat DIR/<class>/* tree, left out of the search",
+    )
+    s.add_argument(
+        "--backbone",
+        default="mcunet-5fps",
+        help="mcunet-5fps, proxyless-w0.3, mbv2-w0.35, or a .npz written by `import-ofa` (default mcunet-5fps)",
+    )
+    s.add_argument(
+        "--budget-mb",
+        type=positive_float,
+        required=True,
+        help="training memory a sub-net may need (analytic TinyTL-L+B, batch 1, MB = 1e6 B)",
+    )
+    s.add_argument("--resolutions", type=count(1), nargs="+", help="input sizes to search (default 96 112 128 144 160)")
+    s.add_argument("--epochs", type=count(1), default=5, help="super-net fine-tuning epochs (default 5)")
+    s.add_argument(
+        "--pairs", type=count(1), default=500, help="sub-nets measured for the accuracy predictor (default 500)"
+    )
+    s.add_argument("--population", type=count(1), default=100, help="evolutionary search population (default 100)")
+    s.add_argument("--generations", type=count(1), default=100, help="evolutionary search generations (default 100)")
+    s.add_argument(
+        "--predictor-epochs", type=count(1), default=200, help="accuracy predictor training epochs (default 200)"
+    )
+    _add_seed_option(s)
+    s.add_argument(
+        "--lr", type=positive_float, default=3e-3, help="peak learning rate of the super-net fine-tuning (default 3e-3)"
+    )
+    _add_fit_options(s)
+    s.add_argument("--weights-dir", help="folder with backbone weights that are not vendored")
+    s.add_argument("--out", required=True, help="output folder (resumed when it holds an unfinished search)")
+    s.set_defaults(func=cmd_search)
+
+
+def _add_evaluate_parser(sub):
+    e = sub.add_parser(
+        "evaluate",
+        formatter_class=_Formatter,
+        help="top-1 accuracy of a trained model",
+        description="Print JSON with the top-1 accuracy of a model.keras on DIR/test, or on DIR: only the images train "
+        "held out of DIR (--val-fraction) when the model's split.json lists them.",
+    )
+    e.add_argument("--model", required=True, help="model.keras written by train")
+    e.add_argument(
+        "--data", required=True, help="DIR/test/<class>/* or DIR/<class>/*; class names must match the model's"
+    )
+    e.add_argument("--batch-size", type=count(1), default=32, help="evaluation batch size")
+    e.add_argument(
+        "--all-images",
+        action="store_true",
+        help="score every image of --data, even when the model's "
+        "split.json lists the ones train held out of it (scored by default)",
+    )
+    e.set_defaults(func=cmd_evaluate)
+
+
+def _add_demo_parser(sub):
     d = sub.add_parser(
         "demo",
         formatter_class=_Formatter,
@@ -418,9 +437,9 @@ def build_parser():
     d.add_argument("--epochs", type=count(1), help="training epochs of each method (default: the demo's 15)")
     _add_seed_option(d)
     d.set_defaults(func=cmd_demo)
-    _add_export_parser(sub)
-    _add_caltech_parser(sub)
 
+
+def _add_import_ofa_parser(sub):
     o = sub.add_parser(
         "import-ofa",
         formatter_class=_Formatter,
@@ -433,7 +452,6 @@ def build_parser():
     o.add_argument("--out", required=True, help="the .npz super-net backbone file to write")
     o.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     o.set_defaults(func=cmd_import_ofa)
-    return p
 
 
 def _add_export_parser(sub):
