@@ -32,31 +32,10 @@ def device_steps(model_path, epochs, total_steps=None, train_examples=None, data
     return epochs * examples, f"--epochs x train_examples of {metrics}"
 
 
-def export_job(
-    model_path,
-    out,
-    optimizer="adam",
-    lr=3e-4,
-    total_steps=1,
-    label_smoothing=0.1,
-    schedule="cosine",
-    frozen_bits=8,
-    overwrite=False,
-    progress=None,
-):
-    """Load the model.keras at `model_path` and export it to `out`; returns the metadata written beside it."""
+def export_job(model_path, out, **options):
+    """Load the model.keras at `model_path` and export it to `out` with `options` (those of
+    `tinytl_tf.export.export_model`: optimizer, lr, total_steps, ...); returns the metadata written beside it."""
     from tinytl_tf.export import export_model
     from tinytl_tf.train import load_trained
 
-    return export_model(
-        load_trained(model_path),
-        out,
-        optimizer,
-        lr,
-        total_steps,
-        label_smoothing,
-        schedule,
-        frozen_bits=frozen_bits,
-        overwrite=overwrite,
-        progress=progress,
-    )
+    return export_model(load_trained(model_path), out, **options)
