@@ -233,6 +233,7 @@ def build_parser():
         formatter_class=_Formatter,
     )
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++/absl log (also: TINYTL_DEBUG=1)")
+    p.set_defaults(tensorflow=True)  # a command that needs no TensorFlow sets False: it is then never imported
     sub = p.add_subparsers(dest="command", required=True)
 
     _add_train_parser(sub)
@@ -514,7 +515,7 @@ def _add_caltech_parser(sub):
     s.add_argument("--n-train", type=count(1), default=30)
     s.add_argument("--n-test", type=count(1), default=10)
     s.add_argument("--short-side", type=count(1), default=112)
-    c.set_defaults(func=cmd_caltech)
+    c.set_defaults(func=cmd_caltech, tensorflow=False)
 
 
 def check_arguments(args):
@@ -549,6 +550,10 @@ def check_arguments(args):
         from tinytl_tf.jobs.export import device_steps
 
         args.device_steps = device_steps(args.model, args.epochs, args.total_steps, args.train_examples, args.data)
+    if args.command == "import-ofa":
+        from tinytl_tf.importers.ofa import check_target
+
+        check_target(args.out, args.overwrite)
     if args.command == "evaluate":
         if not Path(args.model).is_file():
             raise FileNotFoundError(f"no model file at {args.model}; pass the model.keras written by `train --out`")
@@ -567,7 +572,8 @@ def main(argv=None):
 
     def run():
         check_arguments(args)
-        cliargs.quiet_tensorflow(args.verbose)
+        if args.tensorflow:
+            cliargs.quiet_tensorflow(args.verbose)
         args.func(args)
 
     return cliargs.run_command(run)

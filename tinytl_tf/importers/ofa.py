@@ -125,15 +125,20 @@ def convert_state_dict(state):
     return cfg, {k: v.astype(np.float32) for k, v in arrays.items()}
 
 
+def check_target(out, overwrite=False):
+    """Refuse an `out` that is no .npz file name, or exists when `overwrite` is False (TF-free, cheap)."""
+    if not str(out).endswith(".npz"):
+        raise ValueError(f"--out must end in .npz (SuperNet.from_backbone recognises the file by it), got {out}")
+    if os.path.exists(out) and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+
+
 def import_checkpoint(checkpoint, out, overwrite=False):
     """Convert the checkpoint file `checkpoint` into the super-net backbone file `out` (.npz); returns (its
     NetConfig, {weight path: array}). An existing `out` is refused unless `overwrite`, before the checkpoint is read."""
     from tinytl_tf.supernet.supernet import write_weights_file
 
-    if not str(out).endswith(".npz"):
-        raise ValueError(f"--out must end in .npz (SuperNet.from_backbone recognises the file by it), got {out}")
-    if os.path.exists(out) and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    check_target(out, overwrite)
     cfg, arrays = convert_state_dict(load_checkpoint(checkpoint))
     write_weights_file(out, NAME, cfg, arrays)
     return cfg, arrays
