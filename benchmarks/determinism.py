@@ -1,6 +1,6 @@
 """What deterministic ops cost: desktop training images/s with and without `enable_op_determinism`, side by side.
 
-    python benchmarks/determinism.py [--rounds 3] [--epochs 3] [--method tinytl-lb] [--out docs/determinism.json]
+    python -m benchmarks.determinism [--rounds 3] [--epochs 3] [--method tinytl-lb] [--out docs/determinism.json]
 
 Each measurement is a fresh process (TensorFlow cannot switch op determinism off again once on) that fine-tunes the
 embedded data set with `model.fit` exactly as `train` does (seeded, batch 8, mcunet-5fps at 128 px) and times every
@@ -114,7 +114,7 @@ def main(argv=None):
         "commit": subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),
-        "command": "python benchmarks/determinism.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.determinism " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("median_images_per_s", "deterministic_over_nondeterministic")}))

@@ -1,6 +1,6 @@
 """LiteRT train-step vs infer-step latency per transfer method, and .tflite size.
 
-    python benchmarks/engine.py [--backbone mcunet-5fps] [--resolution 128] [--repeats 30] [--frozen-bits 8]
+    python -m benchmarks.engine [--backbone mcunet-5fps] [--resolution 128] [--repeats 30] [--frozen-bits 8]
                                 [--optimizer adam] [--out docs/engine.json]
 
 Per method: export the model, then time `train` and `infer` alternately in one interpreter (so the ratio is
@@ -11,14 +11,11 @@ without any delegate. A benchmark, not a test.
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def measure(path, resolution, repeats, warmup=3, seed=0, xnnpack=True):

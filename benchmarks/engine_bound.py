@@ -1,7 +1,7 @@
 """How low can a method's LiteRT train/infer ratio go? The real export timed side by side with probes that skip
 required work.
 
-    python benchmarks/engine_bound.py [--method tinytl-lb] [--optimizer adam] [--backbone mcunet-5fps]
+    python -m benchmarks.engine_bound [--method tinytl-lb] [--optimizer adam] [--backbone mcunet-5fps]
                                       [--resolution 128] [--rounds 8] [--repeats 10] [--out docs/engine_bound.json]
 
 Probes (they exist only in this benchmark, never in an export):
@@ -20,16 +20,12 @@ the medians of the per-round medians are reported, with each `train` signature's
 import argparse
 import json
 import os
-import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def _unmasked(fn, inside, x):
@@ -84,8 +80,7 @@ def main(argv=None):
     p.add_argument("--out", default="docs/engine_bound.json")
     args = p.parse_args(argv)
 
-    from engine import measure
-
+    from benchmarks.engine import measure
     from tinytl_tf.atomic import atomic_write
     from tinytl_tf.backbones import load_backbone
     from tinytl_tf.export import export_model

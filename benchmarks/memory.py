@@ -1,11 +1,11 @@
 """Training memory per transfer method: analytic (TinyTL, Cai et al. 2020, Sec. 3.1), predicted and measured LiteRT,
 at batch 1.
 
-    python benchmarks/memory.py [--networks proxylessnas-mobile@224 mcunet-5fps@128] [--optimizers adam sgd]
+    python -m benchmarks.memory [--networks proxylessnas-mobile@224 mcunet-5fps@128] [--optimizers adam sgd]
                                 [--classes 102] [--methods ...] [--steps 3] [--timeout 900] [--out docs/memory.json]
                                 [--readme README.md] [--verbose]
-    python benchmarks/memory.py --predictor [--networks ...] [--optimizers adam sgd]
-    python benchmarks/memory.py --runtime-base
+    python -m benchmarks.memory --predictor [--networks ...] [--optimizers adam sgd]
+    python -m benchmarks.memory --runtime-base
 
 Default mode, per network, optimizer and method (every method gets the lite residual branches, as in the paper's
 table, so each model is the network its analytic row describes): export the on-device training model (without
@@ -29,15 +29,13 @@ about 5 GB.
 
 import argparse
 import json
-import os
 import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from transfer import git_commit, portable_command  # noqa: E402  (the sibling benchmark script)
+from benchmarks.transfer import git_commit, portable_command
 
 PREDICTOR_NETWORKS = ("mcunet-5fps@128", "proxyless-w0.3@128", "mbv2-w0.35@128", "proxylessnas-mobile@224")
 MODES = {"builtin": False, "xnnpack": True}
@@ -136,7 +134,7 @@ def run_network(net, optimizer, args):
         for method, static in statics.items():
             print_static(method, static, args.top)
     return {
-        "command": portable_command("python benchmarks/memory.py", args.argv),
+        "command": portable_command("python -m benchmarks.memory", args.argv),
         "commit": git_commit(),
         "network": name,
         "resolution": res,
@@ -179,7 +177,7 @@ def run_predictor(args):
     within = sum(abs(c["error"]) <= WITHIN for c in cells)
     print(f"within {100 * WITHIN:.0f}%: {within} of {len(cells)} cells")
     return {
-        "command": portable_command("python benchmarks/memory.py", args.argv),
+        "command": portable_command("python -m benchmarks.memory", args.argv),
         "commit": git_commit(),
         "classes": args.classes,
         "steps": args.steps,

@@ -1,6 +1,6 @@
 """Per-operator CPU time of one signature of a `.tflite` as LiteRT runs it: which ops a step spends its time in.
 
-    python benchmarks/profile_ops.py MODEL.tflite SIGNATURE [--runs 10] [--warmup 2] [--xnnpack | --builtin]
+    python -m benchmarks.profile_ops MODEL.tflite SIGNATURE [--runs 10] [--warmup 2] [--xnnpack | --builtin]
                                      [--threads 1] [--top 30] [--json OUT]
 
 ai_edge_litert's Python Interpreter has no profiler, so this drives the C API of its libLiteRt.so through ctypes: a
@@ -29,10 +29,10 @@ import ai_edge_litert
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tinytl_tf import tflite_model  # noqa: E402
-from tinytl_tf.atomic import atomic_write  # noqa: E402
-from tinytl_tf.memory.probe import random_inputs  # noqa: E402
+from tinytl_tf import tflite_model
+from tinytl_tf.atomic import atomic_write
+from tinytl_tf.errors import TinyTLError
+from tinytl_tf.memory.probe import random_inputs
 
 PINNED = "2.3.0"  # the ai-edge-litert whose event record layout `Event` is
 EV_DEFAULT, EV_OPERATOR, EV_DELEGATE_OPERATOR, EV_DELEGATE_PROFILED_OPERATOR = 1, 2, 4, 8  # tflite::Profiler
@@ -93,7 +93,7 @@ class Event(ctypes.Structure):
     ]
 
 
-class ProfileError(RuntimeError):
+class ProfileError(TinyTLError, RuntimeError):
     pass
 
 

@@ -1,8 +1,8 @@
 """Feature-extractor adaptation against the fixed backbone at the same memory budget: the study behind docs/SEARCH.md.
 
-    python benchmarks/search.py --data-root DIR [--datasets NAME ...] [--work runs/search-study]
-    python benchmarks/search.py --report                   # regenerate docs/SEARCH.md from docs/search/results.json
-    python benchmarks/search.py --quick --out DIR          # the whole study in miniature on the embedded caltech10
+    python -m benchmarks.search --data-root DIR [--datasets NAME ...] [--work runs/search-study]
+    python -m benchmarks.search --report                   # regenerate docs/SEARCH.md from docs/search/results.json
+    python -m benchmarks.search --quick --out DIR          # the whole study in miniature on the embedded caltech10
 
 The data sets are cut as the accuracy study cuts them (benchmarks/transfer.py; DIR holds the same archives):
 CIFAR-10's first 500 training images per class and its full test split, Stanford Cars' fixed 80/20 split of the
@@ -45,16 +45,12 @@ import sys
 import time
 from pathlib import Path
 
+import benchmarks.transfer as study
+from tinytl_tf.atomic import atomic_write
+
 ROOT = Path(__file__).resolve().parents[1]
-for folder in (ROOT, ROOT / "benchmarks"):
-    if str(folder) not in sys.path:  # run as a script from a checkout; transfer.py is the sibling study
-        sys.path.insert(0, str(folder))
 
-import transfer as study  # noqa: E402
-
-from tinytl_tf.atomic import atomic_write  # noqa: E402
-
-SCRIPT = "python benchmarks/search.py"
+SCRIPT = "python -m benchmarks.search"
 FORMAT = "tinytl_tf/search-results-v1"
 DEFAULT_OUT = ROOT / "docs" / "search"
 DEFAULT_DOC = ROOT / "docs" / "SEARCH.md"
@@ -183,7 +179,7 @@ def search_step(plan, tree, folder, budget):
 
 def train_step(plan, tree, out, **model):
     from tinytl_tf.data import load_image_folder
-    from tinytl_tf.train import train_job
+    from tinytl_tf.jobs.train import train_job
 
     def load_data(resolution, mean, std, batch_size):
         return load_image_folder(tree, resolution, mean, std, batch_size, seed=0)
@@ -433,16 +429,11 @@ def run(args, argv):
 
 
 def main(argv=None):
+    from tinytl_tf.cliargs import run_command
+
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    try:
-        run(args, argv)
-    except (ValueError, OSError) as e:
-        if os.environ.get("TINYTL_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: run(args, argv))
 
 
 if __name__ == "__main__":

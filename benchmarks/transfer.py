@@ -2,9 +2,9 @@
 with a training budget long enough for the ordering to settle, tuned learning rates, per-epoch test curves and the
 training memory measured on the engine as it is; writes OUT/results.json, docs/RESULTS.md and its plots.
 
-    python benchmarks/transfer.py --data-root DIR [--only PHASE ...] [--datasets NAME ...] [--methods M ...]
-    python benchmarks/transfer.py --report                 # regenerate docs/RESULTS.md and the plots from the JSON
-    python benchmarks/transfer.py --quick --out DIR        # every phase in miniature on the embedded subset
+    python -m benchmarks.transfer --data-root DIR [--only PHASE ...] [--datasets NAME ...] [--methods M ...]
+    python -m benchmarks.transfer --report                 # regenerate docs/RESULTS.md and the plots from the JSON
+    python -m benchmarks.transfer --quick --out DIR        # every phase in miniature on the embedded subset
 
 DIR holds the data sets' archives or their unpacked folders: `cifar10_jpg.tar.gz` (or `cifar10_jpg/`),
 `stanford_cars_crop.tar.gz` (or `stanford_cars_crop/`), `caltech101_part1.tar` + `caltech101_part2.tar`. They are
@@ -55,18 +55,17 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
+from tinytl_tf.atomic import atomic_write
+from tinytl_tf.cliargs import run_command
+from tinytl_tf.contract import METHODS
 
-from tinytl_tf.atomic import atomic_write  # noqa: E402
-from tinytl_tf.contract import METHODS  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PHASES = ("lr", "main", "memory", "batch", "device")
 DEFAULT_OUT = ROOT / "docs" / "results"
 DEFAULT_DOC = ROOT / "docs" / "RESULTS.md"
 DEFAULT_WORK = ROOT / "runs" / "study"
-SCRIPT = "python benchmarks/transfer.py"
+SCRIPT = "python -m benchmarks.transfer"
 RESULTS_FORMAT = "tinytl_tf/transfer-results-v2"
 HOLDOUT_FRACTION = 0.2
 EVAL_BATCH = 64  # evaluation batch, whatever the training batch
@@ -380,9 +379,9 @@ class StudyData:
 @functools.lru_cache(maxsize=8)
 def folder_split(tree):
     """The validated split of a class-per-folder tree (decodes every image once, so it is cached)."""
-    from tinytl_tf import imageio
+    from tinytl_tf import imagefiles
 
-    return imageio.scan_image_folder(tree)
+    return imagefiles.scan_image_folder(tree)
 
 
 def link_tree(dest, parts):
@@ -465,7 +464,7 @@ def prepare_dataset(ds, data_root, work):
         tree = link_tree(trees / "cars", {"train": listed("train.txt"), "test": listed("test.txt")})
         return StudyData(tree, tree, "stanford_cars_crop: train.txt / test.txt")
     if ds.name == "caltech101":
-        from tinytl_tf.caltech import prepare_caltech101
+        from tinytl_tf.jobs.caltech import prepare_caltech101
 
         tree = trees / "caltech101"
         if not tree.is_dir():
@@ -1282,14 +1281,7 @@ def run(args, argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    try:
-        run(args, argv)
-    except (ValueError, OSError) as e:  # user mistakes: paths, data, names, an unusable results file
-        if os.environ.get("TINYTL_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: run(args, argv))
 
 
 if __name__ == "__main__":

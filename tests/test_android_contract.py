@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinytl_tf import contract, imageio
+from tinytl_tf import contract, imagefiles
 
 pytestmark = pytest.mark.slow  # exports a model for the app's contract
 
@@ -779,21 +779,21 @@ def test_app_call_sequence_replayed_on_litert(exported, tmp_path):
         sw, sh = pre.scaled_size(w, h)
         left, top = pre.crop_offsets(sw, sh)
         pil = np.asarray(Image.fromarray(noise).resize((sw, sh), Image.BILINEAR))[top : top + size, left : left + size]
-        np.testing.assert_array_equal(pil, imageio.eval_transform(noise, size), err_msg=f"{w}x{h}")
+        np.testing.assert_array_equal(pil, imagefiles.eval_transform(noise, size), err_msg=f"{w}x{h}")
         # Pixels, loosely: Skia's bilinear after 2x halvings is not Pillow's antialiased BILINEAR (nor are the
         # rounding rules the same), so crops agree exactly only in geometry. On a smooth picture they differ by
         # about 0.2 levels on average and at most 1 here; a one-pixel shift already averages 0.7 and more, swapped
         # channels about 26.
         smooth = _smooth_image(h, w, (120, 90, 160), seed=h * w)
-        app_crop, desk_crop = pre.load_crop(smooth), imageio.eval_transform(smooth, size)
+        app_crop, desk_crop = pre.load_crop(smooth), imagefiles.eval_transform(smooth, size)
         assert app_crop.shape == desk_crop.shape == (size, size, 3)
         diff = np.abs(app_crop.astype(int) - desk_crop.astype(int))
         assert diff.mean() < 0.5 and diff.max() <= 2, (w, h, diff.mean(), diff.max())
-    # Normalisation: exactly imageio.normalize in float32, also with a non-trivial mean/std; flip = [:, ::-1].
+    # Normalisation: exactly imagefiles.normalize in float32, also with a non-trivial mean/std; flip = [:, ::-1].
     crop = rng.integers(0, 256, (size, size, 3), np.uint8)
     for spec in (meta["input"], dict(meta["input"], mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])):
         p = AppPreprocessor(spec)
-        want = imageio.normalize(crop, spec["mean"], spec["std"])
+        want = imagefiles.normalize(crop, spec["mean"], spec["std"])
         np.testing.assert_array_equal(p.normalize(crop, False)[0], want)
         np.testing.assert_array_equal(p.normalize(crop, True)[0], want[:, ::-1])
         assert p.normalize(crop, False).dtype == np.float32

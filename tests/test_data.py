@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinytl_tf import caltech, imageio
+from tinytl_tf import imagefiles
 from tinytl_tf.contract import CROP_FRACTION
 from tinytl_tf.data import DataError, ImageData, default_data_dir, load_eval_folder, load_image_folder, load_tfds
+from tinytl_tf.jobs import caltech
 
 MEAN, STD = (128.0, 128.0, 128.0), (128.0, 128.0, 128.0)
 
@@ -31,7 +32,7 @@ def epoch(ds):
     return np.concatenate(xs), np.concatenate(ys)
 
 
-# imageio: decoding -----------------------------------------------------------------------------------------------
+# imagefiles: decoding -----------------------------------------------------------------------------------------------
 
 
 def test_load_rgb_converts_modes_to_rgb(tmp_path):
@@ -46,7 +47,7 @@ def test_load_rgb_converts_modes_to_rgb(tmp_path):
     palette.save(tmp_path / "palette.png", transparency=0)
     Image.fromarray(np.full((10, 12), 65535, np.uint16)).save(tmp_path / "gray16.png")
 
-    out = {p.name: imageio.load_rgb(p) for p in tmp_path.iterdir()}
+    out = {p.name: imagefiles.load_rgb(p) for p in tmp_path.iterdir()}
     for name, img in out.items():
         assert img.shape == (10, 12, 3) and img.dtype == np.uint8, name
     assert (out["gray.jpg"] == 77).all()
@@ -60,20 +61,20 @@ def test_load_rgb_applies_exif_orientation(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways: rotate 90 degrees clockwise to display
     Image.fromarray(noise(10, 20)).save(tmp_path / "phone.jpg", exif=exif)
-    assert imageio.load_rgb(tmp_path / "phone.jpg").shape == (20, 10, 3)
+    assert imagefiles.load_rgb(tmp_path / "phone.jpg").shape == (20, 10, 3)
 
 
 def test_load_rgb_errors_name_the_file(tmp_path):
     truncated_jpeg(tmp_path / "cut.jpg")
     (tmp_path / "text.jpg").write_text("not an image")
     for name in ("cut.jpg", "text.jpg", "missing.png"):
-        with pytest.raises(imageio.ImageError, match=name):
-            imageio.load_rgb(tmp_path / name)
-    with pytest.raises(imageio.ImageError, match="image bytes"):
-        imageio.load_rgb(b"\xff\xd8garbage")
+        with pytest.raises(imagefiles.ImageError, match=name):
+            imagefiles.load_rgb(tmp_path / name)
+    with pytest.raises(imagefiles.ImageError, match="image bytes"):
+        imagefiles.load_rgb(b"\xff\xd8garbage")
 
 
-# imageio: transforms ---------------------------------------------------------------------------------------------
+# imagefiles: transforms ---------------------------------------------------------------------------------------------
 
 
 def test_eval_transform_resizes_shorter_side_then_centre_crops():
@@ -82,24 +83,24 @@ def test_eval_transform_resizes_shorter_side_then_centre_crops():
     img = noise(short, 100)  # shorter side already at the target: the resize is the identity
     left = (100 - size) // 2
     top = (short - size) // 2
-    np.testing.assert_array_equal(imageio.eval_transform(img, size), img[top : top + size, left : left + size])
+    np.testing.assert_array_equal(imagefiles.eval_transform(img, size), img[top : top + size, left : left + size])
     for h, w in ((30, 200), (300, 40), (64, 64)):
-        assert imageio.eval_transform(noise(h, w), size).shape == (size, size, 3)
+        assert imagefiles.eval_transform(noise(h, w), size).shape == (size, size, 3)
 
 
 def test_train_transform_is_random_but_seeded():
     img = noise(50, 80)
-    a, b = (imageio.train_transform(img, 32, np.random.default_rng(7)) for _ in range(2))
-    c = imageio.train_transform(img, 32, np.random.default_rng(8))
+    a, b = (imagefiles.train_transform(img, 32, np.random.default_rng(7)) for _ in range(2))
+    c = imagefiles.train_transform(img, 32, np.random.default_rng(8))
     assert a.shape == (32, 32, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     flat = np.full((50, 80, 3), 99, np.uint8)
-    assert (imageio.train_transform(flat, 32, np.random.default_rng(0)) == 99).all()
+    assert (imagefiles.train_transform(flat, 32, np.random.default_rng(0)) == 99).all()
 
 
 def test_normalize_maps_pixels_to_float32():
-    out = imageio.normalize(np.array([[[0, 128, 255]]], np.uint8), MEAN, STD)
+    out = imagefiles.normalize(np.array([[[0, 128, 255]]], np.uint8), MEAN, STD)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, [[[-1.0, 0.0, 127 / 128]]])
 
@@ -109,7 +110,7 @@ def test_normalize_maps_pixels_to_float32():
 
 def test_flat_layout_is_split_per_class_and_seeded(image_tree):
     root = image_tree({"a": 10, "b": 10, "c": 5})
-    split = imageio.scan_image_folder(root, val_fraction=0.2, seed=0)
+    split = imagefiles.scan_image_folder(root, val_fraction=0.2, seed=0)
     assert split.class_names == ("a", "b", "c") and split.skipped == 0
     test_per_class = np.bincount([label for _, label in split.test], minlength=3)
     assert list(test_per_class) == [2, 2, 1]  # stratified
@@ -117,8 +118,8 @@ def test_flat_layout_is_split_per_class_and_seeded(image_tree):
     assert not {p for p, _ in split.train} & {p for p, _ in split.test}
     for path, label in split.train + split.test:
         assert Path(path).parent.name == split.class_names[label]
-    assert imageio.scan_image_folder(root, val_fraction=0.2, seed=0) == split
-    assert imageio.scan_image_folder(root, val_fraction=0.2, seed=1).test != split.test
+    assert imagefiles.scan_image_folder(root, val_fraction=0.2, seed=0) == split
+    assert imagefiles.scan_image_folder(root, val_fraction=0.2, seed=1).test != split.test
 
 
 def test_train_test_layout_is_used_as_given(image_tree):
@@ -133,30 +134,30 @@ def test_holdout_is_carved_from_training_images_only(image_tree):
     image_tree({"a": 10, "b": 5}, root="data/train")
     image_tree({"a": 2, "b": 2}, root="data/test")
     root = image_tree({}, root="data")
-    plain = imageio.scan_image_folder(root)
-    split = imageio.scan_image_folder(root, holdout_fraction=0.2)
+    plain = imagefiles.scan_image_folder(root)
+    split = imagefiles.scan_image_folder(root, holdout_fraction=0.2)
     assert list(np.bincount([label for _, label in split.holdout], minlength=2)) == [2, 1]  # stratified
     assert split.test == plain.test  # the test images are never touched
     assert set(split.train) | set(split.holdout) == set(plain.train) and not set(split.train) & set(split.holdout)
-    assert imageio.scan_image_folder(root, holdout_fraction=0.2) == split
+    assert imagefiles.scan_image_folder(root, holdout_fraction=0.2) == split
     data = load_image_folder(root, 32, MEAN, STD, 4, holdout_fraction=0.2)
     assert (data.num_train, data.num_holdout, data.num_test) == (12, 3, 4)
     assert sum(int(y.shape[0]) for _, y in data.holdout) == 3
     with pytest.raises(DataError, match="holdout_fraction must be between 0 and 1"):
-        imageio.scan_image_folder(root, holdout_fraction=1.5)
+        imagefiles.scan_image_folder(root, holdout_fraction=1.5)
 
 
 def test_val_fraction_is_ignored_for_a_train_test_tree(image_tree):
     image_tree({"a": 4, "b": 4}, root="data/train")
     image_tree({"a": 1, "b": 1}, root="data/test")
-    split = imageio.scan_image_folder(image_tree({}, root="data"), val_fraction=0.5)
+    split = imagefiles.scan_image_folder(image_tree({}, root="data"), val_fraction=0.5)
     assert (len(split.train), len(split.test)) == (8, 2)
 
 
 def test_val_folder_is_the_test_split_when_there_is_no_test(image_tree):
     image_tree({"a": 2, "b": 2}, root="data/train")
     image_tree({"a": 1, "b": 1}, root="data/val")
-    split = imageio.scan_image_folder(image_tree({}, root="data"))
+    split = imagefiles.scan_image_folder(image_tree({}, root="data"))
     assert (len(split.train), len(split.test)) == (4, 2)
 
 
@@ -165,7 +166,7 @@ def test_unreadable_images_are_skipped_and_counted(image_tree, caplog):
     truncated_jpeg(root / "a" / "cut.jpg")
     (root / "b" / "notes.png").write_text("not an image")
     (root / "b" / "README.txt").write_text("ignored: not an image extension")
-    with caplog.at_level(logging.WARNING, logger="tinytl_tf.imageio"):
+    with caplog.at_level(logging.WARNING, logger="tinytl_tf.imagefiles"):
         data = load_image_folder(root, 32, MEAN, STD, 3, val_fraction=0.25)
     assert data.skipped == 2
     assert "skipped 2 unreadable" in caplog.text
@@ -224,13 +225,13 @@ def test_batches_have_the_right_shape_and_range(image_tree, batch_size):
         assert sum(sizes) == n and len(sizes) == -(-n // batch_size)
 
 
-def test_test_pipeline_equals_imageio_exactly():
+def test_test_pipeline_equals_imagefiles_exactly():
     data = load_image_folder(default_data_dir(), 64, (120.0, 110.0, 100.0), (60.0, 50.0, 40.0), 16)
-    split = imageio.scan_image_folder(default_data_dir())
+    split = imagefiles.scan_image_folder(default_data_dir())
     x, y = epoch(data.test)
     expected = np.stack(
         [
-            imageio.normalize(imageio.eval_transform(imageio.load_rgb(p), 64), (120, 110, 100), (60, 50, 40))
+            imagefiles.normalize(imagefiles.eval_transform(imagefiles.load_rgb(p), 64), (120, 110, 100), (60, 50, 40))
             for p, _ in split.test
         ]
     )
@@ -267,7 +268,7 @@ def test_eval_folder_labels_by_the_models_class_names(image_tree):
 
 def test_embedded_subset_has_ten_classes_of_thirty_plus_ten():
     root = default_data_dir()
-    split = imageio.scan_image_folder(root)
+    split = imagefiles.scan_image_folder(root)
     assert split.class_names == tuple(sorted(caltech.CALTECH10_CLASSES)) and split.skipped == 0
     assert list(np.bincount([label for _, label in split.train])) == [30] * 10
     assert list(np.bincount([label for _, label in split.test])) == [10] * 10
@@ -307,7 +308,7 @@ def test_load_tfds_reads_a_prepared_set_like_a_folder(tmp_path):
     data = load_tfds("tiny_shapes", tmp_path, 32, MEAN, STD, 2)
     assert (data.class_names, data.num_train, data.num_test, data.skipped) == (("x", "y", "z"), 5, 5, 0)
     x, y = epoch(data.test)
-    expected = np.stack([imageio.normalize(imageio.eval_transform(img, 32), MEAN, STD) for img in images])
+    expected = np.stack([imagefiles.normalize(imagefiles.eval_transform(img, 32), MEAN, STD) for img in images])
     np.testing.assert_array_equal(x, expected)  # PNG-encoded by tfds, decoded by Pillow: lossless
     np.testing.assert_array_equal(y, [0, 1, 2, 0, 1])
     assert sorted(epoch(data.train)[1]) == [0, 0, 1, 1, 2]
@@ -356,12 +357,26 @@ def test_prepare_caltech101_follows_the_split_files(tmp_path, caltech_tars):
     assert json.loads((out / caltech.MARKER).read_text()) == {"train": 6, "test": 2, "classes": 2}
     assert sorted(p.name for p in (out / "train").iterdir()) == ["cat", "dog"]
     assert sorted(p.name for p in (out / "test" / "dog").iterdir()) == ["image_0004.jpg"]
-    split = imageio.scan_image_folder(out)
+    split = imagefiles.scan_image_folder(out)
     assert (split.class_names, len(split.train), len(split.test)) == (("cat", "dog"), 6, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared", "src", "tars"]  # no temporary left behind
     for tar in caltech_tars.iterdir():
         tar.unlink()
     assert caltech.prepare_caltech101(caltech_tars, out) == out  # complete already: nothing is read or rebuilt
+
+
+def test_caltech_commands_prepare_and_subset(tmp_path, caltech_tars, capsys):
+    from tinytl_tf import cli
+
+    assert cli.main(["caltech", "prepare", str(caltech_tars), str(tmp_path / "prepared")]) == 0
+    assert capsys.readouterr().out == f"{tmp_path / 'prepared'}\n"
+    argv = ["caltech", "subset", str(tmp_path / "prepared"), str(tmp_path / "sub"), "--classes", "cat", "dog"]
+    assert cli.main([*argv, "--n-train", "2", "--n-test", "1", "--short-side", "20"]) == 0
+    assert len(list((tmp_path / "sub" / "train").glob("*/*.jpg"))) == 4
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"not a tar archive")
+    assert cli.main(["caltech", "prepare", str(bad), str(tmp_path / "again")]) == 2
+    assert "is not a readable tar archive" in capsys.readouterr().err
 
 
 def test_prepare_caltech101_incomplete_input_leaves_nothing(tmp_path, caltech_tars):
@@ -380,7 +395,7 @@ def test_prepare_caltech101_incomplete_input_leaves_nothing(tmp_path, caltech_ta
 def test_make_subset_downscales_a_seeded_draw(tmp_path, caltech_tars):
     prepared = caltech.prepare_caltech101(caltech_tars, tmp_path / "prepared")
     out = caltech.make_subset(prepared, tmp_path / "sub", classes=("cat", "dog"), n_train=2, n_test=1, short_side=20)
-    split = imageio.scan_image_folder(out)
+    split = imagefiles.scan_image_folder(out)
     assert (len(split.train), len(split.test)) == (4, 2)
     assert all(min(Image.open(p).size) == 20 for p, _ in split.train + split.test)
     again = caltech.make_subset(prepared, tmp_path / "sub2", classes=("cat", "dog"), n_train=2, n_test=1, short_side=20)
@@ -402,13 +417,13 @@ def test_prepare_real_caltech101(tmp_path, shared_assets):
 
 
 def test_one_class_is_refused_without_decoding(image_tree, monkeypatch):
-    monkeypatch.setattr(imageio, "load_rgb", lambda path: pytest.fail("decoded an image"))
+    monkeypatch.setattr(imagefiles, "load_rgb", lambda path: pytest.fail("decoded an image"))
     for root in (image_tree({"cat": 3}, root="flat"), image_tree({"cat": 3}, root="tt/train").parent):
         if root.name == "tt":
             image_tree({"cat": 1}, root="tt/test")
-        with pytest.raises(imageio.DataError, match="only one class folder"):
-            imageio.folder_layout(root)
-    assert imageio.count_train_images(image_tree({"a": 5, "b": 10}, root="two")) == 4 + 8
+        with pytest.raises(imagefiles.DataError, match="only one class folder"):
+            imagefiles.folder_layout(root)
+    assert imagefiles.count_train_images(image_tree({"a": 5, "b": 10}, root="two")) == 4 + 8
 
 
 def test_an_extreme_aspect_ratio_is_cropped_before_resizing(monkeypatch):
@@ -419,11 +434,11 @@ def test_an_extreme_aspect_ratio_is_cropped_before_resizing(monkeypatch):
         Image.Image, "resize", lambda self, size, *a, **k: sizes.append(size) or resize(self, size, *a, **k)
     )
     strip = np.random.default_rng(0).integers(0, 255, (20000, 1, 3), dtype=np.uint8)
-    out = imageio.eval_transform(strip, 128)
+    out = imagefiles.eval_transform(strip, 128)
     assert out.shape == (128, 128, 3) and sizes == [(128, 128)]
     sizes.clear()
     photo = np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype=np.uint8)
-    assert imageio.eval_transform(photo, 128).shape == (128, 128, 3) and sizes == [(146, 219)]  # unchanged path
+    assert imagefiles.eval_transform(photo, 128).shape == (128, 128, 3) and sizes == [(146, 219)]  # unchanged path
 
 
 def test_a_file_name_that_is_not_utf8_trains_on_the_desktop(image_tree):

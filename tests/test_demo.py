@@ -4,7 +4,7 @@ both models export and measure, and the LiteRT trainer continues the TinyTL-L+B 
 import json
 
 from tinytl_tf.data import demo_data_dir
-from tinytl_tf.demo import run_demo
+from tinytl_tf.jobs.demo import run_demo
 
 MARGIN = 0.04  # 12 of the 300 test images; measured here: +5.3 points (16 images), room for another CPU's rounding
 

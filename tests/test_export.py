@@ -209,15 +209,14 @@ def test_frozen_weights_are_stored_at_8_bits(tmp_path):
 
 
 def test_export_command_sizes_the_schedule_and_reports_progress_on_stderr(backbone, tmp_path, capsys):
-    import runpy
-    from pathlib import Path
+    from tinytl_tf.cli import main
 
     model = prepare_transfer(backbone, "tinytl-b", 3, labels=("ant", "bee", "cat"))
     model.save(tmp_path / "model.keras")
-    main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "export" / "to_tflite.py"))["main"]
     assert (
         main(
             [
+                "export",
                 "--model",
                 str(tmp_path / "model.keras"),
                 "--out",

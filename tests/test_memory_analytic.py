@@ -13,14 +13,13 @@ from tinytl_tf.contract import METHODS
 from tinytl_tf.memory import (
     format_table,
     leaves,
-    method_config,
     method_table,
     param_counts,
     peak_activation_bytes,
     plot_breakdown,
     training_memory,
 )
-from tinytl_tf.methods import TRAINABLE, UnknownMethod
+from tinytl_tf.methods import TRAINABLE, UnknownMethod, method_config
 
 # Typed in from the TinyTL paper: ProxylessNAS-Mobile, 102-class head, lite modules present for every
 # method, 1 byte per frozen parameter, MB = 1e6 B. Params MB; total MB at batch 8 for each resolution.
@@ -134,7 +133,7 @@ def test_bias_only_norm_and_relu_masks():
 
 
 def test_activations_scale_linearly_with_batch_and_params_do_not():
-    cfg = method_config("proxylessnas-mobile", "tinytl-lb", 224, lite_residual=True)
+    cfg = method_config("proxylessnas-mobile", "tinytl-lb", 102, resolution=224, lite_residual=True)
     one = training_memory(cfg, 1)
     for batch in (2, 8, 32):
         r = training_memory(cfg, batch)
@@ -144,7 +143,7 @@ def test_activations_scale_linearly_with_batch_and_params_do_not():
 
 
 def test_frozen_bits():
-    cfg = method_config("proxylessnas-mobile", "tinytl-b", 224)
+    cfg = method_config("proxylessnas-mobile", "tinytl-b", 102, resolution=224)
     r8, r32 = training_memory(cfg, 8, frozen_bits=8), training_memory(cfg, 8, frozen_bits=32)
     assert r32.params_bytes == 4 * (r32.trainable_params + r32.frozen_params)
     assert r8.params_bytes == 4 * r8.trainable_params + r8.frozen_params
@@ -178,7 +177,7 @@ def test_tiny_config_matches_the_keras_model():
     """Feature-map sizes and parameter counts of the walk equal the built Keras model's (odd sizes, stride 2)."""
     from tinytl_tf.backbones import build_model, count_params
 
-    cfg = method_config(tiny_config(), "tinytl-lb", lite_residual=True, num_classes=3)
+    cfg = method_config(tiny_config(), "tinytl-lb", 3, lite_residual=True)
     model = build_model(cfg)
     assert param_counts(cfg) == (count_params(model)[0], count_params(model)[1] - count_params(model)[0])
     by_name = {leaf.name: leaf for leaf in leaves(cfg)}
@@ -192,7 +191,7 @@ def test_tiny_config_matches_the_keras_model():
     assert by_name["block_3/lite/conv1"].out_numel == 2 * 2 * 16
     assert by_name["block_3/lite/conv1"].groups == 2
     for m in METHODS:
-        r = training_memory(method_config(tiny_config(), m, lite_residual=True), 4)
+        r = training_memory(method_config(tiny_config(), m, 102, lite_residual=True), 4)
         assert r.total_bytes > r.params_bytes > 0
 
 
@@ -202,12 +201,12 @@ def test_mcunet_parameter_counts_equal_keras():
 
     model = prepare_transfer(load_backbone("mcunet-5fps"), "tinytl-lb", 10)
     trainable, total = count_params(model)
-    assert param_counts(method_config("mcunet-5fps", "tinytl-lb", num_classes=10)) == (trainable, total - trainable)
+    assert param_counts(method_config("mcunet-5fps", "tinytl-lb", 10)) == (trainable, total - trainable)
 
 
 def test_clear_errors():
     with pytest.raises(UnknownMethod, match="tinytl-lb"):
-        method_config("proxylessnas-mobile", "tinytl-x")
+        method_config("proxylessnas-mobile", "tinytl-x", 102)
     with pytest.raises(UnknownMethod):
         method_table("proxylessnas-mobile", 224, 8, methods=["ft-everything"])
     with pytest.raises(UnknownBackbone, match="proxylessnas-mobile"):
@@ -242,7 +241,7 @@ def test_analytic_model_needs_no_tensorflow():
 
 def test_lite_branches_follow_the_reference():
     """Lite modules on blocks 1.., kernel 5 (3 in the last stage); their leaves sit inside the block."""
-    cfg = method_config("proxylessnas-mobile", "tinytl-lb", 224, lite_residual=True)
+    cfg = method_config("proxylessnas-mobile", "tinytl-lb", 102, resolution=224, lite_residual=True)
     assert cfg.blocks[0].lite is None and all(b.lite is not None for b in cfg.blocks[1:])
     assert [b.lite.kernel for b in cfg.blocks[-4:]] == [3, 3, 3, 3] and cfg.blocks[1].lite.kernel == 5
     by_name = {leaf.name: leaf for leaf in leaves(cfg)}

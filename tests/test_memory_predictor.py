@@ -8,15 +8,16 @@ import sys
 import pytest
 
 from tinytl_tf.config import NetConfig
-from tinytl_tf.memory import method_config, param_counts, predictor
+from tinytl_tf.memory import param_counts, predictor
 from tinytl_tf.memory.predictor import OPTIMIZER_STATE_BYTES, predict_train, predict_train_mb, predicted_table
+from tinytl_tf.methods import method_config
 
 
 def test_memory_room_imports_neither_tensorflow_nor_the_export_harness():
     code = (
         "import sys, tinytl_tf.memory, tinytl_tf.backbones.registry\n"
         "from tinytl_tf.memory import predict_train_mb, method_table\n"
-        "predict_train_mb(tinytl_tf.memory.method_config('mcunet-5fps', 'tinytl-lb'))\n"
+        "predict_train_mb(tinytl_tf.methods.method_config('mcunet-5fps', 'tinytl-lb', 102))\n"
         "method_table('mcunet-5fps')\n"
         "bad = [m for m in ('tensorflow', 'keras', 'tinytl_tf.jobs', 'tinytl_tf.export', 'tinytl_tf.transfer',\n"
         "       'tinytl_tf.backbones.builder') if m in sys.modules]\n"
@@ -28,7 +29,7 @@ def test_memory_room_imports_neither_tensorflow_nor_the_export_harness():
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_variables_are_trainables_and_optimizer_state(optimizer):
-    cfg = method_config("mcunet-5fps", "tinytl-lb", 128, 102, lite_residual=True)
+    cfg = method_config("mcunet-5fps", "tinytl-lb", 102, lite_residual=True, resolution=128)
     trainable, _ = param_counts(cfg)
     p = predict_train(cfg, optimizer)
     assert p.variables == (4 + OPTIMIZER_STATE_BYTES[optimizer]) * trainable + 4  # + the step counter
@@ -36,7 +37,7 @@ def test_variables_are_trainables_and_optimizer_state(optimizer):
 
 
 def test_adam_costs_its_two_moments_over_sgd():
-    cfg = method_config("proxylessnas-mobile", "ft-full", 224, 102, lite_residual=True)
+    cfg = method_config("proxylessnas-mobile", "ft-full", 102, lite_residual=True, resolution=224)
     trainable, _ = param_counts(cfg)
     sgd, adam = predict_train(cfg, "sgd"), predict_train(cfg, "adam")
     assert adam.variables - sgd.variables == 8 * trainable
@@ -44,8 +45,8 @@ def test_adam_costs_its_two_moments_over_sgd():
 
 
 def test_frozen_kernels_are_stored_twice_only_where_the_input_gradient_runs(monkeypatch):
-    last = method_config("mcunet-5fps", "ft-last", 128, 102, lite_residual=True)
-    bias = method_config("mcunet-5fps", "tinytl-b", 128, 102, lite_residual=True)
+    last = method_config("mcunet-5fps", "ft-last", 102, lite_residual=True, resolution=128)
+    bias = method_config("mcunet-5fps", "tinytl-b", 102, lite_residual=True, resolution=128)
     _, frozen = param_counts(last)
     # FT-Last runs no backward below the head: each frozen kernel once, int8 (small ones float32)
     assert frozen <= predict_train(last).frozen_constants < 1.2 * frozen
@@ -64,9 +65,9 @@ def test_methods_rank_as_their_storage():
 
 
 def test_predict_train_mb_takes_a_subnet_config_and_a_method():
-    cfg = method_config("mcunet-5fps", "ft-full", 96, 10)
+    cfg = method_config("mcunet-5fps", "ft-full", 10, resolution=96)
     assert predict_train_mb(cfg, "sgd", method="tinytl-lb") == pytest.approx(
-        predict_train(method_config(cfg, "tinytl-lb", None, 10), "sgd").total_mb
+        predict_train(method_config(cfg, "tinytl-lb", 10), "sgd").total_mb
     )
     assert predict_train_mb(cfg) == pytest.approx(predict_train(cfg).total_mb)
 
@@ -81,7 +82,7 @@ def test_predict_train_mb_takes_a_subnet_config_and_a_method():
 )
 def test_bad_requests(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
-        call(method_config("mcunet-5fps", "tinytl-lb"))
+        call(method_config("mcunet-5fps", "tinytl-lb", 102))
 
 
 def test_memory_command_prints_predicted_beside_analytic(capsys):

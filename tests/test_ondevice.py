@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinytl_tf import contract, imageio, initial_values
+from tinytl_tf import contract, imagefiles, initial_values
 from tinytl_tf.ondevice import DeviceModel, InputError, Trainer, evaluate_folder, train_folder
 from tinytl_tf.ondevice.checkpoint import META_KEY, PAUSE_ENV, WEIGHT_PREFIX
 from tinytl_tf.ondevice.cli import main
@@ -143,7 +143,7 @@ def test_training_learns_and_evaluate_matches_the_interpreter(model_path, data, 
     correct, cross_entropy = 0, 0.0
     files = sorted((data / "test").glob("*/*.png"))
     for f in files:
-        x = imageio.normalize(imageio.eval_transform(imageio.load_rgb(f), 36), mean, std)[None]
+        x = imagefiles.normalize(imagefiles.eval_transform(imagefiles.load_rgb(f), 36), mean, std)[None]
         p = infer(x=x)["probabilities"][0]
         label = LABELS.index(f.parent.name)
         correct += int(np.argmax(p) == label)
@@ -156,7 +156,7 @@ def test_training_learns_and_evaluate_matches_the_interpreter(model_path, data, 
     assert (on_train["examples"], on_train["skipped"]) == (TRAIN_STEPS, 1) and on_train["accuracy"] >= 0.75
 
 
-def test_preprocessing_is_imageio_and_equals_the_desktop_pipeline(model_path, data, tmp_path, monkeypatch):
+def test_preprocessing_is_imagefiles_and_equals_the_desktop_pipeline(model_path, data, tmp_path, monkeypatch):
     seen = {"infer": [], "train": []}
     infer, train = DeviceModel.infer, DeviceModel.train
     monkeypatch.setattr(DeviceModel, "infer", lambda self, x: seen["infer"].append(x.copy()) or infer(self, x))
@@ -168,19 +168,21 @@ def test_preprocessing_is_imageio_and_equals_the_desktop_pipeline(model_path, da
 
     meta = json.loads(Path(contract.model_json_path(model_path)).read_text())
     mean, std = meta["input"]["mean"], meta["input"]["std"]
-    test = imageio.scan_test_folder(data, LABELS).test
-    want = [imageio.normalize(imageio.eval_transform(imageio.load_rgb(f), 36), mean, std)[None] for f, _ in test]
+    test = imagefiles.scan_test_folder(data, LABELS).test
+    want = [
+        imagefiles.normalize(imagefiles.eval_transform(imagefiles.load_rgb(f), 36), mean, std)[None] for f, _ in test
+    ]
     assert len(seen["infer"]) == len(want)
     for got, expected in zip(seen["infer"], want):
         np.testing.assert_array_equal(got, expected)
 
-    split = imageio.scan_image_folder(data, seed=5)
+    split = imagefiles.scan_image_folder(data, seed=5)
     order = epoch_order(5, 0, len(split.train))
     assert len(seen["train"]) == len(order) == TRAIN_STEPS
     for i, got in enumerate(seen["train"]):
-        image = imageio.load_rgb(split.train[order[i]][0])
+        image = imagefiles.load_rgb(split.train[order[i]][0])
         np.testing.assert_array_equal(
-            got, imageio.normalize(imageio.train_transform(image, 36, item_rng(5, 0, i)), mean, std)[None]
+            got, imagefiles.normalize(imagefiles.train_transform(image, 36, item_rng(5, 0, i)), mean, std)[None]
         )
 
     from tinytl_tf.data import load_eval_folder  # the desktop tf.data pipeline (test side only)
@@ -299,7 +301,7 @@ def test_truncated_checkpoint_is_reported_and_prev_used(model_path, data, tmp_pa
 def test_bad_inputs_are_rejected_before_any_change(model_path, data):
     model = DeviceModel(model_path)
     trainer = Trainer(model)
-    x = model.preprocessing.eval_tensor(imageio.load_rgb(data / "test" / "red" / "img_0.png"))
+    x = model.preprocessing.eval_tensor(imagefiles.load_rgb(data / "test" / "red" / "img_0.png"))
     before = model.get_weights()
     nan, inf = x.copy(), x.copy()
     nan[0, 3, 4, 1], inf[0, 0, 0, 0] = np.nan, np.inf
@@ -325,7 +327,7 @@ def test_bad_inputs_are_rejected_before_any_change(model_path, data):
 def test_non_finite_loss_is_rolled_back_and_counted(model_path, data, tmp_path):
     model = DeviceModel(model_path)
     trainer = Trainer(model)
-    x = model.preprocessing.eval_tensor(imageio.load_rgb(data / "test" / "red" / "img_0.png"))
+    x = model.preprocessing.eval_tensor(imagefiles.load_rgb(data / "test" / "red" / "img_0.png"))
     blown = trainer.train_step(x, LABELS.index("red"), lr=1e38)  # finite loss, but weights of magnitude ~1e38
     assert not blown.rolled_back and np.isfinite(blown.loss)
     captured = model.get_weights()

@@ -3,17 +3,12 @@ graph's ops, once per run each, with self times that fit in the measured run; an
 
 import collections
 import ctypes
-import importlib.util
-from pathlib import Path
 
 import pytest
 
+from benchmarks import profile_ops
 from tinytl_tf import tflite_model
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("profile_ops", ROOT / "benchmarks" / "profile_ops.py")
-profile_ops = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(profile_ops)
 RUNS = 4
 
 

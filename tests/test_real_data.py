@@ -3,9 +3,9 @@
 import keras
 import pytest
 
-from tinytl_tf.caltech import make_subset, prepare_caltech101
 from tinytl_tf.data import load_image_folder
-from tinytl_tf.train import train_job
+from tinytl_tf.jobs.caltech import make_subset, prepare_caltech101
+from tinytl_tf.jobs.train import train_job
 
 pytestmark = pytest.mark.slow  # trains on real images
 

@@ -1,25 +1,15 @@
 """The search study (benchmarks/search.py): its budgets, its report, and its quick mode end to end on the embedded
 caltech10 with a micro MB backbone registered as the only pretrained one (tracing and exporting cost most of it)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+import benchmarks.search as bench
 from tinytl_tf.config import BlockConfig, ConvConfig, NetConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("search_benchmark", ROOT / "benchmarks" / "search.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_benchmark()
 
 
 def test_budgets_are_the_reference_networks_predicted_memory_and_60_percent():

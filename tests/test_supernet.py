@@ -5,7 +5,6 @@ official parameter names."""
 
 import importlib.util
 import math
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -15,9 +14,11 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.test_backbones import CATS
-from tinytl_tf.backbones import backbone_config, load_backbone, mcu
+from tinytl_tf import cli
+from tinytl_tf.backbones import backbone_config, load_backbone, tiny_training
 from tinytl_tf.config import BlockConfig, ConfigError, ConvConfig, NetConfig
 from tinytl_tf.data import default_data_dir, load_image_folder
+from tinytl_tf.importers import ofa
 from tinytl_tf.supernet.space import Arch, backbone_arch, sample, super_spec
 from tinytl_tf.supernet.supernet import SuperNet
 from tinytl_tf.train import compile_model, distribution_scope, seed_everything, steps_per_epoch
@@ -155,7 +156,7 @@ def _chelsea(cfg, size):
 def test_from_backbone_reproduces_imagenet_predictions():
     name = "mcunet-5fps"
     net = SuperNet.from_backbone(name, num_classes=1000)
-    _, arrays = mcu.load(name)
+    _, arrays = tiny_training.load(name)
     net.head.kernel.assign(arrays["head/kernel"])
     net.head.bias.assign(arrays["head/bias"])
     arch = backbone_arch(net.spec)
@@ -183,7 +184,7 @@ def test_full_subnet_reproduces_the_static_backbone_on_real_images():
     images = load_image_folder(default_data_dir(), size, cfg.input_mean, cfg.input_std, 16)
     net = SuperNet.from_backbone(name, num_classes=1000, resolutions=(size,))
     net.calibrate(images.train, batches=2)
-    _, arrays = mcu.load(name)
+    _, arrays = tiny_training.load(name)
     net.head.kernel.assign(arrays["head/kernel"])
     net.head.bias.assign(arrays["head/bias"])
     arch = backbone_arch(net.spec)
@@ -342,9 +343,9 @@ def test_bad_arch_names_the_field(tiny_net, change, field):
 
 
 def test_unknown_backbone_lists_the_choices(tmp_path):
-    with pytest.raises(ValueError, match="mcunet-5fps.*convert_ofa"):
+    with pytest.raises(ValueError, match="mcunet-5fps.*import-ofa"):
         SuperNet.from_backbone("resnet-50", 10)
-    with pytest.raises(FileNotFoundError, match="convert_ofa"):
+    with pytest.raises(FileNotFoundError, match="import-ofa"):
         SuperNet.from_backbone(str(tmp_path / "missing.npz"), 10)
     np.savez(tmp_path / "foreign.npz", weights=np.zeros(3))
     with pytest.raises(ValueError, match="not a super-net weights file"):
@@ -375,14 +376,6 @@ def test_changing_the_active_subnet_needs_no_retrace():
 
 OFA_WIDTHS = (40, 24, (32, 56, 104, 128, 248, 416), 1664)  # stem, block 0, stages, feature mix at width 1.3
 OFA_DEPTHS, OFA_STRIDES = (4, 4, 4, 4, 4, 1), (2, 2, 2, 1, 2, 1)
-
-
-def _convert_module():
-    path = Path(__file__).resolve().parents[1] / "export" / "convert_ofa.py"
-    spec = importlib.util.spec_from_file_location("convert_ofa", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def official_state_dict(rng, tensor=np.asarray):
@@ -482,26 +475,24 @@ def _check_converted(path, sd):
     assert sub.net_config.input_mean == pytest.approx((123.675, 116.28, 103.53))
 
 
-def test_convert_ofa_state_dict(tmp_path):
+def test_import_ofa_state_dict(tmp_path):
     from tinytl_tf.supernet.supernet import write_weights_file
 
-    convert = _convert_module()
     sd = official_state_dict(np.random.default_rng(13))
-    cfg, arrays = convert.convert_state_dict(sd)
+    cfg, arrays = ofa.convert_state_dict(sd)
     path = tmp_path / "ofa.npz"
-    write_weights_file(path, convert.NAME, cfg, arrays)
+    write_weights_file(path, ofa.NAME, cfg, arrays)
     _check_converted(path, sd)
 
 
-def test_convert_ofa_rejects_a_foreign_state_dict():
-    convert = _convert_module()
+def test_import_ofa_rejects_a_foreign_state_dict():
     sd = official_state_dict(np.random.default_rng(14))
     del sd["blocks.7.mobile_inverted_conv.depth_conv.conv.7to5_matrix"]
     with pytest.raises(ValueError, match="blocks.7.conv.depth_conv.conv.7to5_matrix"):
-        convert.convert_state_dict(sd)
+        ofa.convert_state_dict(sd)
 
 
-def test_convert_ofa_checkpoint_file_with_torch(tmp_path):
+def test_import_ofa_checkpoint_file_with_torch(tmp_path):
     torch = pytest.importorskip(
         "torch",
         reason="torch (an optional extra) is not installed; the converter's "
@@ -510,14 +501,14 @@ def test_convert_ofa_checkpoint_file_with_torch(tmp_path):
     sd = official_state_dict(np.random.default_rng(15), tensor=torch.from_numpy)
     ckpt, out = tmp_path / "ofa_proxyless_d234_e346_k357_w1.3", tmp_path / "ofa.npz"
     torch.save({"state_dict": sd}, ckpt)
-    assert _convert_module().main(["--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    assert cli.main(["import-ofa", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
     _check_converted(out, {k: v.numpy() for k, v in sd.items()})
 
 
-def test_convert_ofa_without_torch_says_how_to_get_it(tmp_path, capsys):
+def test_import_ofa_without_torch_says_how_to_get_it(tmp_path, capsys):
     if importlib.util.find_spec("torch") is not None:
         pytest.skip("torch is installed; this checks the message shown without it")
     ckpt = tmp_path / "ckpt"
     ckpt.write_bytes(b"x")
-    assert _convert_module().main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o.npz")]) == 2
+    assert cli.main(["import-ofa", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o.npz")]) == 2
     assert "pip install torch" in capsys.readouterr().err

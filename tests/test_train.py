@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 
 from tinytl_tf.backbones import load_backbone
+from tinytl_tf.cliargs import check_output_dir
 from tinytl_tf.contract import METHODS
-from tinytl_tf.train import check_output_dir, fit, load_trained
+from tinytl_tf.train import fit, load_trained
 from tinytl_tf.transfer import prepare_transfer
 
 pytestmark = pytest.mark.slow  # trains models
@@ -69,6 +70,20 @@ def test_load_trained_errors(tmp_path):
         load_trained(bad)
 
 
+def test_load_trained_in_a_fresh_process(tmp_path):
+    """`export` loads the model in a process that imported nothing else of the package."""
+    prepare_transfer(load_backbone("mcunet-5fps", resolution=64), "tinytl-lb", K).save(tmp_path / "model.keras")
+    script = "import sys; from tinytl_tf.train import load_trained; print(load_trained(sys.argv[1]).net_config.method)"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "model.keras")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    assert done.returncode == 0 and done.stdout == "tinytl-lb\n", done.stderr[-2000:]
+
+
 def test_existing_output_is_refused_unless_overwrite(tmp_path):
     (tmp_path / "model.keras").write_bytes(b"precious")
     with pytest.raises(FileExistsError, match="--overwrite"):
@@ -114,7 +129,7 @@ def test_a_seed_repeats_a_run_exactly_and_another_seed_differs(tmp_path):
     """Two 1-epoch runs on the embedded data with one seed: identical metrics and trained weights; another seed
     gives other weights (its head, lite branches, data order and augmentation are drawn differently)."""
     from tinytl_tf.data import default_data_dir, load_image_folder
-    from tinytl_tf.train import train_job
+    from tinytl_tf.jobs.train import train_job
 
     def run(seed, name):
         def load(resolution, mean, std, batch):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tinytl_tf.backbones import count_params, load_backbone
-from tinytl_tf.backbones.mcu import FILES, WEIGHTS_DIR
+from tinytl_tf.backbones.tiny_training import FILES, WEIGHTS_DIR
 from tinytl_tf.contract import METHODS
 from tinytl_tf.transfer import UnknownMethod, prepare_transfer
 

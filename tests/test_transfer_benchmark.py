@@ -5,7 +5,6 @@ read, a grid extended past its edge), the report and plots, that a re-run trains
 resumes from its last finished epoch."""
 
 import dataclasses
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from benchmarks import transfer as bench
 from tinytl_tf.config import BlockConfig, ConvConfig, NetConfig
 
 pytestmark = pytest.mark.slow  # runs the accuracy study in miniature
@@ -23,16 +23,6 @@ HOLDOUT_PER_RUN = 3 * 2  # 3 classes, 20% of 10 training images each
 TEST_PER_RUN = 3 * 4
 CURVE_PER_RUN = 3 * 2
 EPOCHS = 2
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("transfer_benchmark", ROOT / "benchmarks" / "transfer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_benchmark()
 
 
 def tiny_backbone(monkeypatch):
@@ -146,7 +136,7 @@ def check_every_run_is_recorded_with_finite_numbers(quick):
         if r["phase"] in ("lr", "main", "batch"):
             assert len(m["curve"]) == r["epochs"] and all(0 <= a <= 1 for a in m["curve"]), key
             assert m["resumed_at_epoch"] == 0, key
-        assert r["seconds"] > 0 and r["command"].startswith("python benchmarks/transfer.py --quick"), key
+        assert r["seconds"] > 0 and r["command"].startswith("python -m benchmarks.transfer --quick"), key
     device = next(r for r in runs.values() if r["phase"] == "device")["metrics"]
     assert device["steps"] == 30 * EPOCHS and device["test_examples"] == TEST_PER_RUN  # 3 classes x 10 images
 

@@ -13,18 +13,19 @@ from PIL import Image
 pytestmark = pytest.mark.slow  # starts TensorFlow in subprocesses and exports
 
 ROOT = Path(__file__).resolve().parents[1]
-# runs `main(argv)` of a module, then reports whether TensorFlow was imported, on stderr's last line
+# runs `main(argv)` of a module, or a script as `python SCRIPT argv` would (the package importable as when
+# installed), then reports whether TensorFlow was imported, on stderr's last line
 RUNNER = """
 import runpy, sys
 module, argv = sys.argv[1], sys.argv[2:]
-if module.endswith(".py"):
-    sys.path.insert(0, str(__import__("pathlib").Path(module).parent))
-    main = runpy.run_path(module)["main"]
-else:
-    main = __import__(module, fromlist=["main"]).main
 try:
-    code = main(argv)
-except SystemExit as e:  # argparse's refusals
+    if module.endswith(".py"):
+        sys.argv = [module, *argv]
+        runpy.run_path(module, run_name="__main__")
+        code = 0
+    else:
+        code = __import__(module, fromlist=["main"]).main(argv)
+except SystemExit as e:  # a script's exit status, or argparse's refusals
     code = e.code
 print("tensorflow imported" if "tensorflow" in sys.modules else "tensorflow not imported", file=sys.stderr)
 sys.exit(code)
@@ -124,6 +125,21 @@ MISTAKES = {
         ),
         "is a directory",
     ),
+    "export subcommand over an existing pair": (
+        lambda w: (
+            "tinytl_tf.cli",
+            "export",
+            "--model",
+            w / "done" / "model.keras",
+            "--out",
+            w / "exp" / "model.tflite",
+        ),
+        "already exist; pass --overwrite",
+    ),
+    "import-ofa to a file that is no .npz": (
+        lambda w: ("tinytl_tf.cli", "import-ofa", "--checkpoint", w / "none", "--out", w / "exp" / "ofa.bin"),
+        "--out must end in .npz",
+    ),
     "export with lr 0": (
         lambda w: (
             ROOT / "export" / "to_tflite.py",
@@ -137,7 +153,7 @@ MISTAKES = {
         "must be a positive",
     ),
     "caltech prepare without tarballs": (
-        lambda w: ("tinytl_tf.caltech", "prepare", w / "nowhere", w / "caltech"),
+        lambda w: ("tinytl_tf.cli", "caltech", "prepare", w / "nowhere", w / "caltech"),
         "no Caltech-101 tarballs",
     ),
 }

@@ -18,21 +18,8 @@ from tinytl_tf.contract import METHODS
 from tinytl_tf.methods import DEFAULT_LR, OPTIMIZERS
 
 
-def _data_loader(args):
-    from tinytl_tf import data
-
-    def load(resolution, mean, std, batch_size):
-        if args.tfds:
-            return data.load_tfds(args.tfds, args.data, resolution, mean, std, batch_size, seed=args.seed)
-        return data.load_image_folder(
-            args.data, resolution, mean, std, batch_size, val_fraction=args.val_fraction, seed=args.seed
-        )
-
-    return load
-
-
 def cmd_train(args):
-    from tinytl_tf.train import train_job
+    from tinytl_tf.jobs.train import data_loader, train_job
 
     make_model = None
     if args.subnet:
@@ -55,7 +42,7 @@ def cmd_train(args):
             args.weights_dir,
             args.overwrite,
             verbose=1,
-            load_data=_data_loader(args),
+            load_data=data_loader(args.data, args.tfds, args.val_fraction, args.seed),
             make_model=make_model,
             seed=args.seed,
             optimizer=args.optimizer,
@@ -99,33 +86,50 @@ def cmd_search(args):
 
 
 def cmd_evaluate(args):
-    from tinytl_tf import data
-    from tinytl_tf.train import accuracy, held_out_files, load_trained
+    from tinytl_tf.jobs.evaluate import evaluate_job
 
-    model = load_trained(args.model)
-    cfg = model.net_config
-    only = None if args.all_images else held_out_files(args.model, args.data)
-    if only is not None:
-        print(
-            f"evaluate: scoring the {len(only)} images train held out of {args.data} "
-            f"({Path(args.model).parent / cliargs.SPLIT_FILE}); --all-images scores every image",
-            file=sys.stderr,
-        )
-    images = data.load_eval_folder(
-        args.data, cfg.resolution, cfg.input_mean, cfg.input_std, args.batch_size, class_names=cfg.labels, only=only
+    print(json.dumps(evaluate_job(args.model, args.data, args.batch_size, args.all_images)))
+
+
+def cmd_export(args):
+    from tinytl_tf.jobs.export import export_job
+
+    def progress(stage):
+        print(f"export: {stage}...", file=sys.stderr, flush=True)
+
+    steps, source = args.device_steps
+    progress(f"schedule of {steps} steps ({source}); loading {args.model}")
+    meta = export_job(
+        args.model,
+        args.out,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        total_steps=steps,
+        label_smoothing=args.label_smoothing,
+        schedule=args.schedule,
+        frozen_bits=args.frozen_bits,
+        overwrite=args.overwrite,
+        progress=progress,
     )
-    print(
-        json.dumps(
-            {
-                "accuracy": accuracy(model, images.test),
-                "examples": images.num_test,
-                "skipped_images": images.skipped,
-                "model": str(args.model),
-                "data": str(args.data),
-                "held_out_only": only is not None,
-            }
-        )
-    )
+    print(json.dumps({k: meta[k] for k in ("fingerprint", "backbone", "method", "num_classes", "ops")}, indent=2))
+    size_mb = Path(args.out).stat().st_size / 1e6
+    print(f"wrote {args.out} ({size_mb:.2f} MB) and {Path(args.out).stem}.json", file=sys.stderr)
+
+
+def cmd_caltech(args):
+    from tinytl_tf.jobs.caltech import make_subset, prepare_caltech101
+
+    if args.action == "prepare":
+        print(prepare_caltech101(args.source if len(args.source) > 1 else args.source[0], args.out))
+    else:
+        print(make_subset(args.prepared, args.out, args.classes, args.n_train, args.n_test, args.short_side))
+
+
+def cmd_import_ofa(args):
+    from tinytl_tf.importers.ofa import import_checkpoint
+
+    cfg, arrays = import_checkpoint(args.checkpoint, args.out, args.overwrite)
+    print(f"wrote {args.out}: {len(cfg.blocks)} blocks, {sum(a.size for a in arrays.values()):,} parameters")
 
 
 def cmd_memory(args):
@@ -206,7 +210,7 @@ def _add_measurements(args, rows):
 
 
 def cmd_demo(args):
-    from tinytl_tf.demo import run_demo
+    from tinytl_tf.jobs.demo import run_demo
 
     run_demo(args.out, epochs=args.epochs, seed=args.seed)
 
@@ -254,152 +258,12 @@ def build_parser():
         formatter_class=_Formatter,
     )
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's own C++/absl log (also: TINYTL_DEBUG=1)")
+    p.set_defaults(tensorflow=True)  # a command that needs no TensorFlow sets False: it is then never imported
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser(
-        "train",
-        formatter_class=_Formatter,
-        help="fine-tune a pretrained backbone with a transfer method",
-        description="Fine-tune a pretrained backbone on a class-per-folder image tree; "
-        "writes OUT/model.keras and OUT/metrics.json.",
-    )
-    t.add_argument(
-        "--data",
-        required=True,
-        help="DIR/train/<class>/* + DIR/test/<class>/*, or DIR/<class>/* with --val-fraction; "
-        "with --tfds, the tfds data_dir",
-    )
-    t.add_argument(
-        "--tfds", metavar="NAME", help="read the prepared tensorflow-datasets set NAME from --data (no download)"
-    )
-    t.add_argument(
-        "--val-fraction",
-        type=fraction,
-        default=0.2,
-        help="held-out fraction of a flat DIR/<class>/* tree (recorded in OUT/split.json for evaluate)",
-    )
-    _add_seed_option(t)
-    t.add_argument("--backbone", default="mcunet-5fps", help=f"one of: {', '.join(BACKBONES)} (default mcunet-5fps)")
-    t.add_argument("--method", default="tinytl-lb", help=f"one of: {', '.join(METHODS)} (default tinytl-lb)")
-    t.add_argument("--resolution", type=count(1), help="input size in pixels (default: the backbone's)")
-    t.add_argument("--epochs", type=count(1), default=10, help="training epochs")
-    t.add_argument(
-        "--lr",
-        type=positive_float,
-        help="peak learning rate of Adam with cosine decay (default: the "
-        f"method's: {', '.join(f'{m} {lr:g}' for m, lr in DEFAULT_LR.items())})",
-    )
-    t.add_argument(
-        "--optimizer",
-        default="adam",
-        choices=OPTIMIZERS,
-        help="adam: float32 moments (8 bytes of state per trained parameter); adam8bit: Adam with block-wise "
-        "8-bit moments (~2 bytes per parameter)",
-    )
-    _add_fit_options(t)
-    t.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (mobilenet-v1 only)")
-    t.add_argument("--out", required=True, help="output folder")
-    t.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing OUT/model.keras and metrics.json "
-        "(and remove an OUT/model.tflite + model.json + model.init.npz exported from the old model)",
-    )
-    t.add_argument(
-        "--subnet",
-        metavar="SUBNET.json",
-        help="train the sub-net found by `search` (its subnet.json) "
-        "with the fine-tuned super-net's weights instead of --backbone; its resolution is the searched one",
-    )
-    t.set_defaults(func=cmd_train)
-
-    s = sub.add_parser(
-        "search",
-        formatter_class=_Formatter,
-        help="find the best sub-net of pretrained backbones under a training-memory budget",
-        description="Fine-tune an elastic super-net around each pretrained MB backbone on 80%% of the training "
-        "images, measure random sub-nets on the other 20%%, fit an accuracy predictor (checked against ranking by "
-        "memory or resolution alone) and run an evolutionary search under a training-memory budget (predicted "
-        "TinyTL-L+B train-step memory at batch 1 with Adam state). The space: the backbone, the input resolution, "
-        "elastic depth (trailing blocks of a stage skipped) and per block the lite residual branch (present or "
-        "not, kernel 3/5, groups 2/4). The winner is shown next to the fixed baseline (mcunet-5fps TinyTL-L+B at "
-        "the largest resolution within the budget), then exported and its LiteRT train step measured. Writes "
-        "OUT/subnet.json and one OUT/<backbone>/supernet.keras each; an interrupted search resumes from OUT. "
-        "Then: train --subnet OUT/subnet.json.",
-    )
-    s.add_argument(
-        "--data",
-        required=True,
-        help="DIR/train/<class>/* (+ DIR/test/, never read), or DIR/<class>/* with --val-fraction",
-    )
-    s.add_argument(
-        "--val-fraction",
-        type=fraction,
-        default=0.2,
-        help="test fraction of a flat DIR/<class>/* tree, left out of the search",
-    )
-    s.add_argument(
-        "--backbone",
-        nargs="+",
-        help="the pretrained backbones to choose from: names, or .npz files from export/convert_ofa.py (default: "
-        "every backbone with pretrained MB weights, " + ", ".join(_searchable_backbones()) + ")",
-    )
-    s.add_argument(
-        "--budget-mb",
-        type=positive_float,
-        required=True,
-        help="train-step memory a sub-net may need (predicted TinyTL-L+B at batch 1 with Adam state, MB = 1e6 B)",
-    )
-    s.add_argument(
-        "--elastic-width",
-        action="store_true",
-        help="also search kernel sizes (centre crops) and expand ratios (dropped channels). Off by default, and on "
-        "for a converted once-for-all .npz, because only weights trained as a once-for-all super-net survive it: "
-        "cropping the kernels and dropping the channels of ordinary pretrained weights destroys their features",
-    )
-    s.add_argument(
-        "--no-measure",
-        action="store_true",
-        help="skip exporting the winner and measuring its LiteRT train-step memory",
-    )
-    s.add_argument("--resolutions", type=count(1), nargs="+", help="input sizes to search (default 96 112 128 144 160)")
-    s.add_argument("--epochs", type=count(1), default=5, help="super-net fine-tuning epochs (default 5)")
-    s.add_argument(
-        "--pairs", type=count(1), default=500, help="sub-nets measured for the accuracy predictor (default 500)"
-    )
-    s.add_argument("--population", type=count(1), default=100, help="evolutionary search population (default 100)")
-    s.add_argument("--generations", type=count(1), default=100, help="evolutionary search generations (default 100)")
-    s.add_argument(
-        "--predictor-epochs", type=count(1), default=200, help="accuracy predictor training epochs (default 200)"
-    )
-    _add_seed_option(s)
-    s.add_argument(
-        "--lr", type=positive_float, default=3e-3, help="peak learning rate of the super-net fine-tuning (default 3e-3)"
-    )
-    _add_fit_options(s)
-    s.add_argument("--weights-dir", help="folder with backbone weights that are not vendored")
-    s.add_argument("--out", required=True, help="output folder (resumed when it holds an unfinished search)")
-    s.set_defaults(func=cmd_search)
-
-    e = sub.add_parser(
-        "evaluate",
-        formatter_class=_Formatter,
-        help="top-1 accuracy of a trained model",
-        description="Print JSON with the top-1 accuracy of a model.keras on DIR/test, or on DIR: only the images train "
-        "held out of DIR (--val-fraction) when the model's split.json lists them.",
-    )
-    e.add_argument("--model", required=True, help="model.keras written by train")
-    e.add_argument(
-        "--data", required=True, help="DIR/test/<class>/* or DIR/<class>/*; class names must match the model's"
-    )
-    e.add_argument("--batch-size", type=count(1), default=32, help="evaluation batch size")
-    e.add_argument(
-        "--all-images",
-        action="store_true",
-        help="score every image of --data, even when the model's "
-        "split.json lists the ones train held out of it (scored by default)",
-    )
-    e.set_defaults(func=cmd_evaluate)
+    _add_train_parser(sub)
+    _add_search_parser(sub)
+    _add_evaluate_parser(sub)
 
     m = sub.add_parser(
         "memory",
@@ -462,6 +326,166 @@ def build_parser():
     )
     m.set_defaults(func=cmd_memory)
 
+    _add_demo_parser(sub)
+    _add_export_parser(sub)
+    _add_caltech_parser(sub)
+
+    _add_import_ofa_parser(sub)
+    return p
+
+
+def _add_train_parser(sub):
+    t = sub.add_parser(
+        "train",
+        formatter_class=_Formatter,
+        help="fine-tune a pretrained backbone with a transfer method",
+        description="Fine-tune a pretrained backbone on a class-per-folder image tree; "
+        "writes OUT/model.keras and OUT/metrics.json.",
+    )
+    t.add_argument(
+        "--data",
+        required=True,
+        help="DIR/train/<class>/* + DIR/test/<class>/*, or DIR/<class>/* with --val-fraction; "
+        "with --tfds, the tfds data_dir",
+    )
+    t.add_argument(
+        "--tfds", metavar="NAME", help="read the prepared tensorflow-datasets set NAME from --data (no download)"
+    )
+    t.add_argument(
+        "--val-fraction",
+        type=fraction,
+        default=0.2,
+        help="held-out fraction of a flat DIR/<class>/* tree (recorded in OUT/split.json for evaluate)",
+    )
+    _add_seed_option(t)
+    t.add_argument("--backbone", default="mcunet-5fps", help=f"one of: {', '.join(BACKBONES)} (default mcunet-5fps)")
+    t.add_argument("--method", default="tinytl-lb", help=f"one of: {', '.join(METHODS)} (default tinytl-lb)")
+    t.add_argument("--resolution", type=count(1), help="input size in pixels (default: the backbone's)")
+    t.add_argument("--epochs", type=count(1), default=10, help="training epochs")
+    t.add_argument(
+        "--lr",
+        type=positive_float,
+        help="peak learning rate of Adam with cosine decay (default: the "
+        f"method's: {', '.join(f'{m} {lr:g}' for m, lr in DEFAULT_LR.items())})",
+    )
+    t.add_argument(
+        "--optimizer",
+        default="adam",
+        choices=OPTIMIZERS,
+        help="adam: float32 moments (8 bytes of state per trained parameter); adam8bit: Adam with block-wise "
+        "8-bit moments (~2 bytes per parameter)",
+    )
+    _add_fit_options(t)
+    t.add_argument("--weights-dir", help="folder with mobilenet_v1_1.0_224_imagenet.npz (mobilenet-v1 only)")
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing OUT/model.keras and metrics.json "
+        "(and remove an OUT/model.tflite + model.json + model.init.npz exported from the old model)",
+    )
+    t.add_argument(
+        "--subnet",
+        metavar="SUBNET.json",
+        help="train the sub-net found by `search` (its subnet.json) "
+        "with the fine-tuned super-net's weights instead of --backbone; its resolution is the searched one",
+    )
+    t.set_defaults(func=cmd_train)
+
+
+def _add_search_parser(sub):
+    s = sub.add_parser(
+        "search",
+        formatter_class=_Formatter,
+        help="find the best sub-net of pretrained backbones under a training-memory budget",
+        description="Fine-tune an elastic super-net around each pretrained MB backbone on 80%% of the training "
+        "images, measure random sub-nets on the other 20%%, fit an accuracy predictor (checked against ranking by "
+        "memory or resolution alone) and run an evolutionary search under a training-memory budget (the memory "
+        "predictor's LiteRT train step of TinyTL-L+B at batch 1 with Adam). The space: the backbone, the input "
+        "resolution, elastic depth (trailing blocks of a stage skipped) and per block the lite residual branch "
+        "(present or not, kernel 3/5, groups 2/4). The winner is shown next to the fixed baseline (mcunet-5fps "
+        "TinyTL-L+B at the largest resolution within the budget), then exported and its LiteRT train step "
+        "measured. Writes OUT/subnet.json and one OUT/<backbone>/supernet.keras each; an interrupted search "
+        "resumes from OUT. Then: train --subnet OUT/subnet.json.",
+    )
+    s.add_argument(
+        "--data",
+        required=True,
+        help="DIR/train/<class>/* (+ DIR/test/, never read), or DIR/<class>/* with --val-fraction",
+    )
+    s.add_argument(
+        "--val-fraction",
+        type=fraction,
+        default=0.2,
+        help="test fraction of a flat DIR/<class>/* tree, left out of the search",
+    )
+    s.add_argument(
+        "--backbone",
+        nargs="+",
+        help="the pretrained backbones to choose from: names, or .npz files written by `import-ofa` (default: "
+        "every backbone with pretrained MB weights, " + ", ".join(_searchable_backbones()) + ")",
+    )
+    s.add_argument(
+        "--budget-mb",
+        type=positive_float,
+        required=True,
+        help="train-step memory a sub-net may need (predicted LiteRT TinyTL-L+B step at batch 1 with Adam, MB = 1e6 B)",
+    )
+    s.add_argument(
+        "--elastic-width",
+        action="store_true",
+        help="also search kernel sizes (centre crops) and expand ratios (dropped channels). Off by default, and on "
+        "for a converted once-for-all .npz, because only weights trained as a once-for-all super-net survive it: "
+        "cropping the kernels and dropping the channels of ordinary pretrained weights destroys their features",
+    )
+    s.add_argument(
+        "--no-measure",
+        action="store_true",
+        help="skip exporting the winner and measuring its LiteRT train-step memory",
+    )
+    s.add_argument("--resolutions", type=count(1), nargs="+", help="input sizes to search (default 96 112 128 144 160)")
+    s.add_argument("--epochs", type=count(1), default=5, help="super-net fine-tuning epochs (default 5)")
+    s.add_argument(
+        "--pairs", type=count(1), default=500, help="sub-nets measured for the accuracy predictor (default 500)"
+    )
+    s.add_argument("--population", type=count(1), default=100, help="evolutionary search population (default 100)")
+    s.add_argument("--generations", type=count(1), default=100, help="evolutionary search generations (default 100)")
+    s.add_argument(
+        "--predictor-epochs", type=count(1), default=200, help="accuracy predictor training epochs (default 200)"
+    )
+    _add_seed_option(s)
+    s.add_argument(
+        "--lr", type=positive_float, default=3e-3, help="peak learning rate of the super-net fine-tuning (default 3e-3)"
+    )
+    _add_fit_options(s)
+    s.add_argument("--weights-dir", help="folder with backbone weights that are not vendored")
+    s.add_argument("--out", required=True, help="output folder (resumed when it holds an unfinished search)")
+    s.set_defaults(func=cmd_search)
+
+
+def _add_evaluate_parser(sub):
+    e = sub.add_parser(
+        "evaluate",
+        formatter_class=_Formatter,
+        help="top-1 accuracy of a trained model",
+        description="Print JSON with the top-1 accuracy of a model.keras on DIR/test, or on DIR: only the images train "
+        "held out of DIR (--val-fraction) when the model's split.json lists them.",
+    )
+    e.add_argument("--model", required=True, help="model.keras written by train")
+    e.add_argument(
+        "--data", required=True, help="DIR/test/<class>/* or DIR/<class>/*; class names must match the model's"
+    )
+    e.add_argument("--batch-size", type=count(1), default=32, help="evaluation batch size")
+    e.add_argument(
+        "--all-images",
+        action="store_true",
+        help="score every image of --data, even when the model's "
+        "split.json lists the ones train held out of it (scored by default)",
+    )
+    e.set_defaults(func=cmd_evaluate)
+
+
+def _add_demo_parser(sub):
     d = sub.add_parser(
         "demo",
         formatter_class=_Formatter,
@@ -474,13 +498,95 @@ def build_parser():
     d.add_argument("--epochs", type=count(1), help="training epochs of each method (default: the demo's 15)")
     _add_seed_option(d)
     d.set_defaults(func=cmd_demo)
-    return p
+
+
+def _add_import_ofa_parser(sub):
+    o = sub.add_parser(
+        "import-ofa",
+        formatter_class=_Formatter,
+        help="import the official once-for-all checkpoint as a super-net backbone (.npz) for `search`",
+        description="Convert the official once-for-all ofa_proxyless_d234_e346_k357_w1.3 PyTorch checkpoint into a "
+        "super-net backbone file that `search --backbone FILE.npz` reads. Needs torch (pip install torch); nothing "
+        "is downloaded.",
+    )
+    o.add_argument("--checkpoint", required=True, help="the once-for-all checkpoint file (torch.save'd state dict)")
+    o.add_argument("--out", required=True, help="the .npz super-net backbone file to write")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    o.set_defaults(func=cmd_import_ofa)
+
+
+def _add_export_parser(sub):
+    x = sub.add_parser(
+        "export",
+        formatter_class=_Formatter,
+        help="export a trained model.keras to an on-device training .tflite (+ its .json metadata)",
+        description="Export a trained model.keras to one on-device training X.tflite with train / infer / "
+        "get_weights / set_weights signatures, and its metadata X.json beside it (model.json for model.tflite). The "
+        "in-model cosine schedule spans the steps the device will train at batch size 1: --total-steps, else --epochs "
+        "x the training images (--train-examples, the train split of --data, or the train_examples in the "
+        "metrics.json written with --model).",
+    )
+    x.add_argument("--model", required=True, help="model.keras written by `train`")
+    x.add_argument("--out", required=True, help="the X.tflite to write; X.json is written beside it")
+    x.add_argument(
+        "--optimizer",
+        default="adam",
+        choices=OPTIMIZERS,
+        help="the device's optimizer (adam8bit: Adam with block-wise 8-bit moments, ~2 bytes of state per parameter)",
+    )
+    x.add_argument("--lr", type=positive_float, default=3e-4, help="peak learning rate of the in-model schedule")
+    x.add_argument("--schedule", default="cosine", choices=("cosine", "constant"), help="learning-rate schedule")
+    x.add_argument("--epochs", type=count(1), default=1, help="epochs the device will train (sizes the schedule)")
+    x.add_argument("--train-examples", type=count(1), metavar="N", help="training images on the device")
+    x.add_argument("--data", metavar="DIR", help="the device's training images (a class-per-folder tree): counts them")
+    x.add_argument(
+        "--total-steps",
+        type=count(1),
+        metavar="N",
+        help="steps of the cosine schedule (default: --epochs x the training images)",
+    )
+    x.add_argument("--label-smoothing", type=unit_interval, default=0.1, help="label smoothing of the device loss")
+    x.add_argument(
+        "--frozen-bits",
+        type=int,
+        default=8,
+        choices=(8, 32),
+        help="frozen conv/dense kernels stored as int8 (hybrid kernels, ~1%% output difference) or float32",
+    )
+    x.add_argument("--batch-size", type=int, default=1, choices=(1,), help="the device graph trains at batch size 1")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing X.tflite and X.json")
+    x.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show TensorFlow's own log")
+    x.set_defaults(func=cmd_export)
+
+
+def _add_caltech_parser(sub):
+    from tinytl_tf.jobs.caltech import CALTECH10_CLASSES
+
+    c = sub.add_parser(
+        "caltech",
+        formatter_class=_Formatter,
+        help="prepare Caltech-101 from its tarballs (or a small subset of a prepared tree)",
+        description="Caltech-101's tarballs -> the OUT/train/<class>/, OUT/test/<class>/ tree `train` reads, by the "
+        "official split files (BACKGROUND_Google, a clutter folder, is dropped). TF-free.",
+    )
+    actions = c.add_subparsers(dest="action", required=True)
+    p = actions.add_parser("prepare", help="tarballs (or their folder) -> OUT/train, OUT/test")
+    p.add_argument("source", nargs="+", help="folder with the tarballs, the tar files, or an extracted folder")
+    p.add_argument("out")
+    s = actions.add_parser("subset", help="a prepared tree -> a small downscaled subset")
+    s.add_argument("prepared")
+    s.add_argument("out")
+    s.add_argument("--classes", nargs="+", default=list(CALTECH10_CLASSES))
+    s.add_argument("--n-train", type=count(1), default=30)
+    s.add_argument("--n-test", type=count(1), default=10)
+    s.add_argument("--short-side", type=count(1), default=112)
+    c.set_defaults(func=cmd_caltech, tensorflow=False)
 
 
 def check_arguments(args):
     """The cheap checks (no TensorFlow): the files and folders named exist and the outputs are free."""
     if args.command in ("train", "search") and not getattr(args, "tfds", None):
-        from tinytl_tf.imageio import folder_layout
+        from tinytl_tf.imagefiles import folder_layout
 
         folder_layout(args.data)  # at least two class folders, each with an image file; no image decoded
     if getattr(args, "resolution", None) is not None:
@@ -508,6 +614,17 @@ def check_arguments(args):
                 )
         if args.measure or args.plot:
             raise ValueError("--model measures one exported file; --measure and --plot belong to the method table")
+    if args.command == "export":
+        cliargs.check_export_target(args.out, args.overwrite)
+        if not Path(args.model).is_file():
+            raise FileNotFoundError(f"no model file at {args.model}; pass the model.keras written by `train --out`")
+        from tinytl_tf.jobs.export import device_steps
+
+        args.device_steps = device_steps(args.model, args.epochs, args.total_steps, args.train_examples, args.data)
+    if args.command == "import-ofa":
+        from tinytl_tf.importers.ofa import check_target
+
+        check_target(args.out, args.overwrite)
     if args.command == "evaluate":
         if not Path(args.model).is_file():
             raise FileNotFoundError(f"no model file at {args.model}; pass the model.keras written by `train --out`")
@@ -523,13 +640,11 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or a refused argument (its error line is printed)
         return e.code
-    try:
+
+    def run():
         check_arguments(args)
-        cliargs.quiet_tensorflow(args.verbose)
+        if args.tensorflow:
+            cliargs.quiet_tensorflow(args.verbose)
         args.func(args)
-    except (ValueError, OSError) as e:  # user mistakes: bad paths, data, names, configs
-        if cliargs.debug():
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return cliargs.run_command(run)

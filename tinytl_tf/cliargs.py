@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from tinytl_tf.errors import TinyTLError
+
 DEBUG_ENV = "TINYTL_DEBUG"
 SPLIT_FILE = "split.json"  # beside model.keras: the images a flat folder's split held out, for `evaluate`
 CURVE_FILE = "training_curve.png"
@@ -80,6 +82,23 @@ def json_safe(value):
 
 def debug():
     return bool(os.environ.get(DEBUG_ENV))
+
+
+USER_ERRORS = (TinyTLError, ValueError, OSError)  # this package's errors; bad paths, data, names and numbers
+
+
+def run_command(command):
+    """The one error wrapper of every command line: runs `command()` and returns its exit status, 0 or, for a
+    user error, the error's status (2 unless a `TinyTLError` says otherwise) after one `error:` line on stderr.
+    With $TINYTL_DEBUG the error propagates with its traceback."""
+    try:
+        command()
+    except USER_ERRORS as e:
+        if debug():
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return getattr(e, "exit_status", 2)
+    return 0
 
 
 def quiet_tensorflow(verbose=False):

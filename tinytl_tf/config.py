@@ -8,12 +8,14 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from tinytl_tf.errors import TinyTLError
+
 ACTIVATIONS = (None, "relu", "relu6")
 PADDINGS = ("symmetric", "same")
 MIN_RESOLUTION, MAX_RESOLUTION = 32, 1024
 
 
-class ConfigError(ValueError):
+class ConfigError(TinyTLError, ValueError):
     """A network config (or a field of one) is invalid; the message names the field."""
 
 
@@ -29,6 +31,19 @@ class TrainableSet:
     lite_beta: bool = False  # lite-residual GroupNorm betas
     lite_final_beta: bool = False  # beta of a lite branch's last norm (redundant with the main bias)
     head: bool = True  # the classifier
+
+    def main_flags(self):
+        """The freeze flags of a main-branch `FoldedConv2D` (stem, block convs, feature mix)."""
+        return {"train_kernel": self.main_kernel, "train_scale": self.main_scale, "train_bias": self.main_bias}
+
+    def lite_flags(self):
+        """The freeze flags of a `LiteResidual` branch."""
+        return {
+            "train_kernel": self.lite_kernel,
+            "train_gamma": self.lite_gamma,
+            "train_beta": self.lite_beta,
+            "train_final_beta": self.lite_final_beta,
+        }
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ assets/caltech10/ATTRIBUTION.md).
 Preprocessing (the TinyTL reference pipeline): train = random-resized crop + horizontal flip, test = resize the
 shorter side to resolution / 0.875 + centre crop; then (p - mean) / std. Decoding and both transforms run the
 numpy/Pillow code of
-`tinytl_tf.imageio` inside the pipeline, so the desktop test pixels equal the on-device ones exactly. That is also
-why files are found by `imageio.scan_image_folder` rather than `keras.utils.image_dataset_from_directory` or
+`tinytl_tf.imagefiles` inside the pipeline, so the desktop test pixels equal the on-device ones exactly. That is also
+why files are found by `imagefiles.scan_image_folder` rather than `keras.utils.image_dataset_from_directory` or
 `tfds.folder_dataset.ImageFolder`: those decode with TensorFlow (different pixels from Pillow's), fail mid-epoch on
 a corrupt file and offer no deterministic per-class split. Train order is reshuffled every epoch and each image's
 augmentation draws from its own seed, all derived from `seed`, so a run is reproducible.
@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tinytl_tf import imageio
+from tinytl_tf import imagefiles
 from tinytl_tf.config import check_resolution
-from tinytl_tf.imageio import DataError
+from tinytl_tf.imagefiles import DataError
 
 __all__ = [
     "DataError",
@@ -71,8 +71,8 @@ def demo_data_dir():
 
 
 def load_image_folder(path, resolution, mean, std, batch_size, val_fraction=None, seed=0, holdout_fraction=None):
-    """A class-per-folder tree as an `ImageData`; layouts and split rules: `imageio.scan_image_folder`."""
-    split = imageio.scan_image_folder(path, val_fraction=val_fraction, seed=seed, holdout_fraction=holdout_fraction)
+    """A class-per-folder tree as an `ImageData`; layouts and split rules: `imagefiles.scan_image_folder`."""
+    split = imagefiles.scan_image_folder(path, val_fraction=val_fraction, seed=seed, holdout_fraction=holdout_fraction)
     prep = _Preprocess(resolution, mean, std, batch_size, encoded=False)
     return ImageData(
         prep.train(_files(split.train), len(split.train), seed),
@@ -89,8 +89,9 @@ def load_image_folder(path, resolution, mean, std, batch_size, val_fraction=None
 
 def load_eval_folder(path, resolution, mean, std, batch_size, class_names=(), only=None):
     """`path/test/<class>/` (or `path/<class>/`) as the `test` of an `ImageData` (`train` is None), labelled by
-    a trained model's `class_names`, limited to the relative paths `only` if given; see `imageio.scan_test_folder`."""
-    split = imageio.scan_test_folder(path, class_names, only)
+    a trained model's `class_names`, limited to the relative paths `only` if given; see
+    `imagefiles.scan_test_folder`."""
+    split = imagefiles.scan_test_folder(path, class_names, only)
     test = _Preprocess(resolution, mean, std, batch_size, encoded=False).test(_files(split.test))
     return ImageData(None, test, split.class_names, 0, len(split.test), split.skipped)
 
@@ -165,7 +166,7 @@ def _files(pairs):
 
 class _Preprocess:
     """Turns datasets of (source, label) into batched, normalized ones. A source is a file path, or encoded image
-    bytes when `encoded`; decoding and both transforms run `imageio` in Python (tf.numpy_function)."""
+    bytes when `encoded`; decoding and both transforms run `imagefiles` in Python (tf.numpy_function)."""
 
     def __init__(self, resolution, mean, std, batch_size, encoded):
         check_resolution(resolution)
@@ -178,7 +179,7 @@ class _Preprocess:
         """Reshuffled every epoch; each image's crop and flip draw from its own seed, so `seed` fixes the run."""
 
         def augment(source, item_seed):
-            return imageio.train_transform(
+            return imagefiles.train_transform(
                 self._read(source), self.resolution, np.random.default_rng(abs(int(item_seed)))
             )
 
@@ -191,14 +192,14 @@ class _Preprocess:
 
     def test(self, ds):
         def crop(source):
-            return imageio.eval_transform(self._read(source), self.resolution)
+            return imagefiles.eval_transform(self._read(source), self.resolution)
 
         return self._finish(
             ds.map(_plain(lambda source, label: (self._py(crop, source), label)), num_parallel_calls=tf.data.AUTOTUNE)
         )
 
     def _read(self, source):
-        return imageio.load_rgb(source if self.encoded else os.fsdecode(source))
+        return imagefiles.load_rgb(source if self.encoded else os.fsdecode(source))
 
     def _py(self, fn, *args):
         image = tf.numpy_function(fn, args, tf.uint8, stateful=False)

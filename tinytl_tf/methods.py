@@ -5,8 +5,10 @@ TF-free, so the memory model and the search can turn a backbone config into a me
 `tinytl_tf.transfer.prepare_transfer` builds the Keras model of the same config.
 """
 
+from tinytl_tf.backbones.registry import backbone_config
 from tinytl_tf.config import TrainableSet, check_resolution, with_lite_residual
 from tinytl_tf.contract import METHODS
+from tinytl_tf.errors import TinyTLError
 
 TRAINABLE = {
     "ft-last": TrainableSet(),
@@ -46,7 +48,7 @@ OPTIMIZERS = ("adam", "adam8bit")
 USES_LITE_RESIDUAL = ("tinytl-l", "tinytl-lb")
 
 
-class UnknownMethod(ValueError):
+class UnknownMethod(TinyTLError, ValueError):
     pass
 
 
@@ -61,8 +63,11 @@ def default_lr(method):
 
 
 def method_config(cfg, method, num_classes, lite_residual=None, labels=(), dropout=0.2, resolution=None):
-    """`cfg` turned into `method`'s network: a new `num_classes` head, lite residual branches where the method
-    uses them (or every method, `lite_residual=True`; none, `False`), and the method's trainable set."""
+    """`cfg` (a NetConfig, or a backbone name of `tinytl_tf.backbones.registry`) turned into `method`'s network,
+    without building anything: a new `num_classes` head, lite residual branches where the method uses them (or
+    every method, `lite_residual=True`; none, `False`), and the method's trainable set."""
+    if isinstance(cfg, str):
+        cfg = backbone_config(cfg)
     check_method(method)
     if resolution is not None:
         check_resolution(resolution)

@@ -11,11 +11,13 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
+from tinytl_tf.errors import TinyTLError
+
 _BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 _TENSOR_TYPES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 
 
-class NotATFLiteModel(ValueError):
+class NotATFLiteModel(TinyTLError, ValueError):
     pass
 
 

@@ -1,5 +1,5 @@
 """Reads what checks/Checks.kt wrote and checks it against Python: the weight file against the format documented
-in WeightStore.kt, Preprocessor.normalize against numpy, Preprocessor.scaledSize against imageio.eval_transform's
+in WeightStore.kt, Preprocessor.normalize against numpy, Preprocessor.scaledSize against imagefiles.eval_transform's
 target size. Usage: python crosscheck.py WORK_DIR MODEL_JSON (run.sh does this)."""
 
 import json
@@ -76,7 +76,7 @@ kotlin = {
 report("normalize is bit-identical to numpy", np.array_equal(kotlin["x_noflip.f32"], x))
 report("flipped normalize is bit-identical to numpy [:, ::-1]", np.array_equal(kotlin["x_flip.f32"], x[:, ::-1]))
 
-# Preprocessor.scaledSize == tinytl_tf.imageio.eval_transform's resize target (Python round: half to even).
+# Preprocessor.scaledSize == tinytl_tf.imagefiles.eval_transform's resize target (Python round: half to even).
 bad = []
 for line in (work / "scaled_size.txt").read_text().splitlines():
     s, cf, w, h, a, b = line.split()

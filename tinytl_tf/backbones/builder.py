@@ -19,16 +19,13 @@ class TinyNet(keras.Model):
     def __init__(self, net_config, **kwargs):
         cfg = net_config if isinstance(net_config, NetConfig) else NetConfig.from_dict(net_config)
         t = cfg.trainable
-        main = dict(padding=cfg.padding, train_kernel=t.main_kernel, train_scale=t.main_scale, train_bias=t.main_bias)
         inputs = keras.Input((cfg.resolution, cfg.resolution, 3), name="image")
-        s = cfg.stem
-        x = FoldedConv2D(s.out, s.kernel, s.stride, activation=s.act, name="stem", **main)(inputs)
+        x = folded_conv_layer(cfg.stem, "stem", cfg.padding, t)(inputs)
         for i, b in enumerate(cfg.blocks):
             x = MBBlock(b, cfg.padding, t, name=f"block_{i}")(x)
         if cfg.feature_mix is not None:
-            f = cfg.feature_mix
-            x = FoldedConv2D(f.out, f.kernel, f.stride, activation=f.act, name="feature_mix", **main)(x)
-        outputs = Classifier(cfg.num_classes, cfg.dropout, train=t.head, name="head")(x)
+            x = folded_conv_layer(cfg.feature_mix, "feature_mix", cfg.padding, t)(x)
+        outputs = head_layer(cfg, t)(x)
         kwargs.setdefault("name", cfg.name.replace("-", "_").replace(".", "_"))
         super().__init__(inputs, outputs, **kwargs)
         self.net_config = cfg
@@ -39,6 +36,24 @@ class TinyNet(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         return cls(**config)
+
+
+def folded_conv_layer(conv, name, padding, trainable_set):
+    """The layer of the stem or feature-mix `ConvConfig` `conv`; the super-net builds its fixed parts with it too."""
+    return FoldedConv2D(
+        conv.out,
+        conv.kernel,
+        conv.stride,
+        activation=conv.act,
+        name=name,
+        padding=padding,
+        **trainable_set.main_flags(),
+    )
+
+
+def head_layer(cfg, trainable_set):
+    """The classifier of network `cfg` (dropout, then a dense layer to `num_classes` logits)."""
+    return Classifier(cfg.num_classes, cfg.dropout, train=trainable_set.head, name="head")
 
 
 def build_model(cfg):

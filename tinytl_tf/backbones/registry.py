@@ -8,7 +8,8 @@ what lets the CLI answer `--help` and argument mistakes, and the memory model an
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tinytl_tf.backbones import mcu, mobilenet_v1, proxylessnas
+from tinytl_tf.backbones import mobilenet_v1, proxylessnas, tiny_training
+from tinytl_tf.errors import TinyTLError
 
 
 @dataclass(frozen=True)
@@ -21,18 +22,18 @@ class Backbone:
     load: Callable
 
 
-def _mcu(name, title):
+def _tiny_training(name, title):
     return Backbone(
         f"{title}, ImageNet 8-bit weights (vendored), 128 px",
-        lambda: mcu.load(name)[0],
-        lambda weights_dir: mcu.load(name),
+        lambda: tiny_training.load(name)[0],
+        lambda weights_dir: tiny_training.load(name),
     )
 
 
 BACKBONES = {
-    "mcunet-5fps": _mcu("mcunet-5fps", "MCUNet-5fps"),
-    "proxyless-w0.3": _mcu("proxyless-w0.3", "ProxylessNAS-w0.3"),
-    "mbv2-w0.35": _mcu("mbv2-w0.35", "MobileNetV2-w0.35"),
+    "mcunet-5fps": _tiny_training("mcunet-5fps", "MCUNet-5fps"),
+    "proxyless-w0.3": _tiny_training("proxyless-w0.3", "ProxylessNAS-w0.3"),
+    "mbv2-w0.35": _tiny_training("mbv2-w0.35", "MobileNetV2-w0.35"),
     "mobilenet-v1": Backbone(
         "MobileNetV1-1.0, ImageNet float weights (from --weights-dir), 224 px", mobilenet_v1.config, mobilenet_v1.load
     ),
@@ -44,7 +45,7 @@ BACKBONES = {
 }
 
 
-class UnknownBackbone(ValueError):
+class UnknownBackbone(TinyTLError, ValueError):
     pass
 
 

@@ -20,8 +20,9 @@ import tempfile
 from pathlib import Path
 
 from tinytl_tf.contract import METHODS
-from tinytl_tf.memory.analytic import check_fits, method_config
+from tinytl_tf.memory.analytic import check_fits
 from tinytl_tf.memory.measure import DEFAULT_XNNPACK, check_can_measure, check_run_args, measure_tflite
+from tinytl_tf.methods import method_config
 
 
 def export_for_measuring(model, path, optimizer="adam", frozen_bits=8):
@@ -51,7 +52,7 @@ def measure_model(
 def method_configs(backbone, resolution=None, num_classes=102, methods=None, lite_for_all=True):
     """{method: the NetConfig its measured model has} (see `method_models`), checked to fit before anything builds."""
     configs = {
-        m: method_config(backbone, m, resolution, num_classes, lite_residual=True if lite_for_all else None)
+        m: method_config(backbone, m, num_classes, lite_residual=True if lite_for_all else None, resolution=resolution)
         for m in methods or METHODS
     }
     for cfg in configs.values():

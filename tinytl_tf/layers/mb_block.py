@@ -25,7 +25,7 @@ class MBBlock(keras.layers.Layer):
 
     def build(self, input_shape):
         b, t = self.block, self.trainable_set
-        flags = dict(padding=self.padding, train_kernel=t.main_kernel, train_scale=t.main_scale, train_bias=t.main_bias)
+        flags = dict(padding=self.padding, **t.main_flags())
         x_shape = input_shape
         if b.mid is not None:
             self.expand = FoldedConv2D(b.mid, 1, activation=b.act, name="expand", **flags)
@@ -47,11 +47,8 @@ class MBBlock(keras.layers.Layer):
                 b.stride,
                 b.lite.groups,
                 b.lite.channels_per_group,
-                train_kernel=t.lite_kernel,
-                train_gamma=t.lite_gamma,
-                train_beta=t.lite_beta,
-                train_final_beta=t.lite_final_beta,
                 name="lite",
+                **t.lite_flags(),
             )
             self.lite.build(input_shape)
         else:

@@ -5,7 +5,8 @@
 
 Pure Python, no TensorFlow and no Keras model: `leaves` walks the network the builder would build
 (`tinytl_tf.backbones.builder`) leaf by leaf in execution order, and `training_memory` replays the reference
-profiler's bookkeeping on that walk. It is cheap enough for the super-net search to call thousands of times.
+profiler's bookkeeping on that walk; each leaf also carries its weight tensors' sizes, so `param_counts` is a sum over
+the same walk. It is cheap enough for the super-net search to call thousands of times.
 
 The rules, per leaf (sizes are numbers of float32 elements at batch 1):
 - saved (kept for the backward pass): conv / linear 4*in if its weight trains; norm 4*in if its scale trains
@@ -56,6 +57,7 @@ class Leaf(NamedTuple):
     saved_bytes: int
     tmp_bytes: int
     residual_numel: int  # numel of the block input while inside a block with an identity shortcut, else 0
+    params: tuple = ()  # ((count, trains), ...) of its weight tensors: a conv's kernel, a norm's scale and bias
 
 
 @dataclass(frozen=True)
@@ -122,39 +124,51 @@ def leaves(cfg, batch=1):
             return
         append(Leaf(kind, name, numel, numel, 1, numel // 8 if backward else 0, BYTES * numel, residual))
 
-    def conv(name, h_in, c_in, h_out, c_out, groups, train_kernel, residual):
+    def conv(name, h_in, c_in, h_out, c_out, kernel, groups, train_kernel, residual):
         i, o = batch * h_in * h_in * c_in, batch * h_out * h_out * c_out
+        saved, tmp = BYTES * i if train_kernel else 0, BYTES * i + BYTES * o // groups
         append(
             Leaf(
-                "conv", name, i, o, groups, BYTES * i if train_kernel else 0, BYTES * i + BYTES * o // groups, residual
+                "conv",
+                name,
+                i,
+                o,
+                groups,
+                saved,
+                tmp,
+                residual,
+                ((kernel * kernel * c_in // groups * c_out, train_kernel),),
             )
         )
         return o
 
-    def norm(name, numel, train_scale, residual):
-        append(Leaf("norm", name, numel, numel, 1, BYTES * numel if train_scale else 0, BYTES * numel, residual))
+    def norm(name, numel, channels, train_scale, train_bias, residual):
+        params = ((channels, train_scale), (channels, train_bias))
+        append(
+            Leaf("norm", name, numel, numel, 1, BYTES * numel if train_scale else 0, BYTES * numel, residual, params)
+        )
 
-    def folded(name, h, c_in, c_out, kernel_stride, groups, activation, residual):
+    def folded(name, h, c_in, c_out, kernel, stride, groups, activation, residual):
         """FoldedConv2D: conv -> per-channel scale (+ bias) -> activation; returns the output size."""
-        h_out = _ceil_div(h, kernel_stride)
-        o = conv(f"{name}/conv", h, c_in, h_out, c_out, groups, t.main_kernel, residual)
-        norm(f"{name}/norm", o, t.main_scale, residual)
+        h_out = _ceil_div(h, stride)
+        o = conv(f"{name}/conv", h, c_in, h_out, c_out, kernel, groups, t.main_kernel, residual)
+        norm(f"{name}/norm", o, c_out, t.main_scale, t.main_bias, residual)
         act(f"{name}/{activation}", activation, o, residual)
         return h_out
 
     h, c = cfg.resolution, 3
     s = cfg.stem
-    h = folded("stem", h, c, s.out, s.stride, 1, s.act, 0)
+    h = folded("stem", h, c, s.out, s.kernel, s.stride, 1, s.act, 0)
     c = s.out
     for i, b in enumerate(cfg.blocks):
         p = f"block_{i}"
         h_in, c_in = h, c
         residual = batch * h_in * h_in * c_in if b.shortcut else 0
         if b.mid is not None:
-            h = folded(f"{p}/expand", h, c, b.mid, 1, 1, b.act, residual)
+            h = folded(f"{p}/expand", h, c, b.mid, 1, 1, 1, b.act, residual)
             c = b.mid
-        h = folded(f"{p}/depthwise", h, c, c, b.stride, c, b.act, residual)
-        h = folded(f"{p}/project", h, c, b.out, 1, 1, b.project_act, residual)
+        h = folded(f"{p}/depthwise", h, c, c, b.kernel, b.stride, c, b.act, residual)
+        h = folded(f"{p}/project", h, c, b.out, 1, 1, 1, b.project_act, residual)
         c = b.out
         main_numel = batch * h * h * c
         if b.lite is not None:
@@ -162,33 +176,36 @@ def leaves(cfg, batch=1):
             hp = h_in // 2
             append(Leaf("pool", f"{lp}/pool", batch * h_in * h_in * c_in, batch * hp * hp * c_in, 1, 0, 0, residual))
             hl = _ceil_div(hp, b.stride)
-            mid = conv(f"{lp}/conv1", hp, c_in, hl, c_in, lite.groups, t.lite_kernel, residual)
-            norm(f"{lp}/norm1", mid, t.lite_gamma, residual)
+            mid = conv(f"{lp}/conv1", hp, c_in, hl, c_in, lite.kernel, lite.groups, t.lite_kernel, residual)
+            norm(f"{lp}/norm1", mid, c_in, t.lite_gamma, t.lite_beta, residual)
             act(f"{lp}/relu", "relu", mid, residual)
-            o = conv(f"{lp}/conv2", hl, c_in, hl, c, 1, t.lite_kernel, residual)
-            norm(f"{lp}/norm2", o, t.lite_gamma, residual)
+            o = conv(f"{lp}/conv2", hl, c_in, hl, c, 1, 1, t.lite_kernel, residual)
+            norm(f"{lp}/norm2", o, c, t.lite_gamma, t.lite_final_beta, residual)
             append(Leaf("resize", f"{lp}/resize", o, main_numel, 1, 0, 0, residual))
             append(Leaf("add", f"{lp}/add", main_numel, main_numel, 1, 0, 0, residual))
         if b.shortcut:
             append(Leaf("add", f"{p}/shortcut", main_numel, main_numel, 1, 0, 0, residual))
     if cfg.feature_mix is not None:
         f = cfg.feature_mix
-        h = folded("feature_mix", h, c, f.out, f.stride, 1, f.act, 0)
+        h = folded("feature_mix", h, c, f.out, f.kernel, f.stride, 1, f.act, 0)
         c = f.out
     append(Leaf("pool", "head/pool", batch * h * h * c, batch * c, 1, 0, 0, 0))
     if cfg.dropout:
         append(Leaf("dropout", "head/dropout", batch * c, batch * c, 1, 0, 0, 0))
-    n = batch * cfg.num_classes
-    append(
-        Leaf("linear", "head/linear", batch * c, n, 1, BYTES * batch * c if t.head else 0, BYTES * (batch * c + n), 0)
-    )
+    n, head = batch * cfg.num_classes, ((c * cfg.num_classes, t.head), (cfg.num_classes, t.head))
+    saved = BYTES * batch * c if t.head else 0
+    append(Leaf("linear", "head/linear", batch * c, n, 1, saved, BYTES * (batch * c + n), 0, head))
     return out
 
 
 def peak_activation_bytes(cfg):
     """Peak activation bytes at batch 1 (the reference profiler's bookkeeping over `leaves(cfg)`)."""
+    return _peak_activation_bytes(leaves(cfg))
+
+
+def _peak_activation_bytes(walk):
     peak = saved = 0
-    for leaf in leaves(cfg):
+    for leaf in walk:
         candidate = leaf.tmp_bytes + saved + BYTES * leaf.residual_numel
         if candidate > peak:
             peak = candidate
@@ -197,41 +214,18 @@ def peak_activation_bytes(cfg):
 
 
 def param_counts(cfg):
-    """(trainable, frozen) parameter counts of the network `cfg` describes, as the Keras builder makes it."""
-    t = cfg.trainable
-    tensors = []  # (count, trainable)
+    """(trainable, frozen) parameter counts of the network `cfg` describes, as the Keras builder makes it: the sum
+    over its leaves' weight tensors."""
+    return _param_counts(leaves(cfg))
 
-    def folded(c_in, c_out, kernel, groups=1, depthwise=False):
-        k = kernel * kernel * (c_in if depthwise else c_in // groups * c_out)
-        tensors.extend(((k, t.main_kernel), (c_out, t.main_scale), (c_out, t.main_bias)))
 
-    folded(3, cfg.stem.out, cfg.stem.kernel)
-    for b, c_in in zip(cfg.blocks, cfg.block_in_channels()):
-        c = c_in
-        if b.mid is not None:
-            folded(c, b.mid, 1)
-            c = b.mid
-        folded(c, c, b.kernel, depthwise=True)
-        folded(c, b.out, 1)
-        if b.lite is not None:
-            lite = b.lite
-            tensors.extend(
-                (
-                    (lite.kernel * lite.kernel * (c_in // lite.groups) * c_in, t.lite_kernel),
-                    (c_in, t.lite_gamma),
-                    (c_in, t.lite_beta),
-                    (c_in * b.out, t.lite_kernel),
-                    (b.out, t.lite_gamma),
-                    (b.out, t.lite_final_beta),
-                )
-            )
-    c = cfg.blocks[-1].out
-    if cfg.feature_mix is not None:
-        folded(c, cfg.feature_mix.out, cfg.feature_mix.kernel)
-        c = cfg.feature_mix.out
-    tensors.extend(((c * cfg.num_classes, t.head), (cfg.num_classes, t.head)))
-    trainable = sum(n for n, train in tensors if train)
-    return trainable, sum(n for n, _ in tensors) - trainable
+def _param_counts(walk):
+    trainable = total = 0
+    for leaf in walk:
+        for n, trains in leaf.params:
+            total += n
+            trainable += n if trains else 0
+    return trainable, total - trainable
 
 
 def training_memory(cfg, batch_size=1, frozen_bits=8):
@@ -240,9 +234,10 @@ def training_memory(cfg, batch_size=1, frozen_bits=8):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if frozen_bits not in (1, 2, 4, 8, 16, 32):
         raise ValueError(f"frozen_bits must be one of 1, 2, 4, 8, 16, 32, got {frozen_bits!r}")
-    trainable, frozen = param_counts(cfg)
+    walk = leaves(cfg)  # one walk gives both the parameters and the activations
+    trainable, frozen = _param_counts(walk)
     params = BYTES * trainable + frozen_bits / 8 * frozen
-    peak = peak_activation_bytes(cfg)
+    peak = _peak_activation_bytes(walk)
     activations = batch_size * peak
     return MemoryReport(
         params_bytes=params,
@@ -254,25 +249,6 @@ def training_memory(cfg, batch_size=1, frozen_bits=8):
         batch_size=batch_size,
         frozen_bits=frozen_bits,
     )
-
-
-def method_config(backbone, method, resolution=None, num_classes=102, lite_residual=None, dropout=0.2):
-    """The network config `prepare_transfer` would build for `method`, without building anything.
-
-    `backbone`: a backbone name (`tinytl_tf.backbones.registry`) or a NetConfig. `lite_residual`: None = only
-    the methods that use lite residuals get them; True = every method (the paper's memory table).
-    """
-    from tinytl_tf.methods import method_config as transfer_config
-
-    return transfer_config(
-        _config(backbone), method, num_classes, lite_residual, dropout=dropout, resolution=resolution
-    )
-
-
-def _config(backbone):
-    if isinstance(backbone, NetConfig):
-        return backbone
-    return backbone_config(backbone)
 
 
 def check_fits(cfg):
@@ -296,11 +272,13 @@ def method_table(
     residual branches (frozen unless the method trains them); False only the TinyTL-L / L+B networks.
     """
     from tinytl_tf.contract import METHODS
+    from tinytl_tf.methods import method_config
 
-    base = _config(backbone)
+    base = backbone if isinstance(backbone, NetConfig) else backbone_config(backbone)
     rows = []
     for m in methods or METHODS:
-        cfg = method_config(base, m, resolution, num_classes, lite_residual=True if lite_for_all else None)
+        lite = True if lite_for_all else None
+        cfg = method_config(base, m, num_classes, lite_residual=lite, resolution=resolution)
         check_fits(cfg)
         r = training_memory(cfg, batch_size, frozen_bits)
         rows.append(

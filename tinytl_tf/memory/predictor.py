@@ -35,7 +35,8 @@ milliseconds per config), so a super-net search can call `predict_train_mb` for 
 from dataclasses import asdict, dataclass
 
 from tinytl_tf.config import NetConfig
-from tinytl_tf.memory.analytic import MB, leaves, method_config, param_counts
+from tinytl_tf.memory.analytic import MB, leaves, param_counts
+from tinytl_tf.methods import method_config
 
 F32 = 4
 # Bytes of optimizer state per trainable parameter: SGD none, Adam two float32 moments, 8-bit Adam two int8 codes
@@ -369,12 +370,12 @@ def predict_train(cfg, optimizer="adam", frozen_bits=8):
 def predict_train_mb(cfg, optimizer="adam", frozen_bits=8, method=None, num_classes=None, lite_residual=None):
     """Predicted LiteRT training memory (MB = 1e6 B, batch 1) of a network: what `memory --measure` would measure.
 
-    `cfg`: a NetConfig; with `method` it is first turned into that method's network (`memory.method_config`:
+    `cfg`: a NetConfig; with `method` it is first turned into that method's network (`methods.method_config`:
     `num_classes`, `lite_residual` as there), e.g. the super-net search's sub-net config with method="tinytl-lb".
     Without `method`, `cfg.trainable` says what trains.
     """
     if method is not None:
-        cfg = method_config(cfg, method, None, num_classes or cfg.num_classes, lite_residual)
+        cfg = method_config(cfg, method, num_classes or cfg.num_classes, lite_residual)
     return predict_train(cfg, optimizer, frozen_bits).total_mb
 
 
@@ -387,7 +388,9 @@ def predicted_table(
 
     return [
         predict_train(
-            method_config(backbone, m, resolution, num_classes, lite_residual=True if lite_for_all else None),
+            method_config(
+                backbone, m, num_classes, lite_residual=True if lite_for_all else None, resolution=resolution
+            ),
             optimizer,
             frozen_bits,
         )

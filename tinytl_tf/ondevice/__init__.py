@@ -3,7 +3,7 @@ so it runs on a Raspberry Pi-class device. `python -m tinytl_tf.ondevice --help`
 
     model = DeviceModel("model.tflite")          # checked against model.json (model.py)
     trainer = Trainer(model)                     # validated, rollback-protected steps (trainer.py)
-    x = model.preprocessing.eval_tensor(imageio.load_rgb("cat.jpg"))
+    x = model.preprocessing.eval_tensor(imagefiles.load_rgb("cat.jpg"))
     trainer.train_step(x, label)                 # -> StepResult(loss, logits, rolled_back)
     trainer.predict(x)                           # -> probabilities
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinytl_tf.atomic import file_mode
+from tinytl_tf.errors import TinyTLError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ META_KEY = "meta"
 PAUSE_ENV = "TINYTL_ONDEVICE_CHECKPOINT_PAUSE"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TinyTLError, ValueError):
     """A checkpoint cannot be used (another model's, or unreadable with no usable `.prev`); nothing was written."""
 
 

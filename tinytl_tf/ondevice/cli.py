@@ -8,14 +8,13 @@ are one JSON line on stdout; progress and warnings go to stderr.
 import argparse
 import json
 import logging
-import os
 import sys
 
 from tinytl_tf import cliargs
 from tinytl_tf.cliargs import count, positive_float
 from tinytl_tf.ondevice.checkpoint import PAUSE_ENV
 from tinytl_tf.ondevice.evaluation import evaluate_folder, predict_images
-from tinytl_tf.ondevice.folder_training import TrainingDiverged, train_folder
+from tinytl_tf.ondevice.folder_training import train_folder
 
 
 def cmd_train(args):
@@ -136,20 +135,14 @@ def main(argv=None):
     warnings.setFormatter(logging.Formatter("warning: %(message)s"))
     logger = logging.getLogger("tinytl_tf")
     logger.addHandler(warnings)
+    results = []
     try:
-        result = args.func(args)
-    except (ValueError, OSError) as e:  # user mistakes: paths, foreign or corrupt files, data, inputs
-        if os.environ.get("TINYTL_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        status = cliargs.run_command(lambda: results.append(args.func(args)))
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same train command to resume from the last checkpoint", file=sys.stderr)
         return 130
     finally:
         logger.removeHandler(warnings)
-    print(json.dumps(cliargs.json_safe(result), allow_nan=False))
-    return 0
+    if status == 0:
+        print(json.dumps(cliargs.json_safe(results[0]), allow_nan=False))
+    return status

@@ -1,12 +1,12 @@
 """Accuracy on a folder and top-k predictions of single images, with a model's exported or checkpointed weights.
 
-Images go through `DeviceModel.preprocessing.eval_tensor` (imageio's eval transform), exactly as the desktop
+Images go through `DeviceModel.preprocessing.eval_tensor` (imagefiles's eval transform), exactly as the desktop
 evaluates, so device and desktop accuracies of the same weights agree.
 """
 
 import numpy as np
 
-from tinytl_tf import imageio
+from tinytl_tf import imagefiles
 from tinytl_tf.ondevice.checkpoint import CheckpointError, CheckpointStore
 from tinytl_tf.ondevice.model import DeviceModel
 from tinytl_tf.ondevice.trainer import Trainer
@@ -34,10 +34,10 @@ def evaluate_folder(model_path, data, checkpoint=None):
     """
     trainer, source = load_for_inference(model_path, checkpoint)
     model = trainer.model
-    split = imageio.scan_test_folder(data, model.labels)
+    split = imagefiles.scan_test_folder(data, model.labels)
     correct, cross_entropy = 0, 0.0
     for path, label in split.test:
-        p = trainer.predict(model.preprocessing.eval_tensor(imageio.load_rgb(path)))
+        p = trainer.predict(model.preprocessing.eval_tensor(imagefiles.load_rgb(path)))
         correct += int(np.argmax(p) == label)
         cross_entropy -= float(np.log(max(float(p[label]), np.finfo(np.float32).tiny)))
     n = len(split.test)
@@ -60,7 +60,7 @@ def predict_images(model_path, images, checkpoint=None, top_k=3):
     model = trainer.model
     predictions = []
     for path in images:
-        p = trainer.predict(model.preprocessing.eval_tensor(imageio.load_rgb(path)))
+        p = trainer.predict(model.preprocessing.eval_tensor(imagefiles.load_rgb(path)))
         best = np.argsort(-p, kind="stable")[:top_k]
         predictions.append(
             {"image": str(path), "top": [{"label": model.labels[i], "probability": float(p[i])} for i in best]}

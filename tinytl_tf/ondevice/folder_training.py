@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from tinytl_tf import imageio
+from tinytl_tf import imagefiles
+from tinytl_tf.errors import TinyTLError
 from tinytl_tf.ondevice.checkpoint import CheckpointError, CheckpointStore
 from tinytl_tf.ondevice.model import DeviceModel
 from tinytl_tf.ondevice.trainer import Trainer
@@ -31,8 +32,10 @@ LOSS_WINDOW = 50
 DIVERGED_FACTOR, DIVERGED_MARGIN = 2.0, 1.0
 
 
-class TrainingDiverged(RuntimeError):
-    """The run got worse instead of better; its weights were not saved."""
+class TrainingDiverged(TinyTLError, RuntimeError):
+    """The run got worse instead of better; its weights were not saved. Not a usage mistake: exit status 1."""
+
+    exit_status = 1
 
 
 def epoch_order(seed, epoch, n):
@@ -89,8 +92,8 @@ class RunState:
 def train_folder(model_path, data, epochs, checkpoint, seed=0, lr=0.0, augment=True, checkpoint_every=0, progress=None):
     """Train until `epochs` epochs are complete, resuming from `checkpoint` if it exists; returns the summary.
 
-    `data`: DIR/train/<class>/ (+ DIR/test/) or a flat DIR/<class>/ split by `seed` (imageio.scan_image_folder);
-    class folders map to the model's labels by name. Preprocessing: `DeviceModel.preprocessing` (imageio's train
+    `data`: DIR/train/<class>/ (+ DIR/test/) or a flat DIR/<class>/ split by `seed` (imagefiles.scan_image_folder);
+    class folders map to the model's labels by name. Preprocessing: `DeviceModel.preprocessing` (imagefiles's train
     transform when `augment`, else its eval transform). A checkpoint is written after every epoch and every
     `checkpoint_every` steps (0: only after epochs). `progress`: a stream for the carriage-return progress line
     (None: silent). A resumed run must use the same seed, augment setting and training images; `lr` may change.
@@ -131,7 +134,7 @@ def _exclusive(checkpoint):
 
 def _train(model, trainer, store, data, epochs, seed, lr, augment, checkpoint_every, progress):
     saved = store.load()  # before scanning the images: a foreign or broken checkpoint fails fast
-    split = imageio.scan_image_folder(data, seed=seed)
+    split = imagefiles.scan_image_folder(data, seed=seed)
     examples = _examples(split, model.labels, data)
     state = RunState(seed, bool(augment), _data_id(examples, model.labels, data), len(examples))
     resumed = None
@@ -161,7 +164,7 @@ def _train(model, trainer, store, data, epochs, seed, lr, augment, checkpoint_ev
         order = epoch_order(seed, epoch, n)
         for i in range(state.step_in_epoch, n):
             path, label = examples[order[i]]
-            image = imageio.load_rgb(path)
+            image = imagefiles.load_rgb(path)
             x = (
                 model.preprocessing.train_tensor(image, item_rng(seed, epoch, i))
                 if augment
@@ -200,7 +203,7 @@ def _examples(split, labels, data):
     """[(path, model label index)] of the train split; its class folders must be exactly the model's labels."""
     folders, known = set(split.class_names), set(labels)
     if folders != known:
-        raise imageio.DataError(
+        raise imagefiles.DataError(
             f"the class folders under {data} are not the model's labels {list(labels)}: folders that are no label "
             f"{sorted(folders - known)}, labels without a folder {sorted(known - folders)}; training needs one folder "
             "per label"

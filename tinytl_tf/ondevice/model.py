@@ -18,6 +18,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from tinytl_tf import contract, initial_values
+from tinytl_tf.errors import TinyTLError
 from tinytl_tf.ondevice.preprocessing import Preprocessing
 
 TFLITE_IDENTIFIER = b"TFL3"  # bytes 4..8 of every TFLite flatbuffer
@@ -35,7 +36,7 @@ REQUIRED_TENSORS = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(TinyTLError, ValueError):
     """The file is not a usable model of this project; the message names the file and what is missing or wrong."""
 
 
@@ -215,7 +216,7 @@ def _check_signatures(tflite_path, meta, interpreter):
 
 
 def _preprocessing(tflite_path, meta, image_shape):
-    """The input recipe; refuses one this package would not reproduce exactly (it implements imageio's)."""
+    """The input recipe; refuses one this package would not reproduce exactly (it implements imagefiles's)."""
     spec, json_path = meta["input"], contract.model_json_path(tflite_path)
     expected = {"layout": "NHWC", "channels": 3, "resize": "bilinear", "crop_fraction": contract.CROP_FRACTION}
     wrong = {k: spec.get(k) for k, v in expected.items() if spec.get(k) != v}

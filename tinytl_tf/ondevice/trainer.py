@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinytl_tf.errors import TinyTLError
 
-class InputError(ValueError):
+
+class InputError(TinyTLError, ValueError):
     """An image tensor, label, learning rate or weight set the model cannot take; nothing was changed."""
 
 

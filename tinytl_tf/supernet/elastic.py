@@ -216,7 +216,7 @@ class ElasticMBBlock(MBBlock):
 
     def build(self, input_shape):
         b, t = self.block, self.trainable_set
-        flags = dict(padding=self.padding, train_kernel=t.main_kernel, train_scale=t.main_scale, train_bias=t.main_bias)
+        flags = dict(padding=self.padding, **t.main_flags())
         self.expand = FoldedConv2D(b.mid, 1, activation=b.act, name="expand", **flags)
         self.expand.build(input_shape)
         mid_shape = self.expand.compute_output_shape(input_shape)
@@ -232,11 +232,8 @@ class ElasticMBBlock(MBBlock):
             b.out,
             b.stride,
             self.lite_groups_choices,
-            train_kernel=t.lite_kernel,
-            train_gamma=t.lite_gamma,
-            train_beta=t.lite_beta,
-            train_final_beta=t.lite_final_beta,
             name="lite",
+            **t.lite_flags(),
         )
         self.lite.build(input_shape)
 

@@ -15,13 +15,14 @@ import keras
 import numpy as np
 
 from tinytl_tf.atomic import atomic_write
+from tinytl_tf.errors import TinyTLError
 from tinytl_tf.supernet import space
 
 STATE_FORMAT = "tinytl_tf/evolution-v1"
 MAX_DRAWS = 10_000  # per child; a budget that leaves (almost) no sub-net fails instead of looping forever
 
 
-class BudgetTooSmall(ValueError):
+class BudgetTooSmall(TinyTLError, ValueError):
     pass
 
 

@@ -100,8 +100,8 @@ class _Phases:
 
 
 def _backbone_base(backbone):
-    """(search-space name, NetConfig) of a backbone name or a `.npz` written by export/convert_ofa.py, without
-    building it."""
+    """(search-space name, NetConfig) of a backbone name or a `.npz` written by `tinytl import-ofa`,
+    without building it."""
     if str(backbone).endswith(".npz"):
         name, cfg, _, _ = read_weights_file(backbone)
         return name, cfg

@@ -20,8 +20,9 @@ import tensorflow as tf
 
 from tinytl_tf.atomic import atomic_write
 from tinytl_tf.backbones import BACKBONES, UnknownBackbone, build_model, load_weights_by_path
+from tinytl_tf.backbones.builder import folded_conv_layer, head_layer
 from tinytl_tf.config import NetConfig, TrainableSet
-from tinytl_tf.layers import Classifier, FoldedConv2D, MBBlock
+from tinytl_tf.layers import MBBlock
 from tinytl_tf.methods import TRAINABLE
 from tinytl_tf.supernet.elastic import ElasticMBBlock
 from tinytl_tf.supernet.space import (
@@ -63,7 +64,6 @@ class SuperNet(keras.Model):
         super().__init__(**kwargs)
         self.spec = spec
         base, t = spec.base, TRAINABLE_SET
-        main = dict(padding=base.padding, train_kernel=t.main_kernel, train_scale=t.main_scale, train_bias=t.main_bias)
         shape = (None, max(spec.resolutions), max(spec.resolutions), 3)
 
         def built(layer):  # weights exist before the first call, so `.keras` files load into a fresh super-net
@@ -72,8 +72,7 @@ class SuperNet(keras.Model):
             shape = layer.compute_output_shape(shape)
             return layer
 
-        s, f = base.stem, base.feature_mix
-        self.stem = built(FoldedConv2D(s.out, s.kernel, s.stride, activation=s.act, name="stem", **main))
+        self.stem = built(folded_conv_layer(base.stem, "stem", base.padding, t))
         self.block_0 = built(MBBlock(base.blocks[0], base.padding, t, name="block_0"))
         self.slot_blocks = [
             built(
@@ -83,12 +82,9 @@ class SuperNet(keras.Model):
             )
             for slot in spec.slots
         ]
-        self.feature_mix = (
-            None
-            if f is None
-            else built(FoldedConv2D(f.out, f.kernel, f.stride, activation=f.act, name="feature_mix", **main))
-        )
-        self.head = built(Classifier(base.num_classes, base.dropout, train=t.head, name="head"))
+        f = base.feature_mix
+        self.feature_mix = None if f is None else built(folded_conv_layer(f, "feature_mix", base.padding, t))
+        self.head = built(head_layer(base, t))
         # only_first_replica: under MirroredStrategy all replicas train the first replica's sampled sub-net
         self._active = {
             name: self.add_weight(
@@ -124,7 +120,7 @@ class SuperNet(keras.Model):
         elastic_width=None,
     ):
         """The super-net around a named MB backbone (mcunet-5fps, proxyless-w0.3, mbv2-w0.35, or the random-weight
-        proxylessnas-mobile) or a once-for-all checkpoint converted by `export/convert_ofa.py` (its `.npz` path).
+        proxylessnas-mobile) or a once-for-all checkpoint imported by `tinytl import-ofa` (its `.npz` path).
 
         The backbone's main weights are placed by path and its expanded channels sorted by importance (a
         converted once-for-all net is already sorted: its narrower sub-nets were trained on the first channels);
@@ -315,7 +311,7 @@ def _sample_gene(choices):
 
 
 def write_weights_file(path, backbone, cfg, arrays):
-    """Write a converted super-net backbone (`export/convert_ofa.py`): its largest sub-net's `NetConfig`, weights
+    """Write a converted super-net backbone (`tinytl import-ofa`): its largest sub-net's `NetConfig`, weights
     by path (transform matrices included) and the fact that its channels are already importance-sorted."""
     meta = json.dumps({"backbone": backbone, "net_config": cfg.to_dict(), "channels_sorted": True})
     payload = {WEIGHTS_FILE_META: np.array(meta), **{p: np.asarray(a, np.float32) for p, a in arrays.items()}}
@@ -331,14 +327,14 @@ def read_weights_file(path):
     """(backbone name, NetConfig, {path: array}, channels_sorted) of a file written by `write_weights_file`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no converted super-net weights at {path}; write them with export/convert_ofa.py")
+        raise FileNotFoundError(f"no converted super-net weights at {path}; write them with `tinytl import-ofa`")
     try:
         z = np.load(path)
         meta = json.loads(str(z[WEIGHTS_FILE_META]))
         arrays = {k: z[k] for k in z.files if k != WEIGHTS_FILE_META}
         return meta["backbone"], NetConfig.from_dict(meta["net_config"]), arrays, bool(meta["channels_sorted"])
     except (KeyError, TypeError, ValueError, OSError) as e:
-        raise ValueError(f"{path} is not a super-net weights file written by export/convert_ofa.py ({e})") from None
+        raise ValueError(f"{path} is not a super-net weights file written by `tinytl import-ofa` ({e})") from None
 
 
 def _backbone_weights(name, weights_dir):
@@ -349,5 +345,5 @@ def _backbone_weights(name, weights_dir):
     if str(name).endswith(".npz"):
         return read_weights_file(name)
     raise UnknownBackbone(
-        f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}, or a .npz written by export/convert_ofa.py"
+        f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}, or a .npz written by `tinytl import-ofa`"
     )

@@ -164,7 +164,7 @@ class ModelMetadata(
         if (batchSize != 1) fail("batch_size is $batchSize; the app trains and infers one picture at a time (1)")
         with(input) {
             if (channels != 3 || layout != "NHWC") fail("input is $layout with $channels channels; expected NHWC, 3")
-            // Preprocessor mirrors tinytl_tf.imageio.eval_transform, which crops a square.
+            // Preprocessor mirrors tinytl_tf.imagefiles.eval_transform, which crops a square.
             if (height != width || height <= 0) fail("input is ${height}x$width; expected a square size")
             if (mean.size != 3 || std.size != 3) fail("input.mean and input.std need 3 values each")
             if (std.any { it == 0f || !it.isFinite() } || mean.any { !it.isFinite() }) fail("input.mean/std are not usable")

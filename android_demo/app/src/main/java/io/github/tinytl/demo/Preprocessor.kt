@@ -12,13 +12,13 @@ import java.nio.ByteBuffer
 import java.nio.ByteOrder
 
 /**
- * Picture file -> the model's `x` (float32 [1, size, size, 3], NHWC), mirroring tinytl_tf.imageio's evaluation path
+ * Picture file -> the model's `x` (float32 [1, size, size, 3], NHWC), mirroring tinytl_tf.imagefiles's evaluation path
  * (load_rgb -> eval_transform -> normalize). One function per step, in this order, so a numpy replica reads
  * line by line:
  *
  *  1. [decode]: BitmapFactory to ARGB_8888 (halving with inSampleSize only above [MAX_DECODE_PIXELS]), then the
  *     EXIF orientation as an exact pixel permutation (as PIL's ImageOps.exif_transpose), then any alpha composited
- *     over opaque white (imageio.ALPHA_BACKGROUND);
+ *     over opaque white (imagefiles.ALPHA_BACKGROUND);
  *  2. [scaledSize]: shorter side S = rint(size / cropFraction), longer side max(S, rint(long * S / short)), where
  *     rint rounds half to even like Python's round() (ties cannot occur for S with cropFraction 0.875);
  *  3. [scale]: while the picture is at least twice the target in both directions, halve it

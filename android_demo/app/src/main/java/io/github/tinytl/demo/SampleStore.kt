@@ -10,7 +10,7 @@ import java.util.UUID
 
 /**
  * Labelled pictures in app storage as a class-per-folder tree, `root/<label>/<id>.<ext>`: the layout
- * tinytl_tf.imageio.scan_image_folder reads, so the folder can be pulled off the device and trained on a desktop.
+ * tinytl_tf.imagefiles.scan_image_folder reads, so the folder can be pulled off the device and trained on a desktop.
  * Folder names are the labels URL-encoded (a label may contain '/'); folders of labels the current model does not
  * have are kept but not used.
  */

@@ -1,7 +1,7 @@
-"""Convert the official once-for-all `ofa_proxyless_d234_e346_k357_w1.3` PyTorch checkpoint into a super-net
-backbone file that `SuperNet.from_backbone` (and so `python -m tinytl_tf search --backbone FILE.npz`) reads.
+"""Import the official once-for-all `ofa_proxyless_d234_e346_k357_w1.3` PyTorch checkpoint as a super-net
+backbone file that `SuperNet.from_backbone` (and so `tinytl search --backbone FILE.npz`) reads.
 
-    python export/convert_ofa.py --checkpoint ofa_proxyless_d234_e346_k357_w1.3 --out runs/ofa-proxyless.npz
+    tinytl import-ofa --checkpoint ofa_proxyless_d234_e346_k357_w1.3 --out runs/ofa-proxyless.npz
 
 torch is needed only to read the checkpoint (`pip install torch`); nothing is downloaded. The file holds the
 largest sub-net as a backbone `NetConfig` (kernel 7, expand 6, depth 4, 224 px, ImageNet normalization) and its
@@ -10,13 +10,11 @@ weights by path with every BatchNorm folded into the conv's scale and bias, plus
 first expanded channels, so the super-net keeps that order instead of sorting them again.
 """
 
-import argparse
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tinytl_tf.errors import TinyTLError
 
 NAME = "ofa-proxyless-w1.3"
 BN_EPSILON = 1e-3  # OFAProxylessNASNets' default bn_param (0.1, 1e-3), kept by the model zoo
@@ -32,7 +30,11 @@ KEY_ALIASES = (
 )
 
 
-class CheckpointError(ValueError):
+class TorchMissing(TinyTLError, ModuleNotFoundError):
+    """torch, needed only to read the checkpoint, is not installed."""
+
+
+class NotAnOFACheckpoint(TinyTLError, ValueError):
     """The checkpoint is not an `ofa_proxyless_d234_e346_k357_w1.3` state dict; the message says what is off."""
 
 
@@ -41,18 +43,16 @@ def load_checkpoint(path):
     try:
         import torch
     except ModuleNotFoundError:
-        raise ModuleNotFoundError(
-            "reading a PyTorch checkpoint needs torch, an optional extra: pip install torch"
-        ) from None
+        raise TorchMissing("reading a PyTorch checkpoint needs torch, an optional extra: pip install torch") from None
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}; pass the file ofa_proxyless_d234_e346_k357_w1.3")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a foreign or corrupt file
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from None
+        raise NotAnOFACheckpoint(f"{path} is not a readable PyTorch checkpoint: {e}") from None
     state = data.get("state_dict", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds no state dict")
+        raise NotAnOFACheckpoint(f"{path} holds no state dict")
     return {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, "detach")}
 
 
@@ -74,7 +74,7 @@ def convert_state_dict(state):
 
     def get(key):
         if key not in sd:
-            raise CheckpointError(f"missing tensor {key!r}: not an {NAME} once-for-all checkpoint")
+            raise NotAnOFACheckpoint(f"missing tensor {key!r}: not an {NAME} once-for-all checkpoint")
         return sd[key]
 
     arrays = {}
@@ -108,7 +108,7 @@ def convert_state_dict(state):
             blocks.append(BlockConfig(kernel=kernel, stride=s, out=out, mid=mid, shortcut=s == 1 and c == out))
             c, i = out, i + 1
     if any(k.startswith(f"blocks.{i}.") for k in sd):
-        raise CheckpointError(f"the checkpoint has more than {i} blocks: not an {NAME} once-for-all checkpoint")
+        raise NotAnOFACheckpoint(f"the checkpoint has more than {i} blocks: not an {NAME} once-for-all checkpoint")
     feature = put("feature_mix", "feature_mix_layer")[0]
     head = get("classifier.linear.weight")
     arrays["head/kernel"], arrays["head/bias"] = head.T, get("classifier.linear.bias")
@@ -125,29 +125,20 @@ def convert_state_dict(state):
     return cfg, {k: v.astype(np.float32) for k, v in arrays.items()}
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="the once-for-all checkpoint file (torch.save'd state dict)")
-    p.add_argument("--out", required=True, help="the .npz super-net backbone file to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    args = p.parse_args(argv)
-    try:
-        from tinytl_tf.supernet.supernet import write_weights_file
-
-        if not args.out.endswith(".npz"):
-            raise ValueError(
-                f"--out must end in .npz (SuperNet.from_backbone recognises the file by it), got {args.out}"
-            )
-        if os.path.exists(args.out) and not args.overwrite:
-            raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
-        cfg, arrays = convert_state_dict(load_checkpoint(args.checkpoint))
-        write_weights_file(args.out, NAME, cfg, arrays)
-    except (ValueError, OSError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}: {len(cfg.blocks)} blocks, {sum(a.size for a in arrays.values()):,} parameters")
-    return 0
+def check_target(out, overwrite=False):
+    """Refuse an `out` that is no .npz file name, or exists when `overwrite` is False (TF-free, cheap)."""
+    if not str(out).endswith(".npz"):
+        raise ValueError(f"--out must end in .npz (SuperNet.from_backbone recognises the file by it), got {out}")
+    if os.path.exists(out) and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def import_checkpoint(checkpoint, out, overwrite=False):
+    """Convert the checkpoint file `checkpoint` into the super-net backbone file `out` (.npz); returns (its
+    NetConfig, {weight path: array}). An existing `out` is refused unless `overwrite`, before the checkpoint is read."""
+    from tinytl_tf.supernet.supernet import write_weights_file
+
+    check_target(out, overwrite)
+    cfg, arrays = convert_state_dict(load_checkpoint(checkpoint))
+    write_weights_file(out, NAME, cfg, arrays)
+    return cfg, arrays

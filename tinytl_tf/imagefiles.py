@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from tinytl_tf.contract import CROP_FRACTION, RANDOM_CROP_RATIO, RANDOM_CROP_SCALE
+from tinytl_tf.errors import TinyTLError
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,11 @@ MAX_RESIZED_ASPECT = 8  # eval_transform resizes only the centre of images more 
 LAYOUT_HELP = "expected DIR/<class>/<images> or DIR/train/<class>/<images> plus DIR/test/<class>/<images>"
 
 
-class ImageError(ValueError):
+class ImageError(TinyTLError, ValueError):
     """A file is not a readable image (missing, corrupt, truncated or not an image); the message names it."""
 
 
-class DataError(ValueError):
+class DataError(TinyTLError, ValueError):
     """A data set folder cannot be used; the message says what is wrong and what to do."""
 
 

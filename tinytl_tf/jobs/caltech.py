@@ -1,7 +1,7 @@
 """Caltech-101: its tarballs -> the `train/<class>/`, `test/<class>/` tree `tinytl_tf.data` reads.
 
-    python -m tinytl_tf.caltech prepare TARBALL_DIR OUT                # 101 classes, official split
-    python -m tinytl_tf.caltech subset OUT tinytl_tf/assets/caltech10  # the embedded subset (run once)
+    tinytl caltech prepare TARBALL_DIR OUT                # 101 classes, official split
+    tinytl caltech subset OUT tinytl_tf/assets/caltech10  # the embedded subset (run once)
 
 The tarballs (`caltech101_part1.tar`, `caltech101_part2.tar`) together hold `caltech101/101_ObjectCategories/
 <class>/image_NNNN.jpg` and the fixed split files `caltech101/train.txt`, `test.txt` (lines `class/image_NNNN.jpg`).
@@ -11,7 +11,6 @@ BACKGROUND_Google is a clutter folder, not a class, and is dropped. TF-free.
 import json
 import os
 import shutil
-import sys
 import tarfile
 import tempfile
 import zlib
@@ -20,8 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tinytl_tf import cliargs
-from tinytl_tf.imageio import DataError
+from tinytl_tf.imagefiles import DataError
 
 DROPPED_CLASS = "BACKGROUND_Google"
 MARKER = ".prepared.json"  # written last inside the tree, so its presence means "complete"
@@ -122,8 +120,11 @@ def _caltech_root(source, scratch):
             'caltech101_part2.tar (see the README\'s "Data and weights" for where they come from)'
         )
     for t in tars:
-        with tarfile.open(t) as archive:
-            archive.extractall(scratch, filter="data")
+        try:
+            with tarfile.open(t) as archive:
+                archive.extractall(scratch, filter="data")
+        except tarfile.TarError as e:
+            raise DataError(f"{t} is not a readable tar archive ({e}); pass the Caltech-101 tarballs") from None
     return scratch / "caltech101"
 
 
@@ -152,34 +153,3 @@ def _save_small(src, dst, short_side, quality):
             im = im.resize((round(im.width * scale), round(im.height * scale)), Image.LANCZOS)
         dst.parent.mkdir(parents=True, exist_ok=True)
         im.save(dst, "JPEG", quality=quality, optimize=True)
-
-
-def main(argv=None):
-    parser = cliargs.ArgumentParser(prog="python -m tinytl_tf.caltech", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prepare", help="tarballs (or their folder) -> OUT/train, OUT/test")
-    p.add_argument("source", nargs="+", help="folder with the tarballs, the tar files, or an extracted folder")
-    p.add_argument("out")
-    s = sub.add_parser("subset", help="a prepared tree -> a small downscaled subset")
-    s.add_argument("prepared")
-    s.add_argument("out")
-    s.add_argument("--classes", nargs="+", default=list(CALTECH10_CLASSES))
-    s.add_argument("--n-train", type=cliargs.count(1), default=30)
-    s.add_argument("--n-test", type=cliargs.count(1), default=10)
-    s.add_argument("--short-side", type=cliargs.count(1), default=112)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "prepare":
-            print(prepare_caltech101(args.source if len(args.source) > 1 else args.source[0], args.out))
-        else:
-            print(make_subset(args.prepared, args.out, args.classes, args.n_train, args.n_test, args.short_side))
-    except (DataError, OSError, tarfile.TarError) as e:
-        if cliargs.debug():
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`python -m tinytl_tf demo`: the main job on a fresh machine, where TinyTL's gain shows.
+"""The `demo` job (`tinytl demo`): the main job on a fresh machine, where TinyTL's gain shows.
 
 Fine-tunes the vendored mcunet-5fps on the embedded CIFAR-10 subset (one of the paper's data sets, far from
 ImageNet) with FT-Last and with TinyTL-L+B, exports both to on-device training `.tflite` files, and prints their
@@ -13,11 +13,11 @@ from pathlib import Path
 from tinytl_tf.cliargs import stdout_to_stderr
 from tinytl_tf.data import demo_data_dir, load_image_folder
 from tinytl_tf.export import export_model
+from tinytl_tf.jobs.train import train_job
 from tinytl_tf.memory.measure import measure_tflite
 from tinytl_tf.methods import default_lr
 from tinytl_tf.ondevice.evaluation import evaluate_folder
 from tinytl_tf.ondevice.folder_training import train_folder
-from tinytl_tf.train import train_job
 
 BACKBONE = "mcunet-5fps"
 RESOLUTION = 64  # CIFAR-10 images are 32 px: 64 keeps the demo within a few minutes on 2 cores

@@ -1,4 +1,5 @@
-"""The MCU-sized ImageNet nets of MIT HAN Lab's tiny-training (8-bit, BatchNorm folded), as float networks.
+"""The three MCU-sized ImageNet nets of MIT HAN Lab's tiny-training release (MCUNet-5fps, ProxylessNAS-w0.3,
+MobileNetV2-w0.35; 8-bit, BatchNorm folded), as float networks.
 
 Conversion (assets README): W = weight * w_scales (per output channel), b = bias * x_scale * w_scales; every
 conv but the projections ends in a clip to [0, 6] (ReLU6); symmetric PyTorch padding; pixels (p - 128) / 128.
