@@ -1,6 +1,6 @@
 """How far Adam with block-wise 8-bit moments drifts from float Adam, per quantization map: why `adam8bit` compands.
 
-    python benchmarks/adam8bit_maps.py [--steps 200] [--size 4096] [--out docs/adam8bit_maps.json]
+    python -m benchmarks.adam8bit_maps [--steps 200] [--size 4096] [--out docs/adam8bit_maps.json]
 
 Simulates `--steps` Adam steps on random gradients whose scale is spread log-uniformly over 0 to 3 decades across
 the values (so a block of 256 holds values that differ by up to that much, as the channels of one kernel do), runs
@@ -12,13 +12,9 @@ fractions, nearest code; unsigned for v) are modelled in NumPy here. A benchmark
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 B1, B2, EPS, BLOCK = 0.9, 0.999, 1e-8, 256
 DECADES = (0, 1, 2, 3)
