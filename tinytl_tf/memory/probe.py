@@ -25,6 +25,7 @@ RssFile) split the points into heap and file-backed pages.
 import json
 import os
 import sys
+import zipfile  # noqa: F401  (loading the initial values reads a zip: its code is the runtime's, not the model's)
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
