@@ -360,20 +360,24 @@ def _dequantized(kernel, axis):
     return (np.round(kernel / scale).clip(-127, 127) * scale).astype(np.float32)
 
 
+@pytest.mark.parametrize("channels", [128, 8])
 @pytest.mark.parametrize(
     "depthwise,k,stride,groups", [(False, 1, 1, 1), (False, 3, 2, 2), (True, 3, 1, 1), (True, 5, 2, 1)]
 )
-def test_int8_frozen_kernel_gradient_is_autodiff_of_its_dequantized_value(depthwise, k, stride, groups):
+def test_int8_frozen_kernel_gradient_is_autodiff_of_its_dequantized_value(depthwise, k, stride, groups, channels):
     """Within `frozen_kernels_int8` the input gradient of a frozen kernel reads its int8 copy: it equals autodiff of
-    the reference op with the dequantized kernel (the forward keeps the float constant the converter quantizes)."""
-    from tinytl_tf.ops.conv import frozen_kernels_int8
+    the reference op with the dequantized kernel (the forward keeps the float constant the converter quantizes).
+    A kernel under `QUANTIZE_MIN_ELEMENTS` elements, which the converter keeps in float, is read in float."""
+    from tinytl_tf.ops.conv import QUANTIZE_MIN_ELEMENTS, frozen_kernels_int8
 
-    c = 8
+    c = channels
     x = tf.constant(RNG.standard_normal((2, 9, 9, c)), tf.float32)
     shape = (k, k, c, 1) if depthwise else (k, k, c // groups, 12)
     kernel = RNG.standard_normal(shape).astype(np.float32)
+    quantized = kernel.size >= QUANTIZE_MIN_ELEMENTS
+    assert quantized == (channels == 128)  # both cases are exercised
     pads = ((k // 2, k // 2), (k // 2, k // 2))
-    deq = tf.constant(_dequantized(kernel, 2 if depthwise else 3))
+    deq = tf.constant(_dequantized(kernel, 2 if depthwise else 3) if quantized else kernel)
     with frozen_kernels_int8(), tf.GradientTape() as tape:
         tape.watch(x)
         if depthwise:
@@ -389,4 +393,5 @@ def test_int8_frozen_kernel_gradient_is_autodiff_of_its_dequantized_value(depthw
         ref_loss = tf.reduce_sum(ref(x, deq, stride, pads) * w)
     assert rel_err(y, ref(x, tf.constant(kernel), stride, pads)) < 1e-5
     assert rel_err(dx, tape.gradient(ref_loss, x)) < 1e-5
-    assert rel_err(deq, kernel) > 1e-4  # the kernel really went through int8
+    if quantized:
+        assert rel_err(deq, kernel) > 1e-4  # the kernel really went through int8
