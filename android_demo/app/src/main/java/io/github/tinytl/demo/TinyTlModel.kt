@@ -119,7 +119,7 @@ class TinyTlModel private constructor(
 
     /**
      * Assigns [values] group by group with `load`; its buffers are local, so once loaded nothing of them is kept.
-     * A [ModelException] or I/O error here leaves the model half loaded: the caller closes it.
+     * An error here may leave some groups assigned and others at zero: the caller closes the model.
      */
     private fun loadInitialValues(values: InitialValues) {
         val load = meta.signatures.getValue(Contract.SIGNATURE_LOAD)
