@@ -4,8 +4,9 @@
    the Kotlin sources use (found by reading them, not from a hand list alone) is in the exported `model.json` with
    the dtype and shape the app checks for and feeds; no other Kotlin file hard-codes such a name; `model.json`
    passes the app's own parse-time checks; and `weights` equals the get_weights outputs and set_weights inputs.
-2. `test_app_call_sequence_replayed_on_litert`: the app's calls (TinyTlModel / Trainer / WeightStore /
-   Preprocessor / MainViewModel), replayed one for one with ai-edge-litert: preprocessing, 5 training steps with
+2. `test_app_call_sequence_replayed_on_litert`: the app's calls (TinyTlModel / InitialValues / Trainer /
+   WeightStore / Preprocessor / MainViewModel), replayed one for one with ai-edge-litert: the initial values read
+   from `model.init.npz` as InitialValues.kt reads them and assigned with `load`, preprocessing, 5 training steps with
    rollback protection, the `.ttlw` weight file written and read with only the layout documented in WeightStore.kt,
    a restart that restores it, top-3 inference, and both rollback branches.
 
@@ -14,10 +15,12 @@ they mirror change, so a change in the app cannot silently leave a stale replica
 """
 
 import hashlib
+import itertools
 import json
 import os
 import re
 import struct
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -25,7 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinytl_tf import contract, imagefiles
+from tinytl_tf import contract, imagefiles, initial_values
 
 pytestmark = pytest.mark.slow  # exports a model for the app's contract
 
@@ -61,6 +64,7 @@ def _kotlin_sources():
     assert {f.name for f in files} >= {
         "Contract.kt",
         "TinyTlModel.kt",
+        "InitialValues.kt",
         "Trainer.kt",
         "WeightStore.kt",
         "Preprocessor.kt",
@@ -206,6 +210,7 @@ def _app_expectations(code, kt, meta):
         "meta.input.width": meta["input"]["width"],
         "meta.input.channels": meta["input"]["channels"],
         "meta.numClasses": meta["num_classes"],
+        "meta.initialValues.length": meta["initial_values"]["length"],
     }
     lists = {v: e for v, e in re.findall(r"\bval (\w+) = listOf\(([^)]*)\)", body)}
 
@@ -279,6 +284,20 @@ def _app_metadata_problems(meta, kt, dtype_sizes):
         isinstance(opt[k], (int, float)) for k in ("lr", "total_steps")
     ):
         problems.append("optimizer")
+    init = meta["initial_values"]
+    trainable = {w["name"]: w for w in meta["weights"] if w["kind"] == "trainable"}
+    if (
+        not re.fullmatch(r"[0-9a-f]{64}", init["sha256"].lower())
+        or not init["file"]
+        or "/" in init["file"]
+        or sorted(n for g in init["groups"] for n in g) != sorted(trainable)
+        or any(w["dtype"] != "float32" for w in trainable.values())
+        or any(
+            not g or sum(int(np.prod(trainable[n]["shape"], dtype=np.int64)) for n in g) > init["length"]
+            for g in init["groups"]
+        )
+    ):
+        problems.append("initial_values")
     return problems
 
 
@@ -291,11 +310,6 @@ def _spec(t):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the app does not load the initial values beside the model (model-v2) yet, so it still reads model-v1 "
-    "and refuses newer exports by their format",
-)
 def test_app_names_and_tensors_match_export(exported):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -356,23 +370,38 @@ def test_app_names_and_tensors_match_export(exported):
         (c.SIGNATURE_INFER, "inputs", c.INPUT_IMAGE): ("float32", [1, H, H, 3]),
         (c.SIGNATURE_INFER, "outputs", c.OUTPUT_LOGITS): ("float32", [1, K]),
         (c.SIGNATURE_INFER, "outputs", c.OUTPUT_PROBABILITIES): ("float32", [1, K]),
+        (c.SIGNATURE_LOAD, "inputs", c.INPUT_LOAD_VALUES): ("float32", [meta["initial_values"]["length"]]),
+        (c.SIGNATURE_LOAD, "inputs", c.INPUT_LOAD_GROUP): ("int32", []),
     }
-    whole = {(c.SIGNATURE_GET_WEIGHTS, "inputs"), (c.SIGNATURE_SET_WEIGHTS, "outputs")}
+    whole = {(c.SIGNATURE_GET_WEIGHTS, "inputs"), (c.SIGNATURE_SET_WEIGHTS, "outputs"), (c.SIGNATURE_LOAD, "outputs")}
     uses = _app_tensor_uses(code, kt)
     assert {u for u in uses if u[2] != "*"} == set(needed), "the app's tensor uses changed: update `needed`"
     assert {u[:2] for u in uses if u[2] == "*"} == whole
     assert _app_expectations(code, kt, meta) == needed, "TinyTlModel.validate() expects other shapes or dtypes"
     # The dtype each buffer is read or written with in TinyTlModel.kt (x is filled by Preprocessor.normalize).
+    # `load`'s buffers are local to loadInitialValues (nothing of them is kept); InitialValues.fill writes `values`.
     accessor, buffers = {"Int": "int32", "Float": "float32", "Long": "int64"}, set()
     for var, sig, io, name in re.findall(
-        r"\bprivate val (\w+) = (?:tensorBuffer\()?(\w+)\.(inputs|outputs)(?:\.getValue\(|\[)Contract\.(\w+)", code
+        r"\b(?:private )?val (\w+) = (?:tensorBuffer\()?(\w+)\.(inputs|outputs)(?:\.getValue\(|\[)Contract\.(\w+)", code
     ):
+        if (kt[_signature_binds(code)[sig]], io, kt[name]) == (c.SIGNATURE_LOAD, "inputs", c.INPUT_LOAD_VALUES):
+            buffers.add((c.SIGNATURE_LOAD, io, c.INPUT_LOAD_VALUES))
+            continue
         tensor = (kt[_signature_binds(code)[sig]], io, kt[name])
         used = {accessor[a] for a in re.findall(rf"\b{var}\.(?:put|get)(Int|Float|Long)\(", code)}
         used |= {"float32"} if re.search(rf"\bfloats\({var}\)", code) else set()
         assert used == {needed[tensor][0]}, f"TinyTlModel.kt accesses {var} ({tensor}) as {used}"
         buffers.add(tensor)
     assert buffers == {t for t in needed if t[2] != c.INPUT_IMAGE}, buffers
+    _pin(src["TinyTlModel.kt"], "values.fill(j, groupValues)", "group.putInt(0, j)")
+    _pin(
+        src["InitialValues.kt"],
+        "fun fill(j: Int, values: ByteBuffer) {",
+        "check(ByteOrder.nativeOrder() == ByteOrder.LITTLE_ENDIAN)",
+        "val b = values.duplicate().also { it.clear() }",
+        "b.put(chunk, 0, k)",
+        "while (b.hasRemaining()) b.put(0)",
+    )
     _pin(
         src["Preprocessor.kt"],
         "val floats = out.order(ByteOrder.nativeOrder()).asFloatBuffer()",
@@ -386,7 +415,13 @@ def test_app_names_and_tensors_match_export(exported):
         tensors = meta["signatures"][sig][io]
         assert name in tensors, f"model.json {sig} {io} lack {name!r} (they are {sorted(tensors)})"
         assert _spec(tensors[name]) == want, (sig, io, name)
-    for const in ("SIGNATURE_TRAIN", "SIGNATURE_INFER", "SIGNATURE_GET_WEIGHTS", "SIGNATURE_SET_WEIGHTS"):
+    for const in (
+        "SIGNATURE_TRAIN",
+        "SIGNATURE_INFER",
+        "SIGNATURE_GET_WEIGHTS",
+        "SIGNATURE_SET_WEIGHTS",
+        "SIGNATURE_LOAD",
+    ):
         sig = kt[const]
         assert sig in meta["signatures"], f"model.json has no signature {sig!r} (it has {sorted(meta['signatures'])})"
         assert meta["signatures"][sig]["inputs"], f"{sig} has no input: LiteRT's Java runSignature refuses that"
@@ -438,6 +473,48 @@ def test_app_names_and_tensors_match_export(exported):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+NPY_DICT = r"\{'descr': '([^']*)', 'fortran_order': (True|False), 'shape': \(([0-9, ]*)\), \}"  # InitialValues.kt
+
+
+class AppInitialValues:
+    """InitialValues.kt: the asset's sha256, meta.npy's format and fingerprint, every group tensor's .npy header,
+    then on `fill(j)` group j's tensors' bytes concatenated and zero-padded, read from the zip entry by entry."""
+
+    def __init__(self, path, spec, fingerprint, weights):
+        data = Path(path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == spec["sha256"]
+        self.zip, self.spec = zipfile.ZipFile(path), spec
+        descr, _, shape, body = self.npy("meta.npy")
+        chars = int(descr.removeprefix("<U"))
+        assert descr.startswith("<U") and shape == []
+        text = "".join(map(chr, itertools.takewhile(bool, struct.unpack(f"<{chars}I", body[: 4 * chars]))))
+        meta = json.loads(text)
+        assert meta.get("format") == initial_values.FORMAT and meta.get("fingerprint") == fingerprint
+        self.tensors = {w["name"]: w for w in weights}
+        for n in (n for g in spec["groups"] for n in g):
+            descr, fortran, shape, _ = self.npy(f"weight/{n}.npy")
+            assert (descr, fortran, shape) == ("<f4", False, self.tensors[n]["shape"]), n
+
+    def npy(self, entry):
+        """(descr, fortran_order, shape, data bytes) of one .npy entry: magic, version, LE header length, dict."""
+        blob = self.zip.read(entry)
+        assert blob[:6] == b"\x93NUMPY"
+        major, pos = blob[6], (10 if blob[6] == 1 else 12)
+        (length,) = struct.unpack_from("<H" if major == 1 else "<I", blob, 8)
+        header = blob[pos : pos + length].decode("utf-8" if major == 3 else "latin-1")
+        m = re.fullmatch(NPY_DICT, header.rstrip())
+        shape = [int(d) for d in m.group(3).split(",") if d.strip()]
+        return m.group(1), m.group(2) == "True", shape, blob[pos + length :]
+
+    def fill(self, j):
+        out = b"".join(self.npy(f"weight/{n}.npy")[3][: 4 * _count(self.tensors[n])] for n in self.spec["groups"][j])
+        return np.frombuffer(out.ljust(4 * self.spec["length"], b"\0"), "<f4")
+
+
+def _count(w):
+    return int(np.prod(w["shape"], dtype=np.int64))
+
+
 class AppModel:
     """TinyTlModel.kt with ai-edge-litert's interpreter in place of LiteRT Java's."""
 
@@ -447,6 +524,13 @@ class AppModel:
         assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == meta["fingerprint"]  # open(): fingerprint
         self.meta, self.interpreter = meta, Interpreter(model_path=str(path))
         self.sigs = meta["signatures"]
+        # open(): loadInitialValues, every group through `load` before anything else runs.
+        spec = meta["initial_values"]
+        self.initial = AppInitialValues(Path(path).parent / spec["file"], spec, meta["fingerprint"], meta["weights"])
+        load_outputs = list(self.sigs[contract.SIGNATURE_LOAD]["outputs"])
+        for j in range(len(spec["groups"])):
+            inputs = {contract.INPUT_LOAD_VALUES: self.initial.fill(j), contract.INPUT_LOAD_GROUP: np.int32(j)}
+            self.run(contract.SIGNATURE_LOAD, inputs, load_outputs)
         self.step_spec = next((w for w in meta["weights"] if w["name"] == contract.STEP_TENSOR), None)
         # getWeightsInputs: zeros for whatever model.json lists (the placeholder).
         self.get_weights_inputs = {
@@ -695,6 +779,28 @@ def read_ttlw(path, fingerprint, weights):
 def _pin_replicas(src):
     """The Kotlin lines the replicas above mirror (and the weight file's field order, call by call)."""
     _pin(
+        src["InitialValues.kt"],
+        f'const val FORMAT = "{initial_values.FORMAT}"',
+        f'private const val WEIGHT_PREFIX = "{initial_values.WEIGHT_PREFIX}"',
+        f'private const val META_KEY = "{initial_values.META_KEY}"',
+        'private const val NPY = ".npy"',
+        f'private val NPY_DICT = Regex("""{NPY_DICT}""")',
+        "if (digest != spec.sha256) {",
+        'if (meta.optString("format") != FORMAT || meta.optString("fingerprint") != fingerprint) {',
+        'if (header.descr != "<f4" || header.fortranOrder || header.shape != want.shape) {',
+        "1 -> inp.readUnsignedByte() or (inp.readUnsignedByte() shl 8)",
+        "2, 3 -> Integer.reverseBytes(inp.readInt())",
+        "if (major == 3) Charsets.UTF_8 else Charsets.ISO_8859_1",
+        "val m = NPY_DICT.matchEntire(text.trimEnd())",
+        "if (c == 0) break",
+    )
+    _pin(
+        src["TinyTlModel.kt"],
+        "initialValuesAsset(context, meta).use(model::loadInitialValues)",
+        "for (j in meta.initialValues.groups.indices) {",
+        "val outputs = meta.signatures.getValue(Contract.SIGNATURE_LOAD).outputs.mapValues { tensorBuffer(it.value) }",
+    )
+    _pin(
         src["Preprocessor.kt"],
         "val short = Math.rint(size / cropFraction).toInt()",
         "Pair(short, maxOf(short, Math.rint(height.toDouble() * short / width).toInt()))",
@@ -758,11 +864,6 @@ def _smooth_image(h, w, colour, seed):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the app does not load the initial values beside the model (model-v2) yet: replayed on a v2 export, "
-    "its trainables start at zero",
-)
 def test_app_call_sequence_replayed_on_litert(exported, tmp_path):
     path, meta = exported
     src = _kotlin_sources()
@@ -798,10 +899,18 @@ def test_app_call_sequence_replayed_on_litert(exported, tmp_path):
         np.testing.assert_array_equal(p.normalize(crop, True)[0], want[:, ::-1])
         assert p.normalize(crop, False).dtype == np.float32
 
-    # App start (MainViewModel.openModel): no weight file yet -> the exported model as is.
+    # App start (MainViewModel.openModel): no weight file yet -> the exported model with its initial values, which
+    # the app's reading turns into exactly the `load` inputs Python's initial_values.group_values makes.
     store = tmp_path / "weights" / "trained.ttlw"
     store.parent.mkdir()
     model = AppModel(path, meta)
+    spec = meta["initial_values"]
+    exported_values = np.load(initial_values.path_for(path))
+    weights = {n: exported_values[initial_values.WEIGHT_PREFIX + n] for g in spec["groups"] for n in g}
+    for j, values in initial_values.group_values(spec, weights):
+        np.testing.assert_array_equal(model.initial.fill(j), values)
+    start = model.get_weights()
+    assert all(np.array_equal(start[n], v) for n, v in weights.items()) and any(v.any() for v in weights.values())
     assert read_ttlw(store, meta["fingerprint"], meta["weights"]) == ("missing",)
 
     # Samples: one smooth picture per label in that label's colour, of different sizes; crops kept for the session.

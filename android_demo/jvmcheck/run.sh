@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compiles the app's Kotlin sources against stub Android/AndroidX/LiteRT classes on a desktop JVM and runs
-# checks/Checks.kt (the app's classes against an in-memory fake model), then crosscheck.py. See README.md.
+# checks/Checks.kt (the app's classes against an in-memory fake model, on files export_assets.py writes), then
+# crosscheck.py. See README.md.
 # Needs: a JDK (javac), Python 3 with numpy, the Kotlin compiler (KOTLINC=/path/to/kotlinc, else npm's
 # kotlin-compiler package in ~/.cache) and Android's org.json (ORG_JSON_JAR, else Debian's libandroid-json-java).
 # It installs nothing: a missing tool is named with the command that installs it, and the script exits 1.
@@ -50,5 +51,6 @@ javac -nowarn -d "$work/classes" $(find "$here/stubs" "$work/gen" -name '*.java'
 cp="$work/classes:$ORG_JSON_JAR:$kotlin_lib/kotlinx-coroutines-core-jvm.jar"
 "$KOTLINC" -nowarn -cp "$cp" -d "$work/classes" \
     $(find "$here/stubs" -name '*.kt') $(find "$app/java" -name '*.kt') "$here/checks/Checks.kt"
+python3 "$here/export_assets.py" "$work" "$here/checks/model.json"
 "$(dirname "$KOTLINC")/kotlin" -cp "$work/classes:$cp" -Dwork.dir="$work" -Dmodel.json="$here/checks/model.json" jvmcheck.ChecksKt
 python3 "$here/crosscheck.py" "$work" "$here/checks/model.json"

@@ -23,7 +23,9 @@ import java.security.MessageDigest
 import kotlin.random.Random
 
 // Runs the app's own Kotlin classes on a desktop JVM: the Android and LiteRT classes are stubs (../stubs), the
-// interpreter is FakeModel below. Outputs for crosscheck.py go to the directory in system property "work.dir".
+// interpreter is FakeModel below. The model files (model.tflite, model.json, model.init.npz) are the ones
+// ../export_assets.py wrote into "work.dir"/exported with the project's Python. Outputs for crosscheck.py go to the
+// directory in system property "work.dir".
 
 private val work = File(System.getProperty("work.dir"))
 private val template = File(System.getProperty("model.json")).readText()
@@ -36,10 +38,16 @@ fun metadataParsing() {
     val meta = ModelMetadata.parse(template)
     check(meta.labels == listOf("cat", "dog", "bird")) { "labels ${meta.labels}" }
     check(meta.input.mean[1] == 116.28f) { "mean" }
-    check(meta.signatures.keys == setOf("train", "infer", "get_weights", "set_weights")) { "signatures" }
+    check(meta.signatures.keys == setOf("train", "infer", "get_weights", "set_weights", "load")) { "signatures" }
+    check(meta.initialValues.groups == listOf(listOf("head__bias", "norm__gamma"), listOf("head__kernel"))) { "groups" }
     for ((bad, expected) in listOf(
         template.replace("\"batch_size\": 1", "\"batch_size\": 8") to "batch_size",
-        template.replace("\"format\": \"tinytl_tf/model-v1\"", "\"format\": \"x\"") to "format",
+        template.replace("\"format\": \"tinytl_tf/model-v2\"", "\"format\": \"x\"") to "format",
+        template.replace("\"format\": \"tinytl_tf/model-v2\"", "\"format\": \"tinytl_tf/model-v1\"") to "this app reads 'tinytl_tf/model-v2'",
+        template.replace("\"initial_values\"", "\"initial\"") to "missing 'initial_values'",
+        template.replace("[[\"head__bias\", \"norm__gamma\"], ", "[[\"head__bias\"], ") to "are not the trainable weights",
+        template.replace("\"length\": 24", "\"length\": 20") to "more than length 20",
+        template.replace("\"sha256\": \"0000", "\"sha256\": \"zz00") to "initial_values.sha256",
         template.replace("\"crop_fraction\": 0.875,", "") to "input.crop_fraction",
         template.replace("\"labels\": [\"cat\", \"dog\", \"bird\"]", "\"labels\": [\"cat\", \"dog\"]") to "num_classes",
         template.replace("\"dtype\": \"int32\"", "\"dtype\": \"complex64\"") to "complex64",
@@ -136,15 +144,17 @@ fun weightStoreRoundTripAndRejections() {
 }
 
 /**
- * An in-memory stand-in for the exported model (tinytl_tf/export.py's semantics): train adds the learning rate
- * (lr > 0, else the cosine schedule at the float32 step counter) to bias[y] and counts the step; set_weights
- * returns the step counter. Logs every call. [poison] makes the next train step diverge.
+ * An in-memory stand-in for the exported model (tinytl_tf/export.py's semantics): every variable starts at zero;
+ * load(values, group) assigns group `group`'s tensors from the front of `values` (and keeps a copy in [loaded]);
+ * train adds the learning rate (lr > 0, else the cosine schedule at the float32 step counter) to bias[y] and counts
+ * the step; set_weights returns the step counter. Logs every call. [poison] makes the next train step diverge.
  */
 class FakeModel(private val meta: ModelMetadata, private val sigs: Map<String, SignatureSpec> = meta.signatures) : Interpreter.Backend {
     enum class Poison { NONE, NAN_LOSS, NAN_WEIGHTS }
     val log = mutableListOf<String>()
     val fedLr = mutableListOf<Float>()
     var poison = Poison.NONE
+    val loaded = mutableListOf<ByteArray>()
     private val w = meta.weights.associate { it.name to ByteBuffer.allocate(it.tensor.byteSize).order(ByteOrder.LITTLE_ENDIAN) }
 
     private fun tensor(spec: TensorSpec) = object : Tensor {
@@ -173,6 +183,16 @@ class FakeModel(private val meta: ModelMetadata, private val sigs: Map<String, S
         fun out(n: String) = outputs.getValue(n) as ByteBuffer
         fun inp(n: String) = inputs.getValue(n) as ByteBuffer
         when (key) {
+            "load" -> {
+                val group = inp("group").getInt(0)
+                val values = inp("values").duplicate().order(ByteOrder.nativeOrder())
+                loaded += ByteArray(values.capacity()).also { values.duplicate().get(it) }
+                for (n in meta.initialValues.groups[group]) {
+                    val b = w.getValue(n)
+                    repeat(b.capacity() / 4) { b.putFloat(4 * it, values.getFloat()) }
+                }
+                out("group").putInt(0, group)
+            }
             "get_weights" -> for ((n, b) in w) out(n).put(b.array())
             "set_weights" -> {
                 for ((n, b) in w) {
@@ -210,20 +230,21 @@ class FakeModel(private val meta: ModelMetadata, private val sigs: Map<String, S
     }
 }
 
-private const val GET = "get_weights(unused) -> (head__bias, head__bias__m, head__kernel, step)"
+private const val GET = "get_weights(unused) -> (head__bias, head__bias__m, head__kernel, norm__gamma, step)"
 private const val TRAIN = "train(lr, x, y) -> (logits, loss)"
-private const val SET = "set_weights(head__bias, head__bias__m, head__kernel, step) -> (step)"
+private const val SET = "set_weights(head__bias, head__bias__m, head__kernel, norm__gamma, step) -> (step)"
+private const val LOAD = "load(group, values) -> (group)"
 
+/** Fresh app assets: the files export_assets.py wrote. Returns the context and model.json's text. */
 private fun assets(): Pair<android.app.Application, String> {
-    val dir = File(work, "assets").apply { mkdirs() }
+    val dir = File(work, "assets")
+    dir.deleteRecursively()
+    File(work, "exported").copyRecursively(dir)
     System.setProperty("assets.dir", dir.path)
-    val tflite = Random(0).nextBytes(5000)
-    File(dir, "model.tflite").writeBytes(tflite)
-    val fp = MessageDigest.getInstance("SHA-256").digest(tflite).joinToString("") { "%02x".format(it) }
-    val text = template.replace(Regex("\"fingerprint\": \"[0-9a-f]+\""), "\"fingerprint\": \"$fp\"")
-    File(dir, "model.json").writeText(text)
-    return android.app.Application() to text
+    return android.app.Application() to File(dir, "model.json").readText()
 }
+
+private fun sha256(bytes: ByteArray) = MessageDigest.getInstance("SHA-256").digest(bytes).joinToString("") { "%02x".format(it) }
 
 /** The app's call sequence (open, train with a NaN rollback, infer, save, restore) against FakeModel. */
 fun replayCallSequence() {
@@ -232,6 +253,13 @@ fun replayCallSequence() {
     val fake = FakeModel(meta)
     Interpreter.backend = fake
     val model = TinyTlModel.open(ctx, 2)
+    // Opening loads the initial values, group by group, before anything else runs; `load` receives exactly what
+    // Python's initial_values.group_values makes of the exported file.
+    check(fake.log.takeLast(2) == listOf(LOAD, LOAD) && fake.log.none { it.startsWith("train") || it.startsWith("infer") }) { "open calls ${fake.log}" }
+    check(fake.loaded.fold(ByteArray(0)) { a, b -> a + b }.contentEquals(File(work, "groups.f32").readBytes())) { "load inputs differ from Python's group_values" }
+    val start = model.getWeights()
+    check(start.getValue("head__kernel").getFloat(0) != 0f && start.getValue("norm__gamma").getFloat(16) != 0f) { "trainables still zero" }
+    check(start.getValue("head__bias__m").getFloat(0) == 0f && model.stepOf(start) == 0L) { "slots and step start at zero" }
     val pre = Preprocessor(meta.input)
     fake.log.clear()
     val trainer = Trainer(model, pre, Random(1))
@@ -275,6 +303,7 @@ fun replayCallSequence() {
     store.save(meta.fingerprint, meta.weights, saved)
     Interpreter.backend = FakeModel(meta)
     val fresh = TinyTlModel.open(ctx, 2)
+    check(fresh.getWeights().getValue("head__kernel") == start.getValue("head__kernel")) { "a fresh model starts from the initial values" }
     fresh.setWeights((store.load(meta.fingerprint, meta.weights) as WeightStore.Loaded.Ok).tensors)
     check(fresh.stepOf(fresh.getWeights()) == 100L) { "restored step counter" }
     val back = fresh.getWeights()
@@ -313,10 +342,63 @@ fun validationErrors() {
     }
 }
 
+/** TinyTlModel.open refuses missing, truncated, bit-flipped, foreign or incomplete initial values, by message. */
+fun initialValuesRefusals() {
+    val (ctx, text) = assets()
+    val meta = ModelMetadata.parse(text)
+    val dir = File(System.getProperty("assets.dir"))
+    val init = File(dir, meta.initialValues.file)
+    val good = init.readBytes()
+    fun expectError(bytes: ByteArray?, wanted: String, json: String = text) {
+        if (bytes == null) init.delete() else init.writeBytes(bytes)
+        File(dir, "model.json").writeText(json)
+        val fake = FakeModel(ModelMetadata.parse(json)) // a model that fits the edited model.json
+        Interpreter.backend = fake
+        try {
+            TinyTlModel.open(ctx, 1)
+            throw AssertionError("opened; wanted '$wanted'")
+        } catch (e: ModelException) {
+            check(e.message!!.contains(wanted)) { "'${e.message}' lacks '$wanted'" }
+        }
+        check(fake.log.none { it.startsWith("load") }) { "loaded before refusing: ${fake.log}" }
+    }
+    fun withSha(bytes: ByteArray) = text.replace(meta.initialValues.sha256, sha256(bytes))
+    expectError(null, "No assets/model.init.npz: the model's initial values are missing")
+    expectError(good.copyOf(good.size - 10), "is not the initial-values file exported with this model")
+    val flipped = good.copyOf().also { it[it.size / 2] = (it[it.size / 2].toInt() xor 4).toByte() }
+    expectError(flipped, "is not the initial-values file exported with this model")
+    val foreign = File(work, "foreign.init.npz").readBytes()
+    expectError(foreign, "is not the initial-values file exported with this model")
+    expectError(foreign, "holds the initial values of another model", withSha(foreign))
+    val lacking = File(work, "lacking.init.npz").readBytes()
+    expectError(lacking, "lacks the tensors [norm__gamma]", withSha(lacking))
+    val garbage = "hello".toByteArray()
+    expectError(garbage, "is unreadable", withSha(garbage))
+    val other = text.replace("\"norm__gamma\", \"shape\": [5]", "\"norm__gamma\", \"shape\": [6]")
+        .replace("\"norm__gamma\": {\"shape\": [5]", "\"norm__gamma\": {\"shape\": [6]")
+    expectError(good, "holds norm__gamma as <f4[5]; model.json says norm__gamma: float32[6]", other)
+    expectError(good, "load tensor values: float32[24]; the app needs values: float32[30]", text.replace("\"length\": 24", "\"length\": 30"))
+    // Damage that keeps model.json's sha256 (as an exporter bug could): reported, never thrown as anything else.
+    val rnd = java.util.Random(2)
+    repeat(300) {
+        val c = good.copyOf()
+        repeat(1 + rnd.nextInt(4)) { c[rnd.nextInt(c.size)] = rnd.nextInt(256).toByte() }
+        val bytes = if (rnd.nextBoolean()) c else c.copyOf(rnd.nextInt(c.size))
+        init.writeBytes(bytes)
+        File(dir, "model.json").writeText(withSha(bytes))
+        Interpreter.backend = FakeModel(meta)
+        try {
+            TinyTlModel.open(ctx, 1).close()
+        } catch (e: ModelException) {
+            // refused with a message: what the app shows
+        }
+    }
+}
+
 fun main() {
     val checks = listOf(
         ::metadataParsing, ::learningRateSchedule, ::preprocessorPureSteps, ::weightStoreRoundTripAndRejections,
-        ::replayCallSequence, ::validationErrors,
+        ::replayCallSequence, ::validationErrors, ::initialValuesRefusals,
     )
     var failed = 0
     for (c in checks) {

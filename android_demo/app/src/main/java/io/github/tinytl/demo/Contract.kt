@@ -13,12 +13,15 @@ object Contract {
     const val MODEL_FILE = "model.tflite"
     const val METADATA_SUFFIX = ".json"
     const val METADATA_FILE = "model.json"
-    const val METADATA_FORMAT = "tinytl_tf/model-v1"
+    const val METADATA_FORMAT = "tinytl_tf/model-v2"
 
     const val SIGNATURE_TRAIN = "train"
     const val SIGNATURE_INFER = "infer"
     const val SIGNATURE_GET_WEIGHTS = "get_weights"
     const val SIGNATURE_SET_WEIGHTS = "set_weights"
+    const val SIGNATURE_LOAD = "load"
+    const val INPUT_LOAD_VALUES = "values"
+    const val INPUT_LOAD_GROUP = "group"
 
     const val INPUT_IMAGE = "x"
     const val INPUT_LABEL = "y"

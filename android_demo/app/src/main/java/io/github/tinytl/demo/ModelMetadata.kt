@@ -58,6 +58,13 @@ data class OptimizerSpec(val name: String, val lr: Double, val schedule: String,
     }
 }
 
+/**
+ * model.json "initial_values": the trainables' initial values, kept beside the model in [file] (X.init.npz) with
+ * sha256 [sha256]. The variables start at zero in the .tflite; `load(values, group)` assigns group j (the tensors
+ * [groups] names, flattened, concatenated, zero-padded to [length] floats) once per group. See InitialValues.kt.
+ */
+data class InitialValuesSpec(val file: String, val sha256: String, val length: Int, val groups: List<List<String>>)
+
 /** Everything the exporter decided, parsed from model.json (schema: the comment block in tinytl_tf/contract.py). */
 class ModelMetadata(
     val format: String,
@@ -73,6 +80,7 @@ class ModelMetadata(
     val weights: List<WeightSpec>,
     val optimizer: OptimizerSpec,
     val ops: List<String>,
+    val initialValues: InitialValuesSpec,
 ) {
     companion object {
         /** Parses and checks model.json text; throws [MetadataException] naming the offending key. */
@@ -106,6 +114,7 @@ class ModelMetadata(
                 },
                 optimizer = parseOptimizer(root.obj("optimizer")),
                 ops = root.arr("ops").let { a -> List(a.length()) { a.str(it, "ops") } },
+                initialValues = parseInitialValues(root.obj("initial_values")),
             )
             meta.check()
             return meta
@@ -147,6 +156,18 @@ class ModelMetadata(
             return TensorSpec(name, shape, dtype)
         }
 
+        private fun parseInitialValues(o: JSONObject) = InitialValuesSpec(
+            file = o.str("file", "initial_values.file"),
+            sha256 = o.str("sha256", "initial_values.sha256").lowercase(),
+            length = o.int("length", "initial_values.length"),
+            groups = o.arr("groups", "initial_values.groups").let { a ->
+                List(a.length()) { i ->
+                    val g = a.arr(i, "initial_values.groups")
+                    List(g.length()) { g.str(it, "initial_values.groups[$i]") }
+                }
+            },
+        )
+
         private fun parseOptimizer(o: JSONObject) = OptimizerSpec(
             name = o.str("name", "optimizer.name"),
             lr = o.num("lr", "optimizer.lr"),
@@ -173,6 +194,19 @@ class ModelMetadata(
         }
         val names = weights.map { it.name }
         if (names.toSet().size != names.size) fail("weights has duplicate names")
+        with(initialValues) {
+            if (!Regex("[0-9a-f]{64}").matches(sha256)) fail("initial_values.sha256 '$sha256' is not a sha256 hex digest")
+            if (file.isEmpty() || '/' in file) fail("initial_values.file '$file' is not a file name")
+            val trainable = weights.filter { it.kind == "trainable" }.associate { it.name to it.tensor }
+            if (groups.flatten().sorted() != trainable.keys.sorted()) {
+                fail("initial_values.groups ${groups.flatten().sorted()} are not the trainable weights ${trainable.keys.sorted()}")
+            }
+            if (trainable.values.any { it.dtype != "float32" }) fail("a trainable weight is not float32")
+            for ((j, g) in groups.withIndex()) {
+                val size = g.sumOf { trainable.getValue(it).elementCount }
+                if (g.isEmpty() || size > length) fail("initial_values.groups[$j] holds $size values, more than length $length or none")
+            }
+        }
         if (optimizer.schedule != OptimizerSpec.SCHEDULE_COSINE && optimizer.schedule != OptimizerSpec.SCHEDULE_CONSTANT) {
             fail("optimizer.schedule '${optimizer.schedule}' is neither cosine nor constant")
         }
@@ -214,6 +248,9 @@ private fun JSONObject.floats(key: String, where: String): FloatArray {
 
 private fun JSONArray.str(i: Int, where: String): String =
     get(i) as? String ?: throw MetadataException("${Contract.METADATA_FILE}: '$where[$i]' is not a string")
+
+private fun JSONArray.arr(i: Int, where: String): JSONArray =
+    get(i) as? JSONArray ?: throw MetadataException("${Contract.METADATA_FILE}: '$where[$i]' is not a list")
 
 private fun JSONArray.obj(i: Int, where: String): JSONObject =
     get(i) as? JSONObject ?: throw MetadataException("${Contract.METADATA_FILE}: '$where[$i]' is not an object")

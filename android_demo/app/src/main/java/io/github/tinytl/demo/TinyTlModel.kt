@@ -4,6 +4,7 @@ import android.content.Context
 import org.tensorflow.lite.Interpreter
 import org.tensorflow.lite.Tensor
 import java.io.Closeable
+import java.io.File
 import java.io.FileInputStream
 import java.io.FileNotFoundException
 import java.io.IOException
@@ -20,9 +21,10 @@ class ModelException(message: String, cause: Throwable? = null) : Exception(mess
 typealias Tensors = LinkedHashMap<String, ByteBuffer>
 
 /**
- * The exported training model behind its four signatures: `train` does one optimizer step in the
- * model, `infer` classifies, `get_weights` / `set_weights` move every trainable tensor, optimizer slot and the step
- * counter in and out by name. Not thread-safe, like the interpreter: call it from one thread.
+ * The exported training model behind its signatures: `load` assigns the initial values when it is opened (its
+ * variables start at zero, see [InitialValues]), `train` does one optimizer step in the model, `infer` classifies,
+ * `get_weights` / `set_weights` move every trainable tensor, optimizer slot and the step counter in and out by name.
+ * Not thread-safe, like the interpreter: call it from one thread.
  */
 class TinyTlModel private constructor(
     val meta: ModelMetadata,
@@ -115,6 +117,22 @@ class TinyTlModel private constructor(
 
     override fun close() = interpreter.close()
 
+    /**
+     * Assigns [values] group by group with `load`; its buffers are local, so once loaded nothing of them is kept.
+     * An error here may leave some groups assigned and others at zero: the caller closes the model.
+     */
+    private fun loadInitialValues(values: InitialValues) {
+        val load = meta.signatures.getValue(Contract.SIGNATURE_LOAD)
+        val groupValues = tensorBuffer(load.inputs.getValue(Contract.INPUT_LOAD_VALUES))
+        val group = tensorBuffer(load.inputs.getValue(Contract.INPUT_LOAD_GROUP))
+        val outputs = meta.signatures.getValue(Contract.SIGNATURE_LOAD).outputs.mapValues { tensorBuffer(it.value) }
+        for (j in meta.initialValues.groups.indices) {
+            values.fill(j, groupValues)
+            group.putInt(0, j)
+            run(Contract.SIGNATURE_LOAD, mapOf(Contract.INPUT_LOAD_VALUES to groupValues, Contract.INPUT_LOAD_GROUP to group), outputs)
+        }
+    }
+
     private fun run(signature: String, inputs: Map<String, ByteBuffer>, outputs: Map<String, ByteBuffer>) {
         for (b in inputs.values) b.rewind()
         for (b in outputs.values) b.clear()
@@ -126,8 +144,9 @@ class TinyTlModel private constructor(
         /**
          * Loads [Contract.MODEL_FILE] and its metadata (model.json: the exporter names the metadata of X.tflite
          * X.json, [metadataFileFor]) from the app's assets, checks that the metadata describes that file (name and
-         * fingerprint) and that the interpreter has every signature and tensor it lists (and the app needs), or
-         * throws [ModelException].
+         * fingerprint) and that the interpreter has every signature and tensor it lists (and the app needs), then
+         * loads the initial values beside it (model.json "initial_values", checked by [InitialValues]) before
+         * anything trains or infers, or throws [ModelException].
          */
         fun open(context: Context, numThreads: Int): TinyTlModel {
             val meta = try {
@@ -171,12 +190,36 @@ class TinyTlModel private constructor(
                         problems.joinToString("\n") { "• $it" }
                 )
             }
-            return TinyTlModel(meta, buffer, interpreter)
+            val model = TinyTlModel(meta, buffer, interpreter)
+            try {
+                initialValuesAsset(context, meta).use(model::loadInitialValues)
+            } catch (e: Exception) {
+                model.close()
+                throw e as? ModelException
+                    ?: ModelException("assets/${meta.initialValues.file} is unreadable (${e.message ?: e.javaClass.simpleName})", e)
+            }
+            return model
+        }
+
+        /** The checked initial values, read from a copy of the asset in the cache (a zip is read by entry). */
+        private fun initialValuesAsset(context: Context, meta: ModelMetadata): InitialValues {
+            val name = meta.initialValues.file
+            val copy = File.createTempFile("initial-values", ".npz", context.cacheDir)
+            try {
+                val input = try {
+                    context.assets.open(name)
+                } catch (e: FileNotFoundException) {
+                    throw ModelException("No assets/$name: the model's initial values are missing. $WHERE_TO_PUT_IT", e)
+                }
+                return InitialValues.open(input, copy, name, meta.initialValues, meta.fingerprint, meta.weights)
+            } finally {
+                copy.delete() // the open zip keeps reading it (unlinked on Linux) until closed
+            }
         }
 
         private const val WHERE_TO_PUT_IT =
-            "Export with `python export/to_tflite.py --out OUT/model.tflite`, copy OUT/model.tflite and OUT/model.json " +
-                "into app/src/main/assets/ and rebuild."
+            "Export with `python export/to_tflite.py --out OUT/model.tflite`, copy OUT/model.tflite, OUT/model.json " +
+                "and OUT/model.init.npz into app/src/main/assets/ and rebuild."
 
         /** The exporter's naming rule (contract.model_json_path): X.tflite is described by X.json beside it. */
         fun metadataFileFor(modelFile: String): String =
@@ -227,10 +270,11 @@ class TinyTlModel private constructor(
 
             val used = listOf(
                 Contract.SIGNATURE_TRAIN, Contract.SIGNATURE_INFER, Contract.SIGNATURE_GET_WEIGHTS, Contract.SIGNATURE_SET_WEIGHTS,
+                Contract.SIGNATURE_LOAD,
             )
             val missing = used.filter { it !in meta.signatures }
             for (sig in missing) problems += "${Contract.METADATA_FILE} has no '$sig' signature"
-            if (missing.isNotEmpty()) return problems // the checks below need all four
+            if (missing.isNotEmpty()) return problems // the checks below need all five
             for (sig in used.filter { meta.signatures.getValue(it).inputs.isEmpty() }) {
                 problems += "'$sig' takes no input, and LiteRT's Java Interpreter.runSignature refuses an empty " +
                     "input map; the exporter must give it an input (a placeholder is fine: the app feeds it zeros)"
@@ -255,6 +299,11 @@ class TinyTlModel private constructor(
             for (name in infer.inputs.keys - setOf(Contract.INPUT_IMAGE)) problems += "${Contract.SIGNATURE_INFER} input '$name' is not one the app knows how to feed"
             expect(problems, Contract.SIGNATURE_INFER, infer.outputs, TensorSpec(Contract.OUTPUT_LOGITS, classes, "float32"))
             expect(problems, Contract.SIGNATURE_INFER, infer.outputs, TensorSpec(Contract.OUTPUT_PROBABILITIES, classes, "float32"))
+
+            val load = meta.signatures.getValue(Contract.SIGNATURE_LOAD)
+            expect(problems, Contract.SIGNATURE_LOAD, load.inputs, TensorSpec(Contract.INPUT_LOAD_VALUES, listOf(meta.initialValues.length), "float32"))
+            expect(problems, Contract.SIGNATURE_LOAD, load.inputs, TensorSpec(Contract.INPUT_LOAD_GROUP, listOf(), "int32"))
+            for (name in load.inputs.keys - setOf(Contract.INPUT_LOAD_VALUES, Contract.INPUT_LOAD_GROUP)) problems += "${Contract.SIGNATURE_LOAD} input '$name' is not one the app knows how to feed"
 
             // get_weights returns, and set_weights takes, exactly model.json's weight list.
             val weights = meta.weights.associate { it.name to it.tensor }
