@@ -50,6 +50,9 @@ FLAT_MAX_ELEMENTS = 4096
 LOAD_ARENA_GROUPS = 4
 # int8 copies of a frozen kernel whose input gradient runs: one, shared by the forward and the input gradient.
 FROZEN_KERNEL_COPIES = 1
+# The export shares identical constant buffers of at least this many bytes (`tflite_model.MIN_FILL_BYTES`): a
+# float kernel under it keeps a second copy of its own for the input gradient.
+SHARE_MIN_BYTES = 1024
 # The converter's dynamic-range quantization leaves constants smaller than this float32 (its default threshold).
 QUANTIZE_MIN_ELEMENTS = 1024
 # Quantization parameters (scales, zero points) per quantized tensor and output channel in the flatbuffer's tables,
@@ -94,8 +97,8 @@ class Prediction:
 
     @property
     def file_bytes(self):
-        """The `.tflite` file's size: constants and tables."""
-        return self.initial_values + self.frozen_constants + self.tables
+        """The `.tflite` file's size: constants and tables (the initial values are beside it)."""
+        return self.frozen_constants + self.tables
 
     @property
     def total_bytes(self):
@@ -148,8 +151,12 @@ class _Walk:
         """The forward kernel per group and, when the input gradient runs, its flipped copy per stride phase."""
         per_group = k * k * (1 if depthwise else (cin // groups) * (cout // groups))
         n_groups = 1 if depthwise else groups
+        elements = per_group if not depthwise else k * k * cin
         for _ in range(n_groups):
-            self._kernel_const(per_group if not depthwise else k * k * cin, cout // n_groups, 1)
+            self._kernel_const(elements, cout // n_groups, 1)
+            float_kernel = self.frozen_bits == 32 or elements < QUANTIZE_MIN_ELEMENTS
+            if needs_dx and FROZEN_KERNEL_COPIES == 1 and float_kernel and F32 * elements < SHARE_MIN_BYTES:
+                self._kernel_const(elements, cout // n_groups, 1)  # too small to share: the gradient's own copy
         if not needs_dx or FROZEN_KERNEL_COPIES < 2:
             return
         taps = [len(range(r, k, stride)) for r in range(stride)] if stride > 1 else [k]
