@@ -53,6 +53,10 @@ def model_json_path(tflite_path):
 # shape ("__m", "__sqrt_v") and their float32 scales, one per block of `optimizer.block_size` consecutive values
 # ("__m_scale", "__sqrt_v_scale", shape [ceil(size / block_size)]); model.json lists each one's shape and dtype.
 WEIGHT_SEPARATOR = "__"
+# The recipe's Adam (the paper's training setup), recorded in X.json's "optimizer" for the device.
+ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8}
+ADAM8BIT_BLOCK = 256  # values per block of the 8-bit optimizer's moment codes, each with one float32 scale
+FLAT_MAX_ELEMENTS = 4096  # trainable tensors smaller than this share one variable group (`load` assigns a group)
 SLOT_SUFFIXES = {"adam": ("m", "v"), "sgd": (), "adam8bit": ("m", "m_scale", "sqrt_v", "sqrt_v_scale")}
 SCALE_SLOT_SUFFIX = "_scale"  # a slot of one float32 per block of values, not one value per parameter
 STEP_TENSOR = "step"

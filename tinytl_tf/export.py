@@ -22,7 +22,7 @@ import tensorflow as tf
 from tinytl_tf import contract, initial_values, ops, tflite_model
 from tinytl_tf.atomic import atomic_write
 from tinytl_tf.cliargs import check_export_target
-from tinytl_tf.contract import slot_tensor_name, weight_tensor_name
+from tinytl_tf.contract import ADAM, FLAT_MAX_ELEMENTS, slot_tensor_name, weight_tensor_name
 from tinytl_tf.errors import TinyTLError
 from tinytl_tf.layers.common import kernels_read_when_needed
 from tinytl_tf.ops import adam8bit
@@ -30,9 +30,7 @@ from tinytl_tf.ops.conv import frozen_kernels_int8
 
 OPTIMIZERS = ("sgd", "adam", "adam8bit")
 FROZEN_BITS = (8, 32)
-FLAT_MAX_ELEMENTS = 4096  # trainable tensors smaller than this share one variable (see TrainingModule)
 VERIFY_TOLERANCE = {32: 1e-4, 8: 0.3}  # LiteRT infer vs Keras: relative L2 error of the logits
-ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8}
 
 
 class ExportError(TinyTLError, RuntimeError):

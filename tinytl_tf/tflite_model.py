@@ -155,6 +155,7 @@ def links(data):
 
 
 BUFFER_ALIGNMENT = 16  # the converter's alignment of constant data (the schema's force_align on Buffer.data)
+QUANTIZE_MIN_ELEMENTS = 1024  # the converter's dynamic-range quantization leaves smaller constants in float
 MIN_FILL_BYTES = 1024  # smaller zero constants stay: a FILL needs two constants of its own
 FILL_TYPES = {"float32": schema.TensorType.FLOAT32, "int8": schema.TensorType.INT8, "int32": schema.TensorType.INT32}
 FILL_DTYPES = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT8: np.int8}  # variables FILL starts

@@ -9,11 +9,11 @@ import numpy as np
 import tensorflow as tf
 
 from tinytl_tf import ops
+from tinytl_tf.contract import ADAM
 from tinytl_tf.methods import OPTIMIZERS
 from tinytl_tf.ops import adam8bit
 
 STRATEGIES = ("none", "mirrored")
-ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8}
 
 
 def seed_everything(seed, deterministic=True):

@@ -35,26 +35,23 @@ milliseconds per config), so a super-net search can call `predict_train_mb` for 
 from dataclasses import asdict, dataclass
 
 from tinytl_tf.config import NetConfig
+from tinytl_tf.contract import ADAM8BIT_BLOCK, FLAT_MAX_ELEMENTS
 from tinytl_tf.memory.analytic import MB, leaves, param_counts
 from tinytl_tf.methods import method_config
+from tinytl_tf.tflite_model import MIN_FILL_BYTES, QUANTIZE_MIN_ELEMENTS
 
 F32 = 4
 # Bytes of optimizer state per trainable parameter: SGD none, Adam two float32 moments, 8-bit Adam two int8 codes
 # and, per block of `ADAM8BIT_BLOCK` values, two float32 scales.
-ADAM8BIT_BLOCK = 256
 OPTIMIZER_STATE_BYTES = {"sgd": 0, "adam": 8, "adam8bit": 2 + 2 * F32 / ADAM8BIT_BLOCK}
-# Trainable tensors smaller than this share one variable group (`export.FLAT_MAX_ELEMENTS`); `load` assigns one
-# group per call and its arena holds `LOAD_ARENA_GROUPS` times the largest group (the values input, the reshaped
-# values, the variable's read and the selected value), read off exported models' `load` subgraphs.
-FLAT_MAX_ELEMENTS = 4096
+# Trainable tensors under `FLAT_MAX_ELEMENTS` elements share one variable group; `load` assigns one group per call
+# and its arena holds `LOAD_ARENA_GROUPS` times the largest group (the values input, the reshaped values, the
+# variable's read and the selected value), read off exported models' `load` subgraphs.
 LOAD_ARENA_GROUPS = 4
 # int8 copies of a frozen kernel whose input gradient runs: one, shared by the forward and the input gradient.
 FROZEN_KERNEL_COPIES = 1
-# The export shares identical constant buffers of at least this many bytes (`tflite_model.MIN_FILL_BYTES`): a
-# float kernel under it keeps a second copy of its own for the input gradient.
-SHARE_MIN_BYTES = 1024
-# The converter's dynamic-range quantization leaves constants smaller than this float32 (its default threshold).
-QUANTIZE_MIN_ELEMENTS = 1024
+# The export shares identical constant buffers of at least `MIN_FILL_BYTES` (`tflite_model.share_identical_buffers`):
+# a float kernel under it keeps a second copy of its own for the input gradient.
 # Quantization parameters (scales, zero points) per quantized tensor and output channel in the flatbuffer's tables,
 # measured on exported models.
 QUANT_PARAM_BYTES = 24
@@ -155,7 +152,7 @@ class _Walk:
         for _ in range(n_groups):
             self._kernel_const(elements, cout // n_groups, 1)
             float_kernel = self.frozen_bits == 32 or elements < QUANTIZE_MIN_ELEMENTS
-            if needs_dx and FROZEN_KERNEL_COPIES == 1 and float_kernel and F32 * elements < SHARE_MIN_BYTES:
+            if needs_dx and FROZEN_KERNEL_COPIES == 1 and float_kernel and F32 * elements < MIN_FILL_BYTES:
                 self._kernel_const(elements, cout // n_groups, 1)  # too small to share: the gradient's own copy
         if not needs_dx or FROZEN_KERNEL_COPIES < 2:
             return

@@ -26,7 +26,9 @@ import math
 
 import tensorflow as tf
 
-BLOCK = 256
+from tinytl_tf.contract import ADAM8BIT_BLOCK
+
+BLOCK = ADAM8BIT_BLOCK
 M_LEVELS = 127  # first moment: codes j in -127..127, value sign(j) (j / 127)^2 * scale
 ROOT_LEVELS = 256  # r = sqrt(v): stored code q in -128..127 means k = q + 129 in 1..256, value (k / 256)^2 * scale
 ROOT_OFFSET = 129

@@ -13,8 +13,9 @@ import contextvars
 
 import tensorflow as tf
 
+from tinytl_tf.tflite_model import QUANTIZE_MIN_ELEMENTS
+
 _FROZEN_INT8 = contextvars.ContextVar("tinytl_frozen_kernels_int8", default=False)
-QUANTIZE_MIN_ELEMENTS = 1024  # the converter's dynamic-range quantization leaves smaller constants in float
 
 
 @contextlib.contextmanager
