@@ -55,7 +55,7 @@ FORMAT = "tinytl_tf/search-results-v1"
 DEFAULT_OUT = ROOT / "docs" / "search"
 DEFAULT_DOC = ROOT / "docs" / "SEARCH.md"
 DEFAULT_WORK = ROOT / "runs" / "search-study"
-REFERENCE = ("mcunet-5fps", 128)  # the budget's reference network: backbone, resolution
+BUDGET_NETWORK = ("mcunet-5fps", 128)  # the network whose predicted memory sets the budgets: backbone, resolution
 BUDGETS = (("B1", 1.0), ("B2", 0.6))  # name, fraction of the reference's predicted memory
 QUICK_NAME = "caltech10"
 
@@ -121,7 +121,7 @@ def budgets_mb(class_names):
     from tinytl_tf.methods import method_config
     from tinytl_tf.supernet.space import predicted_memory_mb
 
-    backbone, resolution = REFERENCE
+    backbone, resolution = BUDGET_NETWORK
     cfg = method_config(backbone_config(backbone), "tinytl-lb", len(class_names), resolution=resolution)
     reference = predicted_memory_mb(cfg)
     # rounded up to the kB: B1 must admit the reference network itself
@@ -134,7 +134,7 @@ SHARED_PHASES = ("supernet/", "pairs/", "predictor")
 def _share_search(first, folder):
     """A budget's search folder that reuses the data set's first one's super-nets, pairs and predictor (and their
     wall times; the budget's own phases are timed afresh)."""
-    from tinytl_tf.supernet.search import PHASES_FILE
+    from tinytl_tf.jobs.search import PHASES_FILE
 
     folder.mkdir(parents=True, exist_ok=True)
     for item in first.iterdir():
@@ -151,7 +151,7 @@ def _share_search(first, folder):
 
 
 def search_step(plan, tree, folder, budget):
-    from tinytl_tf.supernet.search import SUBNET_FILE, search_job
+    from tinytl_tf.jobs.search import SUBNET_FILE, search_job
 
     subnet = search_job(
         tree,
@@ -211,7 +211,7 @@ def measure_step(model_file):
 def run_dataset(records, plan, name, tree, work, context):
     """Every step of one data set, each skipped when recorded."""
     from tinytl_tf.data import load_image_folder
-    from tinytl_tf.supernet.search import load_subnet
+    from tinytl_tf.supernet.subnet import load_subnet
 
     classes = load_image_folder(tree, 32, (0.0,) * 3, (1.0,) * 3, 1, seed=0).class_names
     first = None

@@ -410,7 +410,7 @@ def searched(tmp_path_factory):
 
 @pytest.mark.slow
 def test_search_writes_a_valid_subnet_within_the_budget(searched):
-    from tinytl_tf.supernet.search import read_subnet
+    from tinytl_tf.supernet.subnet import read_subnet
 
     out = searched.out
     d = json.loads((out / "subnet.json").read_text())
@@ -470,7 +470,7 @@ def test_train_subnet_then_export(searched, tmp_path):
 
     from tinytl_tf.cli import main
     from tinytl_tf.export import export_model
-    from tinytl_tf.supernet.search import read_subnet
+    from tinytl_tf.supernet.subnet import read_subnet
     from tinytl_tf.train import load_trained
 
     sub = read_subnet(searched.out / "subnet.json")
@@ -513,7 +513,7 @@ def test_train_subnet_then_export(searched, tmp_path):
 def test_subnet_without_checkpoint_starts_from_the_pretrained_backbone(searched, tmp_path):
     import shutil
 
-    from tinytl_tf.supernet.search import load_subnet, read_subnet
+    from tinytl_tf.supernet.subnet import load_subnet, read_subnet
     from tinytl_tf.supernet.supernet import SuperNet
 
     shutil.copy(searched.out / "subnet.json", tmp_path / "subnet.json")
@@ -600,7 +600,7 @@ def test_same_seed_repeats_the_search_exactly(searched, tmp_path):
 
 
 def test_fine_tuning_at_chance_warns_on_stderr(capsys):
-    from tinytl_tf.supernet.search import _warn_at_chance
+    from tinytl_tf.jobs.search import _warn_at_chance
 
     _warn_at_chance(0.5, 10)
     assert capsys.readouterr().err == ""
@@ -611,7 +611,7 @@ def test_fine_tuning_at_chance_warns_on_stderr(capsys):
 
 
 def test_winner_not_predicted_to_beat_the_fixed_baseline_warns(spec, capsys):
-    from tinytl_tf.supernet.search import _report_comparison
+    from tinytl_tf.jobs.search import _report_comparison
 
     winner = space.smallest_arch(spec)
     baseline = {"backbone": "mcunet-5fps", "config": {}, "resolution": 128, "predicted_accuracy": 0.8}
@@ -628,7 +628,7 @@ def test_winner_not_predicted_to_beat_the_fixed_baseline_warns(spec, capsys):
 
 
 def test_predictor_ranking_worse_than_a_baseline_says_what_the_search_optimises():
-    from tinytl_tf.supernet.search import _ranking_note
+    from tinytl_tf.jobs.search import _ranking_note
 
     rankers = {
         "predictor": {"spearman": 0.2, "kendall": 0.1},

@@ -102,14 +102,14 @@ def test_quick_mode_records_every_step_and_resumes(tmp_path, monkeypatch):
     import keras
 
     from tinytl_tf import backbones
-    from tinytl_tf.supernet import search
+    from tinytl_tf.jobs import search
 
     keras.utils.set_random_seed(0)
     arrays = {v.path: v.numpy() for v in backbones.build_model(TINY).weights}
     entry = backbones.Backbone("micro test net", lambda: TINY, lambda d: (TINY, arrays))
     monkeypatch.setitem(backbones.BACKBONES, "tiny-mb", entry)
     monkeypatch.setattr(search, "default_backbones", lambda weights_dir=None: ["tiny-mb"])
-    monkeypatch.setattr(bench, "REFERENCE", ("tiny-mb", 48))
+    monkeypatch.setattr(bench, "BUDGET_NETWORK", ("tiny-mb", 48))
     # the micro net's predicted memory is mostly the runtime's fixed part, so 60% of it admits no sub-net (the
     # search refuses such a budget); its second budget here is 90%
     monkeypatch.setattr(bench, "BUDGETS", (("B1", 1.0), ("B2", 0.9)))

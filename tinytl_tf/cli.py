@@ -23,7 +23,7 @@ def cmd_train(args):
 
     make_model = None
     if args.subnet:
-        from tinytl_tf.supernet.search import load_subnet
+        from tinytl_tf.supernet.subnet import load_subnet
 
         make_model = functools.partial(load_subnet, args.subnet, args.method, args.resolution, args.weights_dir)
     with cliargs.stdout_to_stderr():
@@ -57,7 +57,7 @@ def _searchable_backbones():
 
 
 def cmd_search(args):
-    from tinytl_tf.supernet.search import search_job
+    from tinytl_tf.jobs.search import search_job
 
     with cliargs.stdout_to_stderr():
         subnet = search_job(

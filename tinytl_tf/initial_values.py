@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from tinytl_tf import contract
+from tinytl_tf.errors import TinyTLError
 
 FORMAT = "tinytl_tf/initial-values-v1"
 SUFFIX = ".init.npz"
@@ -30,7 +31,7 @@ WEIGHT_PREFIX = "weight/"
 META_KEY = "meta"
 
 
-class InitialValuesError(ValueError):
+class InitialValuesError(TinyTLError, ValueError):
     """The initial-values file is missing, damaged or another model's; the message says which and what to do."""
 
 

@@ -2,7 +2,7 @@
 own encoder (tinytl_tf.initial_values) and model.json (checks/model.json with the fingerprint and the
 initial-values entry filled in), into WORK_DIR/exported; plus damaged variants of the initial values and the
 group vectors Python's `initial_values.group_values` makes of them, for Checks.kt to compare the app's `load`
-inputs with. Usage: python export_assets.py WORK_DIR MODEL_JSON (run.sh does this)."""
+inputs with. Usage: PYTHONPATH=REPO python export_assets.py WORK_DIR MODEL_JSON (run.sh does this)."""
 
 import hashlib
 import json
@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tinytl_tf import contract, initial_values  # noqa: E402 - the repository root is on the path only now
+from tinytl_tf import contract, initial_values
 
 work, template = Path(sys.argv[1]), Path(sys.argv[2]).read_text()
 meta = json.loads(template)

@@ -7,6 +7,7 @@
 # It installs nothing: a missing tool is named with the command that installs it, and the script exits 1.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"  # export_assets.py imports the package from the checkout
 app="$here/../app/src/main"
 
 kotlin_version=2.4.20
@@ -51,6 +52,6 @@ javac -nowarn -d "$work/classes" $(find "$here/stubs" "$work/gen" -name '*.java'
 cp="$work/classes:$ORG_JSON_JAR:$kotlin_lib/kotlinx-coroutines-core-jvm.jar"
 "$KOTLINC" -nowarn -cp "$cp" -d "$work/classes" \
     $(find "$here/stubs" -name '*.kt') $(find "$app/java" -name '*.kt') "$here/checks/Checks.kt"
-python3 "$here/export_assets.py" "$work" "$here/checks/model.json"
+PYTHONPATH="$repo" python3 "$here/export_assets.py" "$work" "$here/checks/model.json"
 "$(dirname "$KOTLINC")/kotlin" -cp "$work/classes:$cp" -Dwork.dir="$work" -Dmodel.json="$here/checks/model.json" jvmcheck.ChecksKt
 python3 "$here/crosscheck.py" "$work" "$here/checks/model.json"

@@ -68,8 +68,14 @@ class FoldedConv2D(keras.layers.Layer):
         )
 
     def call(self, x):
+        return self.convolve(x, kernel_source(self.kernel), value(self.bias))
+
+    def convolve(self, x, kernel, bias):
+        """The layer's math with `kernel` (this layer's layout) and `bias` in place of its own: the hook an elastic
+        subclass calls with its active sub-kernel (as Keras's `BaseConv.convolution_op`), so no subclass restates
+        the conv, the scale folding or the activation."""
         pads = conv_pads(x.shape[1], x.shape[2], self.kernel_size, self.strides, self.padding)
-        kernel, scale = kernel_source(self.kernel), value(self.scale)
+        scale = value(self.scale)
         if scale is not None and not (self.train_kernel or self.train_scale):
             # both frozen: fold the scale into the kernel, which the export turns into one (8-bit) constant, so
             # neither the forward nor the input gradient spends a multiply pass over the activation on it
@@ -79,8 +85,8 @@ class FoldedConv2D(keras.layers.Layer):
             y = ops.depthwise_conv2d(x, kernel, stride=self.strides, pads=pads, kernel_grad=self.train_kernel)
         else:
             y = ops.conv2d(x, kernel, stride=self.strides, pads=pads, groups=self.groups, kernel_grad=self.train_kernel)
-        if scale is not None or self.use_bias:
-            y = ops.channel_affine(y, scale, value(self.bias), scale_grad=self.train_scale)
+        if scale is not None or bias is not None:
+            y = ops.channel_affine(y, scale, bias, scale_grad=self.train_scale)
         return activate(y, self.activation)
 
     def compute_output_shape(self, input_shape):

@@ -36,16 +36,7 @@ class LiteResidual(keras.layers.Layer):
 
     def build(self, input_shape):
         cin = input_shape[-1]
-        self.conv1 = FoldedConv2D(
-            cin,
-            self.kernel_size,
-            self.strides,
-            groups=self.groups,
-            use_scale=False,
-            use_bias=False,
-            train_kernel=self.train_kernel,
-            name="conv1",
-        )
+        self.conv1 = self.first_conv(cin, use_scale=False, use_bias=False, train_kernel=self.train_kernel, name="conv1")
         self.norm1 = GroupNorm(
             self.channels_per_group, train_gamma=self.train_gamma, train_beta=self.train_beta, name="norm1"
         )
@@ -67,9 +58,14 @@ class LiteResidual(keras.layers.Layer):
         self.conv2.build(mid)
         self.norm2.build(self.conv2.compute_output_shape(mid))
 
-    def call(self, x, size):
+    def first_conv(self, cin, **flags):
+        """The branch's k x k group conv; an elastic branch stores one that runs any of its sub-kernels."""
+        return FoldedConv2D(cin, self.kernel_size, self.strides, groups=self.groups, **flags)
+
+    def call(self, x, size, **conv1_choice):
+        """`conv1_choice`: the active sub-kernel of an elastic branch's first conv (none for a static branch)."""
         y = ops.avg_pool_2x2(x)
-        y = ops.relu(self.norm1(self.conv1(y)))
+        y = ops.relu(self.norm1(self.conv1(y, **conv1_choice)))
         y = self.norm2(self.conv2(y))
         return ops.resize_bilinear(y, size)
 

@@ -3,5 +3,5 @@ backbone, an accuracy predictor and a memory-budgeted evolutionary search.
 
 Kept light on purpose: importing this package loads no TensorFlow, so the TF-free search space
 (`tinytl_tf.supernet.space`) can be used by tools that never build a model. Import the Keras parts from their
-modules (`supernet.supernet`, `supernet.predictor`, `supernet.search`).
+modules (`supernet.supernet`, `supernet.predictor`, `supernet.subnet`); the search job is `tinytl_tf.jobs.search`.
 """

@@ -2,7 +2,7 @@
 its slot.
 
 Elasticity lives only here. A sub-net is never exported from these layers: `SuperNet.extract_subnet` rebuilds it
-from the plain `tinytl_tf.layers` with `static_weights`, so the export sees ordinary layers only.
+from the plain `tinytl_tf.layers` with `subblock_weights`, so the export sees ordinary layers only.
 
 The active choices arrive as scalar int tensors (read from the super-net's variables or sampled in-graph), so
 changing the sub-net never retraces. Every choice is applied exactly: a smaller kernel is embedded with zeros in
@@ -24,9 +24,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tinytl_tf import ops
 from tinytl_tf.layers import FoldedConv2D, LiteResidual, MBBlock
-from tinytl_tf.layers.common import activate, conv_pads, value
+from tinytl_tf.layers.common import kernel_source, value
 
 LITE_STORED_KERNEL, LITE_STORED_GROUPS = 5, 2
 
@@ -106,10 +105,7 @@ class ElasticDepthwise(FoldedConv2D):
     def call(self, x, kernel_size):
         k = self.kernel_size
         kernel = _select(self.kernel_choices, kernel_size, [_embed(self.kernel_for(c), k) for c in self.kernel_choices])
-        pads = conv_pads(x.shape[1], x.shape[2], k, self.strides, self.padding)
-        y = ops.depthwise_conv2d(x, kernel, stride=self.strides, pads=pads, kernel_grad=self.train_kernel)
-        y = ops.channel_affine(y, value(self.scale), self.bias_for(kernel), scale_grad=self.train_scale)
-        return activate(y, self.activation)
+        return self.convolve(x, kernel, self.bias_for(kernel))
 
     def get_config(self):
         config = {**super().get_config(), "kernel_choices": list(self.kernel_choices)}
@@ -132,59 +128,64 @@ def lite_kernel_for(stored, size, groups):
     return np.stack([parts[:, :, (o // q) % ratio, :, o] for o in range(c)], axis=-1)
 
 
-def _lite_masks(cin, groups_choices, kernel_choices):
-    """0/1 masks over the stored lite kernel: {kernel: [5, 5, 1, 1]} and {groups: [1, 1, C / 2, C]}."""
-    k = LITE_STORED_KERNEL
-    spatial = {}
-    for size in kernel_choices:
-        m = np.zeros((k, k, 1, 1), np.float32)
-        s = (k - size) // 2
-        m[s : s + size, s : s + size] = 1
-        spatial[size] = m
-    local = cin // LITE_STORED_GROUPS
-    grouped = {}
-    for g in groups_choices:
-        q = cin // g
-        ratio = g // LITE_STORED_GROUPS
-        same_part = (np.arange(local)[:, None] // q) == (np.arange(cin)[None, :] // q) % ratio
-        grouped[g] = same_part.astype(np.float32)[None, None]
-    return spatial, grouped
+@keras.saving.register_keras_serializable(package="tinytl_tf")
+class ElasticLiteConv(FoldedConv2D):
+    """A lite branch's first conv stored at kernel 5 / groups 2, runnable at kernel `kernel_choices` and groups
+    `groups_choices`: kernel 3 is the centre crop of the 5 x 5 kernel and groups 4 the block-diagonal part of the
+    groups-2 kernel (`lite_kernel_for`). In-graph both are 0/1 masks on the stored kernel, so gradients reach
+    exactly the taps the sub-net uses."""
+
+    def __init__(self, filters, strides=1, groups_choices=(2, 4), kernel_choices=(3, 5), **kwargs):
+        super().__init__(filters, LITE_STORED_KERNEL, strides, groups=LITE_STORED_GROUPS, **kwargs)
+        self.groups_choices, self.kernel_choices = tuple(groups_choices), tuple(kernel_choices)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        cin, k = input_shape[-1], LITE_STORED_KERNEL
+        self.spatial_masks = {}  # {kernel: [5, 5, 1, 1]}
+        for size in self.kernel_choices:
+            m = np.zeros((k, k, 1, 1), np.float32)
+            s = (k - size) // 2
+            m[s : s + size, s : s + size] = 1
+            self.spatial_masks[size] = m
+        local = cin // LITE_STORED_GROUPS
+        self.group_masks = {}  # {groups: [1, 1, C / 2, C]}
+        for g in self.groups_choices:
+            q = cin // g
+            ratio = g // LITE_STORED_GROUPS
+            same_part = (np.arange(local)[:, None] // q) == (np.arange(cin)[None, :] // q) % ratio
+            self.group_masks[g] = same_part.astype(np.float32)[None, None]
+
+    def call(self, x, kernel_size, groups):
+        spatial = [tf.constant(self.spatial_masks[k]) for k in self.kernel_choices]
+        grouped = [tf.constant(self.group_masks[g]) for g in self.groups_choices]
+        mask = _select(self.kernel_choices, kernel_size, spatial) * _select(self.groups_choices, groups, grouped)
+        return self.convolve(x, kernel_source(self.kernel) * mask, None)
+
+    def get_config(self):
+        config = {
+            **super().get_config(),
+            "groups_choices": list(self.groups_choices),
+            "kernel_choices": list(self.kernel_choices),
+        }
+        del config["kernel_size"], config["groups"], config["depthwise"]
+        return config
 
 
 @keras.saving.register_keras_serializable(package="tinytl_tf")
 class ElasticLiteResidual(LiteResidual):
-    """A lite residual branch stored at kernel 5 / groups 2, runnable at kernel {3, 5} and groups {2, 4}.
-
-    Kernel 3 is the centre crop of the 5 x 5 kernel and groups 4 the block-diagonal part of the groups-2 kernel
-    (`lite_kernel_for`); in-graph both are masks on the stored kernel, so gradients reach exactly the taps the
-    sub-net uses. The GroupNorms do not depend on either choice and are shared unchanged.
-    """
+    """A lite residual branch whose first conv is an `ElasticLiteConv` (kernel {3, 5}, groups {2, 4}); the
+    GroupNorms and the 1x1 conv do not depend on either choice and are shared unchanged."""
 
     def __init__(self, filters, strides=1, groups_choices=(2, 4), kernel_choices=(3, 5), **kwargs):
         super().__init__(filters, LITE_STORED_KERNEL, strides, LITE_STORED_GROUPS, **kwargs)
         self.groups_choices, self.kernel_choices = tuple(groups_choices), tuple(kernel_choices)
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self.spatial_masks, self.group_masks = _lite_masks(input_shape[-1], self.groups_choices, self.kernel_choices)
+    def first_conv(self, cin, **flags):
+        return ElasticLiteConv(cin, self.strides, self.groups_choices, self.kernel_choices, **flags)
 
     def call(self, x, size, kernel_size, groups):
-        spatial = [tf.constant(self.spatial_masks[k]) for k in self.kernel_choices]
-        grouped = [tf.constant(self.group_masks[g]) for g in self.groups_choices]
-        mask = _select(self.kernel_choices, kernel_size, spatial) * _select(self.groups_choices, groups, grouped)
-        y = ops.avg_pool_2x2(x)
-        pads = conv_pads(y.shape[1], y.shape[2], LITE_STORED_KERNEL, self.strides, self.conv1.padding)
-        y = ops.conv2d(
-            y,
-            value(self.conv1.kernel) * mask,
-            stride=self.strides,
-            pads=pads,
-            groups=LITE_STORED_GROUPS,
-            kernel_grad=self.train_kernel,
-        )
-        y = ops.relu(self.norm1(y))
-        y = self.norm2(self.conv2(y))
-        return ops.resize_bilinear(y, size)
+        return super().call(x, size, kernel_size=kernel_size, groups=groups)
 
     def get_config(self):
         config = {
@@ -272,33 +273,34 @@ class ElasticMBBlock(MBBlock):
         d = self.depthwise(e, kernel_size=self.block.kernel)
         return tf.reduce_mean(e, [0, 1, 2]), tf.reduce_mean(d, [0, 1, 2])
 
-    def static_weights(self, kernel, mid, lite_kernel, lite_groups, with_lite=True):
-        """{path relative to the block: array} of the plain `MBBlock` of this sub-block (see `BlockConfig`), no
-        lite branch unless `with_lite`; the mean compensation is folded into the depthwise and projection biases."""
+    def subblock_weights(self, block):
+        """{path relative to the block: array} of the plain `MBBlock` of static config `block` (a sub-block of this
+        slot from `space.subnet_config`, which alone decides its kernel, width and lite branch, so the config and
+        its weights cannot disagree); the mean compensation is folded into the depthwise and projection biases."""
         e, d, p, lite = self.expand, self.depthwise, self.project, self.lite
+        mid = block.mid
         project = _numpy(p.kernel)
         dropped = _numpy(self.mid_mean)[mid:] @ project[0, 0, mid:]
-        depthwise = d.kernel_for(kernel)
+        depthwise = d.kernel_for(block.kernel)
         weights = {
             "expand/kernel": _numpy(e.kernel)[..., :mid],
+            "expand/scale": _numpy(e.scale)[:mid],
+            "expand/bias": _numpy(e.bias)[:mid],
             "depthwise/kernel": _numpy(depthwise)[:, :, :mid],
+            "depthwise/scale": _numpy(d.scale)[:mid],
             "depthwise/bias": _numpy(d.bias_for(depthwise))[:mid],
             "project/kernel": project[:, :, :mid],
             "project/scale": _numpy(p.scale),
             "project/bias": _numpy(p.bias) + _numpy(p.scale) * dropped,
-            "lite/conv1/kernel": lite_kernel_for(_numpy(lite.conv1.kernel), lite_kernel, lite_groups),
-            "lite/conv2/kernel": _numpy(lite.conv2.kernel),
         }
-        weights.update(
-            {
-                "expand/scale": _numpy(e.scale)[:mid],
-                "expand/bias": _numpy(e.bias)[:mid],
-                "depthwise/scale": _numpy(d.scale)[:mid],
-            }
-        )
-        for name, layer in (("norm1", lite.norm1), ("norm2", lite.norm2)):
-            weights.update({f"lite/{name}/gamma": _numpy(layer.gamma), f"lite/{name}/beta": _numpy(layer.beta)})
-        return weights if with_lite else {k: v for k, v in weights.items() if not k.startswith("lite/")}
+        if block.lite is not None:
+            weights["lite/conv1/kernel"] = lite_kernel_for(
+                _numpy(lite.conv1.kernel), block.lite.kernel, block.lite.groups
+            )
+            weights["lite/conv2/kernel"] = _numpy(lite.conv2.kernel)
+            for name, layer in (("norm1", lite.norm1), ("norm2", lite.norm2)):
+                weights.update({f"lite/{name}/gamma": _numpy(layer.gamma), f"lite/{name}/beta": _numpy(layer.beta)})
+        return weights
 
     def get_config(self):
         return {

@@ -249,13 +249,11 @@ class SuperNet(keras.Model):
         """The sub-net `arch` as a plain `TinyNet` (`build_model(subnet_config(spec, arch, method))`) with this
         super-net's current weights: its outputs equal the super-net's with `set_active(arch)` on inputs at
         `arch.resolution`."""
-        model = build_model(subnet_config(self.spec, arch, method))
+        cfg = subnet_config(self.spec, arch, method)
+        model = build_model(cfg)
         arrays = {v.path: v.numpy() for v in self.weights if v.path.split("/")[0] in STATIC_LAYERS}
         for j, p in enumerate(active_slots(self.spec, arch), start=1):
-            mid = mid_channels(self.spec.slots[p], arch.expands[p])
-            weights = self.slot_blocks[p].static_weights(
-                arch.kernels[p], mid, arch.lite_kernels[p], arch.lite_groups[p], with_lite=bool(arch.lites[p])
-            )
+            weights = self.slot_blocks[p].subblock_weights(cfg.blocks[j])
             arrays.update({f"block_{j}/{path}": a for path, a in weights.items()})
         return load_weights_by_path(model, arrays)
 
