@@ -257,6 +257,42 @@ def default_backbones(weights_dir=None):
     return space.searchable_backbones(weights_dir)
 
 
+def _images_and_spaces(data, sources, resolutions, batch_size, val_fraction, seed, dropout, elastic_width):
+    """({(mean, std): the training images split 80/20, normalised as the backbones of that normalisation expect},
+    [the super-net space of each source with a head for the data's classes]); DataError when nothing can be held
+    out."""
+    bases = [_backbone_base(s) for s in sources]
+    images = {}  # the same split per normalisation
+    for _, cfg in bases:
+        key = (cfg.input_mean, cfg.input_std)
+        if key not in images:
+            images[key] = datasets.load_image_folder(
+                data,
+                max(resolutions),
+                cfg.input_mean,
+                cfg.input_std,
+                batch_size,
+                val_fraction=val_fraction,
+                seed=seed,
+                holdout_fraction=HOLDOUT_FRACTION,
+            )
+    first = next(iter(images.values()))
+    if not first.num_holdout:
+        raise datasets.DataError(f"{data}: no training images left to hold out; every class needs at least 2")
+    specs = []
+    for (name, cfg), source in zip(bases, sources):
+        base = cfg.replace(
+            num_classes=len(first.class_names),
+            labels=tuple(first.class_names),
+            dropout=dropout,
+            trainable=TrainableSet(),
+            method=None,
+        )
+        elastic = str(source).endswith(".npz") if elastic_width is None else elastic_width
+        specs.append(space.super_spec(base, name, resolutions, elastic))
+    return images, specs
+
+
 def search_job(
     data,
     backbone,
@@ -291,36 +327,11 @@ def search_job(
     _check_counts(epochs, pairs, population, generations)
     resolutions = tuple(sorted(set(resolutions or DEFAULT_RESOLUTIONS)))
     sources = [backbone] if isinstance(backbone, (str, Path)) else list(backbone or default_backbones(weights_dir))
-    bases = [_backbone_base(s) for s in sources]
     reproducibility = seed_everything(seed)
-    images = {}  # per (mean, std): the same split, normalised as each backbone expects
-    for _, cfg in bases:
-        key = (cfg.input_mean, cfg.input_std)
-        if key not in images:
-            images[key] = datasets.load_image_folder(
-                data,
-                max(resolutions),
-                cfg.input_mean,
-                cfg.input_std,
-                batch_size,
-                val_fraction=val_fraction,
-                seed=seed,
-                holdout_fraction=HOLDOUT_FRACTION,
-            )
+    images, specs = _images_and_spaces(
+        data, sources, resolutions, batch_size, val_fraction, seed, dropout, elastic_width
+    )
     first = next(iter(images.values()))
-    if not first.num_holdout:
-        raise datasets.DataError(f"{data}: no training images left to hold out; every class needs at least 2")
-    specs = []
-    for (name, cfg), source in zip(bases, sources):
-        base = cfg.replace(
-            num_classes=len(first.class_names),
-            labels=tuple(first.class_names),
-            dropout=dropout,
-            trainable=TrainableSet(),
-            method=None,
-        )
-        elastic = str(source).endswith(".npz") if elastic_width is None else elastic_width
-        specs.append(space.super_spec(base, name, resolutions, elastic))
     joint = space.JointSpace(specs)  # also rejects a backbone named twice
     check_budget(joint, budget_mb)  # needs only the space: fail before any training
     out = Path(out)
