@@ -6,7 +6,8 @@ is the backbone itself; every other sub-net is derived from the same weights by 
 expansions), transformed centre crops (smaller kernels) and dropped blocks (shallower stages). The active sub-net
 lives in non-trainable int variables, so `set_active` and per-step sampling never retrace. Each resolution is
 its own branch of a `tf.switch_case` (the ops need static spatial sizes), which makes the first trace slower but
-costs nothing per step. A sub-net leaves the super-net only as a plain `TinyNet` (`extract_subnet`).
+costs nothing per step. A sub-net leaves the super-net only as a plain `TinyNet` (`extract_subnet`);
+`SubnetEvaluator` measures many sub-nets on one data set without that switch, each at the cost of its own layers.
 """
 
 import functools
