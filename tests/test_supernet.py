@@ -20,7 +20,7 @@ from tinytl_tf.config import BlockConfig, ConfigError, ConvConfig, NetConfig
 from tinytl_tf.data import default_data_dir, load_image_folder
 from tinytl_tf.importers import ofa
 from tinytl_tf.supernet.space import Arch, backbone_arch, sample, super_spec
-from tinytl_tf.supernet.supernet import SubnetEvaluator, SuperNet
+from tinytl_tf.supernet.supernet import SubnetEvaluator, SuperNet, eval_batches
 from tinytl_tf.train import compile_model, distribution_scope, seed_everything, steps_per_epoch
 
 pytestmark = pytest.mark.slow  # builds and fine-tunes Keras super-nets
@@ -389,7 +389,7 @@ def test_evaluator_measures_what_evaluate_measures_with_one_trace_per_resolution
     for arch in archs:
         tiny_net.set_active(arch)
         expected.append(tiny_net.evaluate(data, verbose=0, return_dict=True)["accuracy"])
-    evaluator = SubnetEvaluator(tiny_net, data, batch_size=10)
+    evaluator = SubnetEvaluator(tiny_net, eval_batches(data, batch_size=10))
     measured = evaluator.accuracies(archs)
     np.testing.assert_allclose(measured, expected, atol=1e-6)
     assert len(set(np.round(measured, 6))) > 2  # the sub-nets differ, so the comparison means something

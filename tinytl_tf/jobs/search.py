@@ -37,7 +37,13 @@ from tinytl_tf.supernet import space
 from tinytl_tf.supernet.evolution import check_budget, evolve
 from tinytl_tf.supernet.predictor import fit_predictor, predict_accuracy, rank_correlations
 from tinytl_tf.supernet.subnet import SUBNET_FORMAT
-from tinytl_tf.supernet.supernet import DEFAULT_RESOLUTIONS, SubnetEvaluator, SuperNet, read_weights_file
+from tinytl_tf.supernet.supernet import (
+    DEFAULT_RESOLUTIONS,
+    SubnetEvaluator,
+    SuperNet,
+    eval_batches,
+    read_weights_file,
+)
 from tinytl_tf.train import distribution_scope, fit, seed_everything
 
 HOLDOUT_FRACTION = 0.2  # of the training images, for measuring sub-nets (the paper's 80/20)
@@ -344,17 +350,19 @@ def search_job(
     out.mkdir(parents=True, exist_ok=True)
     phases = _Phases(out / PHASES_FILE)
     scope, _ = distribution_scope(strategy)
-    nets, evaluators, archs, accuracies = {}, {}, [], []
+    nets, evaluators, holdouts, archs, accuracies = {}, {}, {}, [], []
     per_backbone = [pairs // len(specs) + (i < pairs % len(specs)) for i in range(len(specs))]
     for spec, source, n in zip(specs, sources, per_backbone):
-        folder, cfg = out / _folder(source), spec.base
-        data_b = images[(cfg.input_mean, cfg.input_std)]
+        folder, key = out / _folder(source), (spec.base.input_mean, spec.base.input_std)
+        data_b = images[key]
+        if key not in holdouts:  # the held-out images decoded once per normalisation, shared by its super-nets
+            holdouts[key] = eval_batches(data_b.holdout)
         with phases(f"supernet/{spec.backbone}", f"calibrating and fine-tuning the {spec.backbone} super-net"):
             with scope:
                 net = _supernet(
                     folder / SUPERNET_FILE, source, spec, data_b, epochs, lr, label_smoothing, weights_dir, verbose
                 )
-        nets[spec.backbone], evaluators[spec.backbone] = net, SubnetEvaluator(net, data_b.holdout)
+        nets[spec.backbone], evaluators[spec.backbone] = net, SubnetEvaluator(net, holdouts[key])
         with phases(f"pairs/{spec.backbone}", f"measuring {n} {spec.backbone} sub-nets on the held-out images"):
             a, acc = _measure_pairs(folder / PAIRS_FILE, evaluators[spec.backbone], n, seed, verbose)
         archs += a

@@ -288,6 +288,11 @@ class SuperNet(keras.Model):
         return cls(**config)
 
 
+def eval_batches(dataset, batch_size=EVAL_BATCH):
+    """A batched (images, labels) data set re-batched for measuring sub-nets and cached, so it is read once."""
+    return dataset.unbatch().batch(batch_size).cache()
+
+
 class SubnetEvaluator:
     """Top-1 accuracy of many sub-nets of one super-net on one labelled data set, each at the cost of its own
     layers: the shared layers' output (`static_features`) is computed once per batch and resolution for every
@@ -295,11 +300,11 @@ class SubnetEvaluator:
     resolution serves every sub-net (the genes are its inputs). The accuracies are those of `set_active(arch)`
     and `evaluate`, which trace a graph of every resolution's branch and run every block of each sub-net."""
 
-    def __init__(self, net, dataset, batch_size=EVAL_BATCH):
-        """`dataset`: batched (images, labels) at any one size, iterated once per resolution and call; it is
-        re-batched by `batch_size` and cached (so read once)."""
+    def __init__(self, net, dataset):
+        """`dataset`: batched (images, labels) at any one size, iterated once per resolution and call, so best
+        `eval_batches` of the data (which super-nets of the same input normalisation can share)."""
         self.net = net
-        self.dataset = dataset.unbatch().batch(batch_size).cache()
+        self.dataset = dataset
         images, labels = self.dataset.element_spec
         self._images = tf.TensorSpec(images.shape, images.dtype)
         self._labels = tf.TensorSpec([None], tf.int32)
