@@ -181,7 +181,8 @@ def _measure_pairs(path, evaluator, n, seed, verbose):
     archs = _pair_archs(evaluator.net.spec, n, seed)
     keys = [_key(a.to_dict()) for a in archs]
     measured = {_key(p["config"]): p["accuracy"] for p in done["pairs"]}
-    others = [p for p in done["pairs"] if _key(p["config"]) not in set(keys)]  # drawn by a longer search
+    wanted = set(keys)
+    others = [p for p in done["pairs"] if _key(p["config"]) not in wanted]  # drawn by a longer search
     pending = sorted((i for i, k in enumerate(keys) if k not in measured), key=lambda i: archs[i].resolution)
     bar = keras.utils.Progbar(len(archs), verbose=verbose, unit_name="sub-net")
     bar.update(len(archs) - len(pending))
