@@ -18,16 +18,19 @@ data set's classes, and B2 = 60% of B1. Per data set and budget:
   memory   the fixed baseline exported and its LiteRT train step measured at batch 1 (the searched sub-net's is
            the search's own measurement of the same architecture)
 
-The compute plan (2 shared CPU cores), from rates measured on the embedded data: super-net fine-tuning ~80 ms per
-image and epoch for the three backbones together at 64-96 px, ~200 ms at 96-160 px (scaled by pixels); measuring a
-sub-net ~14 ms per held-out image at 96-160 px; tracing a super-net at five resolutions ~7 min for training and again
-for evaluation per backbone; TinyTL-L+B training ~60 images/s at 128 px. About 20 hours in all:
-  CIFAR-10 (4,000 + 1,000 held-out images): super-nets ~70 min + ~40 min of tracing, 500 pairs ~2 h, predictor,
-    evolution and the winners' measurements ~15 min; training 2 models x 2 budgets x 20 epochs ~1.9 h.   (~5.7 h)
-  Stanford Cars (~5,200 + 1,300): ~90 + 40 min, pairs ~2.5 h, ~15 min; training ~2.4 h.                   (~7.3 h)
-  Caltech-101 (~4,900 + 1,200): ~80 + 40 min, pairs ~2.4 h, ~15 min; training ~2.3 h.                    (~7.0 h)
-The Caltech-101 search alone is then ~4.5 hours, far over an hour: the pairs and the super-net epochs dominate;
-fewer pairs (--pairs in `search`), fewer super-net epochs and fewer resolutions (each one is traced) are the levers.
+The compute plan (2 CPU cores shared with a training study, so about one core: process CPU time was 80-100% of
+wall time), from rates measured on Caltech-101 (4,628 + 1,156 held-out images; one super-net epoch and 20 pairs
+per backbone, extrapolated): super-net fine-tuning ~54 ms per training image and epoch for the three backbones
+together at 96-160 px (16, 20 and 18 ms) after ~1 min of calibration and tracing per backbone; measuring a sub-net
+~2.9 ms per held-out image (`SubnetEvaluator`; 4.9 ms through Keras `evaluate`); the predictor ~40 s, evolution
+~10 s, the winner's export and LiteRT measurement ~50 s; TinyTL-L+B training ~60 images/s at 128 px:
+  CIFAR-10 (4,000 + 1,000 held-out images): super-nets ~22 min, 500 pairs ~25 min, the rest ~2 min per budget;
+    training 2 models x 2 budgets x 20 epochs ~1.9 h.                                                   (~2.7 h)
+  Stanford Cars (~5,200 + 1,300): ~27 + 32 + 2 min; training ~2.4 h.                                    (~3.4 h)
+  Caltech-101 (4,628 + 1,156): ~24 + 28 + 2 min; training ~2.3 h.                                       (~3.2 h)
+The Caltech-101 search is then ~54 minutes of wall time (~44 min of CPU time): the super-net epochs (45%) and the
+pairs (52%) are nearly all of it; fewer pairs (--pairs in `search`), fewer super-net epochs and fewer resolutions
+are the levers.
 
 Every step is keyed (`search/<data>/<budget>`, `train/<data>/<budget>/<model>`, `memory/...`) and recorded in
 OUT/results.json atomically as soon as it finishes; running the script again skips finished steps, and an

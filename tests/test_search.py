@@ -658,3 +658,43 @@ def test_evolution_starts_from_the_given_subnets(spec):
     over = dataclasses.replace(space.backbone_arch(spec), resolution=max(spec.resolutions))
     assert space.memory_mb(spec, over) > budget  # an over-budget seed is left out
     assert evolve(spec, only_the_baseline_scores, budget, population=8, generations=1, verbose=0, initial=(over,))
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _StubEvaluator:
+    """Stands in for `SubnetEvaluator`: a sub-net's 'accuracy' is its resolution / 1000; records what it measured
+    and can stop after a number of calls, as an interrupted search does."""
+
+    def __init__(self, spec, stop_after=None):
+        self.net = type("Net", (), {"spec": spec})()
+        self.calls, self.stop_after = [], stop_after
+
+    def accuracies(self, archs):
+        if self.stop_after is not None and len(self.calls) == self.stop_after:
+            raise _Interrupted
+        self.calls.append(list(archs))
+        return np.array([a.resolution / 1000 for a in archs])
+
+
+def test_pairs_are_measured_a_resolution_at_a_time_saved_in_drawn_order_and_resumed(spec, tmp_path, monkeypatch):
+    import tinytl_tf.jobs.search as job
+
+    monkeypatch.setattr(job, "PAIR_CHUNK", 4)
+    path = tmp_path / "pairs.json"
+    with pytest.raises(_Interrupted):
+        job._measure_pairs(path, _StubEvaluator(spec, stop_after=2), 12, 0, verbose=0)
+    assert len(json.loads(path.read_text())["pairs"]) == 8  # two chunks saved before the interruption
+    evaluator = _StubEvaluator(spec)
+    archs, accuracies = job._measure_pairs(path, evaluator, 12, 0, verbose=0)
+    assert archs == job._pair_archs(spec, 12, 0) and accuracies == [a.resolution / 1000 for a in archs]
+    assert sum(len(c) for c in evaluator.calls) == 4  # only what the interruption left
+    for chunk in evaluator.calls:  # sorted by resolution, so a chunk mostly shares its resolution's layers
+        assert [a.resolution for a in chunk] == sorted(a.resolution for a in chunk)
+    saved = json.loads(path.read_text())["pairs"]
+    assert [p["config"] for p in saved] == [a.to_dict() for a in archs]  # the order they were drawn in
+    # fewer pairs asked for: the first ones, nothing measured, and the file keeps the others
+    fewer, _ = job._measure_pairs(path, _StubEvaluator(spec, stop_after=0), 5, 0, verbose=0)
+    assert fewer == archs[:5] and len(json.loads(path.read_text())["pairs"]) == 12

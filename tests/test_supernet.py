@@ -20,7 +20,7 @@ from tinytl_tf.config import BlockConfig, ConfigError, ConvConfig, NetConfig
 from tinytl_tf.data import default_data_dir, load_image_folder
 from tinytl_tf.importers import ofa
 from tinytl_tf.supernet.space import Arch, backbone_arch, sample, super_spec
-from tinytl_tf.supernet.supernet import SuperNet
+from tinytl_tf.supernet.supernet import SubnetEvaluator, SuperNet, eval_batches
 from tinytl_tf.train import compile_model, distribution_scope, seed_everything, steps_per_epoch
 
 pytestmark = pytest.mark.slow  # builds and fine-tunes Keras super-nets
@@ -370,6 +370,31 @@ def test_changing_the_active_subnet_needs_no_retrace():
         np.testing.assert_allclose(outputs[-1], net(x).numpy(), atol=1e-5)
     assert forward.experimental_get_tracing_count() == 1
     assert not np.allclose(outputs[0], outputs[1]) and not np.allclose(outputs[1], outputs[2])
+
+
+def test_evaluator_measures_what_evaluate_measures_with_one_trace_per_resolution(tiny_net):
+    """`SubnetEvaluator` (shared layers once per resolution, inactive blocks skipped, genes as inputs) gives every
+    sub-net the accuracy `set_active` + `evaluate` gives it, on batches that do not divide the data set."""
+    spec, rng = tiny_net.spec, np.random.default_rng(17)
+    archs = [sample(spec, rng) for _ in range(8)] + [backbone_arch(spec)]
+    assert {a.resolution for a in archs} == set(RESOLUTIONS) and {0, 1} <= {x for a in archs for x in a.lites}
+    assert any(d < 3 for a in archs for d in a.depths)  # dropped blocks are exercised
+    images = rng.normal(size=(23, 48, 48, 3)).astype("float32")
+    tiny_net.set_active(archs[0])
+    predicted = np.argmax(tiny_net.predict(images, verbose=0), -1)
+    labels = np.where(np.arange(23) % 3 == 0, rng.integers(0, 5, 23), predicted).astype("int32")
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(5)
+    compile_model(tiny_net, 1e-3, 1)
+    expected = []
+    for arch in archs:
+        tiny_net.set_active(arch)
+        expected.append(tiny_net.evaluate(data, verbose=0, return_dict=True)["accuracy"])
+    evaluator = SubnetEvaluator(tiny_net, eval_batches(data, batch_size=10))
+    measured = evaluator.accuracies(archs)
+    np.testing.assert_allclose(measured, expected, atol=1e-6)
+    assert len(set(np.round(measured, 6))) > 2  # the sub-nets differ, so the comparison means something
+    assert all(evaluator._traced(r)[1].experimental_get_tracing_count() == 1 for r in RESOLUTIONS)
+    assert list(evaluator.accuracies(archs[::-1])) == list(measured[::-1])
 
 
 # ---- once-for-all checkpoint conversion -------------------------------------------------------------------

@@ -37,13 +37,20 @@ from tinytl_tf.supernet import space
 from tinytl_tf.supernet.evolution import check_budget, evolve
 from tinytl_tf.supernet.predictor import fit_predictor, predict_accuracy, rank_correlations
 from tinytl_tf.supernet.subnet import SUBNET_FORMAT
-from tinytl_tf.supernet.supernet import DEFAULT_RESOLUTIONS, SuperNet, read_weights_file
-from tinytl_tf.train import compile_model, distribution_scope, fit, seed_everything
+from tinytl_tf.supernet.supernet import (
+    DEFAULT_RESOLUTIONS,
+    SubnetEvaluator,
+    SuperNet,
+    eval_batches,
+    read_weights_file,
+)
+from tinytl_tf.train import distribution_scope, fit, seed_everything
 
 HOLDOUT_FRACTION = 0.2  # of the training images, for measuring sub-nets (the paper's 80/20)
 PREDICTOR_TEST_FRACTION = 0.2  # of the pairs, never shown to the predictor
 DEFAULT_BACKBONE = "mcunet-5fps"  # the fixed baseline's backbone when the search includes it
 PAIRS_FORMAT = "tinytl_tf/pairs-v2"
+PAIR_CHUNK = 25  # sub-nets measured between two saves of pairs.json
 SUPERNET_FILE, PAIRS_FILE, PREDICTOR_FILE, PREDICTOR_REPORT, EVOLUTION_FILE, SUBNET_FILE, PHASES_FILE = (
     "supernet.keras",
     "pairs.json",
@@ -145,12 +152,6 @@ def _warn_at_chance(accuracy, num_classes):
         )
 
 
-def holdout_accuracy(net, holdout, arch):
-    """Top-1 accuracy of the super-net's sub-net `arch` on the held-out images (the net must be compiled)."""
-    net.set_active(arch)
-    return float(net.evaluate(holdout, verbose=0, return_dict=True)["accuracy"])
-
-
 def _pair_archs(spec, n, seed):
     """The first `n` distinct sub-nets (by encoding) drawn from `seed`: asking for more pairs extends the list."""
     rng, seen, archs = np.random.default_rng([seed, 1]), set(), []
@@ -165,22 +166,34 @@ def _pair_archs(spec, n, seed):
     return archs
 
 
-def _measure_pairs(path, net, holdout, n, seed, verbose):
-    """Phase 2: one super-net's (sub-net, held-out accuracy) pairs, saved after each one."""
-    spec = net.spec
+def _key(config):
+    return json.dumps(config, sort_keys=True)
+
+
+def _measure_pairs(path, evaluator, n, seed, verbose):
+    """Phase 2: one super-net's (sub-net, held-out accuracy) pairs (`SubnetEvaluator`), measured a resolution at a
+    time and saved after every PAIR_CHUNK sub-nets; pairs.json lists them in the order they were drawn."""
     done = json.loads(path.read_text()) if path.exists() else {"format": PAIRS_FORMAT, "seed": seed, "pairs": []}
     if done.get("format") != PAIRS_FORMAT or done.get("seed") != seed:
         raise ValueError(
             f"{path} holds pairs of another search (seed {done.get('seed')}); use another --out or delete it"
         )
-    archs = _pair_archs(spec, n, seed)
+    archs = _pair_archs(evaluator.net.spec, n, seed)
+    keys = [_key(a.to_dict()) for a in archs]
+    measured = {_key(p["config"]): p["accuracy"] for p in done["pairs"]}
+    wanted = set(keys)
+    others = [p for p in done["pairs"] if _key(p["config"]) not in wanted]  # drawn by a longer search
+    pending = sorted((i for i, k in enumerate(keys) if k not in measured), key=lambda i: archs[i].resolution)
     bar = keras.utils.Progbar(len(archs), verbose=verbose, unit_name="sub-net")
-    for i, arch in enumerate(archs):
-        if i >= len(done["pairs"]):
-            done["pairs"].append({"config": arch.to_dict(), "accuracy": holdout_accuracy(net, holdout, arch)})
-            _write_json(path, done)
-        bar.update(i + 1)
-    return archs, [p["accuracy"] for p in done["pairs"][: len(archs)]]
+    bar.update(len(archs) - len(pending))
+    for start in range(0, len(pending), PAIR_CHUNK):
+        chunk = pending[start : start + PAIR_CHUNK]
+        for i, accuracy in zip(chunk, evaluator.accuracies([archs[i] for i in chunk])):
+            measured[keys[i]] = float(accuracy)
+        done["pairs"] = [{"config": a.to_dict(), "accuracy": measured[k]} for a, k in zip(archs, keys) if k in measured]
+        _write_json(path, {**done, "pairs": done["pairs"] + others})
+        bar.update(len(archs) - len(pending) + start + len(chunk))
+    return archs, [measured[k] for k in keys]
 
 
 def baseline_scores(joint, archs):
@@ -338,20 +351,21 @@ def search_job(
     out.mkdir(parents=True, exist_ok=True)
     phases = _Phases(out / PHASES_FILE)
     scope, _ = distribution_scope(strategy)
-    nets, holdouts, archs, accuracies = {}, {}, [], []
+    nets, evaluators, holdouts, archs, accuracies = {}, {}, {}, [], []
     per_backbone = [pairs // len(specs) + (i < pairs % len(specs)) for i in range(len(specs))]
     for spec, source, n in zip(specs, sources, per_backbone):
-        folder, cfg = out / _folder(source), spec.base
-        data_b = images[(cfg.input_mean, cfg.input_std)]
+        folder, key = out / _folder(source), (spec.base.input_mean, spec.base.input_std)
+        data_b = images[key]
+        if key not in holdouts:  # the held-out images decoded once per normalisation, shared by its super-nets
+            holdouts[key] = eval_batches(data_b.holdout)
         with phases(f"supernet/{spec.backbone}", f"calibrating and fine-tuning the {spec.backbone} super-net"):
             with scope:
                 net = _supernet(
                     folder / SUPERNET_FILE, source, spec, data_b, epochs, lr, label_smoothing, weights_dir, verbose
                 )
-                compile_model(net, lr, 1, label_smoothing)
-        nets[spec.backbone], holdouts[spec.backbone] = net, data_b.holdout.cache()
+        nets[spec.backbone], evaluators[spec.backbone] = net, SubnetEvaluator(net, holdouts[key])
         with phases(f"pairs/{spec.backbone}", f"measuring {n} {spec.backbone} sub-nets on the held-out images"):
-            a, acc = _measure_pairs(folder / PAIRS_FILE, net, holdouts[spec.backbone], n, seed, verbose)
+            a, acc = _measure_pairs(folder / PAIRS_FILE, evaluators[spec.backbone], n, seed, verbose)
         archs += a
         accuracies += acc
     accuracies = np.array(accuracies)
@@ -376,7 +390,7 @@ def search_job(
     winner = result.arch
 
     def measured(arch):
-        return holdout_accuracy(nets[arch.backbone], holdouts[arch.backbone], arch)
+        return float(evaluators[arch.backbone].accuracies([arch])[0])
 
     with phases("compare", "measuring the winner and the fixed baseline on the held-out images"):
         baseline = _baseline(joint, reference, fixed, predictor, measured)

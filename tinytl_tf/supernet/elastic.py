@@ -238,12 +238,19 @@ class ElasticMBBlock(MBBlock):
         )
         self.lite.build(input_shape)
 
-    def call(self, x, kernel, mid, lite, lite_kernel, lite_groups):
+    def call(self, x, kernel, mid, lite, lite_kernel, lite_groups, skip_inactive=False):
         y = self.depthwise(self.expand(x), kernel_size=kernel)
         y = tf.where(tf.range(self.block.mid) < mid, y, value(self.mid_mean))
         y = self.project(y)
-        branch = self.lite(x, size=(y.shape[1], y.shape[2]), kernel_size=lite_kernel, groups=lite_groups)
-        y = y + branch * tf.cast(lite, branch.dtype)
+
+        def branch():
+            return self.lite(x, size=(y.shape[1], y.shape[2]), kernel_size=lite_kernel, groups=lite_groups)
+
+        if skip_inactive:  # inference: an absent branch is not computed (`SuperNet.elastic_forward`)
+            y = tf.cond(lite > 0, lambda: y + branch(), lambda: y)
+        else:
+            b = branch()
+            y = y + b * tf.cast(lite, b.dtype)
         return y + x if self.block.shortcut else y
 
     def sort_channels(self):

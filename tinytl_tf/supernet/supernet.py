@@ -6,7 +6,8 @@ is the backbone itself; every other sub-net is derived from the same weights by 
 expansions), transformed centre crops (smaller kernels) and dropped blocks (shallower stages). The active sub-net
 lives in non-trainable int variables, so `set_active` and per-step sampling never retrace. Each resolution is
 its own branch of a `tf.switch_case` (the ops need static spatial sizes), which makes the first trace slower but
-costs nothing per step. A sub-net leaves the super-net only as a plain `TinyNet` (`extract_subnet`).
+costs nothing per step. A sub-net leaves the super-net only as a plain `TinyNet` (`extract_subnet`);
+`SubnetEvaluator` measures many sub-nets on one data set without that switch, each at the cost of its own layers.
 """
 
 import functools
@@ -44,6 +45,7 @@ STATIC_LAYERS = ("stem", "block_0", "feature_mix", "head")  # the same in the su
 NEW_WEIGHTS = ("/lite/", "/transform_", "head/", "_mean")  # not in a backbone's weights
 GENES = ("resolution", "depths", "kernels", "mids", "lites", "lite_kernels", "lite_groups")
 CALIBRATION_BATCHES = 8
+EVAL_BATCH = 64  # images per step when measuring sub-nets: fewer steps, and wider convolutions per step
 WEIGHTS_FILE_META = "supernet.json"
 
 
@@ -187,12 +189,15 @@ class SuperNet(keras.Model):
 
     def set_active(self, arch):
         """Make `arch` (a `space.Arch`) the sub-net the super-net computes; ConfigError names a bad gene."""
+        for name, values in self.genes(arch).items():
+            self._active[name].assign(values)
+
+    def genes(self, arch):
+        """{gene: int32 array} of `arch` (a `space.Arch`) as the graph reads them; ConfigError names a bad gene."""
         validate_arch(self.spec, arch)
         mids = [mid_channels(s, e) for s, e in zip(self.spec.slots, arch.expands)]
-        for name, values in zip(
-            GENES, (arch.resolution, arch.depths, arch.kernels, mids, arch.lites, arch.lite_kernels, arch.lite_groups)
-        ):
-            self._active[name].assign(np.asarray(values, np.int32))
+        values = (arch.resolution, arch.depths, arch.kernels, mids, arch.lites, arch.lite_kernels, arch.lite_groups)
+        return {name: np.asarray(v, np.int32) for name, v in zip(GENES, values)}
 
     def sample(self, rng):
         """Activate a uniformly random sub-net (`rng`: numpy Generator) and return it."""
@@ -213,18 +218,30 @@ class SuperNet(keras.Model):
         return super().train_step(data)
 
     def call(self, images, training=None):
-        genes = SimpleNamespace(**{name: tf.convert_to_tensor(v) for name, v in self._active.items()})
+        genes = {name: tf.convert_to_tensor(v) for name, v in self._active.items()}
         branches = [functools.partial(self._forward, images, r, genes, training) for r in self.spec.resolutions]
         if len(branches) == 1:
             return branches[0]()
         index = tf.argmax(
-            tf.cast(tf.equal(tf.constant(self.spec.resolutions, tf.int32), genes.resolution), tf.int32),
+            tf.cast(tf.equal(tf.constant(self.spec.resolutions, tf.int32), genes["resolution"]), tf.int32),
             output_type=tf.int32,
         )
         return tf.switch_case(index, branches)
 
     def _forward(self, images, resolution, genes, training):
-        x = self.block_0(self.stem(_resized(images, resolution)))
+        return self.elastic_forward(self.static_features(images, resolution), genes, training)
+
+    def static_features(self, images, resolution):
+        """The output of the layers every sub-net shares before its first elastic block (stem, block_0) for images
+        at `resolution`: what `elastic_forward` starts from."""
+        return self.block_0(self.stem(_resized(images, resolution)))
+
+    def elastic_forward(self, x, genes, training=False, skip_inactive=False):
+        """Logits of the sub-net `genes` (gene name -> int32 tensor, as `genes` returns them) from
+        `static_features`. `skip_inactive` (inference only) runs dropped blocks and absent lite branches under
+        tf.cond, so they cost nothing; the outputs are the same. Training selects instead: a cond traces about
+        twice as slowly and measured no faster per step there."""
+        genes = SimpleNamespace(**genes)
         for p, (slot, block) in enumerate(zip(self.spec.slots, self.slot_blocks)):
             run = functools.partial(
                 block,
@@ -233,11 +250,17 @@ class SuperNet(keras.Model):
                 lite=genes.lites[p],
                 lite_kernel=genes.lite_kernels[p],
                 lite_groups=genes.lite_groups[p],
+                skip_inactive=skip_inactive,
             )
             depth = self.spec.stages[slot.stage].index(p)
-            # a block past its stage's depth passes x on (only shortcut blocks can be). A select, not tf.cond: a
-            # cond traces about twice as slowly and measured no faster per step
-            x = run(x) if depth == 0 else tf.where(genes.depths[slot.stage] > depth, run(x), x)
+            # a block past its stage's depth passes x on (only shortcut blocks can be)
+            active = genes.depths[slot.stage] > depth
+            if depth == 0:
+                x = run(x)
+            elif skip_inactive:
+                x = tf.cond(active, functools.partial(run, x), functools.partial(tf.identity, x))
+            else:
+                x = tf.where(active, run(x), x)
         if self.feature_mix is not None:
             x = self.feature_mix(x)
         return self.head(x, training=training)
@@ -263,6 +286,65 @@ class SuperNet(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         return cls(**config)
+
+
+def eval_batches(dataset, batch_size=EVAL_BATCH):
+    """A batched (images, labels) data set re-batched for measuring sub-nets and cached, so it is read once."""
+    return dataset.unbatch().batch(batch_size).cache()
+
+
+class SubnetEvaluator:
+    """Top-1 accuracy of many sub-nets of one super-net on one labelled data set, each at the cost of its own
+    layers: the shared layers' output (`static_features`) is computed once per batch and resolution for every
+    sub-net at that resolution, dropped blocks and absent lite branches are skipped, and one traced function per
+    resolution serves every sub-net (the genes are its inputs). The accuracies are those of `set_active(arch)`
+    and `evaluate`, which trace a graph of every resolution's branch and run every block of each sub-net."""
+
+    def __init__(self, net, dataset):
+        """`dataset`: batched (images, labels) at any one size, iterated once per resolution and call, so best
+        `eval_batches` of the data (which super-nets of the same input normalisation can share)."""
+        self.net = net
+        self.dataset = dataset
+        images, labels = self.dataset.element_spec
+        self._images = tf.TensorSpec(images.shape, images.dtype)
+        self._labels = tf.TensorSpec([None], tf.int32)
+        self._functions = {}
+
+    def _traced(self, resolution):
+        """(static features, correct count) traced for `resolution`, batch size left open."""
+        if resolution not in self._functions:
+            net = self.net
+            static = tf.function(lambda images: net.static_features(images, resolution), input_signature=[self._images])
+            x = static.get_concrete_function().structured_outputs
+            genes = {
+                name: tf.TensorSpec(np.shape(v), tf.int32) for name, v in net.genes(backbone_arch(net.spec)).items()
+            }
+
+            def correct(x, labels, genes):
+                logits = net.elastic_forward(x, genes, training=False, skip_inactive=True)
+                return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.int32))
+
+            count = tf.function(correct, input_signature=[tf.TensorSpec(x.shape, x.dtype), self._labels, genes])
+            self._functions[resolution] = static, count
+        return self._functions[resolution]
+
+    def accuracies(self, archs):
+        """Top-1 accuracy of each sub-net in `archs` (`space.Arch`s of the net's spec; float64 array in order)."""
+        genes = [{k: tf.constant(v) for k, v in self.net.genes(a).items()} for a in archs]
+        correct, total = np.zeros(len(archs), np.int64), 0
+        for resolution in sorted({a.resolution for a in archs}):
+            members = [i for i, a in enumerate(archs) if a.resolution == resolution]
+            static, count = self._traced(resolution)
+            total = 0
+            for images, labels in self.dataset:
+                labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+                x = static(images)
+                for i in members:
+                    correct[i] += int(count(x, labels, genes[i]))
+                total += int(labels.shape[0])
+        if archs and not total:
+            raise ValueError("SubnetEvaluator: the data set yielded no images")
+        return correct / max(total, 1)
 
 
 def _resized(images, resolution):
