@@ -134,23 +134,9 @@ def test_storage_terms_equal_a_real_exports(exported):
     assert p.arena == pytest.approx(static.peak_activation_bytes, rel=0.15)
 
 
-def _memory_benchmark():
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root / "benchmarks"))  # the script imports its sibling transfer.py
-    try:
-        spec = importlib.util.spec_from_file_location("memory_benchmark", root / "benchmarks" / "memory.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(root / "benchmarks"))
-    return module
-
-
 def test_benchmark_rewrites_only_the_readmes_memory_table(tmp_path):
-    bench = _memory_benchmark()
+    from benchmarks import memory as bench
+
     row = {"method": "tinytl-lb", "train_builtin_mb": 11.84, "analytic_mb": 2.52, "predicted_train_mb": 11.2}
     report = {
         "runs": {

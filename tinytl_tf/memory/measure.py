@@ -32,9 +32,11 @@ from pathlib import Path
 
 from tinytl_tf import tflite_model
 from tinytl_tf.contract import SIGNATURE_INFER, SIGNATURE_TRAIN, model_json_path
+from tinytl_tf.errors import TinyTLError
 from tinytl_tf.memory.analytic import MB
 
 PROBE = Path(__file__).with_name("probe.py")
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder holding tinytl_tf/
 PROC_STATUS = "/proc/self/status"
 # Default off: XNNPACK (LiteRT's default delegate) packs each constant float weight into a buffer of its own, a
 # second copy beside the file's (a 1x1 conv with a 16.8 MB constant kernel: anonymous memory +17.1 MB with it,
@@ -60,7 +62,7 @@ _ITEM_BYTES = {
 # resource / variant / string tensors are handles or dynamically sized: they hold no planned bytes
 
 
-class MeasurementError(RuntimeError):
+class MeasurementError(TinyTLError, RuntimeError):
     """The measurement subprocess could not start, failed or timed out; the message says what to do."""
 
 
@@ -240,8 +242,13 @@ def probe_memory(tflite_path, signature=SIGNATURE_TRAIN, steps=3, timeout=300, n
         str(num_threads),
         "xnnpack" if xnnpack else "builtin",
     ]
+    # the probe imports this package's TF-free initial_values from the same tree as this module
+    search_path = filter(None, (str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(search_path)}
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env
+        )
     except OSError as e:
         raise MeasurementError(f"cannot start the measurement process {sys.executable}: {e}") from None
     try:

@@ -23,15 +23,13 @@ RssFile) split the points into heap and file-backed pages.
 """
 
 import json
-import os
 import sys
 import zipfile  # noqa: F401  (loading the initial values reads a zip: its code is the runtime's, not the model's)
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from tinytl_tf import initial_values  # noqa: E402  (the project root is on the path only now)
+from tinytl_tf import initial_values  # found through the PYTHONPATH `measure` passes
 
 RESOLVERS = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
 
