@@ -95,39 +95,62 @@ def _input_grad(dy, x_hw, k, stride, pads, channels, correlate):
 
 def _int8_reader(kernel, depthwise):
     """`read(after, gradient)` of a frozen kernel: the forward gets the float constant (quantized by the converter);
-    the gradient dequantizes an int8 constant quantized like the converter's (symmetric per output channel, rows of
-    TFLite's layout: [Cout, k*k*Cin] for a conv, [k*k, C] for a depthwise one), so its bytes equal the forward's.
+    the gradient gets `(codes, scale)`: an int8 constant quantized like the converter's (symmetric per output
+    channel, rows of TFLite's layout: [Cout, k*k*Cin] for a conv, [k*k, C] for a depthwise one), so its bytes equal
+    the forward's, in the kernel's own [k, k, Cin, Cout] layout, and its per-output-channel scale ([Cout]).
 
-    A kernel the converter leaves in float (fewer than QUANTIZE_MIN_ELEMENTS) is read as float rows, again the
-    forward constant's bytes. The rows are fetched by a GATHER whose indices add a zero computed from `after`: the
-    converter can then neither fold the read into a constant of the gradient's layout nor run it before `after`
-    exists (a control dependency does not stop either)."""
+    The caller multiplies the output gradient by the scale (the input gradient is linear in each output channel)
+    and flips, slices and transposes the codes in int8, casting to float only the taps one correlation reads: one
+    float copy of (part of) the kernel at a time, not the dequantized kernel and its scaled and transposed copies.
+    A kernel the converter leaves in float (fewer than QUANTIZE_MIN_ELEMENTS) is read as float rows with scale
+    None, again the forward constant's bytes. The rows are fetched by a GATHER whose indices add a zero computed
+    from `after`: the converter can then neither fold the read into a constant of the gradient's layout nor run it
+    before `after` exists (a control dependency does not stop either)."""
     k = tf.convert_to_tensor(kernel)
     shape = k.shape.as_list()
     rows = tf.reshape(k, [-1, shape[2]]) if depthwise else tf.reshape(tf.transpose(k, [3, 0, 1, 2]), [shape[3], -1])
     if k.shape.num_elements() < QUANTIZE_MIN_ELEMENTS:
-        q, scale = rows, 1.0
+        q, scale = rows, None
     else:
-        scale = tf.reduce_max(tf.abs(rows), axis=0 if depthwise else 1, keepdims=True) / 127.0
+        # as the converter quantizes, in float64 (in float32 a few codes per kernel land on the other side of a tie,
+        # and the two constants could not share their bytes)
+        wide = tf.cast(rows, tf.float64)
+        scale = tf.reduce_max(tf.abs(wide), axis=0 if depthwise else 1) / 127.0
         scale = tf.where(scale > 0.0, scale, 1.0)
-        q = tf.cast(tf.round(rows / scale), tf.int8)  # folded into an int8 constant
+        q = tf.cast(tf.round(wide / (scale if depthwise else scale[:, None])), tf.int8)  # folded into a constant
+        scale = tf.cast(scale, rows.dtype)
 
     def read(after, gradient=False):
         if not gradient:
             return k
         first = tf.reshape(tf.slice(after, [0] * after.shape.rank, [1] * after.shape.rank), [])
         zero = tf.minimum(tf.cast(tf.math.is_nan(first), tf.int32), 0)
-        value = tf.cast(tf.gather(q, tf.range(q.shape[0]) + zero), tf.float32) * scale
+        value = tf.gather(q, tf.range(q.shape[0]) + zero)
         if depthwise:
-            return tf.reshape(value, shape)
-        return tf.transpose(tf.reshape(value, [shape[3]] + shape[:3]), [1, 2, 3, 0])
+            return tf.reshape(value, shape), scale
+        return tf.transpose(tf.reshape(value, [shape[3]] + shape[:3]), [1, 2, 3, 0]), scale
 
     return read
 
 
+def _as_float(t, like):
+    """A kernel read for the input gradient in `like`'s float type: int8 codes are cast only here, before the op."""
+    return t if t.dtype == like.dtype else tf.cast(t, like.dtype)
+
+
+def _float_filter(hwio, like):
+    """A conv filter ([k, k, Cin, Cout]) read for the input gradient, in `like`'s float type, cast in the layout
+    TFLite's CONV_2D reads ([Cout, k, k, Cin]): the converter's transpose to that layout then cancels ours, and the
+    cast's output is the one float copy (cast in TF's layout, the converter's transpose would make a second)."""
+    if hwio.dtype == like.dtype:
+        return hwio
+    return tf.transpose(tf.cast(tf.transpose(hwio, [3, 0, 1, 2]), like.dtype), [1, 2, 3, 0])
+
+
 def _kernel_reader(kernel, trainable, layout=None):
     """`read(after, gradient=False)`: the kernel's value, reached only once tensor `after` (the layer's input, or its
-    output gradient for the input gradient's read, `gradient=True`) exists.
+    output gradient for the input gradient's read, `gradient=True`) exists. A gradient read returns `(kernel,
+    scale)`: scale None, or the int8 codes' per-output-channel scale (`_int8_reader`).
 
     In the device program the converter otherwise schedules every READ_VARIABLE, and every split, flip and
     transpose of a trainable kernel, at the very start of the train step, and those copies stay alive until the
@@ -141,18 +164,20 @@ def _kernel_reader(kernel, trainable, layout=None):
 
         def read(after, gradient=False):
             with tf.control_dependencies([after]):
-                return tf.convert_to_tensor(kernel)
+                value = tf.convert_to_tensor(kernel)
+            return (value, None) if gradient else value
 
         return read
     if not trainable and layout and _FROZEN_INT8.get():
         return _int8_reader(kernel, layout == "depthwise")
     kernel = tf.convert_to_tensor(kernel)
     if not trainable:
-        return lambda after, gradient=False: kernel
+        return lambda after, gradient=False: (kernel, None) if gradient else kernel
 
     def identity(after, gradient=False):
         with tf.control_dependencies([after]):
-            return tf.identity(kernel)
+            value = tf.identity(kernel)
+        return (value, None) if gradient else value
 
     return identity
 
@@ -225,12 +250,14 @@ def conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), groups=1, kernel_grad=
         x_saved = x if kernel_grad else None
 
         def grad(dy):
-            kernels = _groups(read(dy, gradient=True), groups)
+            value, scale = read(dy, gradient=True)
+            kernels = _groups(value, groups)
 
             def correlate(t, rows, cols):
-                return _conv(t, [tf.transpose(_flipped_taps(kk, rows, cols, dy), [0, 1, 3, 2]) for kk in kernels])
+                taps = [tf.transpose(_flipped_taps(kk, rows, cols, dy), [0, 1, 3, 2]) for kk in kernels]
+                return _conv(t, [_float_filter(f, t) for f in taps])
 
-            dx = _input_grad(dy, x.shape[1:3], k, stride, pads, x.shape[-1], correlate)
+            dx = _input_grad(dy if scale is None else dy * scale, x.shape[1:3], k, stride, pads, x.shape[-1], correlate)
             if not kernel_grad:
                 return dx, None
             xs, dys = _groups(_pad(x_saved, x_pads), groups), _groups(dy, groups)
@@ -259,12 +286,12 @@ def depthwise_conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), kernel_grad=
         x_saved = x if kernel_grad else None
 
         def grad(dy):
-            kk = read(dy, gradient=True)
+            kk, scale = read(dy, gradient=True)
 
             def correlate(t, rows, cols):
-                return tf.nn.depthwise_conv2d(t, _flipped_taps(kk, rows, cols, dy), [1, 1, 1, 1], "VALID")
+                return tf.nn.depthwise_conv2d(t, _as_float(_flipped_taps(kk, rows, cols, dy), t), [1, 1, 1, 1], "VALID")
 
-            dx = _input_grad(dy, x.shape[1:3], k, stride, pads, c, correlate)
+            dx = _input_grad(dy if scale is None else dy * scale, x.shape[1:3], k, stride, pads, c, correlate)
             if not kernel_grad:
                 return dx, None
             xp = _pad(x_saved, x_pads)
@@ -290,7 +317,7 @@ def dense(x, kernel, *, kernel_grad=True):
 
         def grad(dy):
             dk = tf.matmul(x_saved, dy, transpose_a=True) if kernel_grad else None
-            return tf.matmul(dy, read(dy), transpose_b=True), dk
+            return tf.matmul(dy, read(dy, gradient=True)[0], transpose_b=True), dk
 
         return tf.matmul(x, kernel), grad
 
