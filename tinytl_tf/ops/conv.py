@@ -93,42 +93,53 @@ def _input_grad(dy, x_hw, k, stride, pads, channels, correlate):
     return _pad(dxp, ((-pt, -(stride * m_h - padded[0]) - pb), (-pl, -(stride * m_w - padded[1]) - pr)))
 
 
-def _int8_reader(kernel, depthwise):
+def _int8_reader(kernel, depthwise, groups=1):
     """`read(after, gradient)` of a frozen kernel: the forward gets the float constant (quantized by the converter);
-    the gradient gets `(codes, scale)`: an int8 constant quantized like the converter's (symmetric per output
-    channel, rows of TFLite's layout: [Cout, k*k*Cin] for a conv, [k*k, C] for a depthwise one), so its bytes equal
-    the forward's, in the kernel's own [k, k, Cin, Cout] layout, and its per-output-channel scale ([Cout]).
+    the gradient gets `(codes, scale)`: int8 constants quantized like the converter's (symmetric per output channel,
+    rows of TFLite's layout: [Cout, k*k*Cin] for a conv, [k*k, C] for a depthwise one), so their bytes equal the
+    forward's, in the kernel's own [k, k, Cin, Cout] layout, and the per-output-channel scale ([Cout]). A grouped
+    conv's forward is one conv per group, each with a constant of its own, so its codes are a list, one per group.
 
     The caller multiplies the output gradient by the scale (the input gradient is linear in each output channel)
     and flips, slices and transposes the codes in int8, casting to float only the taps one correlation reads: one
     float copy of (part of) the kernel at a time, not the dequantized kernel and its scaled and transposed copies.
-    A kernel the converter leaves in float (fewer than QUANTIZE_MIN_ELEMENTS) is read as float rows with scale
-    None, again the forward constant's bytes. The rows are fetched by a GATHER whose indices add a zero computed
-    from `after`: the converter can then neither fold the read into a constant of the gradient's layout nor run it
-    before `after` exists (a control dependency does not stop either)."""
+    A constant the converter leaves in float (fewer than QUANTIZE_MIN_ELEMENTS) is read as float rows with scale 1
+    (None when no part is quantized), again the forward constant's bytes. The rows are fetched by a GATHER whose
+    indices add a zero computed from `after`: the converter can then neither fold the read into a constant of the
+    gradient's layout nor run it before `after` exists (a control dependency does not stop either)."""
     k = tf.convert_to_tensor(kernel)
     shape = k.shape.as_list()
-    rows = tf.reshape(k, [-1, shape[2]]) if depthwise else tf.reshape(tf.transpose(k, [3, 0, 1, 2]), [shape[3], -1])
-    if k.shape.num_elements() < QUANTIZE_MIN_ELEMENTS:
-        q, scale = rows, None
+    if depthwise:
+        parts = [tf.reshape(k, [-1, shape[2]])]
     else:
-        # as the converter quantizes, in float64 (in float32 a few codes per kernel land on the other side of a tie,
-        # and the two constants could not share their bytes)
-        wide = tf.cast(rows, tf.float64)
+        rows = tf.reshape(tf.transpose(k, [3, 0, 1, 2]), [shape[3], -1])
+        parts = tf.split(rows, groups, axis=0) if groups > 1 else [rows]
+    codes, scales = [], []
+    for part in parts:
+        if part.shape.num_elements() < QUANTIZE_MIN_ELEMENTS:
+            codes.append(part)
+            scales.append(tf.ones([part.shape[1 if depthwise else 0]], part.dtype))
+            continue
+        # as the converter quantizes, in float64 (in float32 a few codes per kernel land on the other side of a
+        # tie, and the two constants could not share their bytes)
+        wide = tf.cast(part, tf.float64)
         scale = tf.reduce_max(tf.abs(wide), axis=0 if depthwise else 1) / 127.0
         scale = tf.where(scale > 0.0, scale, 1.0)
-        q = tf.cast(tf.round(wide / (scale if depthwise else scale[:, None])), tf.int8)  # folded into a constant
-        scale = tf.cast(scale, rows.dtype)
+        codes.append(tf.cast(tf.round(wide / (scale if depthwise else scale[:, None])), tf.int8))  # a constant
+        scales.append(tf.cast(scale, part.dtype))
+    quantized = any(c.dtype == tf.int8 for c in codes)
+    scale = (scales[0] if len(scales) == 1 else tf.concat(scales, 0)) if quantized else None
 
     def read(after, gradient=False):
         if not gradient:
             return k
         first = tf.reshape(tf.slice(after, [0] * after.shape.rank, [1] * after.shape.rank), [])
         zero = tf.minimum(tf.cast(tf.math.is_nan(first), tf.int32), 0)
-        value = tf.gather(q, tf.range(q.shape[0]) + zero)
+        values = [tf.gather(c, tf.range(c.shape[0]) + zero) for c in codes]
         if depthwise:
-            return tf.reshape(value, shape), scale
-        return tf.transpose(tf.reshape(value, [shape[3]] + shape[:3]), [1, 2, 3, 0]), scale
+            return tf.reshape(values[0], shape), scale
+        hwio = shape[:3] + [shape[3] // groups]
+        return [tf.transpose(tf.reshape(v, [hwio[3]] + hwio[:3]), [1, 2, 3, 0]) for v in values], scale
 
     return read
 
@@ -147,10 +158,11 @@ def _float_filter(hwio, like):
     return tf.transpose(tf.cast(tf.transpose(hwio, [3, 0, 1, 2]), like.dtype), [1, 2, 3, 0])
 
 
-def _kernel_reader(kernel, trainable, layout=None):
+def _kernel_reader(kernel, trainable, layout=None, groups=1):
     """`read(after, gradient=False)`: the kernel's value, reached only once tensor `after` (the layer's input, or its
     output gradient for the input gradient's read, `gradient=True`) exists. A gradient read returns `(kernel,
-    scale)`: scale None, or the int8 codes' per-output-channel scale (`_int8_reader`).
+    scale)`: scale None, or the int8 codes' per-output-channel scale, the codes of a grouped conv one kernel per group
+    (`_int8_reader`).
 
     In the device program the converter otherwise schedules every READ_VARIABLE, and every split, flip and
     transpose of a trainable kernel, at the very start of the train step, and those copies stay alive until the
@@ -169,7 +181,7 @@ def _kernel_reader(kernel, trainable, layout=None):
 
         return read
     if not trainable and layout and _FROZEN_INT8.get():
-        return _int8_reader(kernel, layout == "depthwise")
+        return _int8_reader(kernel, layout == "depthwise", groups)
     kernel = tf.convert_to_tensor(kernel)
     if not trainable:
         return lambda after, gradient=False: (kernel, None) if gradient else kernel
@@ -241,7 +253,7 @@ def conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), groups=1, kernel_grad=
     (TFLite's CONV_2D has no reliable grouped form). Backward: dx by `_input_grad` with the spatially flipped,
     in/out-swapped kernel; dK (only if `kernel_grad`) is `_kernel_grad` per group.
     """
-    x, read = tf.convert_to_tensor(x), _kernel_reader(kernel, kernel_grad, "conv")
+    x, read = tf.convert_to_tensor(x), _kernel_reader(kernel, kernel_grad, "conv", groups)
     k = kernel.shape[0]
     x_pads = _kernel_grad_pads(x.shape[1:3], k, stride, pads)
 
@@ -251,7 +263,7 @@ def conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), groups=1, kernel_grad=
 
         def grad(dy):
             value, scale = read(dy, gradient=True)
-            kernels = _groups(value, groups)
+            kernels = value if isinstance(value, list) else _groups(value, groups)
 
             def correlate(t, rows, cols):
                 taps = [tf.transpose(_flipped_taps(kk, rows, cols, dy), [0, 1, 3, 2]) for kk in kernels]
