@@ -95,18 +95,15 @@ def _input_grad(dy, x_hw, k, stride, pads, channels, correlate):
 
 def _int8_reader(kernel, depthwise, groups=1):
     """`read(after, gradient)` of a frozen kernel: the forward gets the float constant (quantized by the converter);
-    the gradient gets `(codes, scale)`: int8 constants quantized like the converter's (symmetric per output channel,
-    rows of TFLite's layout: [Cout, k*k*Cin] for a conv, [k*k, C] for a depthwise one), so their bytes equal the
-    forward's, in the kernel's own [k, k, Cin, Cout] layout, and the per-output-channel scale ([Cout]). A grouped
-    conv's forward is one conv per group, each with a constant of its own, so its codes are a list, one per group.
+    the gradient dequantizes int8 constants quantized like the converter's (symmetric per output channel, rows of
+    TFLite's layout: [Cout, k*k*Cin] for a conv, [k*k, C] for a depthwise one), so their bytes equal the forward's.
+    A grouped conv's forward is one conv per group, each with a constant of its own: its gradient reads one per group
+    too, and gets a list of per-group kernels.
 
-    The caller multiplies the output gradient by the scale (the input gradient is linear in each output channel)
-    and flips, slices and transposes the codes in int8, casting to float only the taps one correlation reads: one
-    float copy of (part of) the kernel at a time, not the dequantized kernel and its scaled and transposed copies.
-    A constant the converter leaves in float (fewer than QUANTIZE_MIN_ELEMENTS) is read as float rows with scale 1
-    (None when no part is quantized), again the forward constant's bytes. The rows are fetched by a GATHER whose
-    indices add a zero computed from `after`: the converter can then neither fold the read into a constant of the
-    gradient's layout nor run it before `after` exists (a control dependency does not stop either)."""
+    A constant the converter leaves in float (fewer than QUANTIZE_MIN_ELEMENTS) is read as float rows, again the
+    forward constant's bytes. The rows are fetched by a GATHER whose indices add a zero computed from `after`: the
+    converter can then neither fold the read into a constant of the gradient's layout nor run it before `after`
+    exists (a control dependency does not stop either)."""
     k = tf.convert_to_tensor(kernel)
     shape = k.shape.as_list()
     if depthwise:
@@ -114,55 +111,36 @@ def _int8_reader(kernel, depthwise, groups=1):
     else:
         rows = tf.reshape(tf.transpose(k, [3, 0, 1, 2]), [shape[3], -1])
         parts = tf.split(rows, groups, axis=0) if groups > 1 else [rows]
-    codes, scales = [], []
+    codes = []
     for part in parts:
         if part.shape.num_elements() < QUANTIZE_MIN_ELEMENTS:
-            codes.append(part)
-            scales.append(tf.ones([part.shape[1 if depthwise else 0]], part.dtype))
+            codes.append((part, 1.0))
             continue
         # as the converter quantizes, in float64 (in float32 a few codes per kernel land on the other side of a
         # tie, and the two constants could not share their bytes)
         wide = tf.cast(part, tf.float64)
-        scale = tf.reduce_max(tf.abs(wide), axis=0 if depthwise else 1) / 127.0
+        scale = tf.reduce_max(tf.abs(wide), axis=0 if depthwise else 1, keepdims=True) / 127.0
         scale = tf.where(scale > 0.0, scale, 1.0)
-        codes.append(tf.cast(tf.round(wide / (scale if depthwise else scale[:, None])), tf.int8))  # a constant
-        scales.append(tf.cast(scale, part.dtype))
-    quantized = any(c.dtype == tf.int8 for c in codes)
-    scale = (scales[0] if len(scales) == 1 else tf.concat(scales, 0)) if quantized else None
+        codes.append((tf.cast(tf.round(wide / scale), tf.int8), tf.cast(scale, part.dtype)))  # folded: constants
 
     def read(after, gradient=False):
         if not gradient:
             return k
         first = tf.reshape(tf.slice(after, [0] * after.shape.rank, [1] * after.shape.rank), [])
         zero = tf.minimum(tf.cast(tf.math.is_nan(first), tf.int32), 0)
-        values = [tf.gather(c, tf.range(c.shape[0]) + zero) for c in codes]
+        values = [tf.cast(tf.gather(q, tf.range(q.shape[0]) + zero), tf.float32) * scale for q, scale in codes]
         if depthwise:
-            return tf.reshape(values[0], shape), scale
+            return tf.reshape(values[0], shape)
         hwio = shape[:3] + [shape[3] // groups]
-        return [tf.transpose(tf.reshape(v, [hwio[3]] + hwio[:3]), [1, 2, 3, 0]) for v in values], scale
+        kernels = [tf.transpose(tf.reshape(v, [hwio[3]] + hwio[:3]), [1, 2, 3, 0]) for v in values]
+        return kernels if groups > 1 else kernels[0]
 
     return read
 
 
-def _as_float(t, like):
-    """A kernel read for the input gradient in `like`'s float type: int8 codes are cast only here, before the op."""
-    return t if t.dtype == like.dtype else tf.cast(t, like.dtype)
-
-
-def _float_filter(hwio, like):
-    """A conv filter ([k, k, Cin, Cout]) read for the input gradient, in `like`'s float type, cast in the layout
-    TFLite's CONV_2D reads ([Cout, k, k, Cin]): the converter's transpose to that layout then cancels ours, and the
-    cast's output is the one float copy (cast in TF's layout, the converter's transpose would make a second)."""
-    if hwio.dtype == like.dtype:
-        return hwio
-    return tf.transpose(tf.cast(tf.transpose(hwio, [3, 0, 1, 2]), like.dtype), [1, 2, 3, 0])
-
-
 def _kernel_reader(kernel, trainable, layout=None, groups=1):
     """`read(after, gradient=False)`: the kernel's value, reached only once tensor `after` (the layer's input, or its
-    output gradient for the input gradient's read, `gradient=True`) exists. A gradient read returns `(kernel,
-    scale)`: scale None, or the int8 codes' per-output-channel scale, the codes of a grouped conv one kernel per group
-    (`_int8_reader`).
+    output gradient for the input gradient's read, `gradient=True`) exists.
 
     In the device program the converter otherwise schedules every READ_VARIABLE, and every split, flip and
     transpose of a trainable kernel, at the very start of the train step, and those copies stay alive until the
@@ -170,26 +148,25 @@ def _kernel_reader(kernel, trainable, layout=None, groups=1):
     when needed, once for the forward and again for the input gradient; a trainable tensor passes an identity
     ordered the same way; a frozen tensor is used as it is (a constant in the file, its flips folded there too),
     except that within `frozen_kernels_int8` a conv's (`layout` "conv" or "depthwise") input gradient dequantizes
-    the forward's int8 copy (`_int8_reader`; a frozen dense kernel, the head of no method here, is left as it is).
+    the forward's int8 copy (`_int8_reader`, per group for a grouped conv; a frozen dense kernel, the head of no
+    method here, is left as it is).
     """
     if isinstance(kernel, tf.Variable):
 
         def read(after, gradient=False):
             with tf.control_dependencies([after]):
-                value = tf.convert_to_tensor(kernel)
-            return (value, None) if gradient else value
+                return tf.convert_to_tensor(kernel)
 
         return read
     if not trainable and layout and _FROZEN_INT8.get():
         return _int8_reader(kernel, layout == "depthwise", groups)
     kernel = tf.convert_to_tensor(kernel)
     if not trainable:
-        return lambda after, gradient=False: (kernel, None) if gradient else kernel
+        return lambda after, gradient=False: kernel
 
     def identity(after, gradient=False):
         with tf.control_dependencies([after]):
-            value = tf.identity(kernel)
-        return (value, None) if gradient else value
+            return tf.identity(kernel)
 
     return identity
 
@@ -262,14 +239,13 @@ def conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), groups=1, kernel_grad=
         x_saved = x if kernel_grad else None
 
         def grad(dy):
-            value, scale = read(dy, gradient=True)
-            kernels = value if isinstance(value, list) else _groups(value, groups)
+            value = read(dy, gradient=True)
+            kernels = value if isinstance(value, list) else _groups(value, groups)  # int8 codes come per group
 
             def correlate(t, rows, cols):
-                taps = [tf.transpose(_flipped_taps(kk, rows, cols, dy), [0, 1, 3, 2]) for kk in kernels]
-                return _conv(t, [_float_filter(f, t) for f in taps])
+                return _conv(t, [tf.transpose(_flipped_taps(kk, rows, cols, dy), [0, 1, 3, 2]) for kk in kernels])
 
-            dx = _input_grad(dy if scale is None else dy * scale, x.shape[1:3], k, stride, pads, x.shape[-1], correlate)
+            dx = _input_grad(dy, x.shape[1:3], k, stride, pads, x.shape[-1], correlate)
             if not kernel_grad:
                 return dx, None
             xs, dys = _groups(_pad(x_saved, x_pads), groups), _groups(dy, groups)
@@ -298,12 +274,12 @@ def depthwise_conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), kernel_grad=
         x_saved = x if kernel_grad else None
 
         def grad(dy):
-            kk, scale = read(dy, gradient=True)
+            kk = read(dy, gradient=True)
 
             def correlate(t, rows, cols):
-                return tf.nn.depthwise_conv2d(t, _as_float(_flipped_taps(kk, rows, cols, dy), t), [1, 1, 1, 1], "VALID")
+                return tf.nn.depthwise_conv2d(t, _flipped_taps(kk, rows, cols, dy), [1, 1, 1, 1], "VALID")
 
-            dx = _input_grad(dy if scale is None else dy * scale, x.shape[1:3], k, stride, pads, c, correlate)
+            dx = _input_grad(dy, x.shape[1:3], k, stride, pads, c, correlate)
             if not kernel_grad:
                 return dx, None
             xp = _pad(x_saved, x_pads)
@@ -329,7 +305,7 @@ def dense(x, kernel, *, kernel_grad=True):
 
         def grad(dy):
             dk = tf.matmul(x_saved, dy, transpose_a=True) if kernel_grad else None
-            return tf.matmul(dy, read(dy, gradient=True)[0], transpose_b=True), dk
+            return tf.matmul(dy, read(dy), transpose_b=True), dk
 
         return tf.matmul(x, kernel), grad
 
