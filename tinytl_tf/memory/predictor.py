@@ -9,7 +9,7 @@ this module encodes its storage rules, one named term each, so a change to the e
 - `initial_values`: every variable starts from a FILL in the file; the trainables' values come from X.init.npz
   beside it, assigned by the `load` signature one variable group at a time (`tinytl_tf.export`: tensors under
   `FLAT_MAX_ELEMENTS` elements share one group, larger ones are a group each). What stays is `load`'s arena, sized
-  by the largest group (`LOAD_ARENA_GROUPS` of it), plus the one group read from the archive while it loads.
+  by the largest group (`LOAD_ARENA_GROUPS` of it): LiteRT keeps every signature's arena allocated once it ran.
 - `frozen_constants`: every frozen kernel in int8 (the converter's dynamic-range quantization; constants under
   `QUANTIZE_MIN_ELEMENTS` elements stay float32), stored `FROZEN_KERNEL_COPIES` times when its input gradient runs
   (once: the input gradient reads the forward's bytes, flipped / transposed per layer as it runs); frozen
@@ -46,7 +46,9 @@ F32 = 4
 OPTIMIZER_STATE_BYTES = {"sgd": 0, "adam": 8, "adam8bit": 2 + 2 * F32 / ADAM8BIT_BLOCK}
 # Trainable tensors under `FLAT_MAX_ELEMENTS` elements share one variable group; `load` assigns one group per call
 # and its arena holds `LOAD_ARENA_GROUPS` times the largest group (the values input, the reshaped values, the
-# variable's read and the selected value), read off exported models' `load` subgraphs.
+# variable's read and the selected value), read off exported models' `load` subgraphs (ProxylessNAS-Mobile
+# TinyTL-L+B: 2.80 MB, four times its 663,552-byte largest kernel plus the small tensors' group). The group's values
+# read from the archive are freed before the first train step.
 LOAD_ARENA_GROUPS = 4
 # int8 copies of a frozen kernel whose input gradient runs: one, shared by the forward and the input gradient.
 FROZEN_KERNEL_COPIES = 1
@@ -56,8 +58,10 @@ FROZEN_KERNEL_COPIES = 1
 # measured on exported models.
 QUANT_PARAM_BYTES = 24
 # Flatbuffer tables per op of the graph (tensor and op records, shapes, names, the ops' small constants), measured
-# on exported models: file size minus constant buffers minus quantization parameters, over the ops the walk counts.
-TABLE_BYTES_PER_OP = 300
+# on exported models: file size minus constant buffers minus quantization parameters, over the ops the walk counts
+# (TinyTL-L+B: 375 on mcunet-5fps@128, 391 on ProxylessNAS-Mobile@224; the file holds about five op and tensor
+# records, of every signature, per op of the walk).
+TABLE_BYTES_PER_OP = 385
 # What the runtime adds beyond the graph's tensors: a fixed part (the runtime code a first step pages in, about
 # 0.45 MB of it file-backed, and the interpreter's state), a part per op (node and tensor records, kernel state)
 # and, when a backward runs, a part per byte of forward activations (kernel scratch, the arena's packing). The three
@@ -358,7 +362,7 @@ def predict_train(cfg, optimizer="adam", frozen_bits=8):
     forward_activations = F32 * sum(leaf.out_numel for leaf in leaves(cfg))
     return Prediction(
         variables=F32 * trainable + round(OPTIMIZER_STATE_BYTES[optimizer] * trainable) + F32,
-        initial_values=(LOAD_ARENA_GROUPS + 1) * F32 * walk.largest_load_group(),
+        initial_values=LOAD_ARENA_GROUPS * F32 * walk.largest_load_group(),
         frozen_constants=walk.constants + (MASK_TABLE_BYTES if walk.backward else 0),
         tables=TABLE_BYTES_PER_OP * walk.ops + walk.quant_params,
         arena=arena,
