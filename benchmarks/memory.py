@@ -6,6 +6,7 @@ at batch 1.
                                 [--readme README.md] [--verbose]
     python -m benchmarks.memory --predictor [--networks ...] [--optimizers adam sgd]
     python -m benchmarks.memory --runtime-base
+    python -m benchmarks.memory --repredict [--out docs/memory.json] [--readme README.md]
 
 Default mode, per network, optimizer and method (every method gets the lite residual branches, as in the paper's
 table, so each model is the network its analytic row describes): export the on-device training model (without
@@ -21,7 +22,8 @@ stay. `--readme` rewrites the table between the README's `memory-table` markers 
 `--predictor`: predicted against measured `train` (builtin kernels) for every method on each network and
 optimizer (default: the four networks below, SGD and Adam: 48 cells), written to `--out`'s "predictor" entry with
 each cell's error and how many are within 10%. `--runtime-base`: the RSS growth of loading and running a trivial
-model, the predictor's `RUNTIME_BASE_BYTES`.
+model, the predictor's `RUNTIME_BASE_BYTES`. `--repredict`: the recorded runs' predicted column recomputed with the
+checkout's predictor (measured figures untouched; the entry records both commits).
 
 A benchmark, not a test: each export takes from seconds to minutes; ProxylessNAS-Mobile's FT-Full export needs
 about 5 GB.
@@ -211,6 +213,22 @@ def runtime_base(steps, timeout):
         return [dynamic_memory(path, "serving_default", steps, timeout) for _ in range(3)]
 
 
+def repredict(report):
+    """Recompute every recorded run's `predicted_train_mb` with this checkout's predictor (a function of the network
+    config alone, so the measured figures stay those of the run's commit); records the predictor's commit."""
+    from tinytl_tf.memory import predicted_table
+
+    commit = git_commit()
+    for entry in report.get("runs", {}).values():
+        methods = [r["method"] for r in entry["rows"]]
+        table = predicted_table(
+            entry["network"], entry["resolution"], entry["classes"], methods, optimizer=entry["optimizer"]
+        )
+        for row, p in zip(entry["rows"], table):
+            row["predicted_train_mb"] = p.total_mb
+        entry["predicted_commit"] = commit
+
+
 def readme_table(report):
     """Markdown table of the recorded runs: per network and optimizer, each method's measured train step (MB) with
     the analytic total and the prediction in brackets."""
@@ -234,8 +252,13 @@ def readme_table(report):
     lines.append("")
     lines.append(
         "Each cell: measured LiteRT train step, MB (analytic total / predicted); batch 1, builtin kernels, "
-        f"{next(iter(runs.values()))['classes']} classes, lite branches on every method. Commits: "
+        f"{next(iter(runs.values()))['classes']} classes, lite branches on every method. Measured at "
         + ", ".join(sorted({e["commit"][:8] for e in runs.values()}))
+        + (
+            "; predicted at " + ", ".join(sorted({e["predicted_commit"][:8] for e in runs.values()}))
+            if all("predicted_commit" in e for e in runs.values())
+            else ""
+        )
         + "."
     )
     return "\n".join(lines)
@@ -266,6 +289,11 @@ def main(argv=None):
     p.add_argument("--readme", help="rewrite the table between this README's memory-table markers")
     p.add_argument("--predictor", action="store_true", help="predicted vs measured train memory (see above)")
     p.add_argument("--runtime-base", action="store_true", help="measure the RSS growth of a trivial model")
+    p.add_argument(
+        "--repredict",
+        action="store_true",
+        help="only recompute the recorded runs' predicted figures with this checkout's predictor (no export)",
+    )
     p.add_argument("--verbose", action="store_true", help="print the largest tensors alive at each static peak")
     p.add_argument("--top", type=int, default=8, help="tensors per method with --verbose (default 8)")
     args = p.parse_args(argv)
@@ -285,7 +313,10 @@ def main(argv=None):
     def save():
         atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
 
-    if args.predictor:
+    if args.repredict:
+        repredict(report)
+        save()
+    elif args.predictor:
         args.networks = args.networks or [network(n) for n in PREDICTOR_NETWORKS]
         report["predictor"] = run_predictor(args)
         save()

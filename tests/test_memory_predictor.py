@@ -34,12 +34,12 @@ def test_variables_are_trainables_and_optimizer_state(optimizer):
     p = predict_train(cfg, optimizer)
     assert p.variables == (4 + OPTIMIZER_STATE_BYTES[optimizer]) * trainable + 4  # + the step counter
     # the initial values are not resident: what stays is `load`'s arena for the largest variable group (the
-    # small tensors together, 16,320 head weights + biases here, or the largest lite kernel) and that group's values
+    # small tensors together, 16,320 head weights + biases here, or the largest lite kernel)
     walk = predictor._Walk(cfg, optimizer, 8)
     walk.run()
     assert sum(walk.trainable_sizes) == trainable
     assert walk.largest_load_group() == max(n for n in walk.trainable_sizes if n >= predictor.FLAT_MAX_ELEMENTS)
-    assert p.initial_values == (predictor.LOAD_ARENA_GROUPS + 1) * 4 * walk.largest_load_group() < 4 * trainable
+    assert p.initial_values == predictor.LOAD_ARENA_GROUPS * 4 * walk.largest_load_group() < 4 * trainable
 
 
 def test_adam_costs_its_two_moments_over_sgd():

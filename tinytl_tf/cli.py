@@ -292,9 +292,10 @@ def build_parser():
     )
     m.add_argument(
         "--optimizer",
-        choices=("adam", "sgd"),
+        choices=("adam", "sgd", "adam8bit"),
         default="adam",
-        help="the exported model's optimizer, for the predicted and measured figures (default adam, as export)",
+        help="the exported model's optimizer, for the predicted and measured figures (default adam, as export; "
+        "adam8bit: Adam with block-wise 8-bit moments)",
     )
     m.add_argument("--json", action="store_true", help="print the rows as JSON")
     m.add_argument(

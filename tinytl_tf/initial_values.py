@@ -110,17 +110,26 @@ def load(interpreter, spec, weights):
         runner(**{contract.INPUT_LOAD_VALUES: values, contract.INPUT_LOAD_GROUP: np.int32(j)})
 
 
-def load_beside(interpreter, tflite_path):
-    """Load the initial values of the model at `tflite_path` into its `interpreter` when its X.json names them
-    (a model exported by tinytl_tf); other models are left as they are. Returns whether it loaded them."""
+def spec_beside(tflite_path):
+    """(path of X.init.npz, X.json's `initial_values` entry) of the model at `tflite_path` when its X.json names
+    them (a model exported by tinytl_tf), else None."""
     meta_path = contract.model_json_path(tflite_path)
     if not os.path.exists(meta_path):
-        return False
+        return None
     with open(meta_path, encoding="utf-8") as f:
         spec = json.load(f).get("initial_values")
     if not spec:
+        return None
+    return os.path.join(os.path.dirname(os.path.abspath(tflite_path)), os.path.basename(spec["file"])), spec
+
+
+def load_beside(interpreter, tflite_path):
+    """Load the initial values of the model at `tflite_path` into its `interpreter` when its X.json names them
+    (a model exported by tinytl_tf); other models are left as they are. Returns whether it loaded them."""
+    found = spec_beside(tflite_path)
+    if found is None:
         return False
-    values_path = os.path.join(os.path.dirname(os.path.abspath(tflite_path)), os.path.basename(spec["file"]))
+    values_path, spec = found
     load(interpreter, spec, read(values_path, spec, file_sha256(tflite_path)))
     return True
 

@@ -109,6 +109,17 @@ class DeviceModel:
         """{name: array} of every trainable tensor, optimizer slot and the step counter (fresh copies)."""
         return self._runners[contract.SIGNATURE_GET_WEIGHTS](**{contract.INPUT_PLACEHOLDER: np.float32(0)})
 
+    def weight_views(self):
+        """{name: array} as `get_weights`, but views of the signature's outputs where LiteRT holds them: no copy,
+        valid until the next call. (The runner copies every output; on ProxylessNAS-Mobile TinyTL-L+B with Adam
+        that is 23.5 MB per call.) Uses the ai_edge_litert wrapper's tensor views, as its `tensor()` does."""
+        runner = self._runners[contract.SIGNATURE_GET_WEIGHTS]
+        wrapper, index = self.interpreter._interpreter, runner._subgraph_index
+        wrapper.AllocateTensors(index)
+        wrapper.SetTensor(runner._inputs[contract.INPUT_PLACEHOLDER], np.float32(0), index)
+        wrapper.Invoke(index)
+        return {name: wrapper.tensor(self.interpreter, t, index) for name, t in runner._outputs}
+
     def set_weights(self, weights):
         self._runners[contract.SIGNATURE_SET_WEIGHTS](**weights)
 

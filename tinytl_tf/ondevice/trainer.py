@@ -28,16 +28,16 @@ class StepResult:
 class Trainer:
     """Owns a `DeviceModel`'s weights: every change goes through here, so the last good weights are always known.
 
-    Rollback cost: each step reads back every variable with `get_weights` (trainables, optimizer slots, step) and
-    scans it for NaN/Inf. That copy is also the capture the next step rolls back to, so nothing is read twice and
-    `weights` (what checkpoints store) is free. In TinyTL only biases, lite-residual branches and the head train, so
-    the copy is small next to the step itself; a rollback is one `set_weights`.
+    Rollback cost: each step reads back every variable through `get_weights` (trainables, optimizer slots, step),
+    scans LiteRT's outputs in place for NaN/Inf and only then copies them over the capture the next step rolls back
+    to, so one copy is kept beside the signature's outputs (not a second, fresh one per step) and `weights` (what
+    checkpoints store) is free. A rollback is one `set_weights`.
     """
 
     def __init__(self, model):
         self.model = model
         self.rolled_back = 0
-        self._good = model.get_weights()
+        self._good = _owned(model.get_weights())
 
     @property
     def weights(self):
@@ -51,7 +51,7 @@ class Trainer:
         if not _all_finite(weights):
             raise InputError("weights contain NaN or Inf values")
         self.model.set_weights(weights)
-        self._good = self.model.get_weights()
+        self._good = _owned(self.model.get_weights())
 
     def train_step(self, x, y, lr=0.0):
         """One optimizer step on a normalized image tensor x ([S, S, 3] or [1, S, S, 3]) with class index y.
@@ -62,9 +62,10 @@ class Trainer:
         x, y, lr = self.check_image(x), self.check_label(y), _check_lr(lr)
         loss, logits = self.model.train(x, y, lr)
         if math.isfinite(loss):
-            after = self.model.get_weights()
+            after = self.model.weight_views()
             if _all_finite(after):
-                self._good = after
+                for name, value in after.items():
+                    np.copyto(self._good[name], value)
                 return StepResult(loss, logits, False)
         self.model.set_weights(self._good)
         self.rolled_back += 1
@@ -116,6 +117,12 @@ def _check_lr(lr):
     if not np.isfinite(value):
         raise InputError(f"learning rate {lr!r} is not a finite float32")
     return value
+
+
+def _owned(weights):
+    """`get_weights`' fresh copies as arrays that can be overwritten in place (a scalar, the step, comes as a numpy
+    scalar)."""
+    return {name: np.asarray(value) for name, value in weights.items()}
 
 
 def _all_finite(weights):

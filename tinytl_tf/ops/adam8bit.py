@@ -77,7 +77,9 @@ class ConcatBlocks:
 
 
 def _safe(scale):
-    return tf.where(scale > 0.0, scale, tf.ones_like(scale))
+    # a scalar 1, not ones_like: the converter folds ones_like of a per-value scale into a constant of one float per
+    # parameter, resident in the file (about 1 B per trainable parameter once equal shapes share it)
+    return tf.where(scale > 0.0, scale, 1.0)
 
 
 def encode_moment(m, scale):

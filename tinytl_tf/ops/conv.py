@@ -93,39 +93,52 @@ def _input_grad(dy, x_hw, k, stride, pads, channels, correlate):
     return _pad(dxp, ((-pt, -(stride * m_h - padded[0]) - pb), (-pl, -(stride * m_w - padded[1]) - pr)))
 
 
-def _int8_reader(kernel, depthwise):
+def _int8_reader(kernel, depthwise, groups=1):
     """`read(after, gradient)` of a frozen kernel: the forward gets the float constant (quantized by the converter);
-    the gradient dequantizes an int8 constant quantized like the converter's (symmetric per output channel, rows of
-    TFLite's layout: [Cout, k*k*Cin] for a conv, [k*k, C] for a depthwise one), so its bytes equal the forward's.
+    the gradient dequantizes int8 constants quantized like the converter's (symmetric per output channel, rows of
+    TFLite's layout: [Cout, k*k*Cin] for a conv, [k*k, C] for a depthwise one), so their bytes equal the forward's.
+    A grouped conv's forward is one conv per group, each with a constant of its own: its gradient reads one per group
+    too, and gets a list of per-group kernels.
 
-    A kernel the converter leaves in float (fewer than QUANTIZE_MIN_ELEMENTS) is read as float rows, again the
+    A constant the converter leaves in float (fewer than QUANTIZE_MIN_ELEMENTS) is read as float rows, again the
     forward constant's bytes. The rows are fetched by a GATHER whose indices add a zero computed from `after`: the
     converter can then neither fold the read into a constant of the gradient's layout nor run it before `after`
     exists (a control dependency does not stop either)."""
     k = tf.convert_to_tensor(kernel)
     shape = k.shape.as_list()
-    rows = tf.reshape(k, [-1, shape[2]]) if depthwise else tf.reshape(tf.transpose(k, [3, 0, 1, 2]), [shape[3], -1])
-    if k.shape.num_elements() < QUANTIZE_MIN_ELEMENTS:
-        q, scale = rows, 1.0
+    if depthwise:
+        parts = [tf.reshape(k, [-1, shape[2]])]
     else:
-        scale = tf.reduce_max(tf.abs(rows), axis=0 if depthwise else 1, keepdims=True) / 127.0
+        rows = tf.reshape(tf.transpose(k, [3, 0, 1, 2]), [shape[3], -1])
+        parts = tf.split(rows, groups, axis=0) if groups > 1 else [rows]
+    codes = []
+    for part in parts:
+        if part.shape.num_elements() < QUANTIZE_MIN_ELEMENTS:
+            codes.append((part, 1.0))
+            continue
+        # as the converter quantizes, in float64 (in float32 a few codes per kernel land on the other side of a
+        # tie, and the two constants could not share their bytes)
+        wide = tf.cast(part, tf.float64)
+        scale = tf.reduce_max(tf.abs(wide), axis=0 if depthwise else 1, keepdims=True) / 127.0
         scale = tf.where(scale > 0.0, scale, 1.0)
-        q = tf.cast(tf.round(rows / scale), tf.int8)  # folded into an int8 constant
+        codes.append((tf.cast(tf.round(wide / scale), tf.int8), tf.cast(scale, part.dtype)))  # folded: constants
 
     def read(after, gradient=False):
         if not gradient:
             return k
         first = tf.reshape(tf.slice(after, [0] * after.shape.rank, [1] * after.shape.rank), [])
         zero = tf.minimum(tf.cast(tf.math.is_nan(first), tf.int32), 0)
-        value = tf.cast(tf.gather(q, tf.range(q.shape[0]) + zero), tf.float32) * scale
+        values = [tf.cast(tf.gather(q, tf.range(q.shape[0]) + zero), tf.float32) * scale for q, scale in codes]
         if depthwise:
-            return tf.reshape(value, shape)
-        return tf.transpose(tf.reshape(value, [shape[3]] + shape[:3]), [1, 2, 3, 0])
+            return tf.reshape(values[0], shape)
+        hwio = shape[:3] + [shape[3] // groups]
+        kernels = [tf.transpose(tf.reshape(v, [hwio[3]] + hwio[:3]), [1, 2, 3, 0]) for v in values]
+        return kernels if groups > 1 else kernels[0]
 
     return read
 
 
-def _kernel_reader(kernel, trainable, layout=None):
+def _kernel_reader(kernel, trainable, layout=None, groups=1):
     """`read(after, gradient=False)`: the kernel's value, reached only once tensor `after` (the layer's input, or its
     output gradient for the input gradient's read, `gradient=True`) exists.
 
@@ -135,7 +148,8 @@ def _kernel_reader(kernel, trainable, layout=None):
     when needed, once for the forward and again for the input gradient; a trainable tensor passes an identity
     ordered the same way; a frozen tensor is used as it is (a constant in the file, its flips folded there too),
     except that within `frozen_kernels_int8` a conv's (`layout` "conv" or "depthwise") input gradient dequantizes
-    the forward's int8 copy (`_int8_reader`; a frozen dense kernel, the head of no method here, is left as it is).
+    the forward's int8 copy (`_int8_reader`, per group for a grouped conv; a frozen dense kernel, the head of no
+    method here, is left as it is).
     """
     if isinstance(kernel, tf.Variable):
 
@@ -145,7 +159,7 @@ def _kernel_reader(kernel, trainable, layout=None):
 
         return read
     if not trainable and layout and _FROZEN_INT8.get():
-        return _int8_reader(kernel, layout == "depthwise")
+        return _int8_reader(kernel, layout == "depthwise", groups)
     kernel = tf.convert_to_tensor(kernel)
     if not trainable:
         return lambda after, gradient=False: kernel
@@ -216,7 +230,7 @@ def conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), groups=1, kernel_grad=
     (TFLite's CONV_2D has no reliable grouped form). Backward: dx by `_input_grad` with the spatially flipped,
     in/out-swapped kernel; dK (only if `kernel_grad`) is `_kernel_grad` per group.
     """
-    x, read = tf.convert_to_tensor(x), _kernel_reader(kernel, kernel_grad, "conv")
+    x, read = tf.convert_to_tensor(x), _kernel_reader(kernel, kernel_grad, "conv", groups)
     k = kernel.shape[0]
     x_pads = _kernel_grad_pads(x.shape[1:3], k, stride, pads)
 
@@ -225,7 +239,8 @@ def conv2d(x, kernel, *, stride=1, pads=((0, 0), (0, 0)), groups=1, kernel_grad=
         x_saved = x if kernel_grad else None
 
         def grad(dy):
-            kernels = _groups(read(dy, gradient=True), groups)
+            value = read(dy, gradient=True)
+            kernels = value if isinstance(value, list) else _groups(value, groups)  # int8 codes come per group
 
             def correlate(t, rows, cols):
                 return _conv(t, [tf.transpose(_flipped_taps(kk, rows, cols, dy), [0, 1, 3, 2]) for kk in kernels])
