@@ -148,45 +148,67 @@ def run_network(net, optimizer, args):
     }
 
 
-def run_predictor(args):
-    """Predicted vs measured `train` (builtin kernels) per network, optimizer and method."""
+def run_predictor(args, previous, save):
+    """Predicted vs measured `train` (builtin kernels) per network, optimizer and method.
+
+    Resumable: the entry is saved (`save(entry)`) after each network and optimizer, and a cell already in
+    `previous` (the recorded entry) is kept, with the commit it was measured at, instead of measured again."""
+    from tinytl_tf.contract import METHODS
     from tinytl_tf.memory import predict_train
     from tinytl_tf.memory.analytic import MB
     from tinytl_tf.memory.measure import dynamic_memory
 
+    done = {(c["network"], c["optimizer"], c["method"]): c for c in (previous or {}).get("cells", [])}
     cells = []
-    print(f"{'network':<26}{'optimizer':<10}{'method':<14}{'predicted':>10}{'measured':>10}{'error':>8}", flush=True)
-    for net in args.networks:
-        for optimizer in args.optimizers:
-            with tempfile.TemporaryDirectory(prefix="tinytl-bench-") as tmp:
-                for method, cfg, path, _ in exported(net, args.classes, args.methods, optimizer, tmp):
-                    measured = dynamic_memory(path, "train", args.steps, args.timeout) / MB
-                    predicted = predict_train(cfg, optimizer).total_mb
-                    cell = {
-                        "network": f"{net[0]}@{net[1]}",
-                        "optimizer": optimizer,
-                        "method": method,
-                        "predicted_train_mb": predicted,
-                        "measured_train_mb": measured,
-                        "error": predicted / measured - 1,
-                    }
-                    cells.append(cell)
-                    print(
-                        f"{cell['network']:<26}{optimizer:<10}{method:<14}{predicted:>10.2f}{measured:>10.2f}"
-                        f"{100 * cell['error']:>+7.1f}%",
-                        flush=True,
-                    )
-    within = sum(abs(c["error"]) <= WITHIN for c in cells)
-    print(f"within {100 * WITHIN:.0f}%: {within} of {len(cells)} cells")
-    return {
+    entry = {
         "command": portable_command("python -m benchmarks.memory", args.argv),
         "commit": git_commit(),
         "classes": args.classes,
         "steps": args.steps,
         "within": WITHIN,
-        "cells_within": within,
         "cells": cells,
     }
+    print(f"{'network':<26}{'optimizer':<10}{'method':<14}{'predicted':>10}{'measured':>10}{'error':>8}", flush=True)
+
+    def show(cell):
+        print(
+            f"{cell['network']:<26}{cell['optimizer']:<10}{cell['method']:<14}{cell['predicted_train_mb']:>10.2f}"
+            f"{cell['measured_train_mb']:>10.2f}{100 * cell['error']:>+7.1f}%",
+            flush=True,
+        )
+
+    for net in args.networks:
+        name = f"{net[0]}@{net[1]}"
+        for optimizer in args.optimizers:
+            methods = args.methods or METHODS
+            missing = [m for m in methods if (name, optimizer, m) not in done]
+            for m in methods:
+                if m not in missing:
+                    cells.append(done[(name, optimizer, m)])
+                    show(cells[-1])
+            if not missing:
+                continue
+            with tempfile.TemporaryDirectory(prefix="tinytl-bench-") as tmp:
+                for method, cfg, path, _ in exported(net, args.classes, missing, optimizer, tmp):
+                    measured = dynamic_memory(path, "train", args.steps, args.timeout) / MB
+                    predicted = predict_train(cfg, optimizer).total_mb
+                    cells.append(
+                        {
+                            "network": name,
+                            "optimizer": optimizer,
+                            "method": method,
+                            "predicted_train_mb": predicted,
+                            "measured_train_mb": measured,
+                            "error": predicted / measured - 1,
+                            "commit": git_commit(),
+                        }
+                    )
+                    show(cells[-1])
+            entry["cells_within"] = sum(abs(c["error"]) <= WITHIN for c in cells)
+            save(entry)
+    entry["cells_within"] = sum(abs(c["error"]) <= WITHIN for c in cells)
+    print(f"within {100 * WITHIN:.0f}%: {entry['cells_within']} of {len(cells)} cells")
+    return entry
 
 
 def runtime_base(steps, timeout):
@@ -227,6 +249,15 @@ def repredict(report):
         for row, p in zip(entry["rows"], table):
             row["predicted_train_mb"] = p.total_mb
         entry["predicted_commit"] = commit
+    predictor = report.get("predictor")
+    if predictor:
+        for cell in predictor["cells"]:
+            name, res = network(cell["network"])
+            (p,) = predicted_table(name, res, predictor["classes"], [cell["method"]], optimizer=cell["optimizer"])
+            cell["predicted_train_mb"] = p.total_mb
+            cell["error"] = p.total_mb / cell["measured_train_mb"] - 1
+        predictor["cells_within"] = sum(abs(c["error"]) <= WITHIN for c in predictor["cells"])
+        predictor["predicted_commit"] = commit
 
 
 def readme_table(report):
@@ -318,8 +349,12 @@ def main(argv=None):
         save()
     elif args.predictor:
         args.networks = args.networks or [network(n) for n in PREDICTOR_NETWORKS]
-        report["predictor"] = run_predictor(args)
-        save()
+
+        def save_predictor(entry):
+            report["predictor"] = entry
+            save()
+
+        save_predictor(run_predictor(args, report.get("predictor"), save_predictor))
     else:
         args.networks = args.networks or [("proxylessnas-mobile", 224), ("mcunet-5fps", 128)]
         runs = report.setdefault("runs", {})
