@@ -2,6 +2,7 @@
 a bounded subprocess, and `python -m tinytl_tf memory --measure`."""
 
 import concurrent.futures
+import fcntl
 import importlib.util
 import json
 import os
@@ -16,6 +17,7 @@ from ai_edge_litert import schema_py_generated as schema
 
 from tinytl_tf.cli import main
 from tinytl_tf.contract import model_json_path
+from tinytl_tf.jobs import memory as memory_job
 from tinytl_tf.memory import measure
 from tinytl_tf.memory.analytic import method_table
 from tinytl_tf.memory.measure import MeasurementError, dynamic_memory, measure_tflite, probe_memory, static_memory
@@ -359,3 +361,30 @@ def test_cli_reports_a_machine_that_cannot_measure(capsys, monkeypatch, tmp_path
     assert main(["memory", "--backbone", "mcunet-5fps", "--resolution", "48", "--methods", "ft-last", "--measure"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "/proc" in err and "Traceback" not in err
+
+
+def test_measure_methods_keeps_the_order_of_methods_and_reports_a_failed_export(monkeypatch, tmp_path):
+    """Exports run two at a time; the rows still come in the order asked, and a failed export ends the job."""
+
+    def export(request):
+        if request["method"] == "tinytl-b":
+            raise RuntimeError("exporting tinytl-b to measure it failed (exit 1): ...")
+        time.sleep(0.2 if request["method"] == "ft-full" else 0)  # the first asked finishes last
+        open(request["out"], "wb").close()
+
+    monkeypatch.setattr(memory_job, "_export_in_subprocess", export)
+    monkeypatch.setattr(memory_job, "measure_tflite", lambda path, *args: {"file": path.name})
+    rows = memory_job.measure_methods("mcunet-5fps", 48, methods=["ft-full", "ft-last", "tinytl-lb"], workdir=tmp_path)
+    assert rows == [{"method": m, "file": f"{m}.tflite"} for m in ("ft-full", "ft-last", "tinytl-lb")]
+    with pytest.raises(RuntimeError, match="exporting tinytl-b"):
+        memory_job.measure_methods("mcunet-5fps", 48, methods=["ft-last", "tinytl-b", "ft-full"], workdir=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the temporary exports are gone
+
+
+def test_the_conversion_lock_is_exclusive(tmp_path):
+    lock = tmp_path / "converting.lock"
+    with memory_job._held(lock), open(lock) as other:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(lock) as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released once the block ends

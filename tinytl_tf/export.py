@@ -289,8 +289,12 @@ class TrainingModule(tf.Module):
         }
 
 
-def convert(module, allow_flex=False, frozen_bits=8):
+def convert(module, allow_flex=False, frozen_bits=8, converting=contextlib.nullcontext):
     """SavedModel -> TFLite bytes with resource variables; builtins only unless `allow_flex`.
+
+    `converting()` is entered around the SavedModel round trip and the converter's run, the export's memory
+    peak: a caller running several exports at once passes a shared lock there, so that only one of them is past
+    tracing at a time.
 
     `frozen_bits=8`: the converter's dynamic-range quantization stores every large constant conv / dense kernel
     as int8 with per-channel scales, and runs those ops as hybrid int8 kernels; the input gradients dequantize the
@@ -305,14 +309,16 @@ def convert(module, allow_flex=False, frozen_bits=8):
     """
     if frozen_bits not in FROZEN_BITS:
         raise ValueError(f"frozen_bits must be one of {FROZEN_BITS}, got {frozen_bits!r}")
-    with tempfile.TemporaryDirectory() as tmp:
-        with frozen_kernels_int8() if frozen_bits == 8 else contextlib.nullcontext():
-            sigs = module.signatures()
+    with frozen_kernels_int8() if frozen_bits == 8 else contextlib.nullcontext():
+        sigs = module.signatures()
+    with tempfile.TemporaryDirectory() as tmp, converting():
         # The train signature already holds its gradients: the SavedModel need not trace each custom gradient
         # again for a later tape (two thirds of the export's time otherwise).
         options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
         tf.saved_model.save(module, tmp, signatures=sigs, options=options)
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(sigs))
+        keys = list(sigs)
+        del sigs  # the traced graphs: the converter reads the SavedModel
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=keys)
         converter.experimental_enable_resource_variables = True
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS] + (
             [tf.lite.OpsSet.SELECT_TF_OPS] if allow_flex else []
@@ -387,12 +393,13 @@ def export_model(
     frozen_bits=8,
     overwrite=False,
     progress=None,
+    converting=contextlib.nullcontext,
 ):
     """Write `out` (X.tflite), its metadata X.json and the trainables' initial values X.init.npz beside it;
     returns the metadata dict.
 
     An existing `out` or X.json is refused unless `overwrite`. `progress(stage)`, when given, is called before
-    each slow stage (converting, checking, writing).
+    each slow stage (converting, checking, writing); `converting` as in `convert`.
     """
     from ai_edge_litert.interpreter import Interpreter
 
@@ -401,7 +408,7 @@ def export_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     module = TrainingModule(model, optimizer, lr, total_steps, label_smoothing, schedule)
     progress("converting to TFLite (builtin ops only)")
-    data = convert(module, allow_flex, frozen_bits)
+    data = convert(module, allow_flex, frozen_bits, converting)
     if not allow_flex:
         check_builtins_only(data)
     fingerprint = hashlib.sha256(data).hexdigest()

@@ -7,11 +7,15 @@ the memory room never imports Keras, TensorFlow or the exporter.
 Exports made only to be measured skip the export's LiteRT-against-Keras check (it proves the numbers, which memory
 does not depend on). `measure_methods` exports each method in a fresh process (`python -m tinytl_tf.jobs.memory`):
 TensorFlow keeps much of what one conversion allocates until the process ends, so one process exporting six
-methods grew to about 5 GB; a process per export bounds the peak by the largest single export, and the job's own
-process never imports TensorFlow. Each method's measuring processes run while the next method exports.
+methods grows; a process per export bounds the peak by the largest single export, and the job's own process never
+imports TensorFlow. Two exports run at once (tracing and saving are single-threaded Python, so two use two cores),
+and a lock held around the converter's run, each export's memory peak, keeps the second one below its peak
+meanwhile. Each method is measured as soon as it is exported, while the next ones export.
 """
 
 import concurrent.futures
+import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -24,12 +28,17 @@ from tinytl_tf.memory.analytic import check_fits
 from tinytl_tf.memory.measure import DEFAULT_XNNPACK, check_can_measure, check_run_args, measure_tflite
 from tinytl_tf.methods import method_config
 
+EXPORT_WORKERS = 2
 
-def export_for_measuring(model, path, optimizer="adam", frozen_bits=8):
-    """Write the on-device training model of `model` to `path` as `export` would, without the parity check."""
+
+def export_for_measuring(model, path, optimizer="adam", frozen_bits=8, converting=contextlib.nullcontext):
+    """Write the on-device training model of `model` to `path` as `export` would, without the parity check;
+    `converting` as in `tinytl_tf.export.convert`."""
     from tinytl_tf.export import export_model
 
-    export_model(model, path, optimizer=optimizer, frozen_bits=frozen_bits, verify=False, overwrite=True)
+    export_model(
+        model, path, optimizer=optimizer, frozen_bits=frozen_bits, verify=False, overwrite=True, converting=converting
+    )
 
 
 def measure_model(
@@ -92,19 +101,21 @@ def measure_methods(
 ):
     """`measure_tflite` of every method's exported model (see `method_models`): a list of dicts, "method" first.
 
-    One export per method, each in its own process; the method's two measuring processes (train, infer) run in
-    a worker thread while the next method exports, and the file goes once they are done.
+    One export per method, each in its own process, `EXPORT_WORKERS` at a time; a method's two measuring
+    processes (train, infer) run as soon as it is exported, while the next ones export, and the file goes once
+    they are done.
     `progress(method, index, total, stage)` is called as each one is exported and measured.
     """
     methods = list(methods or METHODS)
     check_run_args(steps, timeout)
     check_can_measure()  # before minutes of exporting
     report = progress or (lambda *a: None)
+    configs = method_configs(backbone, resolution, num_classes, methods, lite_for_all)
     with (
         tempfile.TemporaryDirectory(dir=workdir, prefix="tinytl-measure-") as tmp,
-        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        concurrent.futures.ThreadPoolExecutor(EXPORT_WORKERS) as exporters,
+        concurrent.futures.ThreadPoolExecutor(1) as measurers,
     ):
-        futures = []
 
         def measure(m, i, path):
             report(m, i, len(methods), "measuring")
@@ -113,27 +124,30 @@ def measure_methods(
             finally:
                 path.unlink(missing_ok=True)
 
-        for i, m in enumerate(method_configs(backbone, resolution, num_classes, methods, lite_for_all)):
+        def export_then_measure(m, i):
             report(m, i, len(methods), "exporting")
             path = Path(tmp) / f"{m}.tflite"
-            _export_in_subprocess(
-                dict(
-                    backbone=backbone,
-                    resolution=resolution,
-                    num_classes=num_classes,
-                    method=m,
-                    lite_for_all=lite_for_all,
-                    weights_dir=weights_dir,
-                    optimizer=optimizer,
-                    frozen_bits=frozen_bits,
-                    out=str(path),
-                )
+            request = dict(
+                backbone=backbone,
+                resolution=resolution,
+                num_classes=num_classes,
+                method=m,
+                lite_for_all=lite_for_all,
+                weights_dir=weights_dir,
+                optimizer=optimizer,
+                frozen_bits=frozen_bits,
+                out=str(path),
+                converting_lock=str(Path(tmp) / "converting.lock"),
             )
-            for done in futures:  # a measurement that failed stops the job before the next export
-                if done.done() and done.exception() is not None:
-                    raise done.exception()
-            futures.append(pool.submit(measure, m, i, path))
-        return [f.result() for f in futures]
+            _export_in_subprocess(request)
+            return measurers.submit(measure, m, i, path)
+
+        exports = [exporters.submit(export_then_measure, m, i) for i, m in enumerate(configs)]
+        try:
+            return [f.result().result() for f in exports]
+        except BaseException:  # the first failure ends the job: no new export starts
+            exporters.shutdown(cancel_futures=True)
+            raise
 
 
 def _export_in_subprocess(request):
@@ -159,7 +173,18 @@ def _export_one(request):
     base = load_backbone(r["backbone"], r["resolution"], r["weights_dir"])
     lite = True if r["lite_for_all"] else None
     model = prepare_transfer(base, r["method"], r["num_classes"], lite_residual=lite)
-    export_for_measuring(model, r["out"], r["optimizer"], r["frozen_bits"])
+    converting = functools.partial(_held, r["converting_lock"])
+    export_for_measuring(model, r["out"], r["optimizer"], r["frozen_bits"], converting)
+
+
+@contextlib.contextmanager
+def _held(lock_path):
+    """An exclusive lock on the file `lock_path` while the block runs (shared by the export processes)."""
+    import fcntl
+
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 if __name__ == "__main__":
