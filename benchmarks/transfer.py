@@ -24,6 +24,8 @@ TinyTL-B ~90, FT-Last ~200): about 15 hours in all, so it runs over several sitt
   memory  every (data set, method) network exported and its LiteRT train step measured at batch 1.   (~0.3 h)
   batch   TinyTL-L+B on CIFAR-10 at batch 1 in Keras, lr = the batch-8 lr / 8, the same epochs.          (~2 h)
   device  the same network exported and trained by the LiteRT trainer at batch 1 for the same epochs.   (~0.7 h)
+  adam8bit TinyTL-L+B on CIFAR-10 as in main (seed 0, its rate), Adam's moments stored in 8 bits (the
+          `adam8bit` optimizer), beside main's float-Adam seeds.                                        (~0.5 h)
 CIFAR-10 uses the first 500 training images of each class (by file name) and the full test split (its curve: the
 first 100 test images of each class); Cars its fixed 80/20 split of the official training half; Caltech-101 the
 official split without BACKGROUND_Google.
@@ -61,7 +63,7 @@ from tinytl_tf.contract import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PHASES = ("lr", "main", "memory", "batch", "device")
+PHASES = ("lr", "main", "memory", "batch", "device", "adam8bit")
 DEFAULT_OUT = ROOT / "docs" / "results"
 DEFAULT_DOC = ROOT / "docs" / "RESULTS.md"
 DEFAULT_WORK = ROOT / "runs" / "study"
@@ -558,8 +560,9 @@ def curve_recorder(model, dataset, path):
     return CurveRecorder(), curve
 
 
-def train_run(spec, data, state, label_smoothing, lr_phase=False):
-    """Fine-tune per `spec` for `spec.epochs` with the paper's recipe, resumable from `state`; evaluate.
+def train_run(spec, data, state, label_smoothing, lr_phase=False, optimizer="adam"):
+    """Fine-tune per `spec` for `spec.epochs` with the paper's recipe (Adam; `optimizer` "adam8bit": with 8-bit
+    moments), resumable from `state`; evaluate.
 
     lr phase: train on 80% of the training split, score the other 20% after every epoch (the test split is never
     read). Otherwise: the whole training split, the curve set after every epoch and the full test split at the end.
@@ -589,7 +592,7 @@ def train_run(spec, data, state, label_smoothing, lr_phase=False):
             data.curve, cfg.resolution, cfg.input_mean, cfg.input_std, EVAL_BATCH, class_names=images.class_names
         ).test
     steps = steps_per_epoch(images.train)
-    compile_model(model, spec.lr, spec.epochs * steps, label_smoothing)
+    compile_model(model, spec.lr, spec.epochs * steps, label_smoothing, optimizer)
     state = _mkdir(state)
     recorder, curve = curve_recorder(model, scored, state / "curve.json")
     resumed_at = len(curve)
@@ -613,6 +616,7 @@ def train_run(spec, data, state, label_smoothing, lr_phase=False):
         "total_params": total,
         "num_classes": len(images.class_names),
         "label_smoothing": label_smoothing,
+        "optimizer": optimizer,
         "reproducibility": reproducibility,
         "resumed_at_epoch": resumed_at,
     }
@@ -776,6 +780,15 @@ def batch_spec(results, plan, phase):
     )
 
 
+def adam8bit_spec(results, plan):
+    """The 8-bit-Adam twin of main's seed-0 TinyTL-L+B run on the batch-1 data set, once its rate is chosen."""
+    d = plan.batch1_dataset
+    lr = chosen_lr(results, plan, d, ON_DEVICE_METHOD) if d in plan.datasets else None
+    if lr is None or ON_DEVICE_METHOD not in plan.methods:
+        return None
+    return Spec("adam8bit", d, plan.backbone, ON_DEVICE_METHOD, plan.resolution, plan.batch_size, 0, lr, plan.epochs)
+
+
 def phase_runs(phase, results, plan, ctx):
     """[(spec, compute)] of one phase."""
 
@@ -797,6 +810,10 @@ def phase_runs(phase, results, plan, ctx):
         ]
     if phase == "memory":
         return [(s, functools.partial(measure_run, s, ctx.trees[s.data])) for s in memory_specs(plan)]
+    if phase == "adam8bit":
+        s = adam8bit_spec(results, plan)
+        compute = functools.partial(train_run, s, ctx.trees[s.data], state(s), smoothing(s), optimizer="adam8bit")
+        return [(s, compute)] if s else []
     s = batch_spec(results, plan, phase)
     if s is None:
         return []
@@ -826,7 +843,7 @@ def run_phases(phases, results, plan, ctx):
                 execute(results, ctx, spec, compute, f"{i}/{len(pending)}", tolerated)
             if phase != "lr":
                 break
-        if phase in ("main", "batch", "device"):
+        if phase in ("main", "batch", "device", "adam8bit"):
             waiting = [
                 f"{d}/{m}" for d in plan.datasets for m in plan.methods if chosen_lr(results, plan, d, m) is None
             ]
@@ -946,7 +963,8 @@ class Report:
         lines += self.progress() + [""] + self.recipe() + [""]
         for d in p.datasets:
             lines += self.dataset_section(d, links[d]) + [""]
-        lines += self.backbones_section() + [""] + self.batch_section() + [""] + self.shows() + [""]
+        for section in (self.backbones_section, self.batch_section, self.adam8bit_section, self.shows):
+            lines += section() + [""]
         return lines + self.runs_section()
 
     def progress(self):
@@ -1076,6 +1094,31 @@ class Report:
             "through its `train` signature (no dropout on the device).",
             "",
         ] + table(["run", "lr", "top-1 %"], rows)
+
+    def adam8bit_section(self):
+        p = self.plan
+        d, m = p.batch1_dataset, ON_DEVICE_METHOD
+        if d not in p.datasets or m not in p.methods:
+            return []
+        floats = self.main_runs(d, m)
+        s = adam8bit_spec(self.results, p)
+        run = metrics_of(self.results.get(s)) if s else {}
+        rows = [
+            [f"Adam, float moments (main, seed {i})", pct(r["test_accuracy"]), f"{r['train_seconds']:.0f}"]
+            for i, r in enumerate(floats)
+        ]
+        rows.append(["Adam, 8-bit moments (seed 0)", pct(run.get("test_accuracy")), shown(run.get("train_seconds"))])
+        lines = [
+            f"## 8-bit Adam ({m}, {p.dataset(d).title}, {p.epochs} epochs, lr {lr_text(s.lr if s else None)})",
+            "",
+            "Adam's two moments stored as block-wise 8-bit codes (2.03 bytes of state per parameter instead of 8), "
+            "in Keras; the same rule as the exported `train` signature's.",
+            "",
+        ] + table(["optimizer", "top-1 %", "train s"], rows)
+        if floats and run.get("test_accuracy") is not None:
+            gap = 100 * (run["test_accuracy"] - mean([r["test_accuracy"] for r in floats]))
+            lines += ["", f"8-bit minus float Adam (mean of {len(floats)} seeds): {gap:+.1f} points."]
+        return lines
 
     def shows(self):
         """Point-by-point comparison with the paper's rows, computed from the recorded runs."""

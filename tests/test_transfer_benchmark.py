@@ -117,6 +117,7 @@ def expected_keys(runs):
     }
     keys |= {f"memory/{d}/{m}/48px/b1/s0/lr-/e0" for m in QUICK_GRID}
     keys |= {f"{phase}/{d}/tinytl-lb/48px/b1/s0/lr{lr_lb / 8:g}/e{EPOCHS}" for phase in ("batch", "device")}
+    keys.add(f"adam8bit/{d}/tinytl-lb/{tail}/s0/lr{lr_lb:g}/e{EPOCHS}")
     return keys
 
 
@@ -133,7 +134,8 @@ def check_every_run_is_recorded_with_finite_numbers(quick):
                 assert math.isfinite(m[name]) and m[name] > 0, (key, name)
         else:
             assert 0.0 <= accuracy <= 1.0 and m["reproducibility"]["seed"] == r["seed"], key
-        if r["phase"] in ("lr", "main", "batch"):
+        if r["phase"] in ("lr", "main", "batch", "adam8bit"):
+            assert m["optimizer"] == ("adam8bit" if r["phase"] == "adam8bit" else "adam"), key
             assert len(m["curve"]) == r["epochs"] and all(0 <= a <= 1 for a in m["curve"]), key
             assert m["resumed_at_epoch"] == 0, key
         assert r["seconds"] > 0 and r["command"].startswith("python -m benchmarks.transfer --quick"), key
@@ -175,6 +177,10 @@ def check_report_lists_every_run_with_its_command_and_time(quick):
     assert f"{100 * sum(lb) / 2:.1f} ({100 * min(lb):.1f}-{100 * max(lb):.1f}, 2 seeds)" in text
     assert "Hardware: " in text and "| missing" not in text.split("## Runs")[0]
     assert "TinyTL-L+B - ft-last = " in text.split("## What this shows")[1]
+    eight = next(r for r in quick["runs"].values() if r["phase"] == "adam8bit")["metrics"]["test_accuracy"]
+    gap = 100 * (eight - sum(lb) / 2)
+    assert f"Adam, 8-bit moments (seed 0) | {100 * eight:.1f} |" in text
+    assert f"8-bit minus float Adam (mean of 2 seeds): {gap:+.1f} points." in text
 
 
 def check_plots_are_valid_images(quick):
