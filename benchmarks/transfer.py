@@ -270,6 +270,21 @@ class Context:
     hardware: str
 
 
+def engine_fingerprint():
+    """A hash of the package's source (tinytl_tf/**/*.py): a memory record measured under another one measured an
+    engine that is no longer the code's, so the memory phase measures it again and the report does not show it."""
+    digest = hashlib.sha256()
+    package = ROOT / "tinytl_tf"
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def current(record):
+    """Whether a recorded run still stands: a memory measurement only for the engine it measured."""
+    return record["phase"] != "memory" or record["metrics"].get("engine") == engine_fingerprint()
+
+
 def git_commit():
     """HEAD's hash, with "+uncommitted" when tracked code differs from it (the numbers then come from that code;
     the results files this script rewrites do not count)."""
@@ -335,7 +350,7 @@ def execute(results, ctx, spec, compute, position, tolerated=()):
     """Run `compute()` for `spec` unless the JSON already has it, and record its metrics with the run's context.
     A `tolerated` error is recorded as the run's failure (the report states it) and the next run goes on."""
     label = f"[{spec.phase} {position}] {spec.key}"
-    if spec in results:
+    if spec in results and current(results.get(spec)):
         print(f"{label}: done earlier, skipped", flush=True)
         return
     load = round(os.getloadavg()[0], 1)  # the machine may be shared: times are read against it
@@ -639,7 +654,7 @@ def measure_run(spec, data):
     base, _ = pretrained(spec)
     model = transfer_model(base, spec, folder_split(data.tree).class_names)
     measured = measure_model(model, progress=lambda stage: print(f"  {stage}", file=sys.stderr, flush=True))
-    return {**measured, "analytic": analytic_memory(model.net_config)}
+    return {**measured, "analytic": analytic_memory(model.net_config), "engine": engine_fingerprint()}
 
 
 def device_run(spec, data, state):
@@ -834,7 +849,7 @@ def run_phases(phases, results, plan, ctx):
             pending = [
                 (s, c)
                 for s, c in phase_runs(phase, results, plan, ctx)
-                if s not in results and s.key not in results.failed
+                if (s not in results or not current(results.get(s))) and s.key not in results.failed
             ]
             if not pending:
                 break
@@ -920,8 +935,10 @@ class Report:
         return mean([r["test_accuracy"] for r in self.main_runs(data, method, backbone)])
 
     def memory(self, data, method):
+        """The memory run's metrics, if it measured the engine as the code has it now (else {}: missing)."""
         p = self.plan
-        return metrics_of(self.results.get(Spec("memory", data, p.backbone, method, p.resolution, 1, 0, None, 0)))
+        record = self.results.get(Spec("memory", data, p.backbone, method, p.resolution, 1, 0, None, 0))
+        return metrics_of(record) if record and current(record) else {}
 
     def write(self):
         self.out.mkdir(parents=True, exist_ok=True)

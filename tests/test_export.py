@@ -1,6 +1,7 @@
 """The exported training graph: builtins only, and LiteRT training equals Keras training step for step."""
 
 import json
+import logging
 
 import keras
 import numpy as np
@@ -208,7 +209,7 @@ def test_frozen_weights_are_stored_at_8_bits(tmp_path):
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_export_command_sizes_the_schedule_and_reports_progress_on_stderr(backbone, tmp_path, capsys):
+def test_export_command_sizes_the_schedule_and_reports_progress_on_stderr(backbone, tmp_path, capsys, caplog):
     from tinytl_tf.cli import main
 
     model = prepare_transfer(backbone, "tinytl-b", 3, labels=("ant", "bee", "cat"))
@@ -235,6 +236,7 @@ def test_export_command_sizes_the_schedule_and_reports_progress_on_stderr(backbo
     assert json.loads(out)["method"] == "tinytl-b"  # stdout is exactly the result
     assert "export: converting to TFLite" in err and "schedule of 21 steps" in err
     assert json.loads((tmp_path / "float.json").read_text())["optimizer"]["total_steps"] == 21
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # no converter noise
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adam8bit"])

@@ -91,6 +91,7 @@ def test_quick_mode(tmp_path, monkeypatch):
     check_report_lists_every_run_with_its_command_and_time(quick)
     check_plots_are_valid_images(quick)
     check_report_shows_missing_runs_as_missing(quick, tmp_path)
+    check_memory_of_another_engine_is_stale(quick, tmp_path)
     check_rerun_skips_finished_runs(quick, monkeypatch)
     check_interrupted_run_resumes_from_its_last_epoch(quick, monkeypatch)
 
@@ -216,6 +217,26 @@ def check_report_shows_missing_runs_as_missing(quick, tmp_path):
     text = (out / "RESULTS.md").read_text()
     assert "| ft-last | " in text and "| missing |" in text.split("## Runs")[0]
     assert not any(f"`{key}`" in text for key in dropped)
+
+
+def check_memory_of_another_engine_is_stale(quick, tmp_path):
+    """A memory record measured on other engine code is neither shown nor counted as done."""
+    results = json.loads((quick["out"] / "results.json").read_text())
+    memory = {k: r for k, r in results["runs"].items() if r["phase"] == "memory"}
+    assert memory and all(bench.current(r) for r in memory.values())
+    key, record = next((k, r) for k, r in memory.items() if r["method"] == "tinytl-lb")
+    measured = f"{record['metrics']['measured_train_mb']:.2f}"
+    section = (quick["out"] / "RESULTS.md").read_text().split("## Runs")[0]
+    assert f"| {measured} |" in [row for row in section.splitlines() if row.startswith("| tinytl-lb |")][0]
+    record["metrics"]["engine"] = "an-older-engine"
+    assert not bench.current(record)
+    out = tmp_path / "stale"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(results))
+    assert bench.main(["--quick", "--report", "--out", str(out), "--backbone", "tiny"]) == 0
+    section = (out / "RESULTS.md").read_text().split("## Runs")[0]
+    row = [row for row in section.splitlines() if row.startswith("| tinytl-lb |")][0]  # the data set's table
+    assert f"| {measured} |" not in row and "| missing |" in row
 
 
 class Interrupted(Exception):

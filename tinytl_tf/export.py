@@ -11,6 +11,7 @@ TFLite builtin ops are allowed (Flex cannot run from Python and adds ~8 MB to an
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -311,7 +312,7 @@ def convert(module, allow_flex=False, frozen_bits=8, converting=contextlib.nullc
         raise ValueError(f"frozen_bits must be one of {FROZEN_BITS}, got {frozen_bits!r}")
     with frozen_kernels_int8() if frozen_bits == 8 else contextlib.nullcontext():
         sigs = module.signatures()
-    with tempfile.TemporaryDirectory() as tmp, converting():
+    with tempfile.TemporaryDirectory() as tmp, converting(), _quiet_about_unsaved_gradients():
         # The train signature already holds its gradients: the SavedModel need not trace each custom gradient
         # again for a later tape (two thirds of the export's time otherwise).
         options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
@@ -331,6 +332,22 @@ def convert(module, allow_flex=False, frozen_bits=8, converting=contextlib.nullc
             raise ExportError(f"TFLite conversion with builtin ops only failed: {str(e)[-2000:]}") from None
     data = tflite_model.share_identical_buffers(data)[0]  # the int8 frozen kernels' second (gradient) constants
     return tflite_model.fill_zero_initial_values(data, nonzero=True)[0]
+
+
+@contextlib.contextmanager
+def _quiet_about_unsaved_gradients():
+    """Drop the loader's warning, once per function, that the SavedModel's custom gradients were not saved: they
+    were left out on purpose (see `convert`), and nothing asks for them."""
+
+    def keep(record):
+        return "unsaved custom gradients" not in record.getMessage()
+
+    logger = logging.getLogger("absl")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def check_builtins_only(tflite_bytes):
