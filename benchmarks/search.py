@@ -7,8 +7,8 @@
 The data sets are cut as the accuracy study cuts them (benchmarks/transfer.py; DIR holds the same archives):
 CIFAR-10's first 500 training images per class and its full test split, Stanford Cars' fixed 80/20 split of the
 official training half, Caltech-101's official split. Per data set, two budgets: B1, the predicted train-step memory
-(`tinytl_tf.supernet.space.predicted_memory_mb`: batch 1, Adam) of mcunet-5fps with TinyTL-L+B at 128 px for the
-data set's classes, and B2 = 60% of B1. Per data set and budget:
+(`tinytl_tf.supernet.space.predicted_memory_mb`: batch 1, the export's optimizer) of mcunet-5fps with TinyTL-L+B
+at 128 px for the data set's classes, and B2 = 60% of B1. Per data set and budget:
   search   `search` over every backbone with pretrained MB weights at 96-160 px (5 super-net epochs, 500 pairs,
            population 100 x 100 generations); the super-nets, pairs and predictor are shared by the two budgets
            of a data set, the evolution, the comparison and the winner's LiteRT measurement are per budget
@@ -292,8 +292,9 @@ def report(records, plan, doc):
         "expand ratios stay the backbone's: cropping kernels and dropping channels destroys the features of "
         "weights not trained as a once-for-all super-net (`search --elastic-width` turns them on).",
         "",
-        "**Budget.** B1 is the predicted train-step memory of mcunet-5fps with TinyTL-L+B at 128 px (batch 1, Adam: "
-        "the analytic model of the paper's Sec. 3.1 plus the optimizer's two slots per trainable parameter), B2 is "
+        "**Budget.** B1 is the predicted train-step memory of mcunet-5fps with TinyTL-L+B at 128 px (batch 1, the "
+        "export's default optimizer, Adam with 8-bit moments: `tinytl_tf.memory.predict_train`, the engine's storage "
+        "rules), B2 is "
         "60% of it. Both models are constrained by the prediction and then measured: *measured* is the memory a "
         "fresh LiteRT process grows by over its train steps (`python -m tinytl_tf memory --model`).",
         "",

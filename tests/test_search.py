@@ -10,6 +10,7 @@ import pytest
 
 from tinytl_tf.backbones import backbone_config
 from tinytl_tf.config import BlockConfig, ConfigError, ConvConfig, NetConfig
+from tinytl_tf.contract import DEFAULT_OPTIMIZER
 from tinytl_tf.memory import predict_train_mb, training_memory
 from tinytl_tf.methods import TRAINABLE, method_config
 from tinytl_tf.supernet import space
@@ -49,8 +50,11 @@ def test_searchable_backbones_come_from_the_registry():
 
 def test_the_search_budgets_with_the_engine_memory_predictor(spec):
     cfg = space.subnet_config(spec, space.backbone_arch(spec))
-    adam, sgd = space.predicted_memory_mb(cfg), space.predicted_memory_mb(cfg, "sgd")
+    adam, sgd = space.predicted_memory_mb(cfg, "adam"), space.predicted_memory_mb(cfg, "sgd")
     assert adam == pytest.approx(predict_train_mb(cfg, "adam")) and sgd == pytest.approx(predict_train_mb(cfg, "sgd"))
+    # by default the export's optimizer, whose state is what the device will hold
+    default = space.predicted_memory_mb(cfg)
+    assert default == pytest.approx(predict_train_mb(cfg, DEFAULT_OPTIMIZER)) and sgd < default < adam
     # Adam adds at least its two float slots per trainable parameter (and its update's temporaries); the runtime is
     # counted, unlike in the paper's analytic model, which the predicted figure must exceed
     assert adam - sgd >= 8 * training_memory(cfg).trainable_params / 1e6

@@ -14,7 +14,7 @@ from tinytl_tf import cliargs
 from tinytl_tf.backbones.registry import BACKBONES, get_backbone
 from tinytl_tf.cliargs import count, fraction, positive_float, unit_interval
 from tinytl_tf.config import check_resolution
-from tinytl_tf.contract import METHODS
+from tinytl_tf.contract import DEFAULT_OPTIMIZER, METHODS
 from tinytl_tf.methods import DEFAULT_LR, OPTIMIZERS
 
 
@@ -293,9 +293,9 @@ def build_parser():
     m.add_argument(
         "--optimizer",
         choices=("adam", "sgd", "adam8bit"),
-        default="adam",
-        help="the exported model's optimizer, for the predicted and measured figures (default adam, as export; "
-        "adam8bit: Adam with block-wise 8-bit moments)",
+        default=DEFAULT_OPTIMIZER,
+        help=f"the exported model's optimizer, for the predicted and measured figures (default {DEFAULT_OPTIMIZER}, "
+        "as export; adam8bit: Adam with block-wise 8-bit moments)",
     )
     m.add_argument("--json", action="store_true", help="print the rows as JSON")
     m.add_argument(
@@ -531,9 +531,10 @@ def _add_export_parser(sub):
     x.add_argument("--out", required=True, help="the X.tflite to write; X.json is written beside it")
     x.add_argument(
         "--optimizer",
-        default="adam",
+        default=DEFAULT_OPTIMIZER,
         choices=OPTIMIZERS,
-        help="the device's optimizer (adam8bit: Adam with block-wise 8-bit moments, ~2 bytes of state per parameter)",
+        help=f"the device's optimizer (default {DEFAULT_OPTIMIZER}: Adam with block-wise 8-bit moments, ~2 bytes of "
+        "state per parameter, within 0.3 points of float Adam in the accuracy study; adam: float moments, 8 bytes)",
     )
     x.add_argument("--lr", type=positive_float, default=3e-4, help="peak learning rate of the in-model schedule")
     x.add_argument("--schedule", default="cosine", choices=("cosine", "constant"), help="learning-rate schedule")

@@ -53,7 +53,15 @@ class TrainingModule(tf.Module):
     variables), so the frozen variables are referenced explicitly here.
     """
 
-    def __init__(self, model, optimizer="adam", lr=1e-3, total_steps=1000, label_smoothing=0.1, schedule="cosine"):
+    def __init__(
+        self,
+        model,
+        optimizer=contract.DEFAULT_OPTIMIZER,
+        lr=1e-3,
+        total_steps=1000,
+        label_smoothing=0.1,
+        schedule="cosine",
+    ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
@@ -400,7 +408,7 @@ def verify_infer(model, interpreter, n=3, seed=0, tolerance=1e-4):
 def export_model(
     model,
     out,
-    optimizer="adam",
+    optimizer=contract.DEFAULT_OPTIMIZER,
     lr=1e-3,
     total_steps=1000,
     label_smoothing=0.1,

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tinytl_tf.contract import METHODS
+from tinytl_tf.contract import DEFAULT_OPTIMIZER, METHODS
 from tinytl_tf.memory.analytic import check_fits
 from tinytl_tf.memory.measure import DEFAULT_XNNPACK, check_can_measure, check_run_args, measure_tflite
 from tinytl_tf.methods import method_config
@@ -31,7 +31,7 @@ from tinytl_tf.methods import method_config
 EXPORT_WORKERS = 2
 
 
-def export_for_measuring(model, path, optimizer="adam", frozen_bits=8, converting=contextlib.nullcontext):
+def export_for_measuring(model, path, optimizer=DEFAULT_OPTIMIZER, frozen_bits=8, converting=contextlib.nullcontext):
     """Write the on-device training model of `model` to `path` as `export` would, without the parity check;
     `converting` as in `tinytl_tf.export.convert`."""
     from tinytl_tf.export import export_model
@@ -42,7 +42,14 @@ def export_for_measuring(model, path, optimizer="adam", frozen_bits=8, convertin
 
 
 def measure_model(
-    model, steps=3, timeout=300, workdir=None, xnnpack=DEFAULT_XNNPACK, progress=None, optimizer="adam", frozen_bits=8
+    model,
+    steps=3,
+    timeout=300,
+    workdir=None,
+    xnnpack=DEFAULT_XNNPACK,
+    progress=None,
+    optimizer=DEFAULT_OPTIMIZER,
+    frozen_bits=8,
 ):
     """`tinytl_tf.memory.measure_tflite` of a Keras TinyTL model, exported first (`export_for_measuring`) into a
     temporary folder under `workdir`. `progress(stage)` is called with "exporting" and "measuring"."""
@@ -95,7 +102,7 @@ def measure_methods(
     timeout=300,
     xnnpack=DEFAULT_XNNPACK,
     progress=None,
-    optimizer="adam",
+    optimizer=DEFAULT_OPTIMIZER,
     frozen_bits=8,
     workdir=None,
 ):

@@ -36,7 +36,7 @@ milliseconds per config), so a super-net search can call `predict_train_mb` for 
 from dataclasses import asdict, dataclass
 
 from tinytl_tf.config import NetConfig
-from tinytl_tf.contract import ADAM8BIT_BLOCK, FLAT_MAX_ELEMENTS
+from tinytl_tf.contract import ADAM8BIT_BLOCK, DEFAULT_OPTIMIZER, FLAT_MAX_ELEMENTS
 from tinytl_tf.memory.analytic import MB, leaves, param_counts
 from tinytl_tf.methods import method_config
 from tinytl_tf.tflite_model import MIN_FILL_BYTES, QUANTIZE_MIN_ELEMENTS
@@ -355,9 +355,10 @@ class _Walk:
         return self.peak
 
 
-def predict_train(cfg, optimizer="adam", frozen_bits=8):
+def predict_train(cfg, optimizer=DEFAULT_OPTIMIZER, frozen_bits=8):
     """The `Prediction` of network `cfg` (a NetConfig whose `trainable` set says what trains) trained in LiteRT
-    with `optimizer` ("sgd" or "adam"), frozen kernels stored in `frozen_bits` (8 or 32), at batch 1."""
+    with `optimizer` ("sgd", "adam" or "adam8bit"; default the export's), frozen kernels stored in `frozen_bits`
+    (8 or 32), at batch 1."""
     if not isinstance(cfg, NetConfig):
         raise TypeError(f"predict_train() needs a NetConfig, got {type(cfg).__name__}")
     if optimizer not in OPTIMIZER_STATE_BYTES:
@@ -383,7 +384,9 @@ def predict_train(cfg, optimizer="adam", frozen_bits=8):
     )
 
 
-def predict_train_mb(cfg, optimizer="adam", frozen_bits=8, method=None, num_classes=None, lite_residual=None):
+def predict_train_mb(
+    cfg, optimizer=DEFAULT_OPTIMIZER, frozen_bits=8, method=None, num_classes=None, lite_residual=None
+):
     """Predicted LiteRT training memory (MB = 1e6 B, batch 1) of a network: what `memory --measure` would measure.
 
     `cfg`: a NetConfig; with `method` it is first turned into that method's network (`methods.method_config`:
@@ -396,7 +399,13 @@ def predict_train_mb(cfg, optimizer="adam", frozen_bits=8, method=None, num_clas
 
 
 def predicted_table(
-    backbone, resolution=None, num_classes=102, methods=None, lite_for_all=True, optimizer="adam", frozen_bits=8
+    backbone,
+    resolution=None,
+    num_classes=102,
+    methods=None,
+    lite_for_all=True,
+    optimizer=DEFAULT_OPTIMIZER,
+    frozen_bits=8,
 ):
     """The `Prediction` of every method's network on a backbone, in the order of `methods` (default all), each
     network as `memory.method_table` and `memory --measure` build it."""

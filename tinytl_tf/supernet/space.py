@@ -22,6 +22,7 @@ import numpy as np
 
 from tinytl_tf.backbones.registry import BACKBONES
 from tinytl_tf.config import ConfigError, LiteConfig, NetConfig, check_resolution, with_lite_residual
+from tinytl_tf.contract import DEFAULT_OPTIMIZER
 from tinytl_tf.memory.predictor import predict_train
 from tinytl_tf.methods import TRAINABLE, check_method
 
@@ -33,14 +34,14 @@ LITE_KERNELS = (3, 5)
 LITES = (0, 1)  # lite residual branch absent / present
 PER_SLOT_GENES = ("kernels", "expands", "lites", "lite_groups", "lite_kernels")
 LITE_GENES = ("lite_groups", "lite_kernels")  # meaningless where the branch is absent
-EXPORT_OPTIMIZER = "adam"  # what `train` exports; its slots are per-trainable-parameter state
 
 
-def predicted_memory_mb(cfg, optimizer=EXPORT_OPTIMIZER):
+def predicted_memory_mb(cfg, optimizer=DEFAULT_OPTIMIZER):
     """Predicted LiteRT train-step memory (MB = 1e6 B) of network `cfg` at batch 1 with `optimizer`: the engine's
     storage rules (`tinytl_tf.memory.predictor`: variables and optimizer state, resident constants, the training
-    graph's live tensors, the runtime). Every budget decision of the search (the space's memory, the budget check,
-    the fixed baseline's resolution) reads this one function; the search still measures its winner."""
+    graph's live tensors, the runtime), with the export's optimizer by default. Every budget decision of the search
+    (the space's memory, the budget check, the fixed baseline's resolution) reads this one function; the search
+    still measures its winner."""
     return predict_train(cfg, optimizer).total_mb
 
 
