@@ -301,9 +301,9 @@ class TrainingModule(tf.Module):
 def convert(module, allow_flex=False, frozen_bits=8, converting=contextlib.nullcontext):
     """SavedModel -> TFLite bytes with resource variables; builtins only unless `allow_flex`.
 
-    `converting()` is entered around the SavedModel round trip and the converter's run, the export's memory
-    peak: a caller running several exports at once passes a shared lock there, so that only one of them is past
-    tracing at a time.
+    `converting()` is entered around tracing, the SavedModel round trip and the converter's run (the export's
+    memory peak and most of its time): a caller running several exports at once passes a shared lock there, so
+    that they overlap only in starting up, building the model and writing files.
 
     `frozen_bits=8`: the converter's dynamic-range quantization stores every large constant conv / dense kernel
     as int8 with per-channel scales, and runs those ops as hybrid int8 kernels; the input gradients dequantize the
@@ -318,9 +318,9 @@ def convert(module, allow_flex=False, frozen_bits=8, converting=contextlib.nullc
     """
     if frozen_bits not in FROZEN_BITS:
         raise ValueError(f"frozen_bits must be one of {FROZEN_BITS}, got {frozen_bits!r}")
-    with frozen_kernels_int8() if frozen_bits == 8 else contextlib.nullcontext():
-        sigs = module.signatures()
-    with tempfile.TemporaryDirectory() as tmp, converting(), _quiet_about_unsaved_gradients():
+    with converting(), tempfile.TemporaryDirectory() as tmp, _quiet_about_unsaved_gradients():
+        with frozen_kernels_int8() if frozen_bits == 8 else contextlib.nullcontext():
+            sigs = module.signatures()
         # The train signature already holds its gradients: the SavedModel need not trace each custom gradient
         # again for a later tape (two thirds of the export's time otherwise).
         options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)

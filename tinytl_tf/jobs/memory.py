@@ -8,9 +8,10 @@ Exports made only to be measured skip the export's LiteRT-against-Keras check (i
 does not depend on). `measure_methods` exports each method in a fresh process (`python -m tinytl_tf.jobs.memory`):
 TensorFlow keeps much of what one conversion allocates until the process ends, so one process exporting six
 methods grows; a process per export bounds the peak by the largest single export, and the job's own process never
-imports TensorFlow. Two exports run at once (tracing and saving are single-threaded Python, so two use two cores),
-and a lock held around the converter's run, each export's memory peak, keeps the second one below its peak
-meanwhile. Each method is measured as soon as it is exported, while the next ones export.
+imports TensorFlow. Two exports run at once, and a lock held from tracing to the converter's output (most of an
+export's time and its memory peak) lets them overlap only in starting up, building the model and writing files,
+so the pair stays near one export's peak (README, "Measured memory": time and memory against one export at a time
+and against a shorter lock). Each method is measured as soon as it is exported, while the next ones export.
 """
 
 import concurrent.futures
