@@ -22,7 +22,8 @@ stay. `--readme` rewrites the table between the README's `memory-table` markers 
 `--predictor`: predicted against measured `train` (builtin kernels) for every method on each network and
 optimizer (default: the four networks below, SGD and Adam: 48 cells), written to `--out`'s "predictor" entry with
 each cell's error and how many are within 10%. `--runtime-base`: the RSS growth of loading and running a trivial
-model, the predictor's `RUNTIME_BASE_BYTES`. `--repredict`: the recorded runs' predicted column recomputed with the
+model, the predictor's `RUNTIME_BASE_BYTES`, and of chains of small ops (the runtime's cost per op).
+`--repredict`: the recorded runs' predicted column recomputed with the
 checkout's predictor (measured figures untouched; the entry records both commits).
 
 A benchmark, not a test: each export takes from seconds to minutes; ProxylessNAS-Mobile's FT-Full export needs
@@ -213,26 +214,58 @@ def run_predictor(args, previous, save):
 
 def runtime_base(steps, timeout):
     """RSS growth (bytes, as `dynamic_memory` counts it) of a trivial model: one variable, one multiply-add."""
+    return [dynamic_memory_of(_chain(1, [1, 8]), steps, timeout) for _ in range(3)]
+
+
+def runtime_per_op(steps, timeout, lengths=(200, 1000, 3000)):
+    """{ops in the file: RSS growth} of chains of small elementwise ops (a multiply-add on 8 KB per link): what the
+    runtime adds per op of a graph beyond its tensors."""
+    from tinytl_tf import tflite_model
+
+    growth = {}
+    for n in lengths:
+        data = _converted(_chain(n, [1, 16, 16, 8]))
+        ops = sum(len(sg.ops) for sg in tflite_model.read(data))
+        growth[ops] = min(dynamic_memory_of(data, steps, timeout) for _ in range(2))
+    return growth
+
+
+def _chain(links, shape):
+    """A tf.Module whose `train` runs `links` multiply-adds on an input of `shape` and adds it to a variable."""
     import tensorflow as tf
 
-    from tinytl_tf.memory.measure import dynamic_memory
-
-    class Trivial(tf.Module):
+    class Chain(tf.Module):
         def __init__(self):
-            self.v = tf.Variable(tf.zeros([8]))
+            self.v = tf.Variable(tf.zeros(shape))
 
-        @tf.function(input_signature=[tf.TensorSpec([1, 8], tf.float32, name="x")])
+        @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="x")])
         def train(self, x):
-            self.v.assign(self.v + tf.reduce_sum(x, 0))
-            return {"y": x * 2.0}
+            y = x
+            for i in range(links):
+                y = y * 1.0001 + float(i % 7)
+            self.v.assign(self.v + y)
+            return {"y": y}
 
-    module = Trivial()
+    return Chain()
+
+
+def _converted(module):
+    import tensorflow as tf
+
     converter = tf.lite.TFLiteConverter.from_concrete_functions([module.train.get_concrete_function()], module)
     converter.experimental_enable_resource_variables = True
+    return converter.convert()
+
+
+def dynamic_memory_of(model, steps, timeout):
+    """`dynamic_memory` of the serving signature of a tf.Module (converted first) or of `.tflite` bytes."""
+    from tinytl_tf.memory.measure import dynamic_memory
+
+    data = model if isinstance(model, bytes) else _converted(model)
     with tempfile.TemporaryDirectory(prefix="tinytl-bench-") as tmp:
-        path = Path(tmp) / "trivial.tflite"
-        path.write_bytes(converter.convert())
-        return [dynamic_memory(path, "serving_default", steps, timeout) for _ in range(3)]
+        path = Path(tmp) / "model.tflite"
+        path.write_bytes(data)
+        return dynamic_memory(path, "serving_default", steps, timeout)
 
 
 def repredict(report):
@@ -311,7 +344,7 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--networks", nargs="+", type=network, help="NAME@RESOLUTION (default: see the modes)")
-    p.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
+    p.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, help="default: all; --predictor: sgd adam")
     p.add_argument("--classes", type=int, default=102)
     p.add_argument("--methods", nargs="+", default=None)
     p.add_argument("--steps", type=int, default=3)
@@ -335,6 +368,8 @@ def main(argv=None):
     if args.runtime_base:
         growth = runtime_base(args.steps, args.timeout)
         print("RSS growth of a trivial model, bytes: " + ", ".join(str(g) for g in growth))
+        for ops, grown in runtime_per_op(args.steps, args.timeout).items():
+            print(f"a chain of {ops} small ops: RSS growth {grown} bytes, {grown / ops:.0f} per op")
         return
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.exists() else {}
@@ -349,6 +384,7 @@ def main(argv=None):
         save()
     elif args.predictor:
         args.networks = args.networks or [network(n) for n in PREDICTOR_NETWORKS]
+        args.optimizers = args.optimizers or ["sgd", "adam"]
 
         def save_predictor(entry):
             report["predictor"] = entry
@@ -357,6 +393,7 @@ def main(argv=None):
         save_predictor(run_predictor(args, report.get("predictor"), save_predictor))
     else:
         args.networks = args.networks or [("proxylessnas-mobile", 224), ("mcunet-5fps", 128)]
+        args.optimizers = args.optimizers or list(OPTIMIZERS)
         runs = report.setdefault("runs", {})
         for net in args.networks:
             for optimizer in args.optimizers:
