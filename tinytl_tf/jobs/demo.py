@@ -67,7 +67,8 @@ def run_demo(out, epochs=None, batch_size=8, verbose=2, seed=0):
             file=sys.stderr,
             flush=True,
         )
-        export_model(model, tflite, "adam", lr=DEVICE_LR, total_steps=metrics["train_examples"], overwrite=True)
+        # the export's default optimizer (Adam with 8-bit moments), as a user's export gets
+        export_model(model, tflite, lr=DEVICE_LR, total_steps=metrics["train_examples"], overwrite=True)
         rows.append({**metrics, **measure_tflite(tflite)})
 
     print(
