@@ -9,6 +9,7 @@ import pytest
 
 from tinytl_tf import cli
 from tinytl_tf.backbones import registry
+from tinytl_tf.contract import DEFAULT_OPTIMIZER
 from tinytl_tf.memory import method_table, predicted_table
 from tinytl_tf.supernet import space
 
@@ -50,7 +51,7 @@ def test_one_registry_entry_adds_a_backbone(fictional, capsys):
     assert [(r["backbone"], r["method"]) for r in rows] == [("fictional", "tinytl-lb")]
     (predicted,) = predicted_table("fictional", methods=["tinytl-lb"])
     assert rows == [
-        {**r, "predicted_train_mb": predicted.total_mb, "optimizer": "adam"}
+        {**r, "predicted_train_mb": predicted.total_mb, "optimizer": DEFAULT_OPTIMIZER}
         for r in method_table("fictional", methods=["tinytl-lb"])
     ]
     spec = space.super_spec(fictional, "fictional", (32, 48))
