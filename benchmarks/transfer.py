@@ -270,6 +270,7 @@ class Context:
     hardware: str
 
 
+@functools.cache  # read once per process: the study runs one checkout
 def engine_fingerprint():
     """A hash of the package's source (tinytl_tf/**/*.py): a memory record measured under another one measured an
     engine that is no longer the code's, so the memory phase measures it again and the report does not show it."""
@@ -784,23 +785,29 @@ def memory_specs(plan):
     ]
 
 
+def _batch1_lr(results, plan):
+    """TinyTL-L+B's chosen batch-8 rate on the batch-1 data set, or None while it is not chosen (or not planned)."""
+    d = plan.batch1_dataset
+    if d not in plan.datasets or ON_DEVICE_METHOD not in plan.methods:
+        return None
+    return chosen_lr(results, plan, d, ON_DEVICE_METHOD)
+
+
 def batch_spec(results, plan, phase):
     """The batch-1 TinyTL-L+B run of the `batch` (Keras) or `device` (LiteRT) phase, once its rate is chosen."""
-    d = plan.batch1_dataset
-    lr = chosen_lr(results, plan, d, ON_DEVICE_METHOD) if d in plan.datasets else None
-    if lr is None or ON_DEVICE_METHOD not in plan.methods:
+    lr = _batch1_lr(results, plan)
+    if lr is None:
         return None
-    return Spec(
-        phase, d, plan.backbone, ON_DEVICE_METHOD, plan.resolution, 1, 0, lr / plan.batch1_lr_divisor, plan.epochs
-    )
+    lr1 = lr / plan.batch1_lr_divisor
+    return Spec(phase, plan.batch1_dataset, plan.backbone, ON_DEVICE_METHOD, plan.resolution, 1, 0, lr1, plan.epochs)
 
 
 def adam8bit_spec(results, plan):
     """The 8-bit-Adam twin of main's seed-0 TinyTL-L+B run on the batch-1 data set, once its rate is chosen."""
-    d = plan.batch1_dataset
-    lr = chosen_lr(results, plan, d, ON_DEVICE_METHOD) if d in plan.datasets else None
-    if lr is None or ON_DEVICE_METHOD not in plan.methods:
+    lr = _batch1_lr(results, plan)
+    if lr is None:
         return None
+    d = plan.batch1_dataset
     return Spec("adam8bit", d, plan.backbone, ON_DEVICE_METHOD, plan.resolution, plan.batch_size, 0, lr, plan.epochs)
 
 
