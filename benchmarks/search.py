@@ -12,9 +12,10 @@ at 128 px for the data set's classes, and B2 = 60% of B1. Per data set and budge
   search   `search` over every backbone with pretrained MB weights at 96-160 px (5 super-net epochs, 500 pairs,
            population 100 x 100 generations); the super-nets, pairs and predictor are shared by the two budgets
            of a data set, the evolution, the comparison and the winner's LiteRT measurement are per budget
-  train    the searched sub-net and the fixed baseline (mcunet-5fps TinyTL-L+B at the largest searched resolution
-           within the budget; none when it fits at none) fine-tuned with TinyTL-L+B on the whole training split
-           with the same epochs (20), batch (8) and learning rate (train's TinyTL-L+B default); test top-1
+  train    the searched sub-net and the fixed baseline (mcunet-5fps with TinyTL-L+B at the largest searched
+           resolution within the budget, else with TinyTL-B; none when neither fits) fine-tuned on the whole
+           training split with the same epochs (20), batch (8) and learning-rate rule (train's default for the
+           method: 1e-3 for TinyTL-L+B and TinyTL-B alike); test top-1
   memory   the fixed baseline exported and its LiteRT train step measured at batch 1 (the searched sub-net's is
            the search's own measurement of the same architecture)
 
@@ -50,6 +51,7 @@ from pathlib import Path
 
 import benchmarks.transfer as study
 from tinytl_tf.atomic import atomic_write
+from tinytl_tf.supernet.space import METHOD_LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +77,7 @@ class Plan:
     predictor_epochs: int = 200
     epochs: int = 20
     batch_size: int = 8
-    lr: float | None = None  # None: train's TinyTL-L+B default, for both models
+    lr: float | None = None  # None: train's default for each model's method
     quick: bool = False
 
 
@@ -180,7 +182,7 @@ def search_step(plan, tree, folder, budget):
     }
 
 
-def train_step(plan, tree, out, **model):
+def train_step(plan, tree, out, method="tinytl-lb", **model):
     from tinytl_tf.data import load_image_folder
     from tinytl_tf.jobs.train import train_job
 
@@ -189,7 +191,7 @@ def train_step(plan, tree, out, **model):
 
     _, metrics = train_job(
         tree,
-        method="tinytl-lb",
+        method=method,
         out=out,
         epochs=plan.epochs,
         batch_size=plan.batch_size,
@@ -236,7 +238,7 @@ def run_dataset(records, plan, name, tree, work, context):
         baseline = records.get(f"search/{key}")["baseline"]
         if baseline["config"] is None:
             continue
-        fixed = dict(backbone=baseline["backbone"], resolution=baseline["resolution"])
+        fixed = dict(backbone=baseline["backbone"], resolution=baseline["resolution"], method=baseline["method"])
         record(f"train/{key}/baseline", functools.partial(train_step, plan, tree, models / "baseline", **fixed))
         record(f"memory/{key}/baseline", functools.partial(measure_step, models / "baseline" / "model.keras"))
 
@@ -314,7 +316,11 @@ def report(records, plan, doc):
                 records.get(f"train/{name}/{budget_name}/searched"),
                 records.get(f"memory/{name}/{budget_name}/baseline"),
             )
-            base_text = "fits at no resolution" if b["config"] is None else f"mcunet-5fps {b['resolution']} px"
+            base_text = (
+                "fits at no resolution"
+                if b["config"] is None
+                else f"mcunet-5fps {METHOD_LABELS[b['method']]} {b['resolution']} px"
+            )
             base_acc = None if tb is None else tb["test_accuracy"]
             base_mem = (
                 "—"
@@ -359,10 +365,13 @@ def report(records, plan, doc):
     any_run = next(iter(records.runs.values()), None)
     lines += [
         "",
-        "**Recipe.** Both models of a row train with TinyTL-L+B on the whole training split for "
-        f"{plan.epochs} epochs at batch {plan.batch_size} with the same learning rate (train's TinyTL-L+B "
-        "default); the sub-net starts from its fine-tuned super-net's weights, the baseline "
-        "from the pretrained backbone. The search never reads the test split: it fine-tunes the super-nets on 80% "
+        "**Recipe.** Both models of a row train on the whole training split for "
+        f"{plan.epochs} epochs at batch {plan.batch_size} with train's default learning rate for their method "
+        "(1e-3 for TinyTL-L+B and TinyTL-B alike); the sub-net starts from its fine-tuned super-net's weights, the "
+        "baseline from the pretrained backbone. The baseline is mcunet-5fps with TinyTL-L+B at the largest searched "
+        "resolution within the budget; where that fits at none (the lite branches' parameters and optimizer state "
+        "weigh more than what a lower resolution saves), mcunet-5fps with TinyTL-B (biases alone) at the largest "
+        "that fits. The search never reads the test split: it fine-tunes the super-nets on 80% "
         "of the training split and measures sub-nets on the other 20%.",
         "",
         "**Once-for-all weights.** `export/convert_ofa.py` converts the official once-for-all checkpoint into a "

@@ -89,9 +89,17 @@ def test_joint_space_chooses_the_backbone():
 def test_fixed_baseline_is_the_largest_fitting_resolution(spec):
     full = space.backbone_arch(spec)
     at = {r: space.memory_mb(spec, dataclasses.replace(full, resolution=r)) for r in spec.resolutions}
-    assert space.fixed_baseline(spec, at[128]).resolution == 128
+    assert space.fixed_baseline(spec, at[128]) == dataclasses.replace(full, resolution=128)
     assert space.fixed_baseline(spec, at[160] + 1).resolution == 160
-    assert space.fixed_baseline(spec, at[96] - 0.01) is None
+    assert space.arch_method(space.fixed_baseline(spec, at[128])) == "tinytl-lb"
+    # below the lite network's smallest resolution: the same backbone without lite branches (TinyTL-B)
+    bias_only = {r: dataclasses.replace(full, resolution=r, lites=(0,) * len(full.lites)) for r in spec.resolutions}
+    bias_mb = {r: space.memory_mb(spec, a) for r, a in bias_only.items()}
+    assert max(bias_mb.values()) < at[min(spec.resolutions)]  # what makes the fallback reachable
+    fallback = space.fixed_baseline(spec, at[min(spec.resolutions)] - 0.01)
+    fits = [r for r in spec.resolutions if bias_mb[r] <= at[min(spec.resolutions)] - 0.01]
+    assert fallback == bias_only[max(fits)] and space.arch_method(fallback) == "tinytl-b"
+    assert space.fixed_baseline(spec, min(bias_mb.values()) - 0.01) is None
 
 
 # --- space -------------------------------------------------------------------------------------------------------
@@ -618,7 +626,8 @@ def test_winner_not_predicted_to_beat_the_fixed_baseline_warns(spec, capsys):
     from tinytl_tf.jobs.search import _report_comparison
 
     winner = space.smallest_arch(spec)
-    baseline = {"backbone": "mcunet-5fps", "config": {}, "resolution": 128, "predicted_accuracy": 0.8}
+    baseline = {"backbone": "mcunet-5fps", "config": {}, "method": "tinytl-lb", "resolution": 128}
+    baseline["predicted_accuracy"] = 0.8
     baseline["holdout_accuracy"] = 0.7
     baseline["predicted_memory_mb"] = 5.0
     _report_comparison(winner, 0.75, 0.72, 1.0, baseline, 5.0)
@@ -629,6 +638,9 @@ def test_winner_not_predicted_to_beat_the_fixed_baseline_warns(spec, capsys):
     assert "warning" not in capsys.readouterr().err
     _report_comparison(winner, 0.85, 0.65, 1.0, baseline, 5.0)
     assert "measures below it on the held-out images (65.0% against 70.0%)" in capsys.readouterr().err
+    _report_comparison(winner, 0.75, 0.72, 1.0, {**baseline, "method": "tinytl-b"}, 5.0)
+    err = capsys.readouterr().err
+    assert "fixed baseline: mcunet-5fps TinyTL-B at 128 px" in err and "--method tinytl-b --resolution 128" in err
 
 
 def test_predictor_ranking_worse_than_a_baseline_says_what_the_search_optimises():

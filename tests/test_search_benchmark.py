@@ -43,7 +43,13 @@ def _search_record(budget, baseline_resolution):
         "measured": {"measured_train_mb": 9.87},
         "baseline": {"config": None, "note": "none"}
         if baseline_resolution is None
-        else {"config": {}, "backbone": "mcunet-5fps", "resolution": baseline_resolution, "predicted_memory_mb": 4.5},
+        else {
+            "config": {},
+            "backbone": "mcunet-5fps",
+            "method": "tinytl-lb",
+            "resolution": baseline_resolution,
+            "predicted_memory_mb": 4.5,
+        },
         "objective": "predicted_memory",
         "predictor": {
             "train_pairs": 80,
@@ -68,7 +74,7 @@ def test_report_shows_recorded_numbers_and_dashes_for_the_rest(tmp_path):
     doc = bench.report(bench.Records(tmp_path / "results.json"), bench.Plan(), tmp_path / "SEARCH.md")
     text = doc.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| cifar10 | B1"))
-    assert "mcunet-5fps 128 px | 78.3 | 4.50 / 10.81" in row and "80.1 | 5.10 / 9.87 | +1.8 |" in row
+    assert "mcunet-5fps TinyTL-L+B 128 px | 78.3 | 4.50 / 10.81" in row and "80.1 | 5.10 / 9.87 | +1.8 |" in row
     assert "mbv2-w0.35 112 px, depths 1-2-3, 4/6 lite branches" in row
     b2 = next(line for line in text.splitlines() if line.startswith("| cifar10 | B2"))
     assert "fits at no resolution" in b2 and b2.endswith("| — |")
@@ -126,6 +132,7 @@ def test_quick_mode_records_every_step_and_resumes(tmp_path, monkeypatch):
         assert not Path(s["subnet_file"]).is_absolute()
     # B1 is the reference's own memory: the fixed baseline fits at its resolution and is trained and measured
     assert runs["search/caltech10/B1"]["baseline"]["resolution"] == 48
+    assert runs["search/caltech10/B1"]["baseline"]["method"] == "tinytl-lb"
     assert runs["train/caltech10/B1/baseline"]["resolution"] == 48
     assert runs["memory/caltech10/B1/baseline"]["measured_train_mb"] > 0
     assert runs["search/caltech10/B2"]["budget_mb"] == pytest.approx(

@@ -10,7 +10,8 @@
     4. evolve the best sub-net under the memory budget, from a population that starts with the fixed baseline
        (so the winner is never predicted below it)          -> OUT/evolution.json
     5. the winner next to the fixed baseline (the default backbone with TinyTL-L+B at the largest resolution within
-       the budget), both measured on the 20%; a warning when the winner is not predicted to beat it
+       the budget, else with TinyTL-B), both measured on the 20%; a warning when the winner is not predicted to
+       beat it
     6. the winner exported and its LiteRT train step measured (unless turned off); a warning when it is over the
        budget                                               -> OUT/subnet.json
 
@@ -442,10 +443,15 @@ def _baseline(joint, backbone, arch, predictor, measured):
     """The fixed baseline `arch` (`space.fixed_baseline` of the default backbone, else the first; None when it fits
     the budget at none of the resolutions) as a subnet.json entry."""
     if arch is None:
-        return {"backbone": backbone, "config": None, "note": f"{backbone} fits the budget at no searched resolution"}
+        return {
+            "backbone": backbone,
+            "config": None,
+            "note": f"{backbone} fits the budget at no searched resolution, with or without lite branches",
+        }
     return {
         "backbone": backbone,
         "config": arch.to_dict(),
+        "method": space.arch_method(arch),
         "resolution": arch.resolution,
         "predicted_accuracy": float(predict_accuracy(predictor, joint, [arch])[0]),
         "holdout_accuracy": measured(arch),
@@ -464,8 +470,9 @@ def _report_comparison(winner, predicted, holdout, memory, baseline, budget_mb):
     if baseline["config"] is None:
         _progress(f"fixed baseline: {baseline['note']}")
         return
+    method = space.METHOD_LABELS[baseline["method"]]
     _progress(
-        f"fixed baseline: {baseline['backbone']} TinyTL-L+B at {baseline['resolution']} px; predicted accuracy "
+        f"fixed baseline: {baseline['backbone']} {method} at {baseline['resolution']} px; predicted accuracy "
         f"{baseline['predicted_accuracy']:.1%}, held-out {baseline['holdout_accuracy']:.1%}, predicted memory "
         f"{baseline['predicted_memory_mb']:.2f} MB"
     )
@@ -473,7 +480,8 @@ def _report_comparison(winner, predicted, holdout, memory, baseline, budget_mb):
         _warn(
             f"the searched sub-net is not predicted to beat the fixed baseline ({predicted:.1%} against "
             f"{baseline['predicted_accuracy']:.1%}); train the baseline instead: "
-            f"train --backbone {baseline['backbone']} --method tinytl-lb --resolution {baseline['resolution']}"
+            f"train --backbone {baseline['backbone']} --method {baseline['method']} "
+            f"--resolution {baseline['resolution']}"
         )
     elif holdout < baseline["holdout_accuracy"]:
         _warn(

@@ -107,9 +107,7 @@ class Prediction:
 
     @property
     def total_bytes(self):
-        return (
-            self.variables + self.initial_values + self.file_bytes + self.arena + self.scratch + self.runtime_base
-        )
+        return self.variables + self.initial_values + self.file_bytes + self.arena + self.scratch + self.runtime_base
 
     @property
     def total_mb(self):
