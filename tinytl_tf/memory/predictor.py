@@ -16,7 +16,7 @@ this module encodes its storage rules, one named term each, so a change to the e
   biases, folded scales and GroupNorm parameters in float32; the ReLU mask table, the resize adjoints' matrices
   and, with the 8-bit optimizer, the shared group's block index per value.
 - `tables`: the flatbuffer's own tables (tensors, ops, per-channel quantization scales, names) and the ops' small
-  shape and padding constants, per op of the graph.
+  shape and padding constants, per op of the graph, and the 8-bit optimizer's own ops per variable group.
 - `arena`: the peak of live tensors of the `train` step, simulated at layer level with the engine's lifetimes:
   what each op keeps for its backward (`ops/`: a conv's input when its kernel trains, a folded norm's input when
   its scale trains, a GroupNorm's normalised input, a packed 1-bit ReLU mask), each layer's working tensors
@@ -25,7 +25,8 @@ this module encodes its storage rules, one named term each, so a change to the e
   the block input held for an identity shortcut or a lite branch.
 - `scratch`: what the runtime adds beyond the graph's tensors: the code a first step pages in, the interpreter's
   records per op, kernel scratch (im2col, the hybrid int8 kernels' quantized inputs) and the arena's packing. The
-  only term not derived from the engine's rules: three constants split from measurements (see below).
+  only term not derived from the engine's rules: three constants split from measurements (see below), plus the
+  8-bit optimizer's ops at a measured 470 B each.
 - `runtime_base`: what loading and running a trivial model adds to a process (`RUNTIME_BASE_BYTES`).
 
 The sum is the dynamic figure of `tinytl_tf.memory.measure` (peak RSS of a fresh LiteRT process over its RSS after
@@ -83,6 +84,15 @@ RUNTIME_BASE_BYTES = 4_096
 # Full-size temporaries of one trainable tensor's update alive at once (gradient, the values read, the new
 # moments), read off the exported graphs' peaks.
 UPDATE_TEMPORARIES = {"sgd": 3, "adam": 5, "adam8bit": 7}
+# The 8-bit optimizer's update (dequantize, update, requantize both moments, per block) and the get / set of its
+# state are ops of their own per variable group, which the layer walk does not count: 78 more ops per group in
+# the file than with float Adam (ProxylessNAS-Mobile TinyTL-L+B, 32 groups: 8,948 ops against 6,439, counted in
+# both exports). Each costs its flatbuffer records (the file grew 15-20 kB per group in the 12 measured pairs of
+# exports, about 218 B per op) and its runtime state (464-488 B per op measured on chains of small ops,
+# `benchmarks/memory.py --runtime-base`).
+ADAM8BIT_OPS_PER_GROUP = 78
+TABLE_BYTES_PER_FILE_OP = 218
+RUNTIME_BYTES_PER_FILE_OP = 470
 MASK_TABLE_BYTES = 256 * 8 + 8 * F32  # the ReLU mask's unpacking table (bool) and packing vector (float)
 
 
@@ -143,6 +153,11 @@ class _Walk:
         """Elements of the largest variable group `load` assigns: all small tensors together, or one large one."""
         small = sum(n for n in self.trainable_sizes if n < FLAT_MAX_ELEMENTS)
         return max([small] + [n for n in self.trainable_sizes if n >= FLAT_MAX_ELEMENTS])
+
+    def groups(self):
+        """Number of variable groups (`tinytl_tf.export`): the small tensors' shared one and each large tensor."""
+        small = any(n < FLAT_MAX_ELEMENTS for n in self.trainable_sizes)
+        return int(small) + sum(n >= FLAT_MAX_ELEMENTS for n in self.trainable_sizes)
 
     def block_ids(self):
         """Bytes of the 8-bit optimizer's block index per value of the shared group (`ops.adam8bit.ConcatBlocks`:
@@ -371,14 +386,16 @@ def predict_train(cfg, optimizer=DEFAULT_OPTIMIZER, frozen_bits=8):
     walk = _Walk(cfg, optimizer, frozen_bits)
     arena = walk.run()
     forward_activations = F32 * sum(leaf.out_numel for leaf in leaves(cfg))
+    optimizer_ops = ADAM8BIT_OPS_PER_GROUP * walk.groups() if optimizer == "adam8bit" else 0
     return Prediction(
         variables=F32 * trainable + round(OPTIMIZER_STATE_BYTES[optimizer] * trainable) + F32,
         initial_values=LOAD_ARENA_GROUPS * F32 * walk.largest_load_group(),
         frozen_constants=walk.constants + (MASK_TABLE_BYTES if walk.backward else 0) + walk.block_ids(),
-        tables=TABLE_BYTES_PER_OP * walk.ops + walk.quant_params,
+        tables=TABLE_BYTES_PER_OP * walk.ops + walk.quant_params + TABLE_BYTES_PER_FILE_OP * optimizer_ops,
         arena=arena,
         scratch=RUNTIME_FIXED_BYTES
         + RUNTIME_BYTES_PER_OP * walk.ops
+        + RUNTIME_BYTES_PER_FILE_OP * optimizer_ops
         + (round(BACKWARD_SCRATCH_FRACTION * forward_activations) if walk.backward else 0),
         runtime_base=RUNTIME_BASE_BYTES,
         optimizer=optimizer,
