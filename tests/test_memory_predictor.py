@@ -160,3 +160,34 @@ def test_benchmark_rewrites_only_the_readmes_memory_table(tmp_path):
     with pytest.raises(SystemExit, match="memory-table"):
         bench.rewrite_readme(readme, report)
     assert readme.read_text() == "no markers\n"
+
+
+@pytest.mark.slow
+def test_the_8bit_optimizers_own_ops_are_counted_per_variable_group(tmp_path, monkeypatch):
+    """The 8-bit optimizer adds ops per variable group that the layer walk does not count; the predictor charges
+    `ADAM8BIT_OPS_PER_GROUP` of them (counted on ProxylessNAS-Mobile): a tiny network's exports agree within 20%
+    (its tensors are small, so the group threshold is lowered to give it a real network's many groups)."""
+    from tests.tiny import tiny_backbone
+    from tinytl_tf import export, tflite_model
+    from tinytl_tf.export import export_model
+    from tinytl_tf.memory import predictor
+    from tinytl_tf.memory.predictor import ADAM8BIT_OPS_PER_GROUP, _Walk
+    from tinytl_tf.transfer import prepare_transfer
+
+    for module in (export, predictor):
+        monkeypatch.setattr(module, "FLAT_MAX_ELEMENTS", 200)
+
+    model = prepare_transfer(tiny_backbone(96), "ft-full", 3, lite_residual=True)
+    ops = {}
+    for optimizer in ("adam", "adam8bit"):
+        path = tmp_path / f"{optimizer}.tflite"
+        export_model(model, path, optimizer=optimizer, verify=False)
+        ops[optimizer] = sum(len(sg.ops) for sg in tflite_model.read(path))
+    walk = _Walk(model.net_config, "adam8bit", 8)
+    walk.run()
+    assert walk.groups() > 5
+    per_group = (ops["adam8bit"] - ops["adam"]) / walk.groups()
+    assert per_group == pytest.approx(ADAM8BIT_OPS_PER_GROUP, rel=0.2)
+    cfg = model.net_config
+    grown = predict_train(cfg, "adam8bit").tables - predict_train(cfg, "adam").tables
+    assert grown > 0
