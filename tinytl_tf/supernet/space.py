@@ -424,8 +424,9 @@ def fixed_baseline(spec, budget_mb):
     """The fixed backbone TinyTL fine-tunes (every block, its own kernels and widths) at the largest of the space's
     resolutions within `budget_mb`: with TinyTL's lite residual branches (TinyTL-L+B) where that fits, else without
     them (TinyTL-B: the biases alone); None when neither fits. The lite branches' parameters and optimizer state
-    weigh more than the activations a lower resolution saves (mcunet-5fps TinyTL-L+B with 8-bit Adam: 8.2 MB
-    predicted at 64 px, 8.9 at 128), so a tight budget admits the bias-only network at any resolution first."""
+    weigh more than the activations a lower resolution saves (mcunet-5fps TinyTL-L+B with 8-bit Adam, 10 classes:
+    9.0 MB predicted at 64 px, 9.7 at 128; TinyTL-B 4.3 at 128), so a tight budget admits the bias-only network
+    at a high resolution before the lite branches at any."""
     full = backbone_arch(spec)
     for lites in (full.lites, (0,) * len(full.lites)):
         fitting = [
