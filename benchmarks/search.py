@@ -213,8 +213,8 @@ def measure_step(model_file):
     return {k: v for k, v in row.items() if k.startswith(("measured_train", "static"))}
 
 
-def run_dataset(records, plan, name, tree, work, context):
-    """Every step of one data set, each skipped when recorded."""
+def run_dataset(records, plan, name, tree, work, context, recorded=lambda: None):
+    """Every step of one data set, each skipped when recorded; `recorded()` runs after each new record."""
     from tinytl_tf.data import load_image_folder
     from tinytl_tf.supernet.subnet import load_subnet
 
@@ -228,7 +228,7 @@ def run_dataset(records, plan, name, tree, work, context):
         else:
             _share_search(first, folder)
         key = f"{name}/{budget_name}"
-        record = functools.partial(_record, records, context=context, budget=budget)
+        record = functools.partial(_record, records, context=context, recorded=recorded, budget=budget)
         record(f"search/{key}", functools.partial(search_step, plan, tree, folder, budget))
         subnet = functools.partial(load_subnet, folder / "subnet.json")
         record(
@@ -243,8 +243,8 @@ def run_dataset(records, plan, name, tree, work, context):
         record(f"memory/{key}/baseline", functools.partial(measure_step, models / "baseline" / "model.keras"))
 
 
-def _record(records, key, compute, context, **extra):
-    """`compute()` recorded under `key` with the run's context, unless already recorded."""
+def _record(records, key, compute, context, recorded, **extra):
+    """`compute()` recorded under `key` with the run's context, unless already recorded; then `recorded()`."""
     if records.get(key) is not None:
         _progress(f"{key}: recorded, skipped")
         return
@@ -253,6 +253,7 @@ def _record(records, key, compute, context, **extra):
     result = compute()
     records.add(key, {**result, **extra, "wall_seconds": round(time.time() - start, 1), **context})
     _progress(f"{key}: done in {time.time() - start:.0f} s")
+    recorded()
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -435,8 +436,7 @@ def run(args, argv):
     }
     try:
         for name, tree in trees.items():
-            run_dataset(records, plan, name, tree, work, context)
-            report(records, plan, doc)
+            run_dataset(records, plan, name, tree, work, context, recorded=lambda: report(records, plan, doc))
     finally:
         print(f"wrote {report(records, plan, doc)}", flush=True)
 
