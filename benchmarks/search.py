@@ -267,6 +267,46 @@ def _mb(x):
     return "—" if x is None else f"{x:.2f}"
 
 
+def _findings(records, names):
+    """One plain sentence per recorded search: its memory against the budget, and the searched sub-net against the
+    fixed baseline on the test split and, as the search saw them, on the held-out images."""
+    found = []
+    for name in names:
+        for budget_name, _ in BUDGETS:
+            s = records.get(f"search/{name}/{budget_name}")
+            if s is None:
+                continue
+            budget, measured = s["budget_mb"], s["measured"] and s["measured"]["measured_train_mb"]
+            text = f"{name} {budget_name}: the searched sub-net "
+            if measured is None:
+                text += "was not measured"
+            else:
+                where = "within" if measured <= budget else "over"
+                text += f"measured {measured:.2f} MB, {where} the {budget:.2f} MB budget"
+            b = s["baseline"]
+            if b["config"] is None:
+                found.append(text + "; no fixed baseline fits this budget.")
+                continue
+            held = 100 * (s["holdout_accuracy"] - b["holdout_accuracy"])
+            ts, tb = (records.get(f"train/{name}/{budget_name}/{m}") for m in ("searched", "baseline"))
+            if ts is None or tb is None:
+                found.append(
+                    text + f"; on the held-out images it was {held:+.1f} points against the baseline; "
+                    "its test top-1 against the baseline's is not recorded yet."
+                )
+                continue
+            test = 100 * (ts["test_accuracy"] - tb["test_accuracy"])
+            verdict = "reaches" if test >= 0 else "does not reach"
+            text += (
+                f"; it {verdict} the fixed baseline's test top-1 ({test:+.1f} points after fine-tuning), where the "
+                f"search's held-out measurement had it {held:+.1f} points"
+            )
+            if (test >= 0) != (held > 0):
+                text += ": the super-net's held-out ranking did not carry over to full fine-tuning"
+            found.append(text + ".")
+    return found
+
+
 def _arch_text(config):
     lites = sum(config["lites"])
     return (
@@ -336,6 +376,8 @@ def report(records, plan, doc):
                 f"{_arch_text(s['config'])} | {_pct(searched_acc)} | {_mb(s['predicted_memory_mb'])} / "
                 f"{_mb(measured)} | {delta} |"
             )
+    lines += ["", "**What this shows** (computed from the rows above):", ""]
+    lines += [f"- {line}" for line in _findings(records, names)] or ["- nothing yet: no search is recorded."]
     lines += [
         "",
         "**Accuracy predictor** (rank correlation with the measured held-out accuracy on pairs it never saw, "

@@ -38,6 +38,7 @@ def _search_record(budget, baseline_resolution):
     ranker = {"spearman": 0.5, "kendall": 0.4, "pairs": 20}
     return {
         "config": config,
+        "holdout_accuracy": 0.70,
         "budget_mb": budget,
         "predicted_memory_mb": budget - 0.1,
         "measured": {"measured_train_mb": 9.87},
@@ -49,6 +50,7 @@ def _search_record(budget, baseline_resolution):
             "method": "tinytl-lb",
             "resolution": baseline_resolution,
             "predicted_memory_mb": 4.5,
+            "holdout_accuracy": 0.66,
         },
         "objective": "predicted_memory",
         "predictor": {
@@ -71,6 +73,9 @@ def test_report_shows_recorded_numbers_and_dashes_for_the_rest(tmp_path):
     records.add("train/cifar10/B1/baseline", {"test_accuracy": 0.783, **CONTEXT})
     records.add("memory/cifar10/B1/baseline", {"measured_train_mb": 10.81, **CONTEXT})
     records.add("search/cifar10/B2", _search_record(3.1, None))
+    records.add("search/cars/B1", _search_record(12.0, 128))
+    records.add("train/cars/B1/searched", {"test_accuracy": 0.70, **CONTEXT})
+    records.add("train/cars/B1/baseline", {"test_accuracy": 0.75, **CONTEXT})
     doc = bench.report(bench.Records(tmp_path / "results.json"), bench.Plan(), tmp_path / "SEARCH.md")
     text = doc.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| cifar10 | B1"))
@@ -78,7 +83,17 @@ def test_report_shows_recorded_numbers_and_dashes_for_the_rest(tmp_path):
     assert "mbv2-w0.35 112 px, depths 1-2-3, 4/6 lite branches" in row
     b2 = next(line for line in text.splitlines() if line.startswith("| cifar10 | B2"))
     assert "fits at no resolution" in b2 and b2.endswith("| — |")
-    assert "| cars | B1 | — |" in text and "| caltech101 | B2 | — |" in text  # not run: no number
+    assert "| cars | B2 | — |" in text and "| caltech101 | B2 | — |" in text  # not run: no number
+    findings = [line for line in text.splitlines() if line.startswith("- ")]
+    assert findings[0] == (
+        "- cifar10 B1: the searched sub-net measured 9.87 MB, over the 5.20 MB budget; it reaches the fixed "
+        "baseline's test top-1 (+1.8 points after fine-tuning), where the search's held-out measurement had it "
+        "+4.0 points."
+    )
+    assert findings[1].endswith("over the 3.10 MB budget; no fixed baseline fits this budget.")
+    assert findings[2].startswith("- cars B1: the searched sub-net measured 9.87 MB, within the 12.00 MB budget")
+    assert "does not reach the fixed baseline's test top-1 (-5.0 points" in findings[2]
+    assert findings[2].endswith("the super-net's held-out ranking did not carry over to full fine-tuning.")
     assert "| cifar10 | 80/20 | 0.50 / 0.40 | 0.70 / 0.40 | 0.50 / 0.40 | predicted_memory |" in text
     assert "python benchmarks/search.py --data-root data" in text and str(tmp_path) not in text
 
