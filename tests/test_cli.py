@@ -204,3 +204,18 @@ def test_flat_folder_split_is_recorded_and_evaluate_scores_the_held_out_part(ima
     assert not (out / "model.tflite").exists() and not (out / "model.json").exists()
     assert not (out / ".model.keras.abc123.keras").exists() and "interrupted save" in err
     assert json.loads((out / "metrics.json").read_text())["lr"] == 0.05
+
+
+def test_every_commands_help_renders_without_format_escapes(capsys):
+    """`--help` of each command prints its description and options as a user reads them: no '%%' escapes left
+    (argparse formats option help with %, but not a description)."""
+    import argparse
+
+    from tinytl_tf import cli
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"train", "search", "memory", "export"} <= set(commands)
+    for name, sub in commands.items():
+        text = sub.format_help()
+        assert "%%" not in text and "%(" not in text, name

@@ -399,8 +399,8 @@ def _add_search_parser(sub):
         "search",
         formatter_class=_Formatter,
         help="find the best sub-net of pretrained backbones under a training-memory budget",
-        description="Fine-tune an elastic super-net around each pretrained MB backbone on 80%% of the training "
-        "images, measure random sub-nets on the other 20%%, fit an accuracy predictor (checked against ranking by "
+        description="Fine-tune an elastic super-net around each pretrained MB backbone on 80% of the training "
+        "images, measure random sub-nets on the other 20%, fit an accuracy predictor (checked against ranking by "
         "memory or resolution alone) and run an evolutionary search under a training-memory budget (the memory "
         "predictor's LiteRT train step at batch 1 with the export's optimizer). The space: the backbone, the input "
         "resolution, elastic depth (trailing blocks of a stage skipped) and per block the lite residual branch "
