@@ -630,17 +630,24 @@ def test_winner_not_predicted_to_beat_the_fixed_baseline_warns(spec, capsys):
     baseline["predicted_accuracy"] = 0.8
     baseline["holdout_accuracy"] = 0.7
     baseline["predicted_memory_mb"] = 5.0
-    _report_comparison(winner, 0.75, 0.72, 1.0, baseline, 5.0)
+    many = 100_000  # held-out images: a 2-point lead is far outside the noise
+    _report_comparison(winner, 0.75, 0.72, 1.0, baseline, 5.0, many)
     err = capsys.readouterr().err
     assert "fixed baseline: mcunet-5fps TinyTL-L+B at 128 px; predicted accuracy 80.0%" in err
     assert "warning: the searched sub-net is not predicted to beat the fixed baseline (75.0% against 80.0%)" in err
-    _report_comparison(winner, 0.85, 0.72, 1.0, baseline, 5.0)
+    _report_comparison(winner, 0.85, 0.72, 1.0, baseline, 5.0, many)
     assert "warning" not in capsys.readouterr().err
-    _report_comparison(winner, 0.85, 0.65, 1.0, baseline, 5.0)
+    _report_comparison(winner, 0.85, 0.65, 1.0, baseline, 5.0, many)
     assert "measures below it on the held-out images (65.0% against 70.0%)" in capsys.readouterr().err
-    _report_comparison(winner, 0.75, 0.72, 1.0, {**baseline, "method": "tinytl-b"}, 5.0)
+    _report_comparison(winner, 0.75, 0.72, 1.0, {**baseline, "method": "tinytl-b"}, 5.0, many)
     err = capsys.readouterr().err
     assert "fixed baseline: mcunet-5fps TinyTL-B at 128 px" in err and "--method tinytl-b --resolution 128" in err
+    # the same 2-point lead on 1,000 held-out images is within two standard errors (2 x 2.03 points)
+    _report_comparison(winner, 0.85, 0.72, 1.0, baseline, 5.0, 1000)
+    err = capsys.readouterr().err
+    assert "leads the fixed baseline by 2.0% on 1000 held-out images, less than two standard errors" in err
+    assert "(4.1%)" in err and "train --backbone mcunet-5fps --method tinytl-lb --resolution 128" in err
+    assert err.count("warning:") == 1
 
 
 def test_predictor_ranking_worse_than_a_baseline_says_what_the_search_optimises():

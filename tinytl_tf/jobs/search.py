@@ -22,6 +22,7 @@ back into a plain `TinyNet` with the fine-tuned super-net's weights.
 """
 
 import json
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -397,7 +398,7 @@ def search_job(
         baseline = _baseline(joint, reference, fixed, predictor, measured)
         winner_holdout = measured(winner)
     predicted = float(predict_accuracy(predictor, joint, [winner])[0])
-    _report_comparison(winner, predicted, winner_holdout, result.memory_mb, baseline, budget_mb)
+    _report_comparison(winner, predicted, winner_holdout, result.memory_mb, baseline, budget_mb, first.num_holdout)
     measurement = None
     if measure:
         with phases("measure", "exporting the winner and measuring its LiteRT train step"):
@@ -459,9 +460,11 @@ def _baseline(joint, backbone, arch, predictor, measured):
     }
 
 
-def _report_comparison(winner, predicted, holdout, memory, baseline, budget_mb):
+def _report_comparison(winner, predicted, holdout, memory, baseline, budget_mb, holdout_images):
     """The winner and the fixed baseline side by side on stderr; a warning when the winner is not predicted (or
-    not measured on the held-out images) to beat the baseline."""
+    not measured on the held-out images) to beat the baseline, or leads it on the held-out images by less than two
+    standard errors of the difference (two accuracies on `holdout_images` images each, taken as independent, which
+    overstates the error of a paired difference a little): a lead the held-out images cannot tell from noise."""
     _progress(
         f"winner: {winner.backbone} at {winner.resolution} px, depths {list(winner.depths)}, "
         f"{sum(winner.lites)} lite branches; predicted accuracy {predicted:.1%}, held-out {holdout:.1%}, "
@@ -476,18 +479,32 @@ def _report_comparison(winner, predicted, holdout, memory, baseline, budget_mb):
         f"{baseline['predicted_accuracy']:.1%}, held-out {baseline['holdout_accuracy']:.1%}, predicted memory "
         f"{baseline['predicted_memory_mb']:.2f} MB"
     )
+    train_baseline = (
+        f"train --backbone {baseline['backbone']} --method {baseline['method']} --resolution {baseline['resolution']}"
+    )
     if predicted <= baseline["predicted_accuracy"]:
         _warn(
             f"the searched sub-net is not predicted to beat the fixed baseline ({predicted:.1%} against "
-            f"{baseline['predicted_accuracy']:.1%}); train the baseline instead: "
-            f"train --backbone {baseline['backbone']} --method {baseline['method']} "
-            f"--resolution {baseline['resolution']}"
+            f"{baseline['predicted_accuracy']:.1%}); train the baseline instead: {train_baseline}"
         )
     elif holdout < baseline["holdout_accuracy"]:
         _warn(
             f"the searched sub-net is predicted to beat the fixed baseline, but measures below it on the held-out "
             f"images ({holdout:.1%} against {baseline['holdout_accuracy']:.1%})"
         )
+    elif (lead := holdout - baseline["holdout_accuracy"]) < 2 * (
+        error := _difference_error(holdout, baseline["holdout_accuracy"], holdout_images)
+    ):
+        _warn(
+            f"the searched sub-net leads the fixed baseline by {lead:.1%} on {holdout_images} held-out images, less "
+            f"than two standard errors of the difference ({2 * error:.1%}): a lead the held-out images cannot tell "
+            f"from noise; fine-tune both before choosing (train --subnet OUT/subnet.json, and {train_baseline})"
+        )
+
+
+def _difference_error(a, b, n):
+    """Standard error of the difference of two accuracies `a` and `b`, each measured on `n` images."""
+    return math.sqrt((a * (1 - a) + b * (1 - b)) / n)
 
 
 def _measure_winner(model, budget_mb):
