@@ -31,8 +31,8 @@ together at 96-160 px (16, 20 and 18 ms) after ~1 min of calibration and tracing
   Caltech-101 (4,628 + 1,156): ~24 + 28 + 2 min; training ~2.3 h.                                       (~3.2 h)
 The Caltech-101 search is then ~54 minutes of wall time (~44 min of CPU time): the super-net epochs (45%) and the
 pairs (52%) are nearly all of it; fewer pairs (--pairs in `search`), fewer super-net epochs and fewer resolutions
-are the levers. Measured on CIFAR-10 with the 2 cores to itself: the search 27 min (its phases summed; the second budget 1 min more),
-each 20-epoch training 16-18 min, the data set's eight steps 94 min.
+are the levers. Measured on CIFAR-10 with the 2 cores to itself: the search 27 min (its phases summed; the second
+budget 1 min more), each 20-epoch training 16-18 min, the data set's eight steps about 100 min.
 
 Every step is keyed (`search/<data>/<budget>`, `train/<data>/<budget>/<model>`, `memory/...`) and recorded in
 OUT/results.json atomically as soon as it finishes; running the script again skips finished steps, and an
