@@ -73,7 +73,7 @@ TABLE_BYTES_PER_OP = 385
 # 0.83 MB and the planner's records about 1.5 MB are this term. The three constants are the least-squares split of
 # the measured residual (measured minus the other terms) of the 48 predictor cells `benchmarks/memory.py
 # --predictor` recorded in docs/memory.json (four networks, six methods, SGD and Adam): in-sample 46 of 48 within
-# 10% (largest error 10.9%); split from three networks and predicting the fourth, 42 of 48 within 10% (13.6%).
+# 10% (largest error 11.0%); split from three networks and predicting the fourth, 42 of 48 within 10% (13.6%).
 RUNTIME_FIXED_BYTES = 840_000
 RUNTIME_BYTES_PER_OP = 854
 BACKWARD_SCRATCH_FRACTION = 0.0536
@@ -149,20 +149,26 @@ class _Walk:
         self.grad = False  # does the tensor flowing now depend on a trainable tensor upstream?
         self.trainable_sizes = []  # elements of each trainable tensor
 
+    def _small_and_large(self):
+        """The trainable tensors' sizes split as `tinytl_tf.export` groups them: those sharing one variable group
+        (under `FLAT_MAX_ELEMENTS` elements) and those with a group each."""
+        small = [n for n in self.trainable_sizes if n < FLAT_MAX_ELEMENTS]
+        return small, [n for n in self.trainable_sizes if n >= FLAT_MAX_ELEMENTS]
+
     def largest_load_group(self):
         """Elements of the largest variable group `load` assigns: all small tensors together, or one large one."""
-        small = sum(n for n in self.trainable_sizes if n < FLAT_MAX_ELEMENTS)
-        return max([small] + [n for n in self.trainable_sizes if n >= FLAT_MAX_ELEMENTS])
+        small, large = self._small_and_large()
+        return max([sum(small)] + large)
 
     def groups(self):
-        """Number of variable groups (`tinytl_tf.export`): the small tensors' shared one and each large tensor."""
-        small = any(n < FLAT_MAX_ELEMENTS for n in self.trainable_sizes)
-        return int(small) + sum(n >= FLAT_MAX_ELEMENTS for n in self.trainable_sizes)
+        """Number of variable groups: the small tensors' shared one and each large tensor."""
+        small, large = self._small_and_large()
+        return int(bool(small)) + len(large)
 
     def block_ids(self):
         """Bytes of the 8-bit optimizer's block index per value of the shared group (`ops.adam8bit.ConcatBlocks`:
         an int32 constant, so that a block never spans two tensors), when several tensors share it."""
-        small = [n for n in self.trainable_sizes if n < FLAT_MAX_ELEMENTS]
+        small, _ = self._small_and_large()
         return 4 * sum(small) if self.optimizer == "adam8bit" and len(small) > 1 else 0
 
     # -- constants -------------------------------------------------------------------------------------------
