@@ -15,7 +15,9 @@ at 128 px for the data set's classes, and B2 = 60% of B1. Per data set and budge
   train    the searched sub-net and the fixed baseline (mcunet-5fps with TinyTL-L+B at the largest searched
            resolution within the budget, else with TinyTL-B; none when neither fits) fine-tuned on the whole
            training split with the same epochs (20), batch (8) and learning-rate rule (train's default for the
-           method: 1e-3 for TinyTL-L+B and TinyTL-B alike); test top-1
+           method: 1e-3 for TinyTL-L+B and TinyTL-B alike); test top-1. Where the search kept the baseline (its
+           candidate did not lead by two paired standard errors on the held-out images), the searched row is the
+           baseline's run
   memory   the fixed baseline exported and its LiteRT train step measured at batch 1 (the searched sub-net's is
            the search's own measurement of the same architecture)
 
@@ -64,6 +66,7 @@ DEFAULT_WORK = ROOT / "runs" / "search-study"
 BUDGET_NETWORK = ("mcunet-5fps", 128)  # the network whose predicted memory sets the budgets: backbone, resolution
 BUDGETS = (("B1", 1.0), ("B2", 0.6))  # name, fraction of the reference's predicted memory
 QUICK_NAME = "caltech10"
+VERDICT = ("chosen", "candidate", "baseline", "holdout_lead", "holdout_lead_error")  # subnet.json's comparison
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,8 +179,7 @@ def search_step(plan, tree, folder, budget):
     )
     keep = ("backbone", "config", "resolution", "predicted_accuracy", "holdout_accuracy", "predicted_memory_mb")
     return {
-        **{k: subnet[k] for k in keep},
-        **{k: subnet[k] for k in ("budget_mb", "measured", "baseline", "objective", "predictor", "phase_seconds")},
+        **{k: subnet[k] for k in keep + VERDICT + ("budget_mb", "measured", "objective", "predictor", "phase_seconds")},
         "search": {k: v for k, v in subnet["search"].items() if k != "data"},
         "subnet_file": os.path.relpath(folder / SUBNET_FILE, folder.parents[1]),
     }
@@ -231,17 +233,20 @@ def run_dataset(records, plan, name, tree, work, context, recorded=lambda: None)
         key = f"{name}/{budget_name}"
         record = functools.partial(_record, records, context=context, recorded=recorded, budget=budget)
         record(f"search/{key}", functools.partial(search_step, plan, tree, folder, budget))
+        searched = records.get(f"search/{key}")
+        baseline = searched["baseline"]
+        if baseline["config"] is not None:
+            fixed = dict(backbone=baseline["backbone"], resolution=baseline["resolution"], method=baseline["method"])
+            record(f"train/{key}/baseline", functools.partial(train_step, plan, tree, models / "baseline", **fixed))
+            record(f"memory/{key}/baseline", functools.partial(measure_step, models / "baseline" / "model.keras"))
+        if searched["chosen"] == "baseline":  # the search's answer is the baseline: nothing else to train
+            record(f"train/{key}/searched", lambda key=key: {**records.get(f"train/{key}/baseline"), "kept": True})
+            continue
         subnet = functools.partial(load_subnet, folder / "subnet.json")
         record(
             f"train/{key}/searched",
             functools.partial(train_step, plan, tree, models / "searched", backbone=None, make_model=subnet),
         )
-        baseline = records.get(f"search/{key}")["baseline"]
-        if baseline["config"] is None:
-            continue
-        fixed = dict(backbone=baseline["backbone"], resolution=baseline["resolution"], method=baseline["method"])
-        record(f"train/{key}/baseline", functools.partial(train_step, plan, tree, models / "baseline", **fixed))
-        record(f"memory/{key}/baseline", functools.partial(measure_step, models / "baseline" / "model.keras"))
 
 
 def _record(records, key, compute, context, recorded, **extra):
@@ -288,7 +293,14 @@ def _findings(records, names):
             if b["config"] is None:
                 found.append(text + "; no fixed baseline fits this budget.")
                 continue
-            held = 100 * (s["holdout_accuracy"] - b["holdout_accuracy"])
+            held = 100 * s["holdout_lead"]
+            if s["chosen"] == "baseline":
+                found.append(
+                    text + f"; the search kept the fixed baseline: its best candidate ({_arch_text(s['candidate'])}) "
+                    f"led it by {held:+.1f} points on the held-out images, under two standard errors of the paired "
+                    f"difference ({200 * s['holdout_lead_error']:.1f}), so no gain over the baseline is shown."
+                )
+                continue
             ts, tb = (records.get(f"train/{name}/{budget_name}/{m}") for m in ("searched", "baseline"))
             if ts is None or tb is None:
                 found.append(
@@ -308,7 +320,9 @@ def _findings(records, names):
     return found
 
 
-def _arch_text(config):
+def _arch_text(entry):
+    """A sub-net in a few words, from a record's entry that has its "config"."""
+    config = entry["config"]
     lites = sum(config["lites"])
     return (
         f"{config['backbone']} {config['resolution']} px, depths {'-'.join(map(str, config['depths']))}, "
@@ -370,11 +384,12 @@ def report(records, plan, doc):
                 else f"{_mb(b['predicted_memory_mb'])} / {_mb(mb and mb['measured_train_mb'])}"
             )
             searched_acc = None if ts is None else ts["test_accuracy"]
+            searched_text = "kept the baseline" if s["chosen"] == "baseline" else _arch_text(s)
             measured = s["measured"] and s["measured"]["measured_train_mb"]
             delta = "—" if None in (base_acc, searched_acc) else f"{100 * (searched_acc - base_acc):+.1f}"
             lines.append(
                 f"| {name} | {budget_name} {s['budget_mb']:.2f} | {base_text} | {_pct(base_acc)} | {base_mem} | "
-                f"{_arch_text(s['config'])} | {_pct(searched_acc)} | {_mb(s['predicted_memory_mb'])} / "
+                f"{searched_text} | {_pct(searched_acc)} | {_mb(s['predicted_memory_mb'])} / "
                 f"{_mb(measured)} | {delta} |"
             )
     lines += ["", "**What this shows** (computed from the rows above):", ""]

@@ -622,32 +622,62 @@ def test_fine_tuning_at_chance_warns_on_stderr(capsys):
         assert err.startswith("warning:") and err.count("\n") == 1 and "10.0% for 10 classes" in err
 
 
-def test_winner_not_predicted_to_beat_the_fixed_baseline_warns(spec, capsys):
+class _HitsEvaluator:
+    """Stands in for `SubnetEvaluator.hits`: fixed per-image right/wrong rows by sub-net."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def hits(self, archs):
+        return np.array([self.rows[a] for a in archs], bool)
+
+
+def _verdict(spec, candidate_hits, baseline_hits, monkeypatch, same=False):
+    import tinytl_tf.jobs.search as job
+
+    monkeypatch.setattr(job, "predict_accuracy", lambda predictor, joint, archs: [0.5 for _ in archs])
+    joint = type("Joint", (), {"memory_mb": lambda self, arch: 4.0})()
+    fixed = space.backbone_arch(spec)
+    candidate = fixed if same else space.smallest_arch(spec)
+    evaluators = {spec.backbone: _HitsEvaluator({candidate: candidate_hits, fixed: baseline_hits})}
+    return job._compare(joint, evaluators, None, candidate, spec.backbone, fixed, 3.0)
+
+
+def test_search_keeps_the_fixed_baseline_unless_the_winner_leads_by_two_paired_standard_errors(
+    spec, monkeypatch, capsys
+):
     from tinytl_tf.jobs.search import _report_comparison
 
-    winner = space.smallest_arch(spec)
-    baseline = {"backbone": "mcunet-5fps", "config": {}, "method": "tinytl-lb", "resolution": 128}
-    baseline["predicted_accuracy"] = 0.8
-    baseline["holdout_accuracy"] = 0.7
-    baseline["predicted_memory_mb"] = 5.0
-    many = 100_000  # held-out images: a 2-point lead is far outside the noise
-    _report_comparison(winner, 0.75, 0.72, 1.0, baseline, 5.0, many)
+    n = 1000
+    base = np.arange(n) < 700  # 70% right
+    # the candidate right on 30 more images and wrong on none the baseline had: lead 3.0, paired error 0.54
+    better = base | ((np.arange(n) >= 700) & (np.arange(n) < 730))
+    verdict = _verdict(spec, better, base, monkeypatch)
+    assert verdict["chosen"] == "search" and verdict["lead"] == pytest.approx(0.03)
+    assert verdict["lead_error"] == pytest.approx(np.std(better.astype(float) - base, ddof=1) / np.sqrt(n))
+    assert verdict["search"]["holdout_accuracy"] == pytest.approx(0.73) and verdict["baseline"]["method"] == (
+        "tinytl-lb"
+    )
+    _report_comparison(verdict, 5.0)
     err = capsys.readouterr().err
-    assert "fixed baseline: mcunet-5fps TinyTL-L+B at 128 px; predicted accuracy 80.0%" in err
-    assert "warning: the searched sub-net is not predicted to beat the fixed baseline (75.0% against 80.0%)" in err
-    _report_comparison(winner, 0.85, 0.72, 1.0, baseline, 5.0, many)
-    assert "warning" not in capsys.readouterr().err
-    _report_comparison(winner, 0.85, 0.65, 1.0, baseline, 5.0, many)
-    assert "measures below it on the held-out images (65.0% against 70.0%)" in capsys.readouterr().err
-    _report_comparison(winner, 0.75, 0.72, 1.0, {**baseline, "method": "tinytl-b"}, 5.0, many)
+    assert "warning" not in err and f"fixed baseline: {spec.backbone} TinyTL-L+B at" in err
+    assert "leads the fixed baseline by +3.0%" in err and "subnet.json holds the candidate" in err
+    # the same 3-point lead from 200 images won and 170 lost: two paired errors are 3.8 points, so it is noise
+    churn = base.copy()
+    churn[700:900] = True
+    churn[:170] = False
+    verdict = _verdict(spec, churn, base, monkeypatch)
+    assert verdict["lead"] == pytest.approx(0.03) and 2 * verdict["lead_error"] == pytest.approx(0.0384, abs=1e-4)
+    assert verdict["chosen"] == "baseline"
+    _report_comparison(verdict, 5.0)
     err = capsys.readouterr().err
-    assert "fixed baseline: mcunet-5fps TinyTL-B at 128 px" in err and "--method tinytl-b --resolution 128" in err
-    # the same 2-point lead on 1,000 held-out images is within two standard errors (2 x 2.03 points)
-    _report_comparison(winner, 0.85, 0.72, 1.0, baseline, 5.0, 1000)
-    err = capsys.readouterr().err
-    assert "leads the fixed baseline by 2.0% on 1000 held-out images, less than two standard errors" in err
-    assert "(4.1%)" in err and "train --backbone mcunet-5fps --method tinytl-lb --resolution 128" in err
-    assert err.count("warning:") == 1
+    assert err.count("warning:") == 1 and "subnet.json holds the fixed baseline" in err
+    assert "paired difference: 3.8%)" in err
+    assert f"train --backbone {spec.backbone} --method tinytl-lb --resolution" in err
+    churn[:300] = False  # behind
+    assert _verdict(spec, churn, base, monkeypatch)["chosen"] == "baseline"
+    # the evolution's winner is the baseline itself: nothing to choose
+    assert _verdict(spec, base, base, monkeypatch, same=True)["chosen"] == "baseline"
 
 
 def test_predictor_ranking_worse_than_a_baseline_says_what_the_search_optimises():

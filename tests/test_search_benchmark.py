@@ -24,7 +24,7 @@ def test_budgets_are_the_reference_networks_predicted_memory_and_60_percent():
     assert bench.budgets_mb([f"c{i}" for i in range(102)])["B1"] > budgets["B1"]  # a larger head
 
 
-def _search_record(budget, baseline_resolution):
+def _search_record(budget, baseline_resolution, chosen="search"):
     config = {
         "backbone": "mbv2-w0.35",
         "resolution": 112,
@@ -39,6 +39,10 @@ def _search_record(budget, baseline_resolution):
     return {
         "config": config,
         "holdout_accuracy": 0.70,
+        "chosen": chosen,
+        "candidate": {"config": config},
+        "holdout_lead": None if baseline_resolution is None else 0.04,
+        "holdout_lead_error": None if baseline_resolution is None else (0.015 if chosen == "search" else 0.025),
         "budget_mb": budget,
         "predicted_memory_mb": budget - 0.1,
         "measured": {"measured_train_mb": 9.87},
@@ -76,6 +80,9 @@ def test_report_shows_recorded_numbers_and_dashes_for_the_rest(tmp_path):
     records.add("search/cars/B1", _search_record(12.0, 128))
     records.add("train/cars/B1/searched", {"test_accuracy": 0.70, **CONTEXT})
     records.add("train/cars/B1/baseline", {"test_accuracy": 0.75, **CONTEXT})
+    records.add("search/cars/B2", _search_record(7.2, 112, chosen="baseline"))
+    records.add("train/cars/B2/baseline", {"test_accuracy": 0.72, **CONTEXT})
+    records.add("train/cars/B2/searched", {"test_accuracy": 0.72, "kept": True, **CONTEXT})
     doc = bench.report(bench.Records(tmp_path / "results.json"), bench.Plan(), tmp_path / "SEARCH.md")
     text = doc.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| cifar10 | B1"))
@@ -83,7 +90,9 @@ def test_report_shows_recorded_numbers_and_dashes_for_the_rest(tmp_path):
     assert "mbv2-w0.35 112 px, depths 1-2-3, 4/6 lite branches" in row
     b2 = next(line for line in text.splitlines() if line.startswith("| cifar10 | B2"))
     assert "fits at no resolution" in b2 and b2.endswith("| — |")
-    assert "| cars | B2 | — |" in text and "| caltech101 | B2 | — |" in text  # not run: no number
+    assert "| caltech101 | B2 | — |" in text  # not run: no number
+    cars_b2 = next(line for line in text.splitlines() if line.startswith("| cars | B2"))
+    assert "| kept the baseline | 72.0 |" in cars_b2 and cars_b2.endswith("| +0.0 |")
     findings = [line for line in text.splitlines() if line.startswith("- ")]
     assert findings[0] == (
         "- cifar10 B1: the searched sub-net measured 9.87 MB, over the 5.20 MB budget; it reaches the fixed "
@@ -94,6 +103,12 @@ def test_report_shows_recorded_numbers_and_dashes_for_the_rest(tmp_path):
     assert findings[2].startswith("- cars B1: the searched sub-net measured 9.87 MB, within the 12.00 MB budget")
     assert "does not reach the fixed baseline's test top-1 (-5.0 points" in findings[2]
     assert findings[2].endswith("the super-net's held-out ranking did not carry over to full fine-tuning.")
+    assert findings[3] == (
+        "- cars B2: the searched sub-net measured 9.87 MB, over the 7.20 MB budget; the search kept the fixed "
+        "baseline: its best candidate (mbv2-w0.35 112 px, depths 1-2-3, 4/6 lite branches) led it by +4.0 points on "
+        "the held-out images, under two standard errors of the paired difference (5.0), so no gain over the "
+        "baseline is shown."
+    )
     assert "| cifar10 | 80/20 | 0.50 / 0.40 | 0.70 / 0.40 | 0.50 / 0.40 | predicted_memory |" in text
     assert "python benchmarks/search.py --data-root data" in text and str(tmp_path) not in text
 

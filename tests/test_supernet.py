@@ -260,10 +260,11 @@ def _dataset(n=8, size=40, classes=5, seed=0):
 class _RecordActive(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
-        self.seen = []
+        self.seen, self.genes = [], []
 
     def on_train_batch_end(self, batch, logs=None):
         self.seen.append(tuple(np.asarray(v).tobytes() for v in self.model.weights if "/active_" in v.path))
+        self.genes.append({v.path.split("active_")[-1]: v.numpy() for v in self.model.weights if "/active_" in v.path})
 
 
 def test_fit_samples_subnets_and_trains_only_biases_lite_and_head():
@@ -276,6 +277,11 @@ def test_fit_samples_subnets_and_trains_only_biases_lite_and_head():
     history = net.fit(_dataset(), epochs=1, verbose=0, callbacks=[record])
     assert np.isfinite(history.history["loss"][0])
     assert len(set(record.seen)) > 1  # a new sub-net per step
+    # every other step the full sub-net (the sandwich rule's upper slice) at a sampled resolution
+    full = net.genes(backbone_arch(net.spec))
+    for step, genes in enumerate(record.genes):
+        is_full = all(np.array_equal(genes[k], full[k]) for k in full if k != "resolution")
+        assert is_full == (step % 2 == 1), step
     changed = {p for p, v in weights_of(net).items() if not np.array_equal(v, before[p])}
     trainable = {v.path for v in net.trainable_weights}
     assert changed <= trainable

@@ -404,9 +404,11 @@ def _add_search_parser(sub):
         "memory or resolution alone) and run an evolutionary search under a training-memory budget (the memory "
         "predictor's LiteRT train step at batch 1 with the export's optimizer). The space: the backbone, the input "
         "resolution, elastic depth (trailing blocks of a stage skipped) and per block the lite residual branch "
-        "(present or not, kernel 3/5, groups 2/4). The winner is shown next to the fixed baseline (mcunet-5fps "
-        "TinyTL-L+B at the largest resolution within the budget, else TinyTL-B), then exported and its LiteRT "
-        "train step measured. Writes OUT/subnet.json and one OUT/<backbone>/supernet.keras each; an interrupted search "
+        "(present or not, kernel 3/5, groups 2/4). The winner is compared image by image on the held-out images "
+        "with the fixed baseline (mcunet-5fps TinyTL-L+B at the largest resolution within the budget, else "
+        "TinyTL-B) and kept only when it leads by two standard errors of the paired difference, else the baseline "
+        "is the result; the result is exported and its LiteRT train step measured. Writes OUT/subnet.json and one "
+        "OUT/<backbone>/supernet.keras each; an interrupted search "
         "resumes from OUT. Then: train --subnet OUT/subnet.json.",
     )
     s.add_argument(

@@ -1,8 +1,9 @@
 """The `search` job (feature extractor adaptation, TinyTL Appendix A): from training images to `subnet.json`.
 
     1. per backbone, on 80% of the training images: calibrate the super-net's mean compensation, then fine-tune
-       it (main weights frozen; biases, lite modules and the head train; one random sub-net per step; a warning
-       when it ends at or below chance)                    -> OUT/<backbone>/supernet.keras
+       it (main weights frozen; biases, lite modules and the head train; a random sub-net per step, the full one
+       every other step; a warning when it ends at or below chance)
+                                                            -> OUT/<backbone>/supernet.keras
     2. per backbone, measure random sub-nets on the other 20% -> OUT/<backbone>/pairs.json
     3. fit the accuracy predictor on most pairs; its rank correlation on the rest against two baselines (the
        predicted memory alone, the resolution alone); the search optimises whichever ranks best
@@ -10,10 +11,10 @@
     4. evolve the best sub-net under the memory budget, from a population that starts with the fixed baseline
        (so the winner is never predicted below it)          -> OUT/evolution.json
     5. the winner next to the fixed baseline (the default backbone with TinyTL-L+B at the largest resolution within
-       the budget, else with TinyTL-B), both measured on the 20%; a warning when the winner is not predicted to
-       beat it
-    6. the winner exported and its LiteRT train step measured (unless turned off); a warning when it is over the
-       budget                                               -> OUT/subnet.json
+       the budget, else with TinyTL-B), image by image on the 20%: the search keeps the winner only when it leads
+       by two standard errors of the paired difference, else the baseline (with a warning)
+    6. the chosen sub-net exported and its LiteRT train step measured (unless turned off); a warning when it is
+       over the budget                                      -> OUT/subnet.json
 
 Every phase's output is written atomically and a phase whose output exists is skipped (pairs and generations
 continue where they stopped), so an interrupted search resumes; OUT/phases.json keeps each phase's wall time.
@@ -119,7 +120,8 @@ def _check_counts(epochs, pairs, population, generations):
 
 
 def _supernet(path, source, spec, images, epochs, lr, label_smoothing, weights_dir, verbose):
-    """Phase 1: one backbone's super-net fine-tuned with one random sub-net per step (loaded when already done)."""
+    """Phase 1: one backbone's super-net fine-tuned on sampled sub-nets (`SuperNet.set_random_sampling`; loaded
+    when already done)."""
     if path.exists():
         net = keras.saving.load_model(path, compile=False)
         if net.spec != spec:
@@ -389,19 +391,14 @@ def search_job(
             verbose=verbose,
             initial=() if fixed is None else (fixed,),
         )
-    winner = result.arch
-
-    def measured(arch):
-        return float(evaluators[arch.backbone].accuracies([arch])[0])
-
+    candidate = result.arch
     with phases("compare", "measuring the winner and the fixed baseline on the held-out images"):
-        baseline = _baseline(joint, reference, fixed, predictor, measured)
-        winner_holdout = measured(winner)
-    predicted = float(predict_accuracy(predictor, joint, [winner])[0])
-    _report_comparison(winner, predicted, winner_holdout, result.memory_mb, baseline, budget_mb, first.num_holdout)
+        verdict = _compare(joint, evaluators, predictor, candidate, reference, fixed, result.memory_mb)
+    _report_comparison(verdict, budget_mb)
+    winner = candidate if verdict["chosen"] == "search" else fixed
     measurement = None
     if measure:
-        with phases("measure", "exporting the winner and measuring its LiteRT train step"):
+        with phases("measure", "exporting the chosen sub-net and measuring its LiteRT train step"):
             measurement = _measure_winner(nets[winner.backbone].extract_subnet(winner), budget_mb)
     source = sources[joint.backbones.index(winner.backbone)]
     subnet = {
@@ -409,12 +406,16 @@ def search_job(
         "backbone": str(source),
         "config": winner.to_dict(),
         "resolution": winner.resolution,
-        "predicted_accuracy": predicted,
-        "holdout_accuracy": winner_holdout,
-        "predicted_memory_mb": result.memory_mb,
+        "predicted_accuracy": verdict[verdict["chosen"]]["predicted_accuracy"],
+        "holdout_accuracy": verdict[verdict["chosen"]]["holdout_accuracy"],
+        "predicted_memory_mb": verdict[verdict["chosen"]]["predicted_memory_mb"],
         "budget_mb": budget_mb,
         "measured": measurement,
-        "baseline": baseline,
+        "chosen": verdict["chosen"],
+        "candidate": verdict["search"],
+        "holdout_lead": verdict["lead"],
+        "holdout_lead_error": verdict["lead_error"],
+        "baseline": verdict["baseline"],
         "objective": report["objective"],
         "predictor": report,
         "phase_seconds": dict(phases.seconds),
@@ -440,71 +441,80 @@ def search_job(
     return subnet
 
 
-def _baseline(joint, backbone, arch, predictor, measured):
-    """The fixed baseline `arch` (`space.fixed_baseline` of the default backbone, else the first; None when it fits
-    the budget at none of the resolutions) as a subnet.json entry."""
-    if arch is None:
+def _compare(joint, evaluators, predictor, candidate, reference, fixed, candidate_mb):
+    """The evolution's `candidate` against the `fixed` baseline (`space.fixed_baseline` of backbone `reference`;
+    None when it fits the budget nowhere), image by image on the held-out images.
+
+    The search keeps the baseline (`chosen` "baseline") unless the candidate leads it by at least two standard
+    errors of the paired difference: held-out images are few (CIFAR-10's 1,000 give a standard error near one
+    point), and a sub-net chosen on noise fine-tunes below the default as often as above it."""
+
+    def entry(arch, hits, memory_mb):
         return {
-            "backbone": backbone,
-            "config": None,
-            "note": f"{backbone} fits the budget at no searched resolution, with or without lite branches",
+            "backbone": arch.backbone,
+            "config": arch.to_dict(),
+            "method": space.arch_method(arch),
+            "resolution": arch.resolution,
+            "predicted_accuracy": float(predict_accuracy(predictor, joint, [arch])[0]),
+            "holdout_accuracy": float(hits.mean()),
+            "predicted_memory_mb": memory_mb,
         }
-    return {
-        "backbone": backbone,
-        "config": arch.to_dict(),
-        "method": space.arch_method(arch),
-        "resolution": arch.resolution,
-        "predicted_accuracy": float(predict_accuracy(predictor, joint, [arch])[0]),
-        "holdout_accuracy": measured(arch),
-        "predicted_memory_mb": joint.memory_mb(arch),
-    }
+
+    candidate_hits = evaluators[candidate.backbone].hits([candidate])[0]
+    verdict = {"search": entry(candidate, candidate_hits, candidate_mb), "chosen": "search"}
+    if fixed is None:
+        note = f"{reference} fits the budget at no searched resolution, with or without lite branches"
+        return {
+            **verdict,
+            "baseline": {"backbone": reference, "config": None, "note": note},
+            "lead": None,
+            "lead_error": None,
+        }
+    fixed_hits = evaluators[fixed.backbone].hits([fixed])[0]
+    if fixed_hits.shape != candidate_hits.shape:
+        raise RuntimeError("the held-out images differ between backbones; the paired comparison needs the same ones")
+    difference = candidate_hits.astype(np.float64) - fixed_hits
+    lead, error = float(difference.mean()), float(difference.std(ddof=1) / math.sqrt(max(len(difference), 1)))
+    verdict["baseline"] = entry(fixed, fixed_hits, joint.memory_mb(fixed))
+    verdict.update(lead=lead, lead_error=error)
+    if candidate == fixed or lead <= 0 or lead < 2 * error:
+        verdict["chosen"] = "baseline"
+    return verdict
 
 
-def _report_comparison(winner, predicted, holdout, memory, baseline, budget_mb, holdout_images):
-    """The winner and the fixed baseline side by side on stderr; a warning when the winner is not predicted (or
-    not measured on the held-out images) to beat the baseline, or leads it on the held-out images by less than two
-    standard errors of the difference (two accuracies on `holdout_images` images each, taken as independent, which
-    overstates the error of a paired difference a little): a lead the held-out images cannot tell from noise."""
+def _report_comparison(verdict, budget_mb):
+    """The evolution's candidate and the fixed baseline side by side on stderr, and which the search keeps: a
+    warning when it keeps the baseline (the candidate's held-out lead is not two standard errors of the paired
+    difference) or when no baseline fits."""
+    c = verdict["search"]
+    depths = c["config"]["depths"]
     _progress(
-        f"winner: {winner.backbone} at {winner.resolution} px, depths {list(winner.depths)}, "
-        f"{sum(winner.lites)} lite branches; predicted accuracy {predicted:.1%}, held-out {holdout:.1%}, "
-        f"predicted memory {memory:.2f} MB (budget {budget_mb} MB)"
+        f"searched candidate: {c['backbone']} at {c['resolution']} px, depths {depths}, {sum(c['config']['lites'])} "
+        f"lite branches; predicted accuracy {c['predicted_accuracy']:.1%}, held-out {c['holdout_accuracy']:.1%}, "
+        f"predicted memory {c['predicted_memory_mb']:.2f} MB (budget {budget_mb} MB)"
     )
-    if baseline["config"] is None:
-        _progress(f"fixed baseline: {baseline['note']}")
+    b = verdict["baseline"]
+    if b["config"] is None:
+        _warn(f"no fixed baseline to compare with: {b['note']}; keeping the searched candidate")
         return
-    method = space.METHOD_LABELS[baseline["method"]]
+    method = space.METHOD_LABELS[b["method"]]
     _progress(
-        f"fixed baseline: {baseline['backbone']} {method} at {baseline['resolution']} px; predicted accuracy "
-        f"{baseline['predicted_accuracy']:.1%}, held-out {baseline['holdout_accuracy']:.1%}, predicted memory "
-        f"{baseline['predicted_memory_mb']:.2f} MB"
+        f"fixed baseline: {b['backbone']} {method} at {b['resolution']} px; predicted accuracy "
+        f"{b['predicted_accuracy']:.1%}, held-out {b['holdout_accuracy']:.1%}, predicted memory "
+        f"{b['predicted_memory_mb']:.2f} MB"
     )
-    train_baseline = (
-        f"train --backbone {baseline['backbone']} --method {baseline['method']} --resolution {baseline['resolution']}"
+    lead = (
+        f"the candidate leads the fixed baseline by {verdict['lead']:+.1%} on the held-out images (two standard "
+        f"errors of the paired difference: {2 * verdict['lead_error']:.1%})"
     )
-    if predicted <= baseline["predicted_accuracy"]:
+    if verdict["chosen"] == "baseline":
         _warn(
-            f"the searched sub-net is not predicted to beat the fixed baseline ({predicted:.1%} against "
-            f"{baseline['predicted_accuracy']:.1%}); train the baseline instead: {train_baseline}"
+            f"{lead}: no measurable gain, so subnet.json holds the fixed baseline (the candidate is kept under "
+            f'"candidate"); its equivalent from the pretrained backbone: train --backbone {b["backbone"]} '
+            f"--method {b['method']} --resolution {b['resolution']}"
         )
-    elif holdout < baseline["holdout_accuracy"]:
-        _warn(
-            f"the searched sub-net is predicted to beat the fixed baseline, but measures below it on the held-out "
-            f"images ({holdout:.1%} against {baseline['holdout_accuracy']:.1%})"
-        )
-    elif (lead := holdout - baseline["holdout_accuracy"]) < 2 * (
-        error := _difference_error(holdout, baseline["holdout_accuracy"], holdout_images)
-    ):
-        _warn(
-            f"the searched sub-net leads the fixed baseline by {lead:.1%} on {holdout_images} held-out images, less "
-            f"than two standard errors of the difference ({2 * error:.1%}): a lead the held-out images cannot tell "
-            f"from noise; fine-tune both before choosing (train --subnet OUT/subnet.json, and {train_baseline})"
-        )
-
-
-def _difference_error(a, b, n):
-    """Standard error of the difference of two accuracies `a` and `b`, each measured on `n` images."""
-    return math.sqrt((a * (1 - a) + b * (1 - b)) / n)
+    else:
+        _progress(f"{lead}: subnet.json holds the candidate")
 
 
 def _measure_winner(model, budget_mb):

@@ -107,6 +107,8 @@ class SuperNet(keras.Model):
             trainable=False,
             aggregation="only_first_replica",
         )
+        # the sub-net every other sampled step trains (at a random resolution): see `set_random_sampling`
+        self._full_genes = self.genes(backbone_arch(spec))
         self.set_active(backbone_arch(spec))
         self.built = True
 
@@ -206,15 +208,22 @@ class SuperNet(keras.Model):
         return arch
 
     def set_random_sampling(self, enabled):
-        """When enabled, every `fit` step first activates a uniformly random sub-net, sampled in-graph (a
-        variable, so switching needs no retrace; it is saved with the model)."""
+        """When enabled, every `fit` step first activates a sub-net, sampled in-graph (a variable, so switching
+        needs no retrace; it is saved with the model): on even optimizer steps a uniformly random one, on odd
+        steps the full one (`backbone_arch`: every block, every lite branch) at a random resolution. The full
+        sub-net is the upper slice of BigNAS's sandwich rule (Yu et al., BigNAS, 2020): with uniform sampling alone
+        each lite branch trained about half the steps in ever-changing company, and the super-net rated sub-nets
+        with more lite branches hardly above those with fewer, though fine-tuned they gain."""
         self._sampling.assign(int(bool(enabled)))
 
     def train_step(self, data):
         sampling = tf.convert_to_tensor(self._sampling) > 0
+        full_step = tf.equal(self.optimizer.iterations % 2, 1)
         for name, choices in _gene_choices(self.spec).items():
-            active = self._active[name]
-            active.assign(tf.where(sampling, _sample_gene(choices), tf.convert_to_tensor(active)))
+            active, picked = self._active[name], _sample_gene(choices)
+            if name != "resolution":
+                picked = tf.where(full_step, tf.constant(self._full_genes[name]), picked)
+            active.assign(tf.where(sampling, picked, tf.convert_to_tensor(active)))
         return super().train_step(data)
 
     def call(self, images, training=None):
@@ -311,7 +320,7 @@ class SubnetEvaluator:
         self._functions = {}
 
     def _traced(self, resolution):
-        """(static features, correct count) traced for `resolution`, batch size left open."""
+        """(static features, per-image hits) traced for `resolution`, batch size left open."""
         if resolution not in self._functions:
             net = self.net
             static = tf.function(lambda images: net.static_features(images, resolution), input_signature=[self._images])
@@ -320,31 +329,34 @@ class SubnetEvaluator:
                 name: tf.TensorSpec(np.shape(v), tf.int32) for name, v in net.genes(backbone_arch(net.spec)).items()
             }
 
-            def correct(x, labels, genes):
+            def hits(x, labels, genes):
                 logits = net.elastic_forward(x, genes, training=False, skip_inactive=True)
-                return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.int32))
+                return tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
 
-            count = tf.function(correct, input_signature=[tf.TensorSpec(x.shape, x.dtype), self._labels, genes])
-            self._functions[resolution] = static, count
+            traced = tf.function(hits, input_signature=[tf.TensorSpec(x.shape, x.dtype), self._labels, genes])
+            self._functions[resolution] = static, traced
         return self._functions[resolution]
 
-    def accuracies(self, archs):
-        """Top-1 accuracy of each sub-net in `archs` (`space.Arch`s of the net's spec; float64 array in order)."""
+    def hits(self, archs):
+        """Whether each sub-net in `archs` (`space.Arch`s of the net's spec) classifies each image right: a bool
+        array [len(archs), images], so two sub-nets can be compared image by image (a paired test)."""
         genes = [{k: tf.constant(v) for k, v in self.net.genes(a).items()} for a in archs]
-        correct, total = np.zeros(len(archs), np.int64), 0
+        rows = [[] for _ in archs]
         for resolution in sorted({a.resolution for a in archs}):
             members = [i for i, a in enumerate(archs) if a.resolution == resolution]
-            static, count = self._traced(resolution)
-            total = 0
+            static, traced = self._traced(resolution)
             for images, labels in self.dataset:
-                labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
                 x = static(images)
+                labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
                 for i in members:
-                    correct[i] += int(count(x, labels, genes[i]))
-                total += int(labels.shape[0])
-        if archs and not total:
+                    rows[i].append(traced(x, labels, genes[i]).numpy())
+        if archs and not sum(len(r) for r in rows[0]):
             raise ValueError("SubnetEvaluator: the data set yielded no images")
-        return correct / max(total, 1)
+        return np.array([np.concatenate(r) if r else np.zeros(0, bool) for r in rows], bool).reshape(len(archs), -1)
+
+    def accuracies(self, archs):
+        """Top-1 accuracy of each sub-net in `archs` (float64 array in order)."""
+        return self.hits(archs).mean(axis=1) if archs else np.zeros(0)
 
 
 def _resized(images, resolution):
