@@ -283,7 +283,9 @@ def _findings(records, names):
             if s is None:
                 continue
             budget, measured = s["budget_mb"], s["measured"] and s["measured"]["measured_train_mb"]
-            text = f"{name} {budget_name}: the searched sub-net "
+            kept = s["chosen"] == "baseline"
+            subject = "the search's result, the baseline," if kept else "the searched sub-net"
+            text = f"{name} {budget_name}: {subject} "
             if measured is None:
                 text += "was not measured"
             else:
@@ -294,9 +296,9 @@ def _findings(records, names):
                 found.append(text + "; no fixed baseline fits this budget.")
                 continue
             held = 100 * s["holdout_lead"]
-            if s["chosen"] == "baseline":
+            if kept:
                 found.append(
-                    text + f"; the search kept the fixed baseline: its best candidate ({_arch_text(s['candidate'])}) "
+                    text + f"; the search kept it: its best candidate ({_arch_text(s['candidate'])}) "
                     f"led it by {held:+.1f} points on the held-out images, under two standard errors of the paired "
                     f"difference ({200 * s['holdout_lead_error']:.1f}), so no gain over the baseline is shown."
                 )

@@ -104,8 +104,8 @@ def test_report_shows_recorded_numbers_and_dashes_for_the_rest(tmp_path):
     assert "does not reach the fixed baseline's test top-1 (-5.0 points" in findings[2]
     assert findings[2].endswith("the super-net's held-out ranking did not carry over to full fine-tuning.")
     assert findings[3] == (
-        "- cars B2: the searched sub-net measured 9.87 MB, over the 7.20 MB budget; the search kept the fixed "
-        "baseline: its best candidate (mbv2-w0.35 112 px, depths 1-2-3, 4/6 lite branches) led it by +4.0 points on "
+        "- cars B2: the search's result, the baseline, measured 9.87 MB, over the 7.20 MB budget; the search kept "
+        "it: its best candidate (mbv2-w0.35 112 px, depths 1-2-3, 4/6 lite branches) led it by +4.0 points on "
         "the held-out images, under two standard errors of the paired difference (5.0), so no gain over the "
         "baseline is shown."
     )
