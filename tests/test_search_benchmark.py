@@ -110,6 +110,9 @@ def test_report_shows_recorded_numbers_and_dashes_for_the_rest(tmp_path):
         "baseline is shown."
     )
     assert "| cifar10 | 80/20 | 0.50 / 0.40 | 0.70 / 0.40 | 0.50 / 0.40 | predicted_memory |" in text
+    # wall time: the first budget every phase, the second only its own (the shared ones were copied)
+    assert "- cifar10 B1: supernet/mbv2-w0.35 60, evolution 6 (total 1.1 min)" in text
+    assert "- cifar10 B2: evolution 6 (total 0.1 min)" in text
     assert "python benchmarks/search.py --data-root data" in text and str(tmp_path) not in text
 
 
