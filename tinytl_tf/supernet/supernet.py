@@ -108,8 +108,9 @@ class SuperNet(keras.Model):
             aggregation="only_first_replica",
         )
         # the sub-net every other sampled step trains (at a random resolution): see `set_random_sampling`
-        self._full_genes = self.genes(backbone_arch(spec))
-        self.set_active(backbone_arch(spec))
+        full = backbone_arch(spec)
+        self._full_genes = self.genes(full)
+        self.set_active(full)
         self.built = True
 
     @classmethod
