@@ -422,12 +422,14 @@ def searched(tmp_path_factory):
 
 @pytest.mark.slow
 def test_search_writes_a_valid_subnet_within_the_budget(searched):
+    from tinytl_tf.methods import default_lr
     from tinytl_tf.supernet.subnet import read_subnet
 
     out = searched.out
     d = json.loads((out / "subnet.json").read_text())
     sub = read_subnet(out / "subnet.json")
-    assert sub.supernet_path == out / "tiny-mb" / "supernet.keras" and sub.supernet_path.is_file()
+    assert sub.start_path == out / "tiny-mb" / "start.keras" and sub.start_path.is_file()
+    assert (out / "tiny-mb" / "supernet.keras").is_file()
     assert d["config"] == sub.arch.to_dict() and d["resolution"] == sub.arch.resolution in TINY_RESOLUTIONS
     memory = d["predicted_memory_mb"]
     assert memory == pytest.approx(space.memory_mb(sub.spec, sub.arch)) and memory <= searched.budget
@@ -447,7 +449,7 @@ def test_search_writes_a_valid_subnet_within_the_budget(searched):
         "pairs/tiny-mb",
         "predictor",
         "evolution",
-        "compare",
+        "confirm",
         "measure",
     }
     rankers = d["predictor"]["rankers"]
@@ -458,7 +460,18 @@ def test_search_writes_a_valid_subnet_within_the_budget(searched):
     assert (d["search"]["train_examples"], d["search"]["holdout_examples"]) == (72, 18)  # 80/20 of 3 x 30
     pairs = json.loads((out / "tiny-mb" / "pairs.json").read_text())["pairs"]
     assert len(pairs) == 6 and len({json.dumps(p["config"]) for p in pairs}) == 6
-    assert json.loads((out / "evolution.json").read_text())["generation"] == 2
+    assert json.loads((out / "evolution-tiny-mb.json").read_text())["generation"] == 2
+    # the finalist (one backbone: one) and the baseline were fine-tuned from the start weights and scored image by
+    # image on the 18 held-out images; the held-out accuracy of subnet.json is the chosen one's after that
+    confirm = json.loads((out / "confirm.json").read_text())
+    contenders = [c for c in (d["candidate"], base) if c["config"] is not None]
+    assert sorted(confirm["runs"]) == sorted({json.dumps(c["config"], sort_keys=True) for c in contenders})
+    for run in confirm["runs"].values():
+        assert len(run["hits"]) == 18 and run["holdout_accuracy"] == pytest.approx(run["hits"].count("1") / 18)
+        assert run["lr"] == default_lr(run["method"])
+    chosen = d["candidate"] if d["chosen"] == "search" else base
+    assert d["holdout_accuracy"] == chosen["holdout_accuracy"] and d["config"] == chosen["config"]
+    assert 0.0 <= d["candidate"]["supernet_holdout_accuracy"] <= 1.0
 
 
 @pytest.mark.slow
@@ -467,13 +480,18 @@ def test_search_resumes_without_redoing_finished_phases(searched):
 
     out = searched.out
     before = {
-        f: (out / f).stat().st_mtime_ns for f in ("tiny-mb/supernet.keras", "tiny-mb/pairs.json", "predictor.keras")
+        f: (out / f).stat().st_mtime_ns
+        for f in ("tiny-mb/start.keras", "tiny-mb/supernet.keras", "tiny-mb/pairs.json", "predictor.keras")
     }
+    confirm_before = json.loads((out / "confirm.json").read_text())["runs"]
     assert main(searched.args(generations=4, measure=False)) == 0
     assert {f: (out / f).stat().st_mtime_ns for f in before} == before
     d = json.loads((out / "subnet.json").read_text())
-    assert json.loads((out / "evolution.json").read_text())["generation"] == 4
-    assert len(d["search"]["best_per_generation"]) == 4 and d["predicted_memory_mb"] <= searched.budget
+    assert json.loads((out / "evolution-tiny-mb.json").read_text())["generation"] == 4
+    assert len(d["search"]["best_per_generation"]["tiny-mb"]) == 4 and d["predicted_memory_mb"] <= searched.budget
+    # networks already fine-tuned in the confirm phase are not trained again
+    first = json.loads((out / "confirm.json").read_text())["runs"]
+    assert all(run == first[k] for k, run in confirm_before.items())
 
 
 @pytest.mark.slow
@@ -513,8 +531,8 @@ def test_train_subnet_then_export(searched, tmp_path):
         sub.arch.resolution,
         "tiny-mb-subnet",
     )
-    # it started from the fine-tuned super-net: its frozen weights are the extracted ones, bit for bit
-    extracted = keras.saving.load_model(sub.supernet_path, compile=False).extract_subnet(sub.arch)
+    # it started from the search's start weights: its frozen weights are the extracted ones, bit for bit
+    extracted = keras.saving.load_model(sub.start_path, compile=False).extract_subnet(sub.arch)
     frozen = {v.path: v.numpy() for v in extracted.non_trainable_weights}
     assert frozen and all(np.array_equal(v.numpy(), frozen[v.path]) for v in model.non_trainable_weights)
     meta = export_model(model, tmp_path / "model.tflite", "adam", 1e-3, 10)  # checks LiteRT infer == Keras
@@ -534,7 +552,6 @@ def test_subnet_without_checkpoint_starts_from_the_pretrained_backbone(searched,
     assert len(notes) == 1 and f"pretrained {searched.backbone}" in notes[0]
     sub = read_subnet(tmp_path / "subnet.json")
     pretrained = SuperNet.from_backbone(str(searched.backbone), 3, CLASSES, TINY_RESOLUTIONS).extract_subnet(sub.arch)
-    fine_tuned = load_subnet(searched.out / "subnet.json")
 
     def backbone_weights(m):  # frozen weights and main biases (lite branches and the head are new, random)
         return {
@@ -544,9 +561,8 @@ def test_subnet_without_checkpoint_starts_from_the_pretrained_backbone(searched,
             or (v.path.endswith("/bias") and "/lite/" not in v.path and not v.path.startswith("head/"))
         }
 
-    got, want, tuned = backbone_weights(model), backbone_weights(pretrained), backbone_weights(fine_tuned)
+    got, want = backbone_weights(model), backbone_weights(pretrained)
     assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in got)
-    assert not all(np.array_equal(got[k], tuned[k]) for k in got)  # the search fine-tuned the main biases
 
 
 @pytest.mark.parametrize(
@@ -622,51 +638,53 @@ def test_fine_tuning_at_chance_warns_on_stderr(capsys):
         assert err.startswith("warning:") and err.count("\n") == 1 and "10.0% for 10 classes" in err
 
 
-class _HitsEvaluator:
-    """Stands in for `SubnetEvaluator.hits`: fixed per-image right/wrong rows by sub-net."""
-
-    def __init__(self, rows):
-        self.rows = rows
-
-    def hits(self, archs):
-        return np.array([self.rows[a] for a in archs], bool)
-
-
-def _verdict(spec, candidate_hits, baseline_hits, monkeypatch, same=False):
-    import tinytl_tf.jobs.search as job
-
-    monkeypatch.setattr(job, "predict_accuracy", lambda predictor, joint, archs: [0.5 for _ in archs])
-    joint = type("Joint", (), {"memory_mb": lambda self, arch: 4.0})()
-    fixed = space.backbone_arch(spec)
-    candidate = fixed if same else space.smallest_arch(spec)
-    evaluators = {spec.backbone: _HitsEvaluator({candidate: candidate_hits, fixed: baseline_hits})}
-    return job._compare(joint, evaluators, None, candidate, spec.backbone, fixed, 3.0)
+def _entry(spec, arch, hits):
+    """A network's record as the confirm phase leaves it: its per-image right/wrong after the short fine-tune."""
+    return {
+        "backbone": arch.backbone,
+        "config": arch.to_dict(),
+        "method": space.arch_method(arch),
+        "resolution": arch.resolution,
+        "predicted_accuracy": 0.5,
+        "supernet_holdout_accuracy": 0.1,
+        "holdout_accuracy": float(hits.mean()),
+        "predicted_memory_mb": space.memory_mb(spec, arch),
+        "hits": hits,
+    }
 
 
-def test_search_keeps_the_fixed_baseline_unless_the_winner_leads_by_two_paired_standard_errors(
-    spec, monkeypatch, capsys
-):
+def _verdict(spec, finalist_hits, baseline_hits):
+    from tinytl_tf.jobs.search import _compare
+
+    archs = [space.smallest_arch(spec), dataclasses.replace(space.smallest_arch(spec), resolution=128)]
+    finalists = [_entry(spec, a, h) for a, h in zip(archs, finalist_hits)]
+    return _compare(finalists, _entry(spec, space.backbone_arch(spec), baseline_hits), None)
+
+
+def test_search_keeps_the_fixed_baseline_unless_the_best_finalist_leads_by_two_paired_standard_errors(spec, capsys):
     from tinytl_tf.jobs.search import _report_comparison
 
     n = 1000
     base = np.arange(n) < 700  # 70% right
-    # the candidate right on 30 more images and wrong on none the baseline had: lead 3.0, paired error 0.54
+    worse = np.arange(n) < 600
+    # the better finalist right on 30 more images and wrong on none the baseline had: lead 3.0, paired error 0.54
     better = base | ((np.arange(n) >= 700) & (np.arange(n) < 730))
-    verdict = _verdict(spec, better, base, monkeypatch)
+    verdict = _verdict(spec, [worse, better], base)
     assert verdict["chosen"] == "search" and verdict["lead"] == pytest.approx(0.03)
+    assert verdict["search"]["holdout_accuracy"] == pytest.approx(0.73) and verdict["search"]["resolution"] == 128
     assert verdict["lead_error"] == pytest.approx(np.std(better.astype(float) - base, ddof=1) / np.sqrt(n))
-    assert verdict["search"]["holdout_accuracy"] == pytest.approx(0.73) and verdict["baseline"]["method"] == (
-        "tinytl-lb"
-    )
+    assert verdict["baseline"]["method"] == "tinytl-lb" and len(verdict["finalists"]) == 2
+    assert "hits" not in verdict["search"] and all("hits" not in f for f in verdict["finalists"])
     _report_comparison(verdict, 5.0)
     err = capsys.readouterr().err
     assert "warning" not in err and f"fixed baseline: {spec.backbone} TinyTL-L+B at" in err
-    assert "leads the fixed baseline by +3.0%" in err and "subnet.json holds the candidate" in err
+    assert err.count("finalist: ") == 2 and "fine-tuned held-out 73.0%" in err
+    assert "leads the fixed baseline by +3.0%" in err and "subnet.json holds it" in err
     # the same 3-point lead from 200 images won and 170 lost: two paired errors are 3.8 points, so it is noise
     churn = base.copy()
     churn[700:900] = True
     churn[:170] = False
-    verdict = _verdict(spec, churn, base, monkeypatch)
+    verdict = _verdict(spec, [churn, worse], base)
     assert verdict["lead"] == pytest.approx(0.03) and 2 * verdict["lead_error"] == pytest.approx(0.0384, abs=1e-4)
     assert verdict["chosen"] == "baseline"
     _report_comparison(verdict, 5.0)
@@ -675,9 +693,23 @@ def test_search_keeps_the_fixed_baseline_unless_the_winner_leads_by_two_paired_s
     assert "paired difference: 3.8%)" in err
     assert f"train --backbone {spec.backbone} --method tinytl-lb --resolution" in err
     churn[:300] = False  # behind
-    assert _verdict(spec, churn, base, monkeypatch)["chosen"] == "baseline"
-    # the evolution's winner is the baseline itself: nothing to choose
-    assert _verdict(spec, base, base, monkeypatch, same=True)["chosen"] == "baseline"
+    assert _verdict(spec, [churn, worse], base)["chosen"] == "baseline"
+
+
+def test_search_without_a_fitting_baseline_keeps_the_best_finalist(spec, capsys):
+    from tinytl_tf.jobs.search import _compare, _report_comparison
+
+    n = 100
+    finalists = [_entry(spec, space.smallest_arch(spec), np.arange(n) < 40)]
+    missing = {"backbone": spec.backbone, "config": None, "note": "fits nowhere"}
+    verdict = _compare(finalists, None, missing)
+    assert verdict["chosen"] == "search" and verdict["baseline"] is missing and verdict["lead"] is None
+    _report_comparison(verdict, 1.0)
+    assert "warning: no fixed baseline to compare with: fits nowhere" in capsys.readouterr().err
+    # every backbone's best sub-net was the baseline itself: it is the result, with nothing to compare
+    base = _entry(spec, space.backbone_arch(spec), np.arange(n) < 50)
+    verdict = _compare([], base, missing)
+    assert verdict["chosen"] == "baseline" and verdict["search"] == verdict["baseline"] and verdict["lead"] == 0.0
 
 
 def test_predictor_ranking_worse_than_a_baseline_says_what_the_search_optimises():

@@ -36,11 +36,19 @@ def _search_record(budget, baseline_resolution, chosen="search"):
         "lite_kernels": [5] * 6,
     }
     ranker = {"spearman": 0.5, "kendall": 0.4, "pairs": 20}
+    finalist = {
+        "config": config,
+        "predicted_accuracy": 0.6,
+        "supernet_holdout_accuracy": 0.055,
+        "holdout_accuracy": 0.70,
+        "predicted_memory_mb": budget - 0.1,
+    }
     return {
         "config": config,
         "holdout_accuracy": 0.70,
         "chosen": chosen,
-        "candidate": {"config": config},
+        "candidate": finalist,
+        "finalists": [finalist],
         "holdout_lead": None if baseline_resolution is None else 0.04,
         "holdout_lead_error": None if baseline_resolution is None else (0.015 if chosen == "search" else 0.025),
         "budget_mb": budget,
@@ -54,6 +62,8 @@ def _search_record(budget, baseline_resolution, chosen="search"):
             "method": "tinytl-lb",
             "resolution": baseline_resolution,
             "predicted_memory_mb": 4.5,
+            "predicted_accuracy": 0.62,
+            "supernet_holdout_accuracy": 0.048,
             "holdout_accuracy": 0.66,
         },
         "objective": "predicted_memory",
@@ -96,19 +106,25 @@ def test_report_shows_recorded_numbers_and_dashes_for_the_rest(tmp_path):
     findings = [line for line in text.splitlines() if line.startswith("- ")]
     assert findings[0] == (
         "- cifar10 B1: the searched sub-net measured 9.87 MB, over the 5.20 MB budget; it reaches the fixed "
-        "baseline's test top-1 (+1.8 points after fine-tuning), where the search's held-out measurement had it "
-        "+4.0 points."
+        "baseline's test top-1 (+1.8 points after the full fine-tune), where the search's confirm fine-tune had it "
+        "+4.0 points on the held-out images."
     )
     assert findings[1].endswith("over the 3.10 MB budget; no fixed baseline fits this budget.")
     assert findings[2].startswith("- cars B1: the searched sub-net measured 9.87 MB, within the 12.00 MB budget")
     assert "does not reach the fixed baseline's test top-1 (-5.0 points" in findings[2]
-    assert findings[2].endswith("the super-net's held-out ranking did not carry over to full fine-tuning.")
+    assert findings[2].endswith("the short fine-tune's ranking did not carry over to the full one.")
     assert findings[3] == (
         "- cars B2: the search's result, the baseline, measured 9.87 MB, over the 7.20 MB budget; the search kept "
-        "it: its best candidate (mbv2-w0.35 112 px, depths 1-2-3, 4/6 lite branches) led it by +4.0 points on "
-        "the held-out images, under two standard errors of the paired difference (5.0), so no gain over the "
-        "baseline is shown."
+        "it: its best finalist (mbv2-w0.35 112 px, depths 1-2-3, 4/6 lite branches) led it by +4.0 points on "
+        "the held-out images after the confirm fine-tune, under two standard errors of the paired difference (5.0), "
+        "so no gain over the baseline is shown."
     )
+    # every finalist and the baseline with the super-net's and the confirm fine-tune's held-out accuracy, best first
+    finalists = [line for line in text.splitlines() if line.startswith("| cars | B2 |")]
+    assert finalists == [
+        "| cars | B2 | mbv2-w0.35 112 px, depths 1-2-3, 4/6 lite branches | 60.0 | 5.5 | 70.0 | 7.10 |",
+        "| cars | B2 | baseline (TinyTL-L+B 112 px) | 62.0 | 4.8 | 66.0 | 4.50 |",
+    ]
     assert "| cifar10 | 80/20 | 0.50 / 0.40 | 0.70 / 0.40 | 0.50 / 0.40 | predicted_memory |" in text
     # wall time: the first budget every phase, the second only its own (the shared ones were copied)
     assert "- cifar10 B1: supernet/mbv2-w0.35 60, evolution 6 (total 1.1 min)" in text

@@ -81,6 +81,7 @@ def cmd_search(args):
             args.predictor_epochs,
             elastic_width=args.elastic_width or None,
             measure=not args.no_measure,
+            confirm_epochs=args.confirm_epochs,
         )
     print(json.dumps({k: v for k, v in subnet.items() if k not in ("spec", "search")}, indent=2))
 
@@ -389,7 +390,8 @@ def _add_train_parser(sub):
         "--subnet",
         metavar="SUBNET.json",
         help="train the sub-net found by `search` (its subnet.json) "
-        "with the fine-tuned super-net's weights instead of --backbone; its resolution is the searched one",
+        "from the pretrained weights the search started it from, instead of --backbone; its resolution is the "
+        "searched one",
     )
     t.set_defaults(func=cmd_train)
 
@@ -404,11 +406,12 @@ def _add_search_parser(sub):
         "memory or resolution alone) and run an evolutionary search under a training-memory budget (the memory "
         "predictor's LiteRT train step at batch 1 with the export's optimizer). The space: the backbone, the input "
         "resolution, elastic depth (trailing blocks of a stage skipped) and per block the lite residual branch "
-        "(present or not, kernel 3/5, groups 2/4). The winner is compared image by image on the held-out images "
-        "with the fixed baseline (mcunet-5fps TinyTL-L+B at the largest resolution within the budget, else "
-        "TinyTL-B) and kept only when it leads by two standard errors of the paired difference, else the baseline "
-        "is the result; the result is exported and its LiteRT train step measured. Writes OUT/subnet.json and one "
-        "OUT/<backbone>/supernet.keras each; an interrupted search "
+        "(present or not, kernel 3/5, groups 2/4). Each backbone's best predicted sub-net (a finalist) and the "
+        "fixed baseline (mcunet-5fps TinyTL-L+B at the largest resolution within the budget, else TinyTL-B) are "
+        "then fine-tuned for --confirm-epochs from the pretrained weights as train does and compared image by image "
+        "on the held-out images: the best finalist is kept only when it leads by two standard errors of the paired "
+        "difference, else the baseline is the result; the result is exported and its LiteRT train step measured. "
+        "Writes OUT/subnet.json and OUT/<backbone>/start.keras + supernet.keras each; an interrupted search "
         "resumes from OUT. Then: train --subnet OUT/subnet.json.",
     )
     s.add_argument(
@@ -455,6 +458,13 @@ def _add_search_parser(sub):
     s.add_argument("--generations", type=count(1), default=100, help="evolutionary search generations (default 100)")
     s.add_argument(
         "--predictor-epochs", type=count(1), default=200, help="accuracy predictor training epochs (default 200)"
+    )
+    s.add_argument(
+        "--confirm-epochs",
+        type=count(1),
+        default=3,
+        help="epochs of the short fine-tune from the pretrained weights that decides between the finalists (one "
+        "per backbone) and the fixed baseline (default 3)",
     )
     _add_seed_option(s)
     s.add_argument(

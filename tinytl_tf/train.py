@@ -145,15 +145,17 @@ def fit(model, dataset, epochs, lr, label_smoothing=0.1, verbose=1, optimizer="a
     return model.fit(dataset, epochs=epochs, verbose=verbose, shuffle=False)  # tf.data shuffles; Keras warns otherwise
 
 
-def accuracy(model, dataset):
-    """Top-1 accuracy of `model` over a batched (x, y) dataset, computed from the logits."""
+def hits(model, dataset):
+    """Per image of a batched (x, y) dataset, in its order: whether `model`'s top-1 is the label (bool array)."""
     forward = tf.function(lambda x: model(x, training=False))  # eager calls are ~4x slower
-    correct = total = 0
-    for x, y in dataset:
-        pred = np.argmax(forward(x), axis=-1)
-        correct += int(np.sum(pred == np.reshape(y.numpy(), [-1])))
-        total += int(pred.shape[0])
-    return correct / max(1, total)
+    rows = [np.argmax(forward(x), axis=-1) == np.reshape(y.numpy(), [-1]) for x, y in dataset]
+    return np.concatenate(rows) if rows else np.zeros(0, bool)
+
+
+def accuracy(model, dataset):
+    """Top-1 accuracy of `model` over a batched (x, y) dataset, computed from the logits (0 when it is empty)."""
+    right = hits(model, dataset)
+    return float(right.mean()) if right.size else 0.0
 
 
 def load_trained(path):

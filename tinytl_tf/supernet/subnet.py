@@ -1,5 +1,5 @@
 """`subnet.json`, the search's result: a sub-net of a super-net's space, validated on reading, and turned back into a
-plain `TinyNet` with the fine-tuned super-net's weights (`train --subnet`)."""
+plain `TinyNet` with the pretrained weights the search started from (`train --subnet`)."""
 
 import json
 import sys
@@ -12,8 +12,8 @@ from tinytl_tf.config import ConfigError
 from tinytl_tf.supernet import space
 from tinytl_tf.supernet.supernet import SuperNet
 
-SUBNET_FORMAT = "tinytl_tf/subnet-v2"
-SUBNET_REQUIRED = ("format", "backbone", "config", "resolution", "spec", "supernet")
+SUBNET_FORMAT = "tinytl_tf/subnet-v3"
+SUBNET_REQUIRED = ("format", "backbone", "config", "resolution", "spec", "start")
 SUBNET_OPTIONAL = (
     "predicted_accuracy",
     "holdout_accuracy",
@@ -22,6 +22,7 @@ SUBNET_OPTIONAL = (
     "measured",
     "chosen",
     "candidate",
+    "finalists",
     "holdout_lead",
     "holdout_lead_error",
     "baseline",
@@ -39,7 +40,7 @@ class Subnet:
     backbone: str
     spec: space.SuperSpec
     arch: space.Arch
-    supernet_path: Path  # the fine-tuned super-net checkpoint it was searched with
+    start_path: Path  # the calibrated, not fine-tuned, super-net the search started every finalist from
 
 
 def read_subnet(path):
@@ -61,7 +62,10 @@ def read_subnet(path):
             f"{list(SUBNET_REQUIRED + SUBNET_OPTIONAL)}"
         )
     if d["format"] != SUBNET_FORMAT:
-        raise ConfigError(f"subnet.format: expected {SUBNET_FORMAT!r}, got {d['format']!r}")
+        raise ConfigError(
+            f"subnet.format: expected {SUBNET_FORMAT!r}, got {d['format']!r}; run the same `search` command again "
+            f"to rewrite it (finished phases are kept)"
+        )
     if not isinstance(d["spec"], dict):
         raise ConfigError("subnet.spec: expected an object")
     spec = space.SuperSpec.from_dict(d["spec"])
@@ -70,9 +74,9 @@ def read_subnet(path):
         raise ConfigError(
             f"subnet.resolution: {d['resolution']!r} differs from subnet.config.resolution {arch.resolution}"
         )
-    if not isinstance(d["supernet"], str):
-        raise ConfigError("subnet.supernet: expected the path of the fine-tuned super-net")
-    return Subnet(str(d["backbone"]), spec, arch, path.parent / d["supernet"])
+    if not isinstance(d["start"], str):
+        raise ConfigError("subnet.start: expected the path of the search's start super-net (<backbone>/start.keras)")
+    return Subnet(str(d["backbone"]), spec, arch, path.parent / d["start"])
 
 
 def _note(message):
@@ -80,20 +84,21 @@ def _note(message):
 
 
 def load_subnet(path, method="tinytl-lb", resolution=None, weights_dir=None, log=_note):
-    """The searched sub-net as a plain `TinyNet` for `method`, with the fine-tuned super-net's weights (the
-    pretrained backbone's when the checkpoint is gone, saying so through `log`)."""
+    """The searched sub-net as a plain `TinyNet` for `method`, with the weights its finalist was fine-tuned from in
+    the search: the pretrained backbone's, calibrated (without the checkpoint: uncalibrated, saying so through
+    `log`; that changes only cropped kernels' and dropped channels' mean compensation)."""
     sub = read_subnet(path)
     if resolution is not None and resolution != sub.arch.resolution:
         raise ValueError(
             f"--resolution {resolution} differs from the searched sub-net's {sub.arch.resolution} px "
             f"({path}); drop --resolution"
         )
-    if sub.supernet_path.is_file():
-        net = keras.saving.load_model(sub.supernet_path, compile=False)
+    if sub.start_path.is_file():
+        net = keras.saving.load_model(sub.start_path, compile=False)
     else:
         log(
-            f"note: no fine-tuned super-net at {sub.supernet_path}; the sub-net starts from the pretrained "
-            f"{sub.backbone} weights instead"
+            f"note: no start super-net at {sub.start_path}; the sub-net starts from the pretrained {sub.backbone} "
+            f"weights without the search's mean calibration"
         )
         b = sub.spec.base
         elastic = any(len(s.kernels) > 1 or len(s.expands) > 1 for s in sub.spec.slots)
@@ -102,7 +107,7 @@ def load_subnet(path, method="tinytl-lb", resolution=None, weights_dir=None, log
         )
     if net.spec != sub.spec:
         raise ConfigError(
-            f"subnet.spec: differs from the super-net's ({sub.supernet_path}); the file was edited "
+            f"subnet.spec: differs from the super-net's ({sub.start_path}); the file was edited "
             f"or belongs to another search"
         )
     return net.extract_subnet(sub.arch, method)
