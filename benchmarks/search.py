@@ -305,11 +305,18 @@ def _findings(records, names):
                 found.append(text + "; every backbone's best predicted sub-net was the baseline itself.")
                 continue
             if kept:
+                best = f"its best finalist ({_arch_text(s['candidate'])})"
+                if held <= 0:
+                    reason = (
+                        f"{best} trailed it by {-held:.1f} points on the held-out images after the confirm fine-tune"
+                    )
+                else:
+                    reason = (
+                        f"{best} led it by {held:.1f} points on the held-out images after the confirm fine-tune, "
+                        f"under two standard errors of the paired difference ({200 * s['holdout_lead_error']:.1f})"
+                    )
                 found.append(
-                    text + f"; the search kept it: its best finalist ({_arch_text(s['candidate'])}) "
-                    f"led it by {held:+.1f} points on the held-out images after the confirm fine-tune, under two "
-                    f"standard errors of the paired difference ({200 * s['holdout_lead_error']:.1f}), so no gain "
-                    "over the baseline is shown."
+                    text + f"; the search kept it: {reason}, so no gain over the baseline is shown." + (_order_note(s))
                 )
                 continue
             ts, tb = (records.get(f"train/{name}/{budget_name}/{m}") for m in ("searched", "baseline"))
@@ -328,8 +335,24 @@ def _findings(records, names):
             )
             if (test >= 0) != (held > 0):
                 text += ": the short fine-tune's ranking did not carry over to the full one"
-            found.append(text + ".")
+            found.append(text + "." + _order_note(s))
     return found
+
+
+def _order_note(search):
+    """How the predictor (which learnt the fine-tuned super-net's measurements) ordered the finalists and the
+    baseline, against the confirm fine-tune's order of the same networks."""
+    from tinytl_tf.supernet.ranking import spearman
+
+    baseline = search["baseline"]
+    entries = list(search["finalists"]) + ([baseline] if baseline["config"] is not None else [])
+    rho = spearman([e["predicted_accuracy"] for e in entries], [e["holdout_accuracy"] for e in entries])
+    if rho is None:
+        return ""
+    return (
+        f" Over these {len(entries)} networks the predicted accuracy and the confirm fine-tune's held-out accuracy "
+        f"have Spearman {rho:+.2f}."
+    )
 
 
 def _arch_text(entry):

@@ -105,8 +105,9 @@ def test_fixed_baseline_is_the_largest_fitting_resolution(spec):
 # --- space -------------------------------------------------------------------------------------------------------
 
 
-def test_space_imports_no_tensorflow():
-    code = "import sys, tinytl_tf.supernet.space; sys.exit(int('tensorflow' in sys.modules or 'keras' in sys.modules))"
+@pytest.mark.parametrize("module", ["tinytl_tf.supernet.space", "tinytl_tf.supernet.ranking"])
+def test_space_and_ranking_import_no_tensorflow(module):
+    code = f"import sys, {module}; sys.exit(int('tensorflow' in sys.modules or 'keras' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -255,7 +256,7 @@ def synthetic_objective(spec, seed=0):
 
 
 def test_rank_correlations_against_hand_computed_values():
-    from tinytl_tf.supernet.predictor import rank_correlations
+    from tinytl_tf.supernet.ranking import rank_correlations
 
     # b orders a exactly -> 1; reversed -> -1; one swapped pair of 4: Spearman 1 - 6*2/60 = 0.8, Kendall (5-1)/6
     assert rank_correlations([1, 2, 3, 4], [10, 20, 30, 40]) == {
@@ -270,7 +271,8 @@ def test_rank_correlations_against_hand_computed_values():
 
 
 def test_predictor_learns_a_monotone_function_of_the_encoding(spec):
-    from tinytl_tf.supernet.predictor import fit_predictor, predict_accuracy, rank_correlations
+    from tinytl_tf.supernet.predictor import fit_predictor, predict_accuracy
+    from tinytl_tf.supernet.ranking import rank_correlations
 
     rng = np.random.default_rng(3)
     archs = list({space.sample(spec, rng) for _ in range(300)})

@@ -93,6 +93,7 @@ def test_report_shows_recorded_numbers_and_dashes_for_the_rest(tmp_path):
     records.add("search/cars/B2", _search_record(7.2, 112, chosen="baseline"))
     records.add("train/cars/B2/baseline", {"test_accuracy": 0.72, **CONTEXT})
     records.add("train/cars/B2/searched", {"test_accuracy": 0.72, "kept": True, **CONTEXT})
+    records.add("search/caltech101/B1", {**_search_record(9.0, 128, chosen="baseline"), "holdout_lead": -0.052})
     doc = bench.report(bench.Records(tmp_path / "results.json"), bench.Plan(), tmp_path / "SEARCH.md")
     text = doc.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| cifar10 | B1"))
@@ -107,17 +108,23 @@ def test_report_shows_recorded_numbers_and_dashes_for_the_rest(tmp_path):
     assert findings[0] == (
         "- cifar10 B1: the searched sub-net measured 9.87 MB, over the 5.20 MB budget; it reaches the fixed "
         "baseline's test top-1 (+1.8 points after the full fine-tune), where the search's confirm fine-tune had it "
-        "+4.0 points on the held-out images."
+        "+4.0 points on the held-out images. Over these 2 networks the predicted accuracy and the confirm "
+        "fine-tune's held-out accuracy have Spearman -1.00."
     )
     assert findings[1].endswith("over the 3.10 MB budget; no fixed baseline fits this budget.")
     assert findings[2].startswith("- cars B1: the searched sub-net measured 9.87 MB, within the 12.00 MB budget")
     assert "does not reach the fixed baseline's test top-1 (-5.0 points" in findings[2]
-    assert findings[2].endswith("the short fine-tune's ranking did not carry over to the full one.")
+    assert "the short fine-tune's ranking did not carry over to the full one." in findings[2]
     assert findings[3] == (
         "- cars B2: the search's result, the baseline, measured 9.87 MB, over the 7.20 MB budget; the search kept "
-        "it: its best finalist (mbv2-w0.35 112 px, depths 1-2-3, 4/6 lite branches) led it by +4.0 points on "
+        "it: its best finalist (mbv2-w0.35 112 px, depths 1-2-3, 4/6 lite branches) led it by 4.0 points on "
         "the held-out images after the confirm fine-tune, under two standard errors of the paired difference (5.0), "
-        "so no gain over the baseline is shown."
+        "so no gain over the baseline is shown. Over these 2 networks the predicted accuracy and the confirm "
+        "fine-tune's held-out accuracy have Spearman -1.00."
+    )
+    assert (
+        "best finalist (mbv2-w0.35 112 px, depths 1-2-3, 4/6 lite branches) trailed it by 5.2 points on the "
+        "held-out images after the confirm fine-tune, so no gain over the baseline is shown." in findings[4]
     )
     # every finalist and the baseline with the super-net's and the confirm fine-tune's held-out accuracy, best first
     finalists = [line for line in text.splitlines() if line.startswith("| cars | B2 |")]

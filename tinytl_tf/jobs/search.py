@@ -42,7 +42,8 @@ from tinytl_tf.config import TrainableSet
 from tinytl_tf.methods import default_lr
 from tinytl_tf.supernet import space
 from tinytl_tf.supernet.evolution import check_budget, evolve
-from tinytl_tf.supernet.predictor import fit_predictor, predict_accuracy, rank_correlations
+from tinytl_tf.supernet.predictor import fit_predictor, predict_accuracy
+from tinytl_tf.supernet.ranking import rank_correlations
 from tinytl_tf.supernet.subnet import SUBNET_FORMAT
 from tinytl_tf.supernet.supernet import (
     DEFAULT_RESOLUTIONS,

@@ -2,7 +2,7 @@
 
 Measuring a sub-net costs a pass over the held-out images; the predictor costs microseconds, which is what lets
 the evolutionary search score thousands of candidates. What matters for the search is the *order* it puts
-sub-nets in, so its quality is reported as rank correlations (Spearman, Kendall tau-b) on pairs it never saw.
+sub-nets in, so its quality is reported as rank correlations (`ranking`) on pairs it never saw.
 """
 
 import keras
@@ -44,38 +44,3 @@ def predict_accuracy(model, spec, archs):
     JointSpace of several backbones)."""
     x = np.stack([encode(spec, a) if isinstance(spec, SuperSpec) else spec.encode(a) for a in archs])
     return np.asarray(model.predict_on_batch(x), np.float64).reshape(-1)
-
-
-def _ranks(values):
-    """Ranks 1..n with ties sharing their average rank (as Spearman's coefficient needs)."""
-    values = np.asarray(values, np.float64)
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1)
-    for v in np.unique(values):
-        tied = values == v
-        ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-def spearman(a, b):
-    """Spearman's rank correlation; None when undefined (fewer than 2 pairs or a constant side)."""
-    ra, rb = _ranks(a), _ranks(b)
-    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
-        return None
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def kendall(a, b):
-    """Kendall's tau-b (tie-corrected); None when undefined."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    upper = np.triu_indices(len(a), k=1)
-    da = np.sign(a[:, None] - a[None, :])[upper]
-    db = np.sign(b[:, None] - b[None, :])[upper]
-    denominator = np.sqrt(np.count_nonzero(da) * np.count_nonzero(db))
-    return float(np.sum(da * db) / denominator) if denominator else None
-
-
-def rank_correlations(predicted, measured):
-    """{"spearman", "kendall", "pairs"} of predicted against measured accuracies."""
-    return {"spearman": spearman(predicted, measured), "kendall": kendall(predicted, measured), "pairs": len(measured)}
