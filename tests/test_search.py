@@ -785,3 +785,20 @@ def test_pairs_are_measured_a_resolution_at_a_time_saved_in_drawn_order_and_resu
     # fewer pairs asked for: the first ones, nothing measured, and the file keeps the others
     fewer, _ = job._measure_pairs(path, _StubEvaluator(spec, stop_after=0), 5, 0, verbose=0)
     assert fewer == archs[:5] and len(json.loads(path.read_text())["pairs"]) == 12
+
+
+def test_confirm_record_of_another_search_is_refused_before_any_training(tmp_path):
+    from tinytl_tf.jobs.search import CONFIRM_FORMAT, _confirm
+
+    path = tmp_path / "confirm.json"
+    settings = {"epochs": 3, "seed": 0, "batch_size": 8, "label_smoothing": 0.1, "holdout_examples": 18}
+    path.write_text(json.dumps({"format": CONFIRM_FORMAT, "settings": {**settings, "epochs": 1}, "runs": {}}))
+    arch = space.backbone_arch(tiny_spec())
+    with pytest.raises(ValueError, match="holds fine-tunes of another search .*use another --out or delete it"):
+        _confirm(path, settings, [arch], starts={}, data=tmp_path, val_fraction=None, verbose=0)
+    # recorded networks are not trained again: with every one already in the record, nothing is built or fitted
+    key = json.dumps(arch.to_dict(), sort_keys=True)
+    path.write_text(json.dumps({"format": CONFIRM_FORMAT, "settings": settings, "runs": {key: {"hits": "01"}}}))
+    assert _confirm(path, settings, [arch], starts={}, data=tmp_path, val_fraction=None, verbose=0) == {
+        key: {"hits": "01"}
+    }
