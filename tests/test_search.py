@@ -695,7 +695,10 @@ def test_search_keeps_the_fixed_baseline_unless_the_best_finalist_leads_by_two_p
     assert "paired difference: 3.8%)" in err
     assert f"train --backbone {spec.backbone} --method tinytl-lb --resolution" in err
     churn[:300] = False  # behind
-    assert _verdict(spec, [churn, worse], base)["chosen"] == "baseline"
+    verdict = _verdict(spec, [churn, worse], base)
+    assert verdict["chosen"] == "baseline" and verdict["lead"] < 0
+    _report_comparison(verdict, 5.0)
+    assert f"the best finalist trails the fixed baseline by {-verdict['lead']:.1%} on" in capsys.readouterr().err
 
 
 def test_search_without_a_fitting_baseline_keeps_the_best_finalist(spec, capsys):

@@ -186,7 +186,7 @@ def test_export_without_a_step_count_asks_for_one(work):
 def test_tensorflow_starts_quietly_unless_verbose():
     script = (
         "import sys; from tinytl_tf import cliargs; cliargs.quiet_tensorflow(sys.argv[1] == 'verbose'); "
-        "import tensorflow as tf; print(int(tf.reduce_sum(tf.constant([1, 2]))))"
+        "import tensorflow as tf; print(int(tf.reduce_sum(tf.constant([1, 2])))); tf.get_logger().warning('noise')"
     )
     quiet, loud = (
         subprocess.run(
@@ -200,4 +200,4 @@ def test_tensorflow_starts_quietly_unless_verbose():
         for mode in ("quiet", "verbose")
     )
     assert quiet.stdout == loud.stdout == "3\n"
-    assert quiet.stderr == "" and loud.stderr != ""
+    assert quiet.stderr == "" and loud.stderr != "" and "noise" in loud.stderr

@@ -3,6 +3,7 @@ TensorFlow start. Every user mistake is answered here, before TensorFlow's secon
 
 import argparse
 import contextlib
+import logging
 import math
 import os
 import sys
@@ -103,8 +104,10 @@ def run_command(command):
 
 def quiet_tensorflow(verbose=False):
     """Import TensorFlow without its C++/absl start-up log (oneDNN, CUDA probing, a `cuInit` "E" line that reads
-    like a failure). `verbose` or $TINYTL_DEBUG keeps everything. The lines absl prints before its logging is
-    initialised ignore every setting, so stderr's file descriptor points at /dev/null during the import itself."""
+    like a failure) and without its Python warnings (e.g. the retracing notice when `search` traces one function
+    per measured sub-net, as it must). `verbose` or $TINYTL_DEBUG keeps everything. The lines absl prints before its
+    logging is initialised ignore every setting, so stderr's file descriptor points at /dev/null during the import
+    itself."""
     if verbose or debug() or "tensorflow" in sys.modules:
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # also over a laxer inherited level: quiet means quiet
@@ -113,10 +116,11 @@ def quiet_tensorflow(verbose=False):
     try:
         with open(os.devnull, "wb") as null:
             os.dup2(null.fileno(), 2)
-        import tensorflow  # noqa: F401
+        import tensorflow
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+    tensorflow.get_logger().setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager

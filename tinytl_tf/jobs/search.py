@@ -641,9 +641,11 @@ def _report_comparison(verdict, budget_mb):
     if not verdict["finalists"]:
         _warn("every backbone's best sub-net is the fixed baseline itself; subnet.json holds it")
         return
+    ahead = verdict["lead"]
+    side = f"leads the fixed baseline by {ahead:+.1%}" if ahead > 0 else f"trails the fixed baseline by {-ahead:.1%}"
     lead = (
-        f"the best finalist leads the fixed baseline by {verdict['lead']:+.1%} on the held-out images (two standard "
-        f"errors of the paired difference: {2 * verdict['lead_error']:.1%})"
+        f"the best finalist {side} on the held-out images (two standard errors of the paired difference: "
+        f"{2 * verdict['lead_error']:.1%})"
     )
     if verdict["chosen"] == "baseline":
         _warn(
