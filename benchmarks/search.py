@@ -339,13 +339,18 @@ def _findings(records, names):
     return found
 
 
+def _networks(search):
+    """A recorded search's finalists, then its fixed baseline (marked "fixed") when one fits the budget."""
+    b = search["baseline"]
+    return list(search["finalists"]) + ([] if b["config"] is None else [{**b, "fixed": True}])
+
+
 def _order_note(search):
     """How the predictor (which learnt the fine-tuned super-net's measurements) ordered the finalists and the
     baseline, against the confirm fine-tune's order of the same networks."""
     from tinytl_tf.supernet.ranking import spearman
 
-    baseline = search["baseline"]
-    entries = list(search["finalists"]) + ([baseline] if baseline["config"] is not None else [])
+    entries = _networks(search)
     rho = spearman([e["predicted_accuracy"] for e in entries], [e["holdout_accuracy"] for e in entries])
     if rho is None:
         return ""
@@ -443,13 +448,9 @@ def report(records, plan, doc):
             s = records.get(f"search/{name}/{budget_name}")
             if s is None:
                 continue
-            b = s["baseline"]
-            entries = list(s["finalists"]) + ([] if b["config"] is None else [{**b, "fixed": True}])
-            for e in sorted(entries, key=lambda e: -e["holdout_accuracy"]):
+            for e in sorted(_networks(s), key=lambda e: -e["holdout_accuracy"]):
                 label = (
-                    f"baseline ({METHOD_LABELS[e['method']]} {e['resolution']} px)"
-                    if e.get("fixed")
-                    else (_arch_text(e))
+                    f"baseline ({METHOD_LABELS[e['method']]} {e['resolution']} px)" if e.get("fixed") else _arch_text(e)
                 )
                 lines.append(
                     f"| {name} | {budget_name} | {label} | {_pct(e['predicted_accuracy'])} | "
